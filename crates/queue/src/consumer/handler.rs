@@ -1,0 +1,138 @@
+//! Handler traits, their type-erased forms, and the error a handler returns.
+
+use std::any::type_name;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sqlx::PgConnection;
+
+use crate::message::InboxRow;
+use crate::{Delivery, Event};
+
+/// A handler run in the transaction that marks its message done: everything it writes
+/// through `conn` commits together with the completion, or not at all. Exactly-once effect.
+pub trait Handler<E: Event>: Send + Sync + 'static {
+    fn handle(&self, conn: &mut PgConnection, msg: Delivery<E>) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Closures work as handlers when they box their future:
+/// `|conn, msg| Box::pin(async move { … })`.
+impl<E, F> Handler<E> for F
+where
+    E: Event,
+    F: for<'c> Fn(&'c mut PgConnection, Delivery<E>) -> BoxFuture<'c, Result<(), HandlerError>> + Send + Sync + 'static,
+{
+    fn handle(&self, conn: &mut PgConnection, msg: Delivery<E>) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        self(conn, msg)
+    }
+}
+
+/// A handler that calls the outside world (email, HTTP): it runs outside any transaction
+/// under a lease. If the worker dies, the lease expires and the message runs again, so the
+/// handler must be idempotent (use [`Delivery::id`] as the idempotency key).
+pub trait LeaseHandler<E: Event>: Send + Sync + 'static {
+    fn handle(&self, msg: Delivery<E>) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+impl<E, F, Fut> LeaseHandler<E> for F
+where
+    E: Event,
+    F: Fn(Delivery<E>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send,
+{
+    fn handle(&self, msg: Delivery<E>) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        self(msg)
+    }
+}
+
+/// Why a handler failed, and whether trying again can help.
+pub struct HandlerError {
+    permanent: bool,
+    error: anyhow::Error,
+}
+
+impl HandlerError {
+    /// A failure worth retrying (a lock timeout, a peer down): the message comes back after
+    /// its backoff, until its attempts run out.
+    pub fn retry(error: impl Into<anyhow::Error>) -> Self {
+        HandlerError { permanent: false, error: error.into() }
+    }
+
+    /// A failure no retry can fix (a payload that breaks a rule): the message is dead at once.
+    pub fn permanent(error: impl Into<anyhow::Error>) -> Self {
+        HandlerError { permanent: true, error: error.into() }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+/// `?` on any error makes a retryable failure.
+impl<E: Into<anyhow::Error>> From<E> for HandlerError {
+    fn from(e: E) -> Self {
+        HandlerError::retry(e)
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError").field("permanent", &self.permanent).field("error", &self.error).finish()
+    }
+}
+
+/// Decodes the payload for `E` and runs `run` on it; a payload that does not decode is a
+/// permanent failure (retrying cannot make it decode), and a panic is a retryable one.
+async fn decode_and_run<'a, E: Event, Fut>(row: &'a InboxRow, attempt: i32, run: impl FnOnce(Delivery<E>) -> Fut) -> Result<(), HandlerError>
+where
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'a,
+{
+    let msg = row.decode::<E>(attempt).map_err(|e| {
+        HandlerError::permanent(anyhow::anyhow!("payload does not decode as {}: {e}", type_name::<E>()))
+    })?;
+    match AssertUnwindSafe(run(msg)).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".into());
+            Err(HandlerError::retry(anyhow::anyhow!("handler panicked: {what}")))
+        }
+    }
+}
+
+pub(crate) trait TxDispatch: Send + Sync {
+    fn call<'a>(&'a self, conn: &'a mut PgConnection, row: &'a InboxRow, attempt: i32) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+pub(crate) trait LeaseDispatch: Send + Sync {
+    fn call<'a>(&'a self, row: &'a InboxRow, attempt: i32) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+pub(crate) struct Typed<E, H> {
+    pub handler: H,
+    pub _event: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<E: Event, H: Handler<E>> TxDispatch for Typed<E, H> {
+    fn call<'a>(&'a self, conn: &'a mut PgConnection, row: &'a InboxRow, attempt: i32) -> BoxFuture<'a, Result<(), HandlerError>> {
+        decode_and_run(row, attempt, move |msg| self.handler.handle(conn, msg)).boxed()
+    }
+}
+
+impl<E: Event, H: LeaseHandler<E>> LeaseDispatch for Typed<E, H> {
+    fn call<'a>(&'a self, row: &'a InboxRow, attempt: i32) -> BoxFuture<'a, Result<(), HandlerError>> {
+        decode_and_run(row, attempt, move |msg| self.handler.handle(msg)).boxed()
+    }
+}

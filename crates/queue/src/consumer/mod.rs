@@ -1,0 +1,265 @@
+//! Consumers: claim inbox rows with `FOR UPDATE SKIP LOCKED` and run their topic's handler.
+//!
+//! Two modes, chosen per subscription:
+//! - **transaction** ([`Consumer::subscribe`]): claim, handle and mark done in one
+//!   transaction. A crash rolls everything back and the row is claimable again at once.
+//! - **lease** ([`Consumer::subscribe_leased`]): the claim commits with a lease
+//!   (`visible_at` in the future, attempt number raised); the handler runs outside any
+//!   transaction; completion is a second transaction fenced by the attempt number, so a
+//!   worker whose lease ran out cannot complete a message somebody else claimed since.
+
+mod handler;
+mod lease;
+mod tx;
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use handler::{Handler, HandlerError, LeaseHandler};
+use handler::{LeaseDispatch, TxDispatch, Typed};
+
+use crate::wake::{idle, sleep_or_cancel, spawn_listener};
+use crate::{Error, Event, INBOX_CHANNEL, RetryPolicy};
+
+/// Tuning shared by a consumer's subscriptions.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Claim loops per mode; each holds one connection while it works.
+    pub concurrency: usize,
+    /// Messages claimed at a time.
+    pub batch_size: i64,
+    /// How often an idle loop looks without being notified (and finds retries whose
+    /// backoff has passed).
+    pub poll_interval: Duration,
+    /// On shutdown, how long in-flight work may run on before it is abandoned (its
+    /// transaction rolled back, its lease released).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions { concurrency: 4, batch_size: 50, poll_interval: Duration::from_secs(1), shutdown_grace: Duration::from_secs(10) }
+    }
+}
+
+/// Settings of a leased subscription.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseOptions {
+    /// How long a claim lasts. The handler is abandoned when it runs longer, so that no
+    /// two workers ever run the same message at once.
+    pub lease: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        LeaseOptions { lease: Duration::from_secs(30), retry: RetryPolicy::default() }
+    }
+}
+
+pub(crate) struct TxSub {
+    handler: Box<dyn TxDispatch>,
+    retry: RetryPolicy,
+}
+
+pub(crate) struct LeaseSub {
+    handler: Box<dyn LeaseDispatch>,
+    opts: LeaseOptions,
+}
+
+/// The handlers of one service's inbox. Build it with the `subscribe*` methods, then
+/// [`run`](Self::run) it (or drive it step by step with [`process_once`](Self::process_once)).
+pub struct Consumer {
+    pool: PgPool,
+    opts: ConsumerOptions,
+    tx_subs: HashMap<String, TxSub>,
+    lease_subs: HashMap<String, LeaseSub>,
+    tx_topics: Vec<String>,
+    lease_topics: Vec<String>,
+    lease_ms: Vec<i64>,
+}
+
+impl Consumer {
+    pub fn new(pool: PgPool) -> Self {
+        Consumer {
+            pool,
+            opts: ConsumerOptions::default(),
+            tx_subs: HashMap::new(),
+            lease_subs: HashMap::new(),
+            tx_topics: Vec::new(),
+            lease_topics: Vec::new(),
+            lease_ms: Vec::new(),
+        }
+    }
+
+    pub fn with_options(mut self, opts: ConsumerOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// Handles `E` in transaction mode with the default retry policy (3 attempts).
+    pub fn subscribe<E: Event>(self, handler: impl Handler<E>) -> Self {
+        self.subscribe_with(handler, RetryPolicy::default())
+    }
+
+    /// Handles `E` in transaction mode with `retry`.
+    pub fn subscribe_with<E: Event>(mut self, handler: impl Handler<E>, retry: RetryPolicy) -> Self {
+        self.check_new_topic(E::TOPIC, retry);
+        self.tx_topics.push(E::TOPIC.to_owned());
+        let handler = Box::new(Typed { handler, _event: PhantomData::<fn() -> E> });
+        self.tx_subs.insert(E::TOPIC.to_owned(), TxSub { handler, retry });
+        self
+    }
+
+    /// Handles `E` in lease mode.
+    pub fn subscribe_leased<E: Event>(mut self, handler: impl LeaseHandler<E>, opts: LeaseOptions) -> Self {
+        self.check_new_topic(E::TOPIC, opts.retry);
+        assert!(opts.lease >= Duration::from_millis(100), "lease of {:?} for {} is too short", opts.lease, E::TOPIC);
+        self.lease_topics.push(E::TOPIC.to_owned());
+        self.lease_ms.push(opts.lease.as_millis() as i64);
+        let handler = Box::new(Typed { handler, _event: PhantomData::<fn() -> E> });
+        self.lease_subs.insert(E::TOPIC.to_owned(), LeaseSub { handler, opts });
+        self
+    }
+
+    // Subscriptions are code: a wrong one is a bug, reported at start-up like axum's
+    // overlapping routes.
+    fn check_new_topic(&self, topic: &str, retry: RetryPolicy) {
+        if let Err(e) = crate::publish::validate_topic(topic) {
+            panic!("{e}");
+        }
+        assert!(
+            !self.tx_subs.contains_key(topic) && !self.lease_subs.contains_key(topic),
+            "topic {topic} has two handlers in one consumer"
+        );
+        assert!(retry.max_attempts >= 1, "max_attempts of {topic} must be at least 1");
+    }
+
+    /// The topics this consumer handles.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.tx_topics.iter().chain(&self.lease_topics).map(String::as_str)
+    }
+
+    /// Claims and handles one batch in each mode; returns how many messages it settled.
+    /// Tests use it to drain the inbox deterministically.
+    pub async fn process_once(&self) -> Result<usize, Error> {
+        let never = CancellationToken::new();
+        Ok(self.tx_cycle().await? + self.lease_cycle(&never).await?)
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops claiming, lets in-flight work finish
+    /// within `shutdown_grace` (or rolls it back / releases its leases) and returns.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), Error> {
+        let (tx_wake, lease_wake) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let listening = shutdown.child_token();
+        let _stop_listening = listening.clone().drop_guard();
+        spawn_listener(self.pool.clone(), INBOX_CHANNEL, vec![tx_wake.clone(), lease_wake.clone()], listening);
+
+        let n = self.opts.concurrency.max(1);
+        let tx_loops = (!self.tx_topics.is_empty()).then(|| (0..n).map(|_| self.tx_loop(&tx_wake, &shutdown)));
+        let lease_loops = (!self.lease_topics.is_empty()).then(|| (0..n).map(|_| self.lease_loop(&lease_wake, &shutdown)));
+        futures::future::join(
+            futures::future::join_all(tx_loops.into_iter().flatten()),
+            futures::future::join_all(lease_loops.into_iter().flatten()),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn tx_loop(&self, wake: &Notify, shutdown: &CancellationToken) {
+        let grace = self.opts.shutdown_grace;
+        let mut failures = 0;
+        while !shutdown.is_cancelled() {
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // A cycle runs to its end unless shutdown's grace runs out first; dropping it
+            // then rolls its transaction back, which releases its claims.
+            let cycle = tokio::select! {
+                r = self.tx_cycle() => r,
+                _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                    tracing::warn!(?grace, "shutdown grace over: rolling back the batch in flight");
+                    return;
+                }
+            };
+            self.after_cycle(cycle, &mut failures, wake, notified, shutdown).await;
+        }
+    }
+
+    async fn lease_loop(&self, wake: &Notify, shutdown: &CancellationToken) {
+        let mut failures = 0;
+        while !shutdown.is_cancelled() {
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let cycle = self.lease_cycle(shutdown).await;
+            self.after_cycle(cycle, &mut failures, wake, notified, shutdown).await;
+        }
+    }
+
+    async fn after_cycle(
+        &self,
+        cycle: Result<usize, Error>,
+        failures: &mut u32,
+        wake: &Notify,
+        notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+        shutdown: &CancellationToken,
+    ) {
+        match cycle {
+            Ok(n) if n as i64 >= self.opts.batch_size => {
+                *failures = 0;
+                wake.notify_one(); // a full batch: more may wait, recruit an idle loop
+            }
+            Ok(0) => {
+                *failures = 0;
+                idle(notified, self.opts.poll_interval, shutdown).await;
+            }
+            Ok(_) => *failures = 0,
+            Err(e) => {
+                *failures += 1;
+                let wait = Duration::from_millis(100 * 2u64.pow((*failures).min(7)));
+                tracing::error!(error = %e, retry_in = ?wait, "consumer cycle failed");
+                metrics::counter!("conveyor_queue_consumer_errors_total").increment(1);
+                sleep_or_cancel(wait, shutdown).await;
+            }
+        }
+    }
+}
+
+/// The outcome of one failed attempt, ready to store.
+pub(crate) struct Failure {
+    pub id: uuid::Uuid,
+    pub dead: bool,
+    pub delay_ms: i64,
+    pub error: String,
+}
+
+impl Failure {
+    pub fn new(topic: &str, id: uuid::Uuid, attempt: i32, retry: &RetryPolicy, err: &HandlerError) -> Self {
+        let dead = err.is_permanent() || retry.exhausted(attempt);
+        let mut error = err.to_string();
+        if error.len() > 4000 {
+            let cut = (0..=4000).rev().find(|&i| error.is_char_boundary(i)).unwrap_or(0);
+            error.truncate(cut);
+        }
+        let delay_ms = if dead { 0 } else { retry.delay(attempt).as_millis() as i64 };
+        let outcome = if dead { "dead" } else { "retried" };
+        metrics::counter!("conveyor_queue_consumed_total", "topic" => topic.to_owned(), "outcome" => outcome).increment(1);
+        if dead {
+            tracing::error!(%id, topic, attempt, error, "message is dead");
+        } else {
+            tracing::warn!(%id, topic, attempt, error, retry_in_ms = delay_ms, "handler failed; will retry");
+        }
+        Failure { id, dead, delay_ms, error }
+    }
+}
+
+pub(crate) fn count_done(topic: &str, n: u64) {
+    metrics::counter!("conveyor_queue_consumed_total", "topic" => topic.to_owned(), "outcome" => "done").increment(n);
+}

@@ -1,0 +1,129 @@
+//! Transaction mode: claim, handle and complete in one transaction.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+use super::{Consumer, Failure, count_done};
+use crate::Error;
+use crate::message::InboxRow;
+
+const CLAIM: &str = "\
+SELECT message_id, topic, key, payload, headers, attempts, published_at FROM conveyor.inbox
+WHERE state IN ('pending', 'running') AND visible_at <= now() AND topic = ANY($1)
+ORDER BY visible_at LIMIT $2 FOR UPDATE SKIP LOCKED";
+
+const RECLAIM: &str = "\
+SELECT message_id, topic, key, payload, headers, attempts, published_at FROM conveyor.inbox
+WHERE message_id = ANY($1) AND state IN ('pending', 'running') AND visible_at <= now()
+ORDER BY visible_at FOR UPDATE SKIP LOCKED";
+
+const DONE: &str = "\
+UPDATE conveyor.inbox SET state = 'done', attempts = attempts + 1, done_at = now()
+WHERE message_id = ANY($1)";
+
+const FAILED: &str = "\
+UPDATE conveyor.inbox AS i SET
+    attempts = i.attempts + 1,
+    state = CASE WHEN f.dead THEN 'dead' ELSE 'pending' END,
+    visible_at = now() + f.delay_ms * interval '1 millisecond',
+    errors = i.errors || jsonb_build_array(jsonb_build_object('attempt', i.attempts + 1, 'at', now(), 'error', f.error))
+FROM UNNEST($1::uuid[], $2::bool[], $3::bigint[], $4::text[]) AS f(id, dead, delay_ms, error)
+WHERE i.message_id = f.id";
+
+impl Consumer {
+    /// One transaction-mode cycle. The batch first runs as a whole, without savepoints (the
+    /// fast path: one transaction, four statements however many messages). If a handler
+    /// fails, that transaction is rolled back and the batch runs again with one savepoint
+    /// per message, so the failure is recorded and every other message still completes.
+    pub(super) async fn tx_cycle(&self) -> Result<usize, Error> {
+        if self.tx_topics.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<InboxRow> =
+            sqlx::query_as(CLAIM).bind(&self.tx_topics).bind(self.opts.batch_size).fetch_all(&mut *tx).await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let mut all_ok = true;
+        for row in &rows {
+            if self.run_tx_handler(&mut tx, row).await.is_err() {
+                all_ok = false;
+                break;
+            }
+        }
+        if all_ok {
+            let ids: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
+            sqlx::query(DONE).bind(&ids).execute(&mut *tx).await?;
+            tx.commit().await?;
+            count_per_topic(&rows);
+            return Ok(rows.len());
+        }
+        tx.rollback().await?;
+        self.tx_cycle_isolated(rows.iter().map(|r| r.message_id).collect()).await
+    }
+
+    /// The slow path: every message under its own savepoint.
+    async fn tx_cycle_isolated(&self, ids: Vec<Uuid>) -> Result<usize, Error> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<InboxRow> = sqlx::query_as(RECLAIM).bind(&ids).fetch_all(&mut *tx).await?;
+        let (mut done, mut failures) = (Vec::new(), Vec::new());
+        for row in &rows {
+            let mut savepoint = tx.begin().await?;
+            match self.run_tx_handler(&mut savepoint, row).await {
+                Ok(()) => {
+                    savepoint.commit().await?;
+                    done.push(row);
+                }
+                Err(err) => {
+                    savepoint.rollback().await?;
+                    let sub = &self.tx_subs[&row.topic];
+                    failures.push(Failure::new(&row.topic, row.message_id, row.attempts + 1, &sub.retry, &err));
+                }
+            }
+        }
+        let done_ids: Vec<Uuid> = done.iter().map(|r| r.message_id).collect();
+        sqlx::query(DONE).bind(&done_ids).execute(&mut *tx).await?;
+        record_failures(&mut tx, &failures).await?;
+        tx.commit().await?;
+        count_per_topic(done.iter().copied());
+        Ok(rows.len())
+    }
+
+    async fn run_tx_handler(&self, conn: &mut PgConnection, row: &InboxRow) -> Result<(), super::HandlerError> {
+        let sub = &self.tx_subs[&row.topic];
+        let started = Instant::now();
+        let result = sub.handler.call(conn, row, row.attempts + 1).await;
+        metrics::histogram!("conveyor_queue_handler_duration_seconds", "topic" => row.topic.clone())
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+async fn record_failures(conn: &mut PgConnection, failures: &[Failure]) -> Result<(), Error> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(FAILED)
+        .bind(failures.iter().map(|f| f.id).collect::<Vec<_>>())
+        .bind(failures.iter().map(|f| f.dead).collect::<Vec<_>>())
+        .bind(failures.iter().map(|f| f.delay_ms).collect::<Vec<_>>())
+        .bind(failures.iter().map(|f| f.error.as_str()).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn count_per_topic<'a>(rows: impl IntoIterator<Item = &'a InboxRow>) {
+    let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in rows {
+        *per_topic.entry(r.topic.as_str()).or_default() += 1;
+    }
+    for (topic, n) in per_topic {
+        count_done(topic, n);
+    }
+}

@@ -1,0 +1,46 @@
+//! Conveyor's messaging engine: Postgres queues claimed with `FOR UPDATE SKIP LOCKED`.
+//!
+//! The path of a message (see `README.md` of this crate for the whole story):
+//! 1. [`publish`] inserts it into the service's own `conveyor.outbox` inside the caller's
+//!    transaction, so a rolled-back change publishes nothing and a committed one is kept.
+//! 2. A [`Relay`] claims outbox rows in batches and copies them into the `conveyor.inbox` of
+//!    every subscriber ([`Routes`]), idempotently, then deletes them.
+//! 3. A [`Consumer`] claims inbox rows and runs the handler registered for the topic, either
+//!    in the transaction that marks the message done (exactly-once effect) or under a lease
+//!    (for handlers that call the network), with retries, backoff and dead letters.
+//!
+//! The engine knows topics and JSON payloads, nothing of the business that uses it.
+
+mod admin;
+mod consumer;
+mod error;
+mod message;
+mod prune;
+mod publish;
+mod relay;
+mod retry;
+mod wake;
+
+pub use admin::{Depth, DeadLetter, QueueTable, depth, dead_letters, oldest_pending_age, replay, replay_all};
+pub use consumer::{
+    Consumer, ConsumerOptions, Handler, HandlerError, LeaseHandler, LeaseOptions,
+};
+pub use error::Error;
+pub use message::{Delivery, Event, Headers, MessageId, Outgoing};
+pub use prune::{Pruner, prune_once};
+pub use publish::{publish, publish_all, publish_event};
+pub use relay::{ClaimedBatch, Relay, RelayOptions, Routes};
+pub use retry::RetryPolicy;
+
+/// The queue schema (`conveyor.outbox`, `conveyor.inbox`), applied by every service's migrator.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Applies the queue schema to `pool`'s database.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Notification channel a relay listens on for new outbox rows.
+pub const OUTBOX_CHANNEL: &str = "conveyor_outbox";
+/// Notification channel consumers listen on for new inbox rows.
+pub const INBOX_CHANNEL: &str = "conveyor_inbox";

@@ -1,0 +1,95 @@
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+/// A message's id: a UUID v7, so ids sort by publish time.
+pub type MessageId = Uuid;
+
+/// Message headers: W3C trace context (`traceparent`, `tracestate`, `baggage`) and the like.
+pub type Headers = BTreeMap<String, String>;
+
+/// A typed event: its payload type, and the topic it travels on.
+pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The topic name, e.g. `order.placed`.
+    const TOPIC: &'static str;
+    /// The aggregate this event is about (an order id, a product id), if any.
+    fn key(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A message ready to publish: topic, optional key, JSON payload and headers.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub id: MessageId,
+    pub topic: String,
+    pub key: Option<String>,
+    pub payload: serde_json::Value,
+    pub headers: Headers,
+}
+
+impl Outgoing {
+    /// A message on `topic` with `payload`, a fresh UUID v7 id and no headers.
+    pub fn new(topic: impl Into<String>, payload: serde_json::Value) -> Self {
+        Outgoing { id: Uuid::now_v7(), topic: topic.into(), key: None, payload, headers: Headers::new() }
+    }
+
+    /// A message carrying `event` on its topic, keyed by the event's key.
+    pub fn event<E: Event>(event: &E) -> Result<Self, serde_json::Error> {
+        let mut msg = Outgoing::new(E::TOPIC, serde_json::to_value(event)?);
+        msg.key = event.key();
+        Ok(msg)
+    }
+
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// A message as a handler receives it.
+#[derive(Debug, Clone)]
+pub struct Delivery<T> {
+    pub id: MessageId,
+    pub topic: String,
+    pub key: Option<String>,
+    pub payload: T,
+    pub headers: Headers,
+    /// 1 on the first attempt.
+    pub attempt: i32,
+    pub published_at: DateTime<Utc>,
+}
+
+/// An inbox row as claimed, before its payload is decoded.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct InboxRow {
+    pub message_id: Uuid,
+    pub topic: String,
+    pub key: Option<String>,
+    pub payload: serde_json::Value,
+    pub headers: sqlx::types::Json<Headers>,
+    /// Attempts made before this claim (tx mode) or including it (lease mode).
+    pub attempts: i32,
+    pub published_at: DateTime<Utc>,
+}
+
+impl InboxRow {
+    pub fn decode<T: DeserializeOwned>(&self, attempt: i32) -> Result<Delivery<T>, serde_json::Error> {
+        Ok(Delivery {
+            id: self.message_id,
+            topic: self.topic.clone(),
+            key: self.key.clone(),
+            payload: T::deserialize(&self.payload)?,
+            headers: self.headers.0.clone(),
+            attempt,
+            published_at: self.published_at,
+        })
+    }
+}

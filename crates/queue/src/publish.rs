@@ -1,0 +1,64 @@
+//! Publishing: insert into the outbox inside the caller's transaction.
+
+use sqlx::PgConnection;
+use sqlx::types::Json;
+
+use crate::{Error, Event, MessageId, Outgoing};
+
+// One statement both inserts and wakes the relay. Postgres delivers identical
+// notifications of one transaction once, so a transaction that publishes many messages
+// sends one NOTIFY, not one per row.
+const INSERT: &str = "\
+WITH wake AS (SELECT pg_notify('conveyor_outbox', ''))
+INSERT INTO conveyor.outbox (message_id, topic, key, payload, headers)
+SELECT m.* FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[])
+       AS m(message_id, topic, key, payload, headers)
+CROSS JOIN wake";
+
+/// Publishes `event` on its topic. Call it with the transaction that makes the change the
+/// event reports: the message exists exactly when that transaction commits.
+pub async fn publish_event<E: Event>(conn: &mut PgConnection, event: &E) -> Result<MessageId, Error> {
+    publish(conn, Outgoing::event(event)?).await
+}
+
+/// Publishes one message (see [`publish_event`]).
+pub async fn publish(conn: &mut PgConnection, msg: Outgoing) -> Result<MessageId, Error> {
+    let id = msg.id;
+    publish_all(conn, std::slice::from_ref(&msg)).await?;
+    Ok(id)
+}
+
+/// Publishes several messages with one statement.
+pub async fn publish_all(conn: &mut PgConnection, msgs: &[Outgoing]) -> Result<(), Error> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let n = msgs.len();
+    let (mut ids, mut topics, mut keys, mut payloads, mut headers) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for m in msgs {
+        validate_topic(&m.topic)?;
+        ids.push(m.id);
+        topics.push(m.topic.as_str());
+        keys.push(m.key.as_deref());
+        payloads.push(&m.payload);
+        headers.push(Json(&m.headers));
+    }
+    sqlx::query(INSERT)
+        .bind(ids)
+        .bind(topics)
+        .bind(keys)
+        .bind(payloads)
+        .bind(headers)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Topic names are code, not data: short, lowercase, dot-separated words.
+pub(crate) fn validate_topic(topic: &str) -> Result<(), Error> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 200
+        && topic.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+    if ok { Ok(()) } else { Err(Error::Config(format!("invalid topic name {topic:?}: use lowercase letters, digits, '.', '_' or '-'"))) }
+}

@@ -1,0 +1,252 @@
+//! The relay: moves committed outbox rows into every subscriber's inbox.
+//!
+//! A batch is claimed with `FOR UPDATE SKIP LOCKED` (parallel relays take disjoint
+//! batches), inserted into each subscriber's inbox with `ON CONFLICT DO NOTHING`, and only
+//! then deleted. A relay that dies after the insert and before the delete leaves the rows
+//! unlocked in the outbox; the next relay delivers them again and the inboxes drop the copies.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::wake::{idle, sleep_or_cancel, spawn_listener};
+use crate::{Error, Headers, OUTBOX_CHANNEL};
+
+/// Which subscribers receive each topic. Declared in code (the contracts crate), so a
+/// routing change is reviewed like any other change.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    by_topic: BTreeMap<String, Vec<String>>,
+}
+
+impl Routes {
+    pub fn new() -> Self {
+        Routes::default()
+    }
+
+    /// Sends `topic` to every one of `subscribers` (service names).
+    pub fn route<S: Into<String>>(mut self, topic: &str, subscribers: impl IntoIterator<Item = S>) -> Self {
+        let subs = self.by_topic.entry(topic.to_owned()).or_default();
+        for s in subscribers {
+            let s = s.into();
+            if !subs.contains(&s) {
+                subs.push(s);
+            }
+        }
+        self
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.by_topic.keys().map(String::as_str)
+    }
+
+    pub fn subscribers(&self, topic: &str) -> &[String] {
+        self.by_topic.get(topic).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    fn all_subscribers(&self) -> impl Iterator<Item = &str> {
+        self.by_topic.values().flatten().map(String::as_str)
+    }
+}
+
+/// Tuning of a [`Relay`].
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Outbox rows claimed per transaction.
+    pub batch_size: i64,
+    /// Relay loops running in parallel (each holds one outbox connection while it works).
+    pub concurrency: usize,
+    /// How often an idle relay looks without being notified.
+    pub poll_interval: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions { batch_size: 100, concurrency: 1, poll_interval: Duration::from_secs(1) }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct OutboxRow {
+    message_id: Uuid,
+    topic: String,
+    key: Option<String>,
+    payload: serde_json::Value,
+    headers: Json<Headers>,
+    created_at: DateTime<Utc>,
+}
+
+const CLAIM: &str = "\
+SELECT message_id, topic, key, payload, headers, created_at FROM conveyor.outbox
+WHERE topic = ANY($1) ORDER BY message_id LIMIT $2 FOR UPDATE SKIP LOCKED";
+
+const DELIVER: &str = "\
+WITH wake AS (SELECT pg_notify('conveyor_inbox', ''))
+INSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at)
+SELECT m.* FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::timestamptz[])
+       AS m(message_id, topic, key, payload, headers, published_at)
+CROSS JOIN wake
+ON CONFLICT (message_id) DO NOTHING";
+
+/// Copies a service's outbox into its subscribers' inboxes.
+#[derive(Clone)]
+pub struct Relay {
+    outbox: PgPool,
+    routes: Arc<Routes>,
+    topics: Arc<Vec<String>>,
+    subscribers: Arc<HashMap<String, PgPool>>,
+    opts: RelayOptions,
+}
+
+impl Relay {
+    /// A relay for the outbox in `outbox`'s database. `subscribers` maps every subscriber
+    /// named in `routes` to a pool on its database (from configuration).
+    pub fn new(outbox: PgPool, routes: Routes, subscribers: HashMap<String, PgPool>) -> Result<Self, Error> {
+        if let Some(missing) = routes.all_subscribers().find(|s| !subscribers.contains_key(*s)) {
+            return Err(Error::Config(format!("no database configured for subscriber {missing:?}")));
+        }
+        for topic in routes.topics() {
+            crate::publish::validate_topic(topic)?;
+        }
+        let topics = routes.topics().map(str::to_owned).collect();
+        Ok(Relay { outbox, routes: Arc::new(routes), topics: Arc::new(topics), subscribers: Arc::new(subscribers), opts: RelayOptions::default() })
+    }
+
+    pub fn with_options(mut self, opts: RelayOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// Claims the next batch of routed outbox rows, or `None` when there is none.
+    pub async fn claim(&self) -> Result<Option<ClaimedBatch<'_>>, Error> {
+        let mut tx = self.outbox.begin().await?;
+        let rows: Vec<OutboxRow> =
+            sqlx::query_as(CLAIM).bind(&*self.topics).bind(self.opts.batch_size).fetch_all(&mut *tx).await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        Ok(Some(ClaimedBatch { relay: self, tx, rows }))
+    }
+
+    /// Relays one batch; returns how many outbox rows it moved (0: nothing to do).
+    pub async fn relay_once(&self) -> Result<usize, Error> {
+        match self.claim().await? {
+            None => Ok(0),
+            Some(batch) => {
+                batch.deliver().await?;
+                batch.ack().await
+            }
+        }
+    }
+
+    /// Relays until `shutdown`, woken by `NOTIFY` from publishers and by polling. A failing
+    /// delivery (a subscriber database down) is retried with backoff; nothing is deleted
+    /// from the outbox before every subscriber has it.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), Error> {
+        let wake = Arc::new(Notify::new());
+        let listening = shutdown.child_token();
+        let _stop_listening = listening.clone().drop_guard();
+        spawn_listener(self.outbox.clone(), OUTBOX_CHANNEL, vec![wake.clone()], listening);
+        let loops = (0..self.opts.concurrency.max(1)).map(|_| self.relay_loop(&wake, &shutdown));
+        futures::future::join_all(loops).await;
+        Ok(())
+    }
+
+    async fn relay_loop(&self, wake: &Notify, shutdown: &CancellationToken) {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.relay_once().await {
+                Ok(n) if n as i64 >= self.opts.batch_size => {
+                    failures = 0;
+                    wake.notify_one(); // more is waiting: recruit an idle loop
+                }
+                Ok(0) => {
+                    failures = 0;
+                    idle(notified, self.opts.poll_interval, shutdown).await;
+                }
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    let wait = Duration::from_millis(100 * 2u64.pow(failures.min(8)));
+                    tracing::error!(error = %e, retry_in = ?wait, "relay failed; the batch stays in the outbox");
+                    metrics::counter!("conveyor_queue_relay_errors_total").increment(1);
+                    sleep_or_cancel(wait, shutdown).await;
+                }
+            }
+        }
+    }
+}
+
+/// Outbox rows locked by one relay transaction: [`deliver`](Self::deliver) them, then
+/// [`ack`](Self::ack) to delete them. Dropping the batch unlocks the rows for another relay.
+pub struct ClaimedBatch<'r> {
+    relay: &'r Relay,
+    tx: Transaction<'static, Postgres>,
+    rows: Vec<OutboxRow>,
+}
+
+impl ClaimedBatch<'_> {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.rows.iter().map(|r| r.message_id).collect()
+    }
+
+    /// Inserts the batch into every subscriber's inbox (committed there, idempotent).
+    pub async fn deliver(&self) -> Result<(), Error> {
+        let mut per_subscriber: HashMap<&str, Vec<&OutboxRow>> = HashMap::new();
+        for row in &self.rows {
+            for sub in self.relay.routes.subscribers(&row.topic) {
+                per_subscriber.entry(sub.as_str()).or_default().push(row);
+            }
+        }
+        let deliveries = per_subscriber.into_iter().map(|(sub, rows)| async move {
+            let pool = &self.relay.subscribers[sub];
+            sqlx::query(DELIVER)
+                .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.key.as_deref()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| &r.payload).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| &r.headers).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+                .execute(pool)
+                .await
+                .map_err(|source| Error::Delivery { subscriber: sub.to_owned(), source })?;
+            let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
+            for r in &rows {
+                *per_topic.entry(r.topic.as_str()).or_default() += 1;
+            }
+            for (topic, n) in per_topic {
+                metrics::counter!("conveyor_queue_relayed_total", "topic" => topic.to_owned(), "subscriber" => sub.to_owned()).increment(n);
+            }
+            Ok::<_, Error>(())
+        });
+        futures::future::try_join_all(deliveries).await?;
+        Ok(())
+    }
+
+    /// Deletes the delivered rows from the outbox and commits; returns their count.
+    pub async fn ack(mut self) -> Result<usize, Error> {
+        let ids = self.ids();
+        sqlx::query("DELETE FROM conveyor.outbox WHERE message_id = ANY($1)").bind(&ids).execute(&mut *self.tx).await?;
+        self.tx.commit().await?;
+        Ok(ids.len())
+    }
+}
