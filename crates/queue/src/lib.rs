@@ -23,7 +23,7 @@ mod wake;
 
 pub use admin::{Depth, DeadLetter, QueueTable, depth, dead_letters, oldest_pending_age, replay, replay_all};
 pub use consumer::{
-    Consumer, ConsumerOptions, Handler, HandlerError, LeaseHandler, LeaseOptions,
+    Consumer, ConsumerOptions, Handler, HandlerError, LeaseHandler, LeaseOptions, handler_fn,
 };
 pub use error::Error;
 pub use message::{Delivery, Event, Headers, MessageId, Outgoing};

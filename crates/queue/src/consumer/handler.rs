@@ -30,6 +30,17 @@ where
     }
 }
 
+/// Makes a closure a transaction-mode handler: `handler_fn(|conn, msg: Delivery<E>| async
+/// move { … }.boxed())`. (A plain closure passed where `impl Handler` is expected cannot
+/// have its borrow of `conn` inferred; this function gives the compiler the signature.)
+pub fn handler_fn<E, F>(f: F) -> F
+where
+    E: Event,
+    F: for<'c> Fn(&'c mut PgConnection, Delivery<E>) -> BoxFuture<'c, Result<(), HandlerError>> + Send + Sync + 'static,
+{
+    f
+}
+
 /// A handler that calls the outside world (email, HTTP): it runs outside any transaction
 /// under a lease. If the worker dies, the lease expires and the message runs again, so the
 /// handler must be idempotent (use [`Delivery::id`] as the idempotency key).

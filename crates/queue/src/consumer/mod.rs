@@ -21,7 +21,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use handler::{Handler, HandlerError, LeaseHandler};
+pub use handler::{Handler, HandlerError, LeaseHandler, handler_fn};
 use handler::{LeaseDispatch, TxDispatch, Typed};
 
 use crate::wake::{idle, sleep_or_cancel, spawn_listener};

@@ -1,0 +1,11 @@
+//! Integration tests of the queue engine against a real PostgreSQL, one fresh database
+//! per test (`conveyor_devpg::test_db`). All in one binary, so it links once.
+
+mod admin;
+mod common;
+mod consume;
+mod crash;
+mod failures;
+mod lease;
+mod publish_relay;
+mod shutdown;

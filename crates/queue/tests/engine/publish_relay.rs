@@ -1,0 +1,94 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use conveyor_queue::{Outgoing, Relay, RelayOptions, Routes, publish, publish_event};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn a_rolled_back_transaction_publishes_nothing_and_a_committed_one_is_relayed_intact() {
+    let p = pair().await;
+    let mut tx = p.publisher.begin().await.unwrap();
+    publish_event(&mut tx, &Ping { n: 1 }).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(count(&p.publisher, "SELECT count(*) FROM conveyor.outbox").await, 0);
+
+    let mut tx = p.publisher.begin().await.unwrap();
+    let msg = Outgoing::event(&Ping { n: 7 }).unwrap().with_header("traceparent", "00-abc-def-01");
+    let id = publish(&mut tx, msg).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(id.get_version_num(), 7, "message ids are UUID v7");
+
+    p.relay_all().await;
+    assert_eq!(count(&p.publisher, "SELECT count(*) FROM conveyor.outbox").await, 0);
+    let (topic, key, payload, headers, state): (String, Option<String>, serde_json::Value, serde_json::Value, String) =
+        sqlx::query_as("SELECT topic, key, payload, headers, state FROM conveyor.inbox WHERE message_id = $1")
+            .bind(id)
+            .fetch_one(&p.subscriber)
+            .await
+            .unwrap();
+    assert_eq!(topic, "test.ping");
+    assert_eq!(key.as_deref(), Some("k7"));
+    assert_eq!(payload, serde_json::json!({"n": 7}));
+    assert_eq!(headers, serde_json::json!({"traceparent": "00-abc-def-01"}));
+    assert_eq!(state, "pending");
+}
+
+#[tokio::test]
+async fn the_relay_fans_out_to_every_subscriber_and_keeps_unrouted_topics() {
+    let p = pair().await;
+    let (_third_db, third) = queue_db().await;
+    let routes = Routes::new().route("test.ping", ["sub", "third"]).route("test.other", ["third"]);
+    let subs = HashMap::from([("sub".to_owned(), p.subscriber.clone()), ("third".to_owned(), third.clone())]);
+    let relay = Relay::new(p.publisher.clone(), routes, subs).unwrap();
+
+    let mut tx = p.publisher.begin().await.unwrap();
+    publish_event(&mut tx, &Ping { n: 1 }).await.unwrap();
+    publish(&mut tx, Outgoing::new("test.other", serde_json::json!({}))).await.unwrap();
+    publish(&mut tx, Outgoing::new("test.nobody", serde_json::json!({}))).await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(relay.relay_once().await.unwrap(), 2);
+    assert_eq!(relay.relay_once().await.unwrap(), 0);
+    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox").await, 1);
+    assert_eq!(count(&third, "SELECT count(*) FROM conveyor.inbox").await, 2);
+    // A topic nobody subscribes to is not dropped: it waits, visible in the depth figures.
+    let depth = conveyor_queue::depth(&p.publisher).await.unwrap();
+    assert_eq!(depth.len(), 1);
+    assert_eq!((depth[0].topic.as_str(), depth[0].count), ("test.nobody", 1));
+}
+
+#[tokio::test]
+async fn a_relay_without_a_database_for_a_subscriber_is_refused() {
+    let p = pair().await;
+    let routes = Routes::new().route("test.ping", ["sub", "ghost"]);
+    let subs = HashMap::from([("sub".to_owned(), p.subscriber.clone())]);
+    let err = Relay::new(p.publisher.clone(), routes, subs).err().expect("must be refused");
+    assert!(err.to_string().contains("ghost"), "{err}");
+}
+
+#[tokio::test]
+async fn parallel_relays_deliver_every_message_once() {
+    let p = pair().await;
+    let ids = p.publish(0..5000).await;
+    let relay = p.relay().with_options(RelayOptions { batch_size: 50, concurrency: 4, poll_interval: Duration::from_millis(50) });
+    // Two relay processes' worth of loops, racing on one outbox.
+    let stop = CancellationToken::new();
+    let (a, b) = (relay.clone(), relay.clone());
+    let (sa, sb) = (stop.clone(), stop.clone());
+    let ta = tokio::spawn(async move { a.run(sa).await });
+    let tb = tokio::spawn(async move { b.run(sb).await });
+    wait_until("the outbox is empty", Duration::from_secs(120), || async {
+        count(&p.publisher, "SELECT count(*) FROM conveyor.outbox").await == 0
+    })
+    .await;
+    stop.cancel();
+    ta.await.unwrap().unwrap();
+    tb.await.unwrap().unwrap();
+    let inbox: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT message_id FROM conveyor.inbox ORDER BY message_id").fetch_all(&p.subscriber).await.unwrap();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(inbox, expected);
+}
