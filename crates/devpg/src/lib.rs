@@ -75,7 +75,7 @@ extern "C" fn stop_all_at_exit() {
             std::mem::take(&mut *guard)
         };
         for l in live {
-            shutdown(&l.bin_dir, &l.root_dir);
+            shutdown(&l.bin_dir, &l.root_dir, true);
         }
     });
 }
@@ -188,9 +188,9 @@ fn run_checked(mut cmd: Command, what: &str) -> Result<Output> {
 }
 
 /// Stop the server whose data lives in `root_dir/data` and delete `root_dir`. Best effort.
-fn shutdown(bin_dir: &Path, root_dir: &Path) {
+fn shutdown(bin_dir: &Path, root_dir: &Path, warn: bool) {
     let data = root_dir.join("data");
-    if data.join("postmaster.pid").exists() {
+    if postmaster_running(&data) {
         let fast = pg_command(bin_dir, "pg_ctl", root_dir)
             .args(["stop", "-m", "fast", "-w", "-t", "30", "-D"])
             .arg(&data)
@@ -198,7 +198,7 @@ fn shutdown(bin_dir: &Path, root_dir: &Path) {
             .stderr(Stdio::piped())
             .output();
         let ok = matches!(&fast, Ok(o) if o.status.success());
-        if !ok && data.join("postmaster.pid").exists() {
+        if !ok && postmaster_running(&data) {
             let _ = pg_command(bin_dir, "pg_ctl", root_dir)
                 .args(["stop", "-m", "immediate", "-w", "-t", "30", "-D"])
                 .arg(&data)
@@ -206,7 +206,10 @@ fn shutdown(bin_dir: &Path, root_dir: &Path) {
                 .stderr(Stdio::null())
                 .status();
         }
-        if data.join("postmaster.pid").exists() {
+        if postmaster_running(&data) {
+            if !warn {
+                return;
+            }
             eprintln!(
                 "conveyor-devpg: warning: could not stop PostgreSQL in {}; leaving it in place",
                 data.display()
@@ -215,6 +218,22 @@ fn shutdown(bin_dir: &Path, root_dir: &Path) {
         }
     }
     let _ = fs::remove_dir_all(root_dir);
+}
+
+/// Whether `data/postmaster.pid` names a live process (a crash can leave a stale file).
+fn postmaster_running(data: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(data.join("postmaster.pid")) else {
+        return false;
+    };
+    match text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    {
+        Some(pid) if pid > 0 => pid_alive(pid),
+        // Unreadable content: assume it runs, so that pg_ctl gets to decide.
+        _ => true,
+    }
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -245,7 +264,7 @@ fn clean_stale(bin_dir: &Path) {
         if pid <= 0 || pid == std::process::id() as i32 || pid_alive(pid) {
             continue;
         }
-        shutdown(bin_dir, &entry.path());
+        shutdown(bin_dir, &entry.path(), false);
     }
 }
 
@@ -431,7 +450,7 @@ impl PgCluster {
         }
         self.stopped = true;
         unregister(&self.root_dir);
-        shutdown(&self.bin_dir, &self.root_dir);
+        shutdown(&self.bin_dir, &self.root_dir, true);
     }
 }
 
