@@ -116,6 +116,9 @@ pub async fn queue(args: QueueArgs, signals: &mut Signals) -> Result<i32> {
     };
     let result = queue_inner(&args, &pg, clients, seconds, signals).await;
     pg.stop().await;
+    if let Some(sig) = signals.received() {
+        eprintln!("xtask: interrupted (signal {sig}); benchmarks and PostgreSQL stopped");
+    }
     result
 }
 
@@ -138,6 +141,24 @@ async fn queue_inner(
     let results_dir = target_dir()?.join("bench-results");
     std::fs::create_dir_all(&results_dir)
         .with_context(|| format!("could not create {}", results_dir.display()))?;
+
+    // 0. Build the engine benchmarks first: a build error fails fast, and no compiler runs
+    //    while the reference is measured.
+    if !args.reference_only {
+        println!(
+            "\n== building the engine benchmarks (cargo bench -p conveyor-benches --no-run) =="
+        );
+        let mut cmd = tokio::process::Command::new(cargo());
+        cmd.args(["bench", "-p", "conveyor-benches", "--no-run"])
+            .current_dir(workspace_root());
+        match proc::run(cmd, signals).await? {
+            Outcome::Exited(0) => {}
+            Outcome::Exited(code) => {
+                bail!("building the engine benchmarks failed (exit code {code})")
+            }
+            Outcome::Interrupted(sig) => return Ok(128 + sig),
+        }
+    }
 
     // 1. The raw-SQL reference.
     println!(
