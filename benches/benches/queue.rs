@@ -1,1 +1,315 @@
-fn main() {}
+//! Queue engine throughput (publish, relay, claim+complete at batch 1, 10, 100) and idle
+//! wake-up latency, against a real PostgreSQL. `cargo xtask bench queue` runs it next to the
+//! raw-SQL reference (pgbench, same server, same run) and prints the ratios.
+//!
+//! Every figure uses `BENCH_CLIENTS` concurrent clients (default 4), like the reference.
+//! Set `DATABASE_URL` to a server's admin URL, or a private durable cluster is started.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use conveyor_benches::{BenchEvent, EngineResults, Figure, Latency, fresh_db, percentile, results_dir};
+use conveyor_devpg::{ClusterOptions, PgCluster};
+use sqlx::Connection;
+use conveyor_queue::{
+    Consumer, ConsumerOptions, Delivery, Event, Outgoing, Relay, RelayOptions, Routes, handler_fn, publish_all,
+};
+use criterion::{BenchmarkId, Criterion, Throughput};
+use futures::FutureExt;
+use sqlx::PgPool;
+use tokio::runtime::Runtime;
+use tokio_util::sync::CancellationToken;
+
+const BATCHES: [usize; 3] = [1, 10, 100];
+
+/// Messages and time measured per (benchmark, batch), summed over criterion's iterations.
+type Tally = Arc<Mutex<HashMap<(&'static str, usize), (u64, Duration)>>>;
+
+struct Bench {
+    rt: Runtime,
+    publisher: PgPool,
+    subscriber: PgPool,
+    clients: usize,
+    tally: Tally,
+}
+
+impl Bench {
+    /// Splits `total` units of work over the clients.
+    fn shares(&self, total: u64) -> Vec<u64> {
+        let c = self.clients as u64;
+        (0..c).map(|i| total / c + u64::from(i < total % c)).collect()
+    }
+
+    fn tally(&self, name: &'static str, batch: usize, msgs: u64, took: Duration) {
+        let mut t = self.tally.lock().unwrap();
+        let e = t.entry((name, batch)).or_default();
+        e.0 += msgs;
+        e.1 += took;
+    }
+
+    async fn truncate(&self) {
+        for pool in [&self.publisher, &self.subscriber] {
+            sqlx::raw_sql("TRUNCATE conveyor.outbox, conveyor.inbox").execute(pool).await.unwrap();
+        }
+    }
+
+    /// Puts `n` messages into the outbox (untimed set-up for the relay benchmark).
+    async fn fill_outbox(&self, n: u64) {
+        let msgs: Vec<Outgoing> = (0..n as i64).map(|i| Outgoing::event(&BenchEvent::sample(i)).unwrap()).collect();
+        for chunk in msgs.chunks(1000) {
+            let mut tx = self.publisher.begin().await.unwrap();
+            publish_all(&mut tx, chunk).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+
+    /// Puts `n` pending messages into the inbox (untimed set-up for claim+complete).
+    async fn fill_inbox(&self, n: u64) {
+        let payload = serde_json::to_value(BenchEvent::sample(1)).unwrap();
+        sqlx::query(
+            "INSERT INTO conveyor.inbox (message_id, topic, payload, published_at)
+             SELECT gen_random_uuid(), $1, $2, now() FROM generate_series(1, $3)",
+        )
+        .bind(BenchEvent::TOPIC)
+        .bind(payload)
+        .bind(n as i64)
+        .execute(&self.subscriber)
+        .await
+        .unwrap();
+        sqlx::raw_sql("VACUUM ANALYZE conveyor.inbox").execute(&self.subscriber).await.unwrap();
+    }
+
+    fn relay(&self, batch: usize) -> Relay {
+        Relay::new(
+            self.publisher.clone(),
+            Routes::new().route(BenchEvent::TOPIC, ["sub"]),
+            HashMap::from([("sub".to_owned(), self.subscriber.clone())]),
+        )
+        .unwrap()
+        .with_options(RelayOptions { batch_size: batch as i64, ..Default::default() })
+    }
+
+    fn consumer(&self, batch: usize) -> Consumer {
+        Consumer::new(self.subscriber.clone())
+            .with_options(ConsumerOptions { batch_size: batch as i64, ..Default::default() })
+            .subscribe(handler_fn(|_, _: Delivery<BenchEvent>| async { Ok(()) }.boxed()))
+    }
+}
+
+/// Runs `step` on every client until `total` messages are done; returns the elapsed time.
+async fn drive<F, Fut>(clients: usize, total: u64, step: F) -> Duration
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = usize> + Send,
+{
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (done, step) = (done.clone(), step.clone());
+            tokio::spawn(async move {
+                while (done.load(Ordering::Relaxed) as u64) < total {
+                    let n = step().await;
+                    done.fetch_add(n, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    started.elapsed()
+}
+
+/// Publishing `batch` messages per transaction. `publish` sends each batch as its own
+/// statement on a connection outside any transaction (autocommit, the shape of the raw
+/// INSERT reference); `publish_tx` wraps it in BEGIN … COMMIT, as a service publishing
+/// with its state change does.
+fn bench_publish(c: &mut Criterion, b: &Arc<Bench>, name: &'static str, explicit_tx: bool) {
+    let mut group = c.benchmark_group(name);
+    for batch in BATCHES {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(BenchmarkId::from_parameter(batch), |bencher| {
+            bencher.iter_custom(|iters| {
+                let b = b.clone();
+                b.clone().rt.block_on(async move {
+                    b.truncate().await;
+                    let started = Instant::now();
+                    let tasks: Vec<_> = b
+                        .shares(iters)
+                        .into_iter()
+                        .map(|txs| {
+                            let pool = b.publisher.clone();
+                            tokio::spawn(async move {
+                                let mut conn = pool.acquire().await.unwrap();
+                                for t in 0..txs {
+                                    let msgs: Vec<Outgoing> =
+                                        (0..batch).map(|i| Outgoing::event(&BenchEvent::sample(t as i64 + i as i64)).unwrap()).collect();
+                                    if explicit_tx {
+                                        let mut tx = conn.begin().await.unwrap();
+                                        publish_all(&mut tx, &msgs).await.unwrap();
+                                        tx.commit().await.unwrap();
+                                    } else {
+                                        publish_all(&mut conn, &msgs).await.unwrap();
+                                    }
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                    let took = started.elapsed();
+                    b.tally(name, batch, iters * batch as u64, took);
+                    took
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_relay(c: &mut Criterion, b: &Arc<Bench>) {
+    let mut group = c.benchmark_group("relay");
+    for batch in BATCHES {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(BenchmarkId::from_parameter(batch), |bencher| {
+            bencher.iter_custom(|iters| {
+                let b = b.clone();
+                b.clone().rt.block_on(async move {
+                    b.truncate().await;
+                    let total = iters * batch as u64;
+                    b.fill_outbox(total).await;
+                    let relay = b.relay(batch);
+                    let took = drive(b.clients, total, move || {
+                        let relay = relay.clone();
+                        async move { relay.relay_once().await.unwrap() }
+                    })
+                    .await;
+                    b.tally("relay", batch, total, took);
+                    took
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_claim_complete(c: &mut Criterion, b: &Arc<Bench>) {
+    let mut group = c.benchmark_group("claim_complete");
+    for batch in BATCHES {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(BenchmarkId::from_parameter(batch), |bencher| {
+            bencher.iter_custom(|iters| {
+                let b = b.clone();
+                b.clone().rt.block_on(async move {
+                    b.truncate().await;
+                    let total = iters * batch as u64;
+                    b.fill_inbox(total).await;
+                    let consumer = Arc::new(b.consumer(batch));
+                    let took = drive(b.clients, total, move || {
+                        let consumer = consumer.clone();
+                        async move { consumer.process_once().await.unwrap() }
+                    })
+                    .await;
+                    b.tally("claim_complete", batch, total, took);
+                    took
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Publish → handler start with every loop idle (woken by NOTIFY, polling far away).
+fn wakeup_latency(b: &Arc<Bench>, samples: usize) -> Latency {
+    b.rt.block_on(async {
+        b.truncate().await;
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let consumer = Arc::new(
+            Consumer::new(b.subscriber.clone())
+                .with_options(ConsumerOptions { concurrency: 2, poll_interval: Duration::from_secs(600), ..Default::default() })
+                .subscribe(handler_fn(move |_, _: Delivery<BenchEvent>| {
+                    let _ = started_tx.send(Instant::now());
+                    async { Ok(()) }.boxed()
+                })),
+        );
+        let relay = b.relay(100).with_options(RelayOptions { poll_interval: Duration::from_secs(600), ..Default::default() });
+        let stop = CancellationToken::new();
+        let (c, s1, s2) = (consumer.clone(), stop.clone(), stop.clone());
+        let running = tokio::spawn(async move { tokio::join!(c.run(s1), relay.run(s2)) });
+        // Warm-up: the first message also proves both loops are listening.
+        let mut ms = Vec::with_capacity(samples);
+        for i in 0..samples + 5 {
+            tokio::time::sleep(Duration::from_millis(20)).await; // let every loop go idle
+            let msg = Outgoing::event(&BenchEvent::sample(i as i64)).unwrap();
+            let t0 = Instant::now();
+            let mut tx = b.publisher.begin().await.unwrap();
+            publish_all(&mut tx, &[msg]).await.unwrap();
+            tx.commit().await.unwrap();
+            let t1 = tokio::time::timeout(Duration::from_secs(30), started_rx.recv()).await.expect("no wake-up in 30 s").unwrap();
+            if i >= 5 {
+                ms.push((t1 - t0).as_secs_f64() * 1000.0);
+            }
+        }
+        stop.cancel();
+        let _ = running.await;
+        ms.sort_by(f64::total_cmp);
+        Latency { p50: percentile(&ms, 50.0), p95: percentile(&ms, 95.0), p99: percentile(&ms, 99.0), samples: ms.len() }
+    })
+}
+
+fn main() {
+    let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
+    let clients: usize = std::env::var("BENCH_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (_cluster, admin_url) = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => (None, url),
+        _ => {
+            let cluster = PgCluster::start(ClusterOptions { durable: true, name: "bench".into(), ..Default::default() })
+                .expect("start a private PostgreSQL");
+            let url = cluster.admin_url();
+            (Some(cluster), url)
+        }
+    };
+    let (publisher, subscriber) = rt.block_on(async {
+        let p = fresh_db(&admin_url, "bench_engine_pub", clients as u32 + 4).await.unwrap();
+        let s = fresh_db(&admin_url, "bench_engine_sub", clients as u32 + 4).await.unwrap();
+        (p, s)
+    });
+    let b = Arc::new(Bench { rt, publisher, subscriber, clients, tally: Tally::default() });
+
+    let mut c = Criterion::default().configure_from_args().sample_size(10);
+    c = if quick {
+        c.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1))
+    } else {
+        c.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5))
+    };
+    bench_publish(&mut c, &b, "publish", false);
+    bench_publish(&mut c, &b, "publish_tx", true);
+    bench_relay(&mut c, &b);
+    bench_claim_complete(&mut c, &b);
+    let wakeup = wakeup_latency(&b, if quick { 30 } else { 200 });
+    c.final_summary();
+
+    let tally = b.tally.lock().unwrap();
+    let mut results = Vec::new();
+    for name in ["publish", "publish_tx", "relay", "claim_complete"] {
+        for batch in BATCHES {
+            if let Some((msgs, took)) = tally.get(&(name, batch)) {
+                results.push(Figure { name: name.into(), batch, msgs_per_sec: *msgs as f64 / took.as_secs_f64() });
+            }
+        }
+    }
+    let out = EngineResults { clients, results, wakeup_ms: wakeup };
+    println!("\nengine throughput ({clients} clients), messages/s:");
+    for f in &out.results {
+        println!("  {:<15} batch {:>3}: {:>10.0}", f.name, f.batch, f.msgs_per_sec);
+    }
+    println!("idle wake-up, publish -> handler start: p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms ({} samples)", out.wakeup_ms.p50, out.wakeup_ms.p95, out.wakeup_ms.p99, out.wakeup_ms.samples);
+    let path = results_dir().join("queue-engine.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap()).unwrap();
+    println!("wrote {}", path.display());
+}

@@ -1,1 +1,93 @@
-//! Shared setup for the benchmarks.
+//! Shared setup of the queue benchmarks: databases, payloads, result files.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// The benchmark message: about 200 bytes of JSON, like the raw-SQL reference's payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchEvent {
+    pub order_id: String,
+    pub customer_id: String,
+    pub lines: Vec<(String, i32)>,
+    pub total_cents: i64,
+    pub currency: String,
+}
+
+impl conveyor_queue::Event for BenchEvent {
+    const TOPIC: &'static str = "bench.event";
+}
+
+impl BenchEvent {
+    pub fn sample(n: i64) -> Self {
+        BenchEvent {
+            order_id: format!("{:032x}", n),
+            customer_id: "c0ffee00-0000-7000-8000-000000000001".into(),
+            lines: vec![("sku-000001".into(), 2), ("sku-000002".into(), 1)],
+            total_cents: 4999 + n % 100,
+            currency: "EUR".into(),
+        }
+    }
+}
+
+/// Where benchmark results go: `<target>/bench-results/`.
+pub fn results_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        // target/<profile>/deps/<bench binary>
+        let exe = std::env::current_exe().expect("current exe");
+        exe.ancestors().nth(3).expect("target dir").to_path_buf()
+    });
+    let dir = target.join("bench-results");
+    std::fs::create_dir_all(&dir).expect("create bench-results");
+    dir
+}
+
+/// A fresh, migrated database `name` on the server of `admin_url`.
+pub async fn fresh_db(admin_url: &str, name: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let admin = PgPool::connect(admin_url).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
+    admin.close().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        // A ping before every checkout doubles the round trips of a short transaction.
+        .test_before_acquire(false)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect(&conveyor_devpg::with_database(admin_url, name))
+        .await?;
+    conveyor_queue::migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// One throughput figure of the engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Figure {
+    pub name: String,
+    pub batch: usize,
+    pub msgs_per_sec: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub samples: usize,
+}
+
+/// The file `cargo xtask bench queue` reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineResults {
+    pub clients: usize,
+    pub results: Vec<Figure>,
+    pub wakeup_ms: Latency,
+}
+
+/// Percentile `p` (0–100) of sorted `xs`.
+pub fn percentile(xs: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * (xs.len() - 1) as f64).round() as usize;
+    xs[rank.min(xs.len() - 1)]
+}

@@ -73,7 +73,7 @@ pub(crate) struct InboxRow {
     pub message_id: Uuid,
     pub topic: String,
     pub key: Option<String>,
-    pub payload: serde_json::Value,
+    pub payload: sqlx::types::Json<Box<serde_json::value::RawValue>>,
     pub headers: sqlx::types::Json<Headers>,
     /// Attempts made before this claim (tx mode) or including it (lease mode).
     pub attempts: i32,
@@ -86,7 +86,7 @@ impl InboxRow {
             id: self.message_id,
             topic: self.topic.clone(),
             key: self.key.clone(),
-            payload: T::deserialize(&self.payload)?,
+            payload: serde_json::from_str(self.payload.get())?,
             headers: self.headers.0.clone(),
             attempt,
             published_at: self.published_at,

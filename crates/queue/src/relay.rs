@@ -1,9 +1,11 @@
 //! The relay: moves committed outbox rows into every subscriber's inbox.
 //!
 //! A batch is claimed with `FOR UPDATE SKIP LOCKED` (parallel relays take disjoint
-//! batches), inserted into each subscriber's inbox with `ON CONFLICT DO NOTHING`, and only
-//! then deleted. A relay that dies after the insert and before the delete leaves the rows
-//! unlocked in the outbox; the next relay delivers them again and the inboxes drop the copies.
+//! batches) and deleted in the same statement, inside a transaction that stays open while
+//! the batch is inserted into each subscriber's inbox with `ON CONFLICT DO NOTHING`; only
+//! then does it commit. A relay that dies after the insert and before the commit leaves the
+//! rows in the outbox (the delete rolls back); the next relay delivers them again and the
+//! inboxes drop the copies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -78,14 +80,17 @@ struct OutboxRow {
     message_id: Uuid,
     topic: String,
     key: Option<String>,
-    payload: serde_json::Value,
+    payload: Json<Box<serde_json::value::RawValue>>,
     headers: Json<Headers>,
     created_at: DateTime<Utc>,
 }
 
 const CLAIM: &str = "\
-SELECT message_id, topic, key, payload, headers, created_at FROM conveyor.outbox
-WHERE topic = ANY($1) ORDER BY message_id LIMIT $2 FOR UPDATE SKIP LOCKED";
+DELETE FROM conveyor.outbox AS o USING (
+    SELECT message_id FROM conveyor.outbox
+    WHERE topic = ANY($1) ORDER BY message_id LIMIT $2 FOR UPDATE SKIP LOCKED) AS c
+WHERE o.message_id = c.message_id
+RETURNING o.message_id, o.topic, o.key, o.payload, o.headers, o.created_at";
 
 const DELIVER: &str = "\
 WITH wake AS (SELECT pg_notify('conveyor_inbox', ''))
@@ -127,12 +132,13 @@ impl Relay {
     /// Claims the next batch of routed outbox rows, or `None` when there is none.
     pub async fn claim(&self) -> Result<Option<ClaimedBatch<'_>>, Error> {
         let mut tx = self.outbox.begin().await?;
-        let rows: Vec<OutboxRow> =
+        let mut rows: Vec<OutboxRow> =
             sqlx::query_as(CLAIM).bind(&*self.topics).bind(self.opts.batch_size).fetch_all(&mut *tx).await?;
         if rows.is_empty() {
             tx.rollback().await?;
             return Ok(None);
         }
+        rows.sort_unstable_by_key(|r| r.message_id); // publish order
         Ok(Some(ClaimedBatch { relay: self, tx, rows }))
     }
 
@@ -188,8 +194,9 @@ impl Relay {
     }
 }
 
-/// Outbox rows locked by one relay transaction: [`deliver`](Self::deliver) them, then
-/// [`ack`](Self::ack) to delete them. Dropping the batch unlocks the rows for another relay.
+/// Outbox rows claimed (deleted, uncommitted) by one relay transaction:
+/// [`deliver`](Self::deliver) them, then [`ack`](Self::ack) to commit their deletion.
+/// Dropping the batch rolls back and leaves the rows to another relay.
 pub struct ClaimedBatch<'r> {
     relay: &'r Relay,
     tx: Transaction<'static, Postgres>,
@@ -242,11 +249,9 @@ impl ClaimedBatch<'_> {
         Ok(())
     }
 
-    /// Deletes the delivered rows from the outbox and commits; returns their count.
-    pub async fn ack(mut self) -> Result<usize, Error> {
-        let ids = self.ids();
-        sqlx::query("DELETE FROM conveyor.outbox WHERE message_id = ANY($1)").bind(&ids).execute(&mut *self.tx).await?;
+    /// Commits the deletion of the delivered rows from the outbox; returns their count.
+    pub async fn ack(self) -> Result<usize, Error> {
         self.tx.commit().await?;
-        Ok(ids.len())
+        Ok(self.rows.len())
     }
 }

@@ -10,10 +10,16 @@ use super::{Consumer, Failure, count_done};
 use crate::Error;
 use crate::message::InboxRow;
 
-const CLAIM: &str = "\
-SELECT message_id, topic, key, payload, headers, attempts, published_at FROM conveyor.inbox
-WHERE state IN ('pending', 'running') AND visible_at <= now() AND topic = ANY($1)
-ORDER BY visible_at LIMIT $2 FOR UPDATE SKIP LOCKED";
+// The fast path claims and marks done in one statement: the row lock the UPDATE takes is
+// the claim, and if a handler fails the whole transaction rolls back to `pending`.
+const CLAIM_AS_DONE: &str = "\
+WITH c AS (
+    SELECT message_id FROM conveyor.inbox
+    WHERE state IN ('pending', 'running') AND visible_at <= now() AND topic = ANY($1)
+    ORDER BY visible_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+UPDATE conveyor.inbox AS i SET state = 'done', attempts = i.attempts + 1, done_at = now()
+FROM c WHERE i.message_id = c.message_id
+RETURNING i.message_id, i.topic, i.key, i.payload, i.headers, i.attempts - 1 AS attempts, i.published_at";
 
 const RECLAIM: &str = "\
 SELECT message_id, topic, key, payload, headers, attempts, published_at FROM conveyor.inbox
@@ -35,7 +41,7 @@ WHERE i.message_id = f.id";
 
 impl Consumer {
     /// One transaction-mode cycle. The batch first runs as a whole, without savepoints (the
-    /// fast path: one transaction, four statements however many messages). If a handler
+    /// fast path: one transaction of three statements, however many messages). If a handler
     /// fails, that transaction is rolled back and the batch runs again with one savepoint
     /// per message, so the failure is recorded and every other message still completes.
     pub(super) async fn tx_cycle(&self) -> Result<usize, Error> {
@@ -43,8 +49,9 @@ impl Consumer {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<InboxRow> =
-            sqlx::query_as(CLAIM).bind(&self.tx_topics).bind(self.opts.batch_size).fetch_all(&mut *tx).await?;
+        let mut rows: Vec<InboxRow> =
+            sqlx::query_as(CLAIM_AS_DONE).bind(&self.tx_topics).bind(self.opts.batch_size).fetch_all(&mut *tx).await?;
+        rows.sort_unstable_by_key(|r| r.message_id); // publish order
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(0);
@@ -57,8 +64,6 @@ impl Consumer {
             }
         }
         if all_ok {
-            let ids: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
-            sqlx::query(DONE).bind(&ids).execute(&mut *tx).await?;
             tx.commit().await?;
             count_per_topic(&rows);
             return Ok(rows.len());

@@ -21,7 +21,7 @@ impl Event for Ping {
 }
 
 pub async fn pool(url: &str, max: u32) -> PgPool {
-    PgPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(60)).connect(url).await.unwrap()
+    PgPoolOptions::new().max_connections(max).test_before_acquire(false).acquire_timeout(Duration::from_secs(60)).connect(url).await.unwrap()
 }
 
 /// A migrated database with an `effects` table: one row per handler effect, on purpose
