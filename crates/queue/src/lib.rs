@@ -44,3 +44,7 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateEr
 pub const OUTBOX_CHANNEL: &str = "conveyor_outbox";
 /// Notification channel consumers listen on for new inbox rows.
 pub const INBOX_CHANNEL: &str = "conveyor_inbox";
+/// Advisory lock an idle relay holds so that publishers know to notify it.
+pub const OUTBOX_WAKE_LOCK: i64 = 0x636f_6e76_6f75_7401;
+/// Advisory lock an idle consumer holds so that relays know to notify it.
+pub const INBOX_WAKE_LOCK: i64 = 0x636f_6e76_696e_6201;

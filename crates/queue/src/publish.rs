@@ -3,17 +3,20 @@
 use sqlx::PgConnection;
 use sqlx::types::Json;
 
+use crate::wake::wake_cte;
 use crate::{Error, Event, MessageId, Outgoing};
 
-// One statement both inserts and wakes the relay. Postgres delivers identical
-// notifications of one transaction once, so a transaction that publishes many messages
-// sends one NOTIFY, not one per row.
-const INSERT: &str = "\
-WITH wake AS (SELECT pg_notify('conveyor_outbox', ''))
-INSERT INTO conveyor.outbox (message_id, topic, key, payload, headers)
+// One statement both inserts and, if a relay is idle, wakes it (see `wake`). Postgres
+// delivers identical notifications of one transaction once, so a transaction that
+// publishes many messages sends at most one NOTIFY.
+pub(crate) const INSERT: &str = concat!(
+    "WITH ",
+    wake_cte!("conveyor_outbox", 7165066987124913153),
+    "\nINSERT INTO conveyor.outbox (message_id, topic, key, payload, headers)
 SELECT m.* FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[])
        AS m(message_id, topic, key, payload, headers)
-CROSS JOIN wake";
+CROSS JOIN wake"
+);
 
 /// Publishes `event` on its topic. Call it with the transaction that makes the change the
 /// event reports: the message exists exactly when that transaction commits.

@@ -18,8 +18,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::wake::{idle, sleep_or_cancel, spawn_listener};
-use crate::{Error, Headers, OUTBOX_CHANNEL};
+use crate::wake::{self, Idle, sleep_or_cancel, spawn_listener, wake_cte};
+use crate::{Error, Headers};
 
 /// Which subscribers receive each topic. Declared in code (the contracts crate), so a
 /// routing change is reviewed like any other change.
@@ -92,13 +92,15 @@ DELETE FROM conveyor.outbox AS o USING (
 WHERE o.message_id = c.message_id
 RETURNING o.message_id, o.topic, o.key, o.payload, o.headers, o.created_at";
 
-const DELIVER: &str = "\
-WITH wake AS (SELECT pg_notify('conveyor_inbox', ''))
-INSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at)
+pub(crate) const DELIVER: &str = concat!(
+    "WITH ",
+    wake_cte!("conveyor_inbox", 7165066987023786497),
+    "\nINSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at)
 SELECT m.* FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::timestamptz[])
        AS m(message_id, topic, key, payload, headers, published_at)
 CROSS JOIN wake
-ON CONFLICT (message_id) DO NOTHING";
+ON CONFLICT (message_id) DO NOTHING"
+);
 
 /// Copies a service's outbox into its subscribers' inboxes.
 #[derive(Clone)]
@@ -157,16 +159,17 @@ impl Relay {
     /// delivery (a subscriber database down) is retried with backoff; nothing is deleted
     /// from the outbox before every subscriber has it.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), Error> {
-        let wake = Arc::new(Notify::new());
+        let (wake, idle) = (Arc::new(Notify::new()), Arc::new(Idle::default()));
         let listening = shutdown.child_token();
         let _stop_listening = listening.clone().drop_guard();
-        spawn_listener(self.outbox.clone(), OUTBOX_CHANNEL, vec![wake.clone()], listening);
-        let loops = (0..self.opts.concurrency.max(1)).map(|_| self.relay_loop(&wake, &shutdown));
+        let topics = self.topics.to_vec();
+        spawn_listener(self.outbox.clone(), &wake::OUTBOX, topics, idle.clone(), vec![wake.clone()], listening);
+        let loops = (0..self.opts.concurrency.max(1)).map(|_| self.relay_loop(&wake, &idle, &shutdown));
         futures::future::join_all(loops).await;
         Ok(())
     }
 
-    async fn relay_loop(&self, wake: &Notify, shutdown: &CancellationToken) {
+    async fn relay_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             let notified = wake.notified();
@@ -179,7 +182,7 @@ impl Relay {
                 }
                 Ok(0) => {
                     failures = 0;
-                    idle(notified, self.opts.poll_interval, shutdown).await;
+                    idle.wait(notified, self.opts.poll_interval, shutdown).await;
                 }
                 Ok(_) => failures = 0,
                 Err(e) => {

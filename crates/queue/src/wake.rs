@@ -1,50 +1,153 @@
-//! Wake-ups: `LISTEN` on a channel and wake one idle loop per notification; polling is the
-//! fallback when a notification is lost (listener reconnecting) or never sent (backoff).
+//! Wake-ups without paying for NOTIFY under load.
+//!
+//! A `NOTIFY` makes its transaction's commit take a cluster-wide lock, so notifying
+//! transactions commit one at a time (Oban #956: a trigger that notified per insert cut
+//! inserts from 1,967/s to 698/s). Here a writer notifies only when somebody is waiting:
+//!
+//! - a listener whose loops are idle holds the session advisory lock of its channel;
+//! - a writer's statement tries the same lock in shared mode for its transaction
+//!   (`pg_try_advisory_xact_lock_shared`) and sends `pg_notify` only when that fails;
+//! - when no loop is idle the listener releases the lock: busy loops claim again anyway.
+//!
+//! No wake-up is lost: a writer that found the lock free holds it (shared) until it
+//! commits, so a listener taking the lock waits for that commit, then probes the table
+//! once and wakes a loop if anything is there. Polling stays as the fallback for what no
+//! notification announces (a retry whose backoff ended, a lost connection).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-/// Spawns a task that listens on `channel` and calls `notify_one` on each of `wakes` for every
-/// notification, until `shutdown`. Errors (a dropped connection) wake everybody: whatever
-/// was notified in the gap is found by the loops' next claim.
-pub(crate) fn spawn_listener(pool: PgPool, channel: &'static str, wakes: Vec<Arc<Notify>>, shutdown: CancellationToken) {
+/// A notification channel: its name, the advisory lock key idle listeners hold, and the
+/// query that tells whether there is work (`$1`: the listener's topics).
+pub(crate) struct Channel {
+    pub name: &'static str,
+    pub lock_key: i64,
+    pub probe: &'static str,
+}
+
+pub(crate) const OUTBOX: Channel = Channel {
+    name: crate::OUTBOX_CHANNEL,
+    lock_key: crate::OUTBOX_WAKE_LOCK,
+    probe: "SELECT EXISTS (SELECT 1 FROM conveyor.outbox WHERE topic = ANY($1))",
+};
+
+pub(crate) const INBOX: Channel = Channel {
+    name: crate::INBOX_CHANNEL,
+    lock_key: crate::INBOX_WAKE_LOCK,
+    probe: "SELECT EXISTS (SELECT 1 FROM conveyor.inbox WHERE state IN ('pending', 'running') AND visible_at <= now() AND topic = ANY($1))",
+};
+
+/// How loops and their listener meet: loops count themselves idle while they wait, and
+/// wait on a `Notify` the listener pokes.
+#[derive(Default)]
+pub(crate) struct Idle {
+    count: watch::Sender<usize>,
+}
+
+impl Idle {
+    /// Waits until woken, the poll interval passes, or shutdown, counted as idle meanwhile.
+    /// `notified` must have been enabled before the claim that came back empty, so a
+    /// wake-up in between is not lost.
+    pub async fn wait(&self, notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>, poll: Duration, shutdown: &CancellationToken) {
+        self.count.send_modify(|n| *n += 1);
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = notified => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+        self.count.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Spawns the listener of `channel` for loops that handle `topics`: it holds the channel's
+/// lock while any loop is idle, and pokes each of `wakes` (`notify_one`) on every
+/// notification or positive probe, until `shutdown`.
+pub(crate) fn spawn_listener(
+    pool: PgPool,
+    channel: &'static Channel,
+    topics: Vec<String>,
+    idle: Arc<Idle>,
+    wakes: Vec<Arc<Notify>>,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
-        loop {
+        let poke = || wakes.iter().for_each(|w| w.notify_one());
+        let poke_all = || wakes.iter().for_each(|w| w.notify_waiters());
+        let mut idle_rx = idle.count.subscribe();
+        let mut retry = Duration::from_millis(10);
+        'connect: loop {
             let mut listener = match PgListener::connect_with(&pool).await {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::warn!(error = %e, channel, "cannot connect the notification listener; polling only until it can");
+                    tracing::warn!(error = %e, channel = channel.name, "cannot connect the notification listener; polling only until it can");
                     if sleep_or_cancel(Duration::from_secs(1), &shutdown).await {
                         return;
                     }
                     continue;
                 }
             };
-            if let Err(e) = listener.listen(channel).await {
-                tracing::warn!(error = %e, channel, "LISTEN failed; retrying");
+            if let Err(e) = listener.listen(channel.name).await {
+                tracing::warn!(error = %e, channel = channel.name, "LISTEN failed; retrying");
                 if sleep_or_cancel(Duration::from_secs(1), &shutdown).await {
                     return;
                 }
                 continue;
             }
-            // Something may have been published while we were not listening.
-            wakes.iter().for_each(|w| w.notify_waiters());
+            // Something may have been written while nobody listened.
+            poke_all();
+            let mut holding = false;
+            let mut next_try = tokio::time::Instant::now();
             loop {
+                let want = *idle_rx.borrow_and_update() > 0;
+                let step: Result<(), sqlx::Error> = async {
+                    if want && !holding && tokio::time::Instant::now() >= next_try {
+                        holding = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(channel.lock_key).fetch_one(&mut listener).await?;
+                        if holding {
+                            retry = Duration::from_millis(10);
+                            let work: bool = sqlx::query_scalar(channel.probe).bind(&topics).fetch_one(&mut listener).await?;
+                            if work {
+                                poke();
+                            }
+                        } else {
+                            // Another listener holds it (then writers notify anyway), or a
+                            // writer is committing: look again soon.
+                            next_try = tokio::time::Instant::now() + retry;
+                            retry = (retry * 2).min(Duration::from_secs(1));
+                        }
+                    } else if !want && holding {
+                        sqlx::query("SELECT pg_advisory_unlock($1)").bind(channel.lock_key).execute(&mut listener).await?;
+                        holding = false;
+                    }
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = step {
+                    tracing::warn!(error = %e, channel = channel.name, "listener query failed; reconnecting");
+                    poke_all();
+                    continue 'connect;
+                }
+                let retry_due = want && !holding;
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
+                    _ = idle_rx.changed() => {}
+                    _ = tokio::time::sleep_until(next_try), if retry_due => {}
                     n = listener.try_recv() => match n {
-                        Ok(Some(_)) => wakes.iter().for_each(|w| w.notify_one()),
-                        // The connection was lost; PgListener reconnects on the next call.
-                        Ok(None) => wakes.iter().for_each(|w| w.notify_waiters()),
+                        Ok(Some(_)) => poke(),
+                        // The connection was lost (and with it the lock); PgListener
+                        // reconnects and listens again on the next call.
+                        Ok(None) => {
+                            holding = false;
+                            poke_all();
+                        }
                         Err(e) => {
-                            tracing::warn!(error = %e, channel, "notification listener failed; reconnecting");
-                            wakes.iter().for_each(|w| w.notify_waiters());
-                            break;
+                            tracing::warn!(error = %e, channel = channel.name, "notification listener failed; reconnecting");
+                            poke_all();
+                            continue 'connect;
                         }
                     }
                 }
@@ -52,6 +155,18 @@ pub(crate) fn spawn_listener(pool: PgPool, channel: &'static str, wakes: Vec<Arc
         }
     });
 }
+
+/// The part of a writer's statement that wakes `channel`'s listeners only when one is
+/// idle (see the module docs). Use it as a CTE named `wake`.
+macro_rules! wake_cte {
+    ($channel:literal, $key:literal) => {
+        concat!(
+            "wake AS (SELECT CASE WHEN pg_try_advisory_xact_lock_shared(", $key, ") THEN NULL ",
+            "ELSE pg_notify('", $channel, "', '') END)"
+        )
+    };
+}
+pub(crate) use wake_cte;
 
 /// Sleeps for `d`; returns true when `shutdown` fired first.
 pub(crate) async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
@@ -61,12 +176,15 @@ pub(crate) async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -
     }
 }
 
-/// Waits until woken, the poll interval passes, or shutdown. `notified` must have been
-/// enabled before the claim that came back empty, so a wake-up in between is not lost.
-pub(crate) async fn idle(notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>, poll: Duration, shutdown: &CancellationToken) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = notified => {}
-        _ = tokio::time::sleep(poll) => {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writers_try_the_lock_their_listeners_hold() {
+        for (sql, channel) in [(crate::publish::INSERT, &OUTBOX), (crate::relay::DELIVER, &INBOX)] {
+            assert!(sql.contains(&format!("pg_try_advisory_xact_lock_shared({})", channel.lock_key)), "{sql}");
+            assert!(sql.contains(&format!("pg_notify('{}'", channel.name)), "{sql}");
+        }
     }
 }

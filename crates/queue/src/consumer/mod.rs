@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 pub use handler::{Handler, HandlerError, LeaseHandler, handler_fn};
 use handler::{LeaseDispatch, TxDispatch, Typed};
 
-use crate::wake::{idle, sleep_or_cancel, spawn_listener};
-use crate::{Error, Event, INBOX_CHANNEL, RetryPolicy};
+use crate::wake::{self, Idle, sleep_or_cancel, spawn_listener};
+use crate::{Error, Event, RetryPolicy};
 
 /// Tuning shared by a consumer's subscriptions.
 #[derive(Debug, Clone)]
@@ -157,13 +157,15 @@ impl Consumer {
     /// within `shutdown_grace` (or rolls it back / releases its leases) and returns.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), Error> {
         let (tx_wake, lease_wake) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let idle = Arc::new(Idle::default());
         let listening = shutdown.child_token();
         let _stop_listening = listening.clone().drop_guard();
-        spawn_listener(self.pool.clone(), INBOX_CHANNEL, vec![tx_wake.clone(), lease_wake.clone()], listening);
+        let topics = self.topics().map(str::to_owned).collect();
+        spawn_listener(self.pool.clone(), &wake::INBOX, topics, idle.clone(), vec![tx_wake.clone(), lease_wake.clone()], listening);
 
         let n = self.opts.concurrency.max(1);
-        let tx_loops = (!self.tx_topics.is_empty()).then(|| (0..n).map(|_| self.tx_loop(&tx_wake, &shutdown)));
-        let lease_loops = (!self.lease_topics.is_empty()).then(|| (0..n).map(|_| self.lease_loop(&lease_wake, &shutdown)));
+        let tx_loops = (!self.tx_topics.is_empty()).then(|| (0..n).map(|_| self.tx_loop(&tx_wake, &idle, &shutdown)));
+        let lease_loops = (!self.lease_topics.is_empty()).then(|| (0..n).map(|_| self.lease_loop(&lease_wake, &idle, &shutdown)));
         futures::future::join(
             futures::future::join_all(tx_loops.into_iter().flatten()),
             futures::future::join_all(lease_loops.into_iter().flatten()),
@@ -172,7 +174,7 @@ impl Consumer {
         Ok(())
     }
 
-    async fn tx_loop(&self, wake: &Notify, shutdown: &CancellationToken) {
+    async fn tx_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
         let grace = self.opts.shutdown_grace;
         let mut failures = 0;
         while !shutdown.is_cancelled() {
@@ -188,18 +190,18 @@ impl Consumer {
                     return;
                 }
             };
-            self.after_cycle(cycle, &mut failures, wake, notified, shutdown).await;
+            self.after_cycle(cycle, &mut failures, wake, idle, notified, shutdown).await;
         }
     }
 
-    async fn lease_loop(&self, wake: &Notify, shutdown: &CancellationToken) {
+    async fn lease_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
         let mut failures = 0;
         while !shutdown.is_cancelled() {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let cycle = self.lease_cycle(shutdown).await;
-            self.after_cycle(cycle, &mut failures, wake, notified, shutdown).await;
+            self.after_cycle(cycle, &mut failures, wake, idle, notified, shutdown).await;
         }
     }
 
@@ -208,6 +210,7 @@ impl Consumer {
         cycle: Result<usize, Error>,
         failures: &mut u32,
         wake: &Notify,
+        idle: &Idle,
         notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
         shutdown: &CancellationToken,
     ) {
@@ -218,7 +221,7 @@ impl Consumer {
             }
             Ok(0) => {
                 *failures = 0;
-                idle(notified, self.opts.poll_interval, shutdown).await;
+                idle.wait(notified, self.opts.poll_interval, shutdown).await;
             }
             Ok(_) => *failures = 0,
             Err(e) => {

@@ -92,3 +92,45 @@ async fn parallel_relays_deliver_every_message_once() {
     expected.sort();
     assert_eq!(inbox, expected);
 }
+
+/// The next notification on `conveyor_outbox`, found by sending a marker after it:
+/// notifications arrive in commit order, so whatever precedes the marker was sent before.
+async fn notified_before_marker(listener: &mut sqlx::postgres::PgListener, pool: &sqlx::PgPool) -> bool {
+    sqlx::query("SELECT pg_notify('conveyor_outbox', 'marker')").execute(pool).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(30), listener.recv()).await.unwrap().unwrap();
+    if first.payload() == "marker" {
+        return false;
+    }
+    let marker = tokio::time::timeout(Duration::from_secs(30), listener.recv()).await.unwrap().unwrap();
+    assert_eq!(marker.payload(), "marker");
+    true
+}
+
+#[tokio::test]
+async fn publishers_notify_only_when_a_relay_waits_and_no_wake_up_is_lost() {
+    let p = pair().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&p.publisher_db.url).await.unwrap();
+    listener.listen(conveyor_queue::OUTBOX_CHANNEL).await.unwrap();
+
+    // Nobody idle (no one holds the lock): publishing sends no NOTIFY.
+    p.publish(0..3).await;
+    assert!(!notified_before_marker(&mut listener, &p.publisher).await, "notified with no relay waiting");
+
+    // An idle relay holds the lock: publishing notifies, once per transaction.
+    let mut idle_relay = p.publisher.acquire().await.unwrap();
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(conveyor_queue::OUTBOX_WAKE_LOCK).fetch_one(&mut *idle_relay).await.unwrap();
+    assert!(held);
+    p.publish(3..6).await;
+    assert!(notified_before_marker(&mut listener, &p.publisher).await, "an idle relay was not notified");
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(conveyor_queue::OUTBOX_WAKE_LOCK).execute(&mut *idle_relay).await.unwrap();
+
+    // A publisher that found nobody waiting keeps the lock (shared) until it commits, so a
+    // relay that goes idle meanwhile cannot take it before the message is visible.
+    let mut tx = p.publisher.begin().await.unwrap();
+    publish_event(&mut tx, &Ping { n: 9 }).await.unwrap();
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(conveyor_queue::OUTBOX_WAKE_LOCK).fetch_one(&mut *idle_relay).await.unwrap();
+    assert!(!taken, "a relay went idle while an unannounced message was uncommitted");
+    tx.commit().await.unwrap();
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(conveyor_queue::OUTBOX_WAKE_LOCK).fetch_one(&mut *idle_relay).await.unwrap();
+    assert!(taken);
+}
