@@ -264,7 +264,11 @@ fn wakeup_latency(b: &Arc<Bench>, samples: usize) -> Latency {
 fn main() {
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
     let clients: usize = std::env::var("BENCH_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = if std::env::var("BENCH_RUNTIME").is_ok_and(|v| v == "current") {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    };
     let (_cluster, admin_url) = match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => (None, url),
         _ => {
@@ -285,7 +289,8 @@ fn main() {
     c = if quick {
         c.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1))
     } else {
-        c.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5))
+        let secs = std::env::var("BENCH_MEASURE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+        c.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(secs))
     };
     bench_publish(&mut c, &b, "publish", false);
     bench_publish(&mut c, &b, "publish_tx", true);

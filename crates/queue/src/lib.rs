@@ -32,6 +32,15 @@ pub use publish::{publish, publish_all, publish_event};
 pub use relay::{ClaimedBatch, Relay, RelayOptions, Routes};
 pub use retry::RetryPolicy;
 
+/// The engine's hot statements, for plan tests (every one must use its index under a
+/// generic plan, since sqlx prepares them).
+#[doc(hidden)]
+pub mod sql {
+    pub use crate::consumer::{LEASE_CLAIM, TX_CLAIM};
+    pub use crate::prune::PRUNE;
+    pub use crate::relay::CLAIM as RELAY_CLAIM;
+}
+
 /// The queue schema (`conveyor.outbox`, `conveyor.inbox`), applied by every service's migrator.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

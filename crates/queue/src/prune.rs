@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 use crate::Error;
 use crate::wake::sleep_or_cancel;
 
-const PRUNE: &str = "\
-WITH old AS (
+pub const PRUNE: &str = "\
+DELETE FROM conveyor.inbox
+WHERE message_id = ANY (ARRAY(
     SELECT message_id FROM conveyor.inbox
     WHERE state = 'done' AND done_at < now() - $1 * interval '1 millisecond'
-    ORDER BY done_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-DELETE FROM conveyor.inbox AS i USING old WHERE i.message_id = old.message_id";
+    ORDER BY done_at LIMIT $2 FOR UPDATE SKIP LOCKED))";
 
 /// Deletes done rows older than `window`, `batch` at a time; returns how many.
 pub async fn prune_once(pool: &PgPool, window: Duration, batch: i64) -> Result<u64, Error> {

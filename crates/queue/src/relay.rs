@@ -85,11 +85,11 @@ struct OutboxRow {
     created_at: DateTime<Utc>,
 }
 
-const CLAIM: &str = "\
-DELETE FROM conveyor.outbox AS o USING (
+pub const CLAIM: &str = "\
+DELETE FROM conveyor.outbox AS o
+WHERE o.message_id = ANY (ARRAY(
     SELECT message_id FROM conveyor.outbox
-    WHERE topic = ANY($1) ORDER BY message_id LIMIT $2 FOR UPDATE SKIP LOCKED) AS c
-WHERE o.message_id = c.message_id
+    WHERE topic = ANY($1) ORDER BY message_id LIMIT $2 FOR UPDATE SKIP LOCKED))
 RETURNING o.message_id, o.topic, o.key, o.payload, o.headers, o.created_at";
 
 pub(crate) const DELIVER: &str = concat!(

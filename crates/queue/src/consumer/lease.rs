@@ -12,15 +12,15 @@ use super::{Consumer, Failure, HandlerError, count_done};
 use crate::Error;
 use crate::message::InboxRow;
 
-const CLAIM: &str = "\
+pub const CLAIM: &str = "\
 WITH c AS (
     SELECT message_id FROM conveyor.inbox
     WHERE state IN ('pending', 'running') AND visible_at <= now() AND topic = ANY($1)
     ORDER BY visible_at LIMIT $3 FOR UPDATE SKIP LOCKED)
 UPDATE conveyor.inbox AS i
 SET state = 'running', attempts = i.attempts + 1, visible_at = now() + l.lease_ms * interval '1 millisecond'
-FROM c, UNNEST($1::text[], $2::bigint[]) AS l(topic, lease_ms)
-WHERE i.message_id = c.message_id AND l.topic = i.topic
+FROM UNNEST($1::text[], $2::bigint[]) AS l(topic, lease_ms)
+WHERE i.message_id = ANY (ARRAY(SELECT message_id FROM c)) AND l.topic = i.topic
 RETURNING i.message_id, i.topic, i.key, i.payload, i.headers, i.attempts, i.published_at";
 
 const DONE: &str = "\

@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use handler::{Handler, HandlerError, LeaseHandler, handler_fn};
 use handler::{LeaseDispatch, TxDispatch, Typed};
+pub use lease::CLAIM as LEASE_CLAIM;
+pub use tx::CLAIM_AS_DONE as TX_CLAIM;
 
 use crate::wake::{self, Idle, sleep_or_cancel, spawn_listener};
 use crate::{Error, Event, RetryPolicy};

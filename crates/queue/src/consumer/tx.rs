@@ -12,13 +12,15 @@ use crate::message::InboxRow;
 
 // The fast path claims and marks done in one statement: the row lock the UPDATE takes is
 // the claim, and if a handler fails the whole transaction rolls back to `pending`.
-const CLAIM_AS_DONE: &str = "\
+// `= ANY (ARRAY(…))` rather than a join: the statement is prepared, and a generic plan,
+// which cannot see that LIMIT is small, would hash-join against a scan of the whole table.
+pub const CLAIM_AS_DONE: &str = "\
 WITH c AS (
     SELECT message_id FROM conveyor.inbox
     WHERE state IN ('pending', 'running') AND visible_at <= now() AND topic = ANY($1)
     ORDER BY visible_at LIMIT $2 FOR UPDATE SKIP LOCKED)
 UPDATE conveyor.inbox AS i SET state = 'done', attempts = i.attempts + 1, done_at = now()
-FROM c WHERE i.message_id = c.message_id
+WHERE i.message_id = ANY (ARRAY(SELECT message_id FROM c))
 RETURNING i.message_id, i.topic, i.key, i.payload, i.headers, i.attempts - 1 AS attempts, i.published_at";
 
 const RECLAIM: &str = "\
