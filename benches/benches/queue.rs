@@ -53,6 +53,13 @@ impl Bench {
         for pool in [&self.publisher, &self.subscriber] {
             sqlx::raw_sql("TRUNCATE conveyor.outbox, conveyor.inbox").execute(pool).await.unwrap();
         }
+        self.checkpoint().await;
+    }
+
+    /// Every measurement starts right after a checkpoint, as every pgbench reference does,
+    /// so that none pays for another's dirty buffers and full-page writes more than others.
+    async fn checkpoint(&self) {
+        sqlx::raw_sql("CHECKPOINT").execute(&self.subscriber).await.unwrap();
     }
 
     /// Puts `n` messages into the outbox (untimed set-up for the relay benchmark).
@@ -63,6 +70,8 @@ impl Bench {
             publish_all(&mut tx, chunk).await.unwrap();
             tx.commit().await.unwrap();
         }
+        sqlx::raw_sql("VACUUM ANALYZE conveyor.outbox").execute(&self.publisher).await.unwrap();
+        self.checkpoint().await;
     }
 
     /// Puts `n` pending messages into the inbox (untimed set-up for claim+complete).
@@ -79,6 +88,7 @@ impl Bench {
         .await
         .unwrap();
         sqlx::raw_sql("VACUUM ANALYZE conveyor.inbox").execute(&self.subscriber).await.unwrap();
+        self.checkpoint().await;
     }
 
     fn relay(&self, batch: usize) -> Relay {

@@ -345,6 +345,8 @@ async fn reference_scenarios(
         std::fs::write(&script, sql)?;
         step!(psql(bin_dir, url, "TRUNCATE ref_queue", signals).await);
         step!(psql(bin_dir, url, "VACUUM ANALYZE ref_queue", signals).await);
+        // Every measurement, reference or engine, starts right after a checkpoint.
+        step!(psql(bin_dir, url, "CHECKPOINT", signals).await);
         let r = step!(
             pgbench(
                 bin_dir,
@@ -395,6 +397,8 @@ async fn reference_scenarios(
                 .await
             );
             step!(psql(bin_dir, url, "VACUUM ANALYZE ref_queue", signals).await);
+        // Every measurement, reference or engine, starts right after a checkpoint.
+        step!(psql(bin_dir, url, "CHECKPOINT", signals).await);
             let r = step!(
                 pgbench(
                     bin_dir,
