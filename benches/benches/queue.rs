@@ -101,36 +101,6 @@ impl Bench {
         .with_options(RelayOptions { batch_size: batch as i64, ..Default::default() })
     }
 
-    fn consumer(&self, batch: usize) -> Consumer {
-        Consumer::new(self.subscriber.clone())
-            .with_options(ConsumerOptions { batch_size: batch as i64, ..Default::default() })
-            .subscribe(handler_fn(|_, _: Delivery<BenchEvent>| async { Ok(()) }.boxed()))
-    }
-}
-
-/// Runs `step` on every client until `total` messages are done; returns the elapsed time.
-async fn drive<F, Fut>(clients: usize, total: u64, step: F) -> Duration
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = usize> + Send,
-{
-    let done = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (done, step) = (done.clone(), step.clone());
-            tokio::spawn(async move {
-                while (done.load(Ordering::Relaxed) as u64) < total {
-                    let n = step().await;
-                    done.fetch_add(n, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    started.elapsed()
 }
 
 /// Publishing `batch` messages per transaction. `publish` sends each batch as its own
@@ -181,6 +151,8 @@ fn bench_publish(c: &mut Criterion, b: &Arc<Bench>, name: &'static str, explicit
     group.finish();
 }
 
+/// Relaying with `relay.run` (`clients` loops, `batch` rows a claim) from a full outbox
+/// until it is empty.
 fn bench_relay(c: &mut Criterion, b: &Arc<Bench>) {
     let mut group = c.benchmark_group("relay");
     for batch in BATCHES {
@@ -192,12 +164,27 @@ fn bench_relay(c: &mut Criterion, b: &Arc<Bench>) {
                     b.truncate().await;
                     let total = iters * batch as u64;
                     b.fill_outbox(total).await;
-                    let relay = b.relay(batch);
-                    let took = drive(b.clients, total, move || {
-                        let relay = relay.clone();
-                        async move { relay.relay_once().await.unwrap() }
-                    })
-                    .await;
+                    let relay = b.relay(batch).with_options(RelayOptions {
+                        batch_size: batch as i64,
+                        concurrency: b.clients,
+                        poll_interval: Duration::from_millis(5),
+                    });
+                    let stop = CancellationToken::new();
+                    let started = Instant::now();
+                    let running = tokio::spawn({
+                        let stop = stop.clone();
+                        async move { relay.run(stop).await }
+                    });
+                    loop {
+                        let left: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM conveyor.outbox)").fetch_one(&b.publisher).await.unwrap();
+                        if !left {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    let took = started.elapsed();
+                    stop.cancel();
+                    running.await.unwrap().unwrap();
                     b.tally("relay", batch, total, took);
                     took
                 })
@@ -207,6 +194,8 @@ fn bench_relay(c: &mut Criterion, b: &Arc<Bench>) {
     group.finish();
 }
 
+/// Claim + complete with `consumer.run` (`clients` loops, `batch` messages a claim, a
+/// handler that does nothing) from a full inbox until every message is handled.
 fn bench_claim_complete(c: &mut Criterion, b: &Arc<Bench>) {
     let mut group = c.benchmark_group("claim_complete");
     for batch in BATCHES {
@@ -218,12 +207,34 @@ fn bench_claim_complete(c: &mut Criterion, b: &Arc<Bench>) {
                     b.truncate().await;
                     let total = iters * batch as u64;
                     b.fill_inbox(total).await;
-                    let consumer = Arc::new(b.consumer(batch));
-                    let took = drive(b.clients, total, move || {
-                        let consumer = consumer.clone();
-                        async move { consumer.process_once().await.unwrap() }
-                    })
-                    .await;
+                    let handled = Arc::new(AtomicUsize::new(0));
+                    let all_done = Arc::new(tokio::sync::Notify::new());
+                    let (h, d) = (handled.clone(), all_done.clone());
+                    let consumer = Consumer::new(b.subscriber.clone())
+                        .with_options(ConsumerOptions {
+                            concurrency: b.clients,
+                            batch_size: batch as i64,
+                            poll_interval: Duration::from_millis(5),
+                            ..Default::default()
+                        })
+                        .subscribe(handler_fn(move |_, _: Delivery<BenchEvent>| {
+                            if h.fetch_add(1, Ordering::Relaxed) as u64 + 1 == total {
+                                d.notify_one();
+                            }
+                            async { Ok(()) }.boxed()
+                        }));
+                    let stop = CancellationToken::new();
+                    let started = Instant::now();
+                    let running = tokio::spawn({
+                        let stop = stop.clone();
+                        async move { consumer.run(stop).await }
+                    });
+                    all_done.notified().await;
+                    // Stop the clock once the last batch has committed: run() returns
+                    // after its in-flight cycles end.
+                    stop.cancel();
+                    running.await.unwrap().unwrap();
+                    let took = started.elapsed();
                     b.tally("claim_complete", batch, total, took);
                     took
                 })

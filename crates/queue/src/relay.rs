@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -133,7 +134,10 @@ impl Relay {
 
     /// Claims the next batch of routed outbox rows, or `None` when there is none.
     pub async fn claim(&self) -> Result<Option<ClaimedBatch<'_>>, Error> {
-        let mut tx = self.outbox.begin().await?;
+        self.claim_in(self.outbox.begin().await?).await
+    }
+
+    async fn claim_in<'a>(&'a self, mut tx: Transaction<'a, Postgres>) -> Result<Option<ClaimedBatch<'a>>, Error> {
         let mut rows: Vec<OutboxRow> =
             sqlx::query_as(CLAIM).bind(&*self.topics).bind(self.opts.batch_size).fetch_all(&mut *tx).await?;
         if rows.is_empty() {
@@ -155,6 +159,28 @@ impl Relay {
         }
     }
 
+    /// [`relay_once`](Self::relay_once) on connections the caller keeps: a relay loop holds
+    /// one on the outbox and one per subscriber (sqlx pings every connection handed back
+    /// to its pool: one more round trip per batch and database).
+    async fn relay_once_on(&self, conns: &mut Conns) -> Result<usize, Error> {
+        if conns.outbox.is_none() {
+            conns.outbox = Some(self.outbox.acquire().await?);
+        }
+        let outbox = conns.outbox.as_mut().expect("filled above");
+        let claimed = match outbox.begin().await {
+            Ok(tx) => self.claim_in(tx).await,
+            Err(e) => Err(e.into()),
+        };
+        let Some(batch) = claimed? else { return Ok(0) };
+        if let Err(e) = batch.deliver_on(&mut conns.subscribers).await {
+            if let Error::Delivery { subscriber, .. } = &e {
+                conns.subscribers.remove(subscriber);
+            }
+            return Err(e);
+        }
+        batch.ack().await
+    }
+
     /// Relays until `shutdown`, woken by `NOTIFY` from publishers and by polling. A failing
     /// delivery (a subscriber database down) is retried with backoff; nothing is deleted
     /// from the outbox before every subscriber has it.
@@ -171,11 +197,16 @@ impl Relay {
 
     async fn relay_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
         let mut failures = 0u32;
+        let mut conns = Conns::default();
         while !shutdown.is_cancelled() {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.relay_once().await {
+            let relayed = self.relay_once_on(&mut conns).await;
+            if relayed.as_ref().is_err_and(|e| !matches!(e, Error::Delivery { .. })) {
+                conns.outbox = None; // it may be broken
+            }
+            match relayed {
                 Ok(n) if n as i64 >= self.opts.batch_size => {
                     failures = 0;
                     wake.notify_one(); // more is waiting: recruit an idle loop
@@ -197,12 +228,19 @@ impl Relay {
     }
 }
 
+/// The connections a relay loop keeps between batches.
+#[derive(Default)]
+struct Conns {
+    outbox: Option<PoolConnection<Postgres>>,
+    subscribers: HashMap<String, PoolConnection<Postgres>>,
+}
+
 /// Outbox rows claimed (deleted, uncommitted) by one relay transaction:
 /// [`deliver`](Self::deliver) them, then [`ack`](Self::ack) to commit their deletion.
 /// Dropping the batch rolls back and leaves the rows to another relay.
 pub struct ClaimedBatch<'r> {
     relay: &'r Relay,
-    tx: Transaction<'static, Postgres>,
+    tx: Transaction<'r, Postgres>,
     rows: Vec<OutboxRow>,
 }
 
@@ -221,35 +259,42 @@ impl ClaimedBatch<'_> {
 
     /// Inserts the batch into every subscriber's inbox (committed there, idempotent).
     pub async fn deliver(&self) -> Result<(), Error> {
-        let mut per_subscriber: HashMap<&str, Vec<&OutboxRow>> = HashMap::new();
-        for row in &self.rows {
-            for sub in self.relay.routes.subscribers(&row.topic) {
-                per_subscriber.entry(sub.as_str()).or_default().push(row);
-            }
-        }
-        let deliveries = per_subscriber.into_iter().map(|(sub, rows)| async move {
-            let pool = &self.relay.subscribers[sub];
-            sqlx::query(DELIVER)
-                .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
-                .bind(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
-                .bind(rows.iter().map(|r| r.key.as_deref()).collect::<Vec<_>>())
-                .bind(rows.iter().map(|r| &r.payload).collect::<Vec<_>>())
-                .bind(rows.iter().map(|r| &r.headers).collect::<Vec<_>>())
-                .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-                .execute(pool)
-                .await
-                .map_err(|source| Error::Delivery { subscriber: sub.to_owned(), source })?;
-            let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
-            for r in &rows {
-                *per_topic.entry(r.topic.as_str()).or_default() += 1;
-            }
-            for (topic, n) in per_topic {
-                metrics::counter!("conveyor_queue_relayed_total", "topic" => topic.to_owned(), "subscriber" => sub.to_owned()).increment(n);
-            }
-            Ok::<_, Error>(())
+        let groups = self.per_subscriber();
+        let deliveries = groups.iter().map(|(sub, rows)| async move {
+            let failed = |source| Error::Delivery { subscriber: (*sub).to_owned(), source };
+            let mut conn = self.relay.subscribers[*sub].acquire().await.map_err(failed)?;
+            deliver_to(&mut conn, sub, rows).await
         });
         futures::future::try_join_all(deliveries).await?;
         Ok(())
+    }
+
+    async fn deliver_on(&self, conns: &mut HashMap<String, PoolConnection<Postgres>>) -> Result<(), Error> {
+        let groups = self.per_subscriber();
+        for sub in groups.keys() {
+            if !conns.contains_key(*sub) {
+                let conn = self.relay.subscribers[*sub]
+                    .acquire()
+                    .await
+                    .map_err(|source| Error::Delivery { subscriber: (*sub).to_owned(), source })?;
+                conns.insert((*sub).to_owned(), conn);
+            }
+        }
+        let deliveries = conns
+            .iter_mut()
+            .filter_map(|(sub, conn)| groups.get(sub.as_str()).map(|rows| deliver_to(conn, sub, rows)));
+        futures::future::try_join_all(deliveries).await?;
+        Ok(())
+    }
+
+    fn per_subscriber(&self) -> HashMap<&str, Vec<&OutboxRow>> {
+        let mut groups: HashMap<&str, Vec<&OutboxRow>> = HashMap::new();
+        for row in &self.rows {
+            for sub in self.relay.routes.subscribers(&row.topic) {
+                groups.entry(sub.as_str()).or_default().push(row);
+            }
+        }
+        groups
     }
 
     /// Commits the deletion of the delivered rows from the outbox; returns their count.
@@ -257,4 +302,25 @@ impl ClaimedBatch<'_> {
         self.tx.commit().await?;
         Ok(self.rows.len())
     }
+}
+
+async fn deliver_to(conn: &mut PgConnection, sub: &str, rows: &[&OutboxRow]) -> Result<(), Error> {
+    sqlx::query(DELIVER)
+        .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.key.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| &r.payload).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| &r.headers).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .execute(conn)
+        .await
+        .map_err(|source| Error::Delivery { subscriber: sub.to_owned(), source })?;
+    let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in rows {
+        *per_topic.entry(r.topic.as_str()).or_default() += 1;
+    }
+    for (topic, n) in per_topic {
+        metrics::counter!("conveyor_queue_relayed_total", "topic" => topic.to_owned(), "subscriber" => sub.to_owned()).increment(n);
+    }
+    Ok(())
 }

@@ -8,6 +8,8 @@ use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use sqlx::PgConnection;
+
 use super::{Consumer, Failure, HandlerError, count_done};
 use crate::Error;
 use crate::message::InboxRow;
@@ -24,15 +26,19 @@ WHERE i.message_id = ANY (ARRAY(SELECT message_id FROM c)) AND l.topic = i.topic
 RETURNING i.message_id, i.topic, i.key, i.payload, i.headers, i.attempts, i.published_at";
 
 const DONE: &str = "\
-UPDATE conveyor.inbox SET state = 'done', done_at = now()
-WHERE message_id = $1 AND attempts = $2 AND state = 'running'";
+UPDATE conveyor.inbox AS i SET state = 'done', done_at = now()
+FROM UNNEST($1::uuid[], $2::int[]) AS d(id, attempt)
+WHERE i.message_id = d.id AND i.attempts = d.attempt AND i.state = 'running'
+RETURNING i.message_id";
 
 const FAILED: &str = "\
-UPDATE conveyor.inbox SET
-    state = CASE WHEN $3 THEN 'dead' ELSE 'pending' END,
-    visible_at = now() + $4 * interval '1 millisecond',
-    errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', now(), 'error', $5::text))
-WHERE message_id = $1 AND attempts = $2 AND state = 'running'";
+UPDATE conveyor.inbox AS i SET
+    state = CASE WHEN f.dead THEN 'dead' ELSE 'pending' END,
+    visible_at = now() + f.delay_ms * interval '1 millisecond',
+    errors = i.errors || jsonb_build_array(jsonb_build_object('attempt', i.attempts, 'at', now(), 'error', f.error))
+FROM UNNEST($1::uuid[], $2::int[], $3::bool[], $4::bigint[], $5::text[]) AS f(id, attempt, dead, delay_ms, error)
+WHERE i.message_id = f.id AND i.attempts = f.attempt AND i.state = 'running'
+RETURNING i.message_id";
 
 // Handing a claim back on shutdown does not count as an attempt.
 const RELEASE: &str = "\
@@ -41,10 +47,11 @@ FROM UNNEST($1::uuid[], $2::int[]) AS r(id, attempt)
 WHERE i.message_id = r.id AND i.attempts = r.attempt AND i.state = 'running'";
 
 impl Consumer {
-    /// One lease-mode cycle: claim a batch, run its handlers concurrently, settle each.
-    /// On shutdown, handlers get `shutdown_grace` to finish; the claims of those that do
-    /// not are released for another worker.
-    pub(super) async fn lease_cycle(&self, shutdown: &CancellationToken) -> Result<usize, Error> {
+    /// One lease-mode cycle: claim a batch (one statement, committed), run its handlers
+    /// concurrently outside any transaction, then settle the batch: two fenced statements
+    /// however many messages. On shutdown, handlers get `shutdown_grace` to finish; what
+    /// finished is settled and the claims of the rest are handed back.
+    pub(super) async fn lease_cycle(&self, conn: &mut PgConnection, shutdown: &CancellationToken) -> Result<usize, Error> {
         if self.lease_topics.is_empty() {
             return Ok(0);
         }
@@ -52,41 +59,49 @@ impl Consumer {
             .bind(&self.lease_topics)
             .bind(&self.lease_ms)
             .bind(self.opts.batch_size)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
         if rows.is_empty() {
             return Ok(0);
         }
-        let unsettled = Mutex::new(rows.iter().map(|r| (r.message_id, r.attempts)).collect::<Vec<_>>());
-        let settle_all = join_all(rows.iter().map(|row| async {
-            let result = self.settle_leased(row).await;
-            unsettled.lock().unwrap().retain(|(id, _)| *id != row.message_id);
-            result
+        let finished = Mutex::new(Vec::with_capacity(rows.len()));
+        let finished_ref = &finished;
+        let run_all = join_all(rows.iter().map(|row| async move {
+            let outcome = self.run_leased(row).await;
+            finished_ref.lock().unwrap().push((row, outcome));
         }));
         let grace = self.opts.shutdown_grace;
-        let results = tokio::select! {
-            r = settle_all => r,
-            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-                let (ids, attempts): (Vec<Uuid>, Vec<i32>) = unsettled.lock().unwrap().iter().copied().unzip();
-                tracing::warn!(?grace, released = ids.len(), "shutdown grace over: releasing leases in flight");
-                sqlx::query(RELEASE).bind(&ids).bind(&attempts).execute(&self.pool).await?;
-                return Ok(rows.len() - ids.len());
-            }
+        let complete = tokio::select! {
+            _ = run_all => true,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => false,
         };
-        results.into_iter().collect::<Result<Vec<()>, Error>>()?;
-        Ok(rows.len())
+        let finished = finished.into_inner().unwrap();
+        if !complete {
+            let (ids, attempts): (Vec<Uuid>, Vec<i32>) = rows
+                .iter()
+                .filter(|r| !finished.iter().any(|(f, _)| f.message_id == r.message_id))
+                .map(|r| (r.message_id, r.attempts))
+                .unzip();
+            tracing::warn!(?grace, released = ids.len(), "shutdown grace over: releasing leases in flight");
+            sqlx::query(RELEASE).bind(&ids).bind(&attempts).execute(&mut *conn).await?;
+        }
+        let settled = finished.len();
+        self.settle(conn, finished).await?;
+        Ok(settled)
     }
 
-    async fn settle_leased(&self, row: &InboxRow) -> Result<(), Error> {
+    /// Runs the handler of one leased message (or declares it dead when its last allowed
+    /// attempt's lease expired): `Ok` to complete, `Err` to record.
+    async fn run_leased(&self, row: &InboxRow) -> Result<(), Failure> {
         let sub = &self.lease_subs[&row.topic];
         let attempt = row.attempts;
+        let fail = |err: &HandlerError| Failure::new(&row.topic, row.message_id, attempt, &sub.opts.retry, err);
         if attempt > sub.opts.retry.max_attempts {
             // The worker of the last allowed attempt died or lost its lease.
-            let err = HandlerError::permanent(anyhow::anyhow!(
+            return Err(fail(&HandlerError::permanent(anyhow::anyhow!(
                 "lease of attempt {} expired without completion (worker stopped or handler too slow); no attempts left",
                 attempt - 1
-            ));
-            return self.fail_leased(row, attempt, Failure::new(&row.topic, row.message_id, attempt, &sub.opts.retry, &err)).await;
+            ))));
         }
         let started = Instant::now();
         // Never run past the lease: after it, another worker may hold the message.
@@ -97,40 +112,41 @@ impl Consumer {
         };
         metrics::histogram!("conveyor_queue_handler_duration_seconds", "topic" => row.topic.clone())
             .record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(()) => {
-                let settled = sqlx::query(DONE).bind(row.message_id).bind(attempt).execute(&self.pool).await?;
-                if settled.rows_affected() == 1 {
-                    count_done(&row.topic, 1);
-                } else {
-                    stale(row, attempt);
-                }
-                Ok(())
-            }
-            Err(err) => {
-                let failure = Failure::new(&row.topic, row.message_id, attempt, &sub.opts.retry, &err);
-                self.fail_leased(row, attempt, failure).await
-            }
-        }
+        result.map_err(|e| fail(&e))
     }
 
-    async fn fail_leased(&self, row: &InboxRow, attempt: i32, f: Failure) -> Result<(), Error> {
-        let settled = sqlx::query(FAILED)
-            .bind(row.message_id)
-            .bind(attempt)
-            .bind(f.dead)
-            .bind(f.delay_ms as f64)
-            .bind(&f.error)
-            .execute(&self.pool)
-            .await?;
-        if settled.rows_affected() == 0 {
-            stale(row, attempt);
+    /// Records the outcomes of a batch, each fenced by the attempt it belongs to.
+    async fn settle(&self, conn: &mut PgConnection, finished: Vec<(&InboxRow, Result<(), Failure>)>) -> Result<(), Error> {
+        let (done, failed): (Vec<_>, Vec<_>) = finished.into_iter().partition(|(_, outcome)| outcome.is_ok());
+        let mut settled: Vec<Uuid> = Vec::with_capacity(done.len() + failed.len());
+        if !done.is_empty() {
+            let ids: Vec<Uuid> = done.iter().map(|(r, _)| r.message_id).collect();
+            let attempts: Vec<i32> = done.iter().map(|(r, _)| r.attempts).collect();
+            let ok: Vec<Uuid> = sqlx::query_scalar(DONE).bind(&ids).bind(&attempts).fetch_all(&mut *conn).await?;
+            for (row, _) in &done {
+                if ok.contains(&row.message_id) {
+                    count_done(&row.topic, 1);
+                }
+            }
+            settled.extend(ok);
+        }
+        let failures: Vec<(&InboxRow, Failure)> = failed.into_iter().filter_map(|(r, o)| o.err().map(|f| (r, f))).collect();
+        if !failures.is_empty() {
+            let recorded: Vec<Uuid> = sqlx::query_scalar(FAILED)
+                .bind(failures.iter().map(|(_, f)| f.id).collect::<Vec<_>>())
+                .bind(failures.iter().map(|(r, _)| r.attempts).collect::<Vec<_>>())
+                .bind(failures.iter().map(|(_, f)| f.dead).collect::<Vec<_>>())
+                .bind(failures.iter().map(|(_, f)| f.delay_ms).collect::<Vec<_>>())
+                .bind(failures.iter().map(|(_, f)| f.error.as_str()).collect::<Vec<_>>())
+                .fetch_all(&mut *conn)
+                .await?;
+            settled.extend(recorded);
+        }
+        let stale: Vec<&InboxRow> = done.iter().map(|(r, _)| *r).chain(failures.iter().map(|(r, _)| *r)).filter(|r| !settled.contains(&r.message_id)).collect();
+        for row in stale {
+            tracing::warn!(id = %row.message_id, topic = row.topic, attempt = row.attempts, "lease lost before completion: another attempt owns the message");
+            metrics::counter!("conveyor_queue_stale_completions_total", "topic" => row.topic.clone()).increment(1);
         }
         Ok(())
     }
-}
-
-fn stale(row: &InboxRow, attempt: i32) {
-    tracing::warn!(id = %row.message_id, topic = row.topic, attempt, "lease lost before completion: another attempt owns the message");
-    metrics::counter!("conveyor_queue_stale_completions_total", "topic" => row.topic.clone()).increment(1);
 }

@@ -17,7 +17,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -152,7 +153,8 @@ impl Consumer {
     /// Tests use it to drain the inbox deterministically.
     pub async fn process_once(&self) -> Result<usize, Error> {
         let never = CancellationToken::new();
-        Ok(self.tx_cycle().await? + self.lease_cycle(&never).await?)
+        let mut conn = self.pool.acquire().await?;
+        Ok(self.tx_cycle(&mut conn).await? + self.lease_cycle(&mut conn, &never).await?)
     }
 
     /// Runs until `shutdown` is cancelled, then stops claiming, lets in-flight work finish
@@ -176,35 +178,59 @@ impl Consumer {
         Ok(())
     }
 
+    // Each loop keeps its connection: a connection handed back to a sqlx pool is pinged
+    // first, one more round trip per cycle. After a failed cycle it takes a fresh one.
+
     async fn tx_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
         let grace = self.opts.shutdown_grace;
         let mut failures = 0;
+        let mut conn = None;
         while !shutdown.is_cancelled() {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             // A cycle runs to its end unless shutdown's grace runs out first; dropping it
             // then rolls its transaction back, which releases its claims.
-            let cycle = tokio::select! {
-                r = self.tx_cycle() => r,
-                _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-                    tracing::warn!(?grace, "shutdown grace over: rolling back the batch in flight");
-                    return;
-                }
+            let cycle = match self.loop_conn(&mut conn).await {
+                Err(e) => Err(e),
+                Ok(c) => tokio::select! {
+                    r = self.tx_cycle(c) => r,
+                    _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                        tracing::warn!(?grace, "shutdown grace over: rolling back the batch in flight");
+                        return;
+                    }
+                },
             };
+            if cycle.is_err() {
+                conn = None;
+            }
             self.after_cycle(cycle, &mut failures, wake, idle, notified, shutdown).await;
         }
     }
 
     async fn lease_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
         let mut failures = 0;
+        let mut conn = None;
         while !shutdown.is_cancelled() {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let cycle = self.lease_cycle(shutdown).await;
+            let cycle = match self.loop_conn(&mut conn).await {
+                Err(e) => Err(e),
+                Ok(c) => self.lease_cycle(c, shutdown).await,
+            };
+            if cycle.is_err() {
+                conn = None;
+            }
             self.after_cycle(cycle, &mut failures, wake, idle, notified, shutdown).await;
         }
+    }
+
+    async fn loop_conn<'s>(&self, slot: &'s mut Option<PoolConnection<Postgres>>) -> Result<&'s mut PgConnection, Error> {
+        if slot.is_none() {
+            *slot = Some(self.pool.acquire().await?);
+        }
+        Ok(slot.as_mut().expect("filled above"))
     }
 
     async fn after_cycle(

@@ -46,11 +46,11 @@ impl Consumer {
     /// fast path: one transaction of three statements, however many messages). If a handler
     /// fails, that transaction is rolled back and the batch runs again with one savepoint
     /// per message, so the failure is recorded and every other message still completes.
-    pub(super) async fn tx_cycle(&self) -> Result<usize, Error> {
+    pub(super) async fn tx_cycle(&self, conn: &mut PgConnection) -> Result<usize, Error> {
         if self.tx_topics.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = conn.begin().await?;
         let mut rows: Vec<InboxRow> =
             sqlx::query_as(CLAIM_AS_DONE).bind(&self.tx_topics).bind(self.opts.batch_size).fetch_all(&mut *tx).await?;
         rows.sort_unstable_by_key(|r| r.message_id); // publish order
@@ -71,12 +71,12 @@ impl Consumer {
             return Ok(rows.len());
         }
         tx.rollback().await?;
-        self.tx_cycle_isolated(rows.iter().map(|r| r.message_id).collect()).await
+        self.tx_cycle_isolated(conn, rows.iter().map(|r| r.message_id).collect()).await
     }
 
     /// The slow path: every message under its own savepoint.
-    async fn tx_cycle_isolated(&self, ids: Vec<Uuid>) -> Result<usize, Error> {
-        let mut tx = self.pool.begin().await?;
+    async fn tx_cycle_isolated(&self, conn: &mut PgConnection, ids: Vec<Uuid>) -> Result<usize, Error> {
+        let mut tx = conn.begin().await?;
         let rows: Vec<InboxRow> = sqlx::query_as(RECLAIM).bind(&ids).fetch_all(&mut *tx).await?;
         let (mut done, mut failures) = (Vec::new(), Vec::new());
         for row in &rows {
