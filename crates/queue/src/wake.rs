@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +76,16 @@ pub(crate) fn spawn_listener(
     shutdown: CancellationToken,
 ) {
     tokio::spawn(async move {
+        // The listener's own connection, never the caller's pool: sqlx hands a dropped
+        // listener's connection back to its pool, and a pooled connection that still held
+        // the wake lock would make every writer on it skip its NOTIFY (a session does not
+        // conflict with its own lock) and keep every listener from the lock.
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let pool = own;
         let poke = || wakes.iter().for_each(|w| w.notify_one());
         let poke_all = || wakes.iter().for_each(|w| w.notify_waiters());
         let mut idle_rx = idle.count.subscribe();
@@ -133,7 +143,14 @@ pub(crate) fn spawn_listener(
                 }
                 let retry_due = want && !holding;
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        if holding {
+                            let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(channel.lock_key).execute(&mut listener).await;
+                        }
+                        drop(listener);
+                        pool.close().await;
+                        return;
+                    }
                     _ = idle_rx.changed() => {}
                     _ = tokio::time::sleep_until(next_try), if retry_due => {}
                     n = listener.try_recv() => match n {
