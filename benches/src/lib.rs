@@ -7,14 +7,22 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-/// The benchmark message: about 200 bytes of JSON, like the raw-SQL reference's payload.
+/// The benchmark message: the same ~220-byte order event as the raw-SQL reference's payload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchEvent {
+    pub event: String,
     pub order_id: String,
     pub customer_id: String,
-    pub lines: Vec<(String, i32)>,
-    pub total_cents: i64,
     pub currency: String,
+    pub total_cents: i64,
+    pub lines: Vec<Line>,
+    pub channel: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Line {
+    pub sku: String,
+    pub qty: i32,
 }
 
 impl conveyor_queue::Event for BenchEvent {
@@ -24,12 +32,23 @@ impl conveyor_queue::Event for BenchEvent {
 impl BenchEvent {
     pub fn sample(n: i64) -> Self {
         BenchEvent {
-            order_id: format!("{:032x}", n),
-            customer_id: "c0ffee00-0000-7000-8000-000000000001".into(),
-            lines: vec![("sku-000001".into(), 2), ("sku-000002".into(), 1)],
-            total_cents: 4999 + n % 100,
+            event: "order.placed".into(),
+            order_id: format!("0190f3c2-7d4e-7a61-9b2c-{:012x}", n),
+            customer_id: format!("c-{:06}", n % 1_000_000),
             currency: "EUR".into(),
+            total_cents: 12_999 + n % 100,
+            lines: vec![Line { sku: "SKU-000123".into(), qty: 2 }, Line { sku: "SKU-004567".into(), qty: 1 }],
+            channel: "web".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_sample_is_about_as_big_as_the_reference_payload() {
+        let len = serde_json::to_string(&super::BenchEvent::sample(42)).unwrap().len();
+        assert!((200..=240).contains(&len), "{len} bytes");
     }
 }
 

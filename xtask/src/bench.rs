@@ -430,6 +430,58 @@ async fn reference_scenarios(
         }
     }
     step!(psql(bin_dir, url, "DROP TABLE ref_queue", signals).await);
+
+    // The engine's own claim SQL replayed by pgbench (BEGIN; claim-and-mark-done; COMMIT):
+    // the ceiling of its transaction shape, so the report can tell what the shape costs
+    // (against raw_claim_delete) from what the client costs (engine against this).
+    let migrations = workspace_root().join("crates/queue/migrations");
+    let mut files: Vec<_> = std::fs::read_dir(&migrations)
+        .with_context(|| format!("cannot read {}", migrations.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    step!(psql(bin_dir, url, "DROP SCHEMA IF EXISTS conveyor CASCADE", signals).await);
+    for f in &files {
+        step!(psql(bin_dir, url, &std::fs::read_to_string(f)?, signals).await);
+    }
+    for batch in [1u32, 100] {
+        let claim = conveyor_queue::sql::TX_CLAIM
+            .replace("$1", "'{bench.event}'")
+            .replace("$2", &batch.to_string());
+        let script = scripts.join(format!("engine_sql_claim_b{batch}.sql"));
+        std::fs::write(&script, format!("BEGIN;\n{};\nCOMMIT;\n", claim.replace('\n', " ")))?;
+        let prefill = results
+            .iter()
+            .find(|r| r.name == "raw_claim_delete" && r.batch == batch)
+            .map(|r| (r.msgs_per_sec * seconds as f64 * 2.0) as u64 + 10_000)
+            .unwrap_or(200_000)
+            .min(20_000_000);
+        step!(psql(bin_dir, url, "TRUNCATE conveyor.inbox", signals).await);
+        step!(
+            psql(
+                bin_dir,
+                url,
+                &format!(
+                    "INSERT INTO conveyor.inbox (message_id, topic, payload, published_at) \
+                     SELECT gen_random_uuid(), 'bench.event', {payload}::jsonb, now() FROM generate_series(1, {prefill})"
+                ),
+                signals
+            )
+            .await
+        );
+        step!(psql(bin_dir, url, "VACUUM ANALYZE conveyor.inbox", signals).await);
+        step!(psql(bin_dir, url, "CHECKPOINT", signals).await);
+        let r = step!(pgbench(bin_dir, url, &script, "engine_sql_claim", batch, clients, seconds, signals).await);
+        let pending: u64 = step!(psql(bin_dir, url, "SELECT count(*) FROM conveyor.inbox WHERE state = 'pending'", signals).await)
+            .parse()
+            .context("count(*) was not a number")?;
+        if pending < (batch * clients) as u64 {
+            bail!("engine_sql_claim b{batch}: the inbox ran empty with {prefill} prefilled messages");
+        }
+        results.push(r);
+    }
+    step!(psql(bin_dir, url, "DROP SCHEMA conveyor CASCADE", signals).await);
     Ok(Ok(results))
 }
 
@@ -522,6 +574,7 @@ fn build_report(
         for (eng, refname) in [
             ("publish", "raw_insert"),
             ("claim_complete", "raw_claim_delete"),
+            ("claim_complete", "engine_sql_claim"),
         ] {
             for batch in [1u32, 100] {
                 let em = e
