@@ -29,7 +29,7 @@ pub use error::Error;
 pub use message::{Delivery, Event, Headers, MessageId, Outgoing};
 pub use prune::{Pruner, prune_once};
 pub use publish::{publish, publish_all, publish_event};
-pub use relay::{ClaimedBatch, Relay, RelayOptions, Routes};
+pub use relay::{ClaimedBatch, Relay, RelayOptions, Routes, parse_subscriber};
 pub use retry::RetryPolicy;
 
 /// The engine's hot statements, for plan tests (every one must use its index under a

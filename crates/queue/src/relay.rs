@@ -59,6 +59,20 @@ impl Routes {
     }
 }
 
+/// Parses a subscriber's database as configuration gives it: `name=postgres://…` (for a
+/// clap argument such as `--subscriber stock=postgres://…`, use it as `value_parser`).
+pub fn parse_subscriber(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s.split_once('=').ok_or_else(|| format!("expected NAME=URL, got {s:?}"))?;
+    let name = name.trim();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(format!("subscriber name {name:?} must be letters, digits, '-' or '_'"));
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!("the database URL of {name:?} must start with postgres:// or postgresql://"));
+    }
+    Ok((name.to_owned(), url.to_owned()))
+}
+
 /// Tuning of a [`Relay`].
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
@@ -125,6 +139,22 @@ impl Relay {
         }
         let topics = routes.topics().map(str::to_owned).collect();
         Ok(Relay { outbox, routes: Arc::new(routes), topics: Arc::new(topics), subscribers: Arc::new(subscribers), opts: RelayOptions::default() })
+    }
+
+    /// A relay whose subscriber pools are opened (lazily) from configuration: `urls` maps
+    /// each subscriber to its database URL (see [`parse_subscriber`]).
+    pub fn connect<I: IntoIterator<Item = (String, String)>>(outbox: PgPool, routes: Routes, urls: I) -> Result<Self, Error> {
+        let mut pools = HashMap::new();
+        for (name, url) in urls {
+            let options: sqlx::postgres::PgConnectOptions =
+                url.parse().map_err(|e| Error::Config(format!("database URL of subscriber {name:?}: {e}")))?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .test_before_acquire(false)
+                .connect_lazy_with(options);
+            pools.insert(name, pool);
+        }
+        Relay::new(outbox, routes, pools)
     }
 
     pub fn with_options(mut self, opts: RelayOptions) -> Self {
@@ -323,4 +353,20 @@ async fn deliver_to(conn: &mut PgConnection, sub: &str, rows: &[&OutboxRow]) -> 
         metrics::counter!("conveyor_queue_relayed_total", "topic" => topic.to_owned(), "subscriber" => sub.to_owned()).increment(n);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_subscriber;
+
+    #[test]
+    fn subscriber_urls_parse_from_name_equals_url() {
+        assert_eq!(
+            parse_subscriber("stock=postgres://u@h:5432/stock?sslmode=disable"),
+            Ok(("stock".to_owned(), "postgres://u@h:5432/stock?sslmode=disable".to_owned()))
+        );
+        assert!(parse_subscriber("postgres://u@h/stock").unwrap_err().contains("NAME=URL"));
+        assert!(parse_subscriber("=postgres://h/x").is_err());
+        assert!(parse_subscriber("stock=mysql://h/x").unwrap_err().contains("postgres://"));
+    }
 }

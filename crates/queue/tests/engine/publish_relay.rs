@@ -38,10 +38,12 @@ async fn a_rolled_back_transaction_publishes_nothing_and_a_committed_one_is_rela
 #[tokio::test]
 async fn the_relay_fans_out_to_every_subscriber_and_keeps_unrouted_topics() {
     let p = pair().await;
-    let (_third_db, third) = queue_db().await;
+    let (third_db, third) = queue_db().await;
     let routes = Routes::new().route("test.ping", ["sub", "third"]).route("test.other", ["third"]);
-    let subs = HashMap::from([("sub".to_owned(), p.subscriber.clone()), ("third".to_owned(), third.clone())]);
-    let relay = Relay::new(p.publisher.clone(), routes, subs).unwrap();
+    // Subscriber databases as configuration names them.
+    let config = [format!("sub={}", p.subscriber_db.url), format!("third={}", third_db.url)];
+    let urls = config.iter().map(|s| conveyor_queue::parse_subscriber(s).unwrap());
+    let relay = Relay::connect(p.publisher.clone(), routes, urls).unwrap();
 
     let mut tx = p.publisher.begin().await.unwrap();
     publish_event(&mut tx, &Ping { n: 1 }).await.unwrap();
