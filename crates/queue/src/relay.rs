@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::wake::{self, Idle, sleep_or_cancel, spawn_listener, wake_cte};
+use crate::wake::{self, Idle, Pacer, spawn_listener, wake_cte};
 use crate::{Error, Headers};
 
 /// Which subscribers receive each topic. Declared in code (the contracts crate), so a
@@ -226,7 +226,8 @@ impl Relay {
     }
 
     async fn relay_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
-        let mut failures = 0u32;
+        let (poll, batch_size) = (self.opts.poll_interval, self.opts.batch_size);
+        let mut pacer = Pacer { wake, idle, poll, batch_size, shutdown, what: "relay", failures: 0 };
         let mut conns = Conns::default();
         while !shutdown.is_cancelled() {
             let notified = wake.notified();
@@ -236,24 +237,8 @@ impl Relay {
             if relayed.as_ref().is_err_and(|e| !matches!(e, Error::Delivery { .. })) {
                 conns.outbox = None; // it may be broken
             }
-            match relayed {
-                Ok(n) if n as i64 >= self.opts.batch_size => {
-                    failures = 0;
-                    wake.notify_one(); // more is waiting: recruit an idle loop
-                }
-                Ok(0) => {
-                    failures = 0;
-                    idle.wait(notified, self.opts.poll_interval, shutdown).await;
-                }
-                Ok(_) => failures = 0,
-                Err(e) => {
-                    failures += 1;
-                    let wait = Duration::from_millis(100 * 2u64.pow(failures.min(8)));
-                    tracing::error!(error = %e, retry_in = ?wait, "relay failed; the batch stays in the outbox");
-                    metrics::counter!("conveyor_queue_relay_errors_total").increment(1);
-                    sleep_or_cancel(wait, shutdown).await;
-                }
-            }
+            // On failure the batch stays in the outbox and is tried again after the backoff.
+            pacer.after(relayed, notified).await;
         }
     }
 }

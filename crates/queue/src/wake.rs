@@ -64,6 +64,41 @@ impl Idle {
     }
 }
 
+/// What a claim loop does between cycles: recruit another loop after a full batch, wait
+/// (counted idle) after an empty one, back off after a failure.
+pub(crate) struct Pacer<'a> {
+    pub wake: &'a Notify,
+    pub idle: &'a Idle,
+    pub poll: Duration,
+    pub batch_size: i64,
+    pub shutdown: &'a CancellationToken,
+    /// Names the loop in logs and in `conveyor_queue_loop_errors_total{loop}`.
+    pub what: &'static str,
+    pub failures: u32,
+}
+
+impl Pacer<'_> {
+    pub async fn after(&mut self, cycle: Result<usize, crate::Error>, notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) {
+        match cycle {
+            Ok(n) => {
+                self.failures = 0;
+                if n as i64 >= self.batch_size {
+                    self.wake.notify_one(); // more may wait: recruit an idle loop
+                } else if n == 0 {
+                    self.idle.wait(notified, self.poll, self.shutdown).await;
+                }
+            }
+            Err(e) => {
+                self.failures += 1;
+                let wait = Duration::from_millis(100 * 2u64.pow(self.failures.min(7)));
+                tracing::error!(error = %e, retry_in = ?wait, what = self.what, "queue loop failed; retrying");
+                metrics::counter!("conveyor_queue_loop_errors_total", "loop" => self.what).increment(1);
+                sleep_or_cancel(wait, self.shutdown).await;
+            }
+        }
+    }
+}
+
 /// Spawns the listener of `channel` for loops that handle `topics`: it holds the channel's
 /// lock while any loop is idle, and pokes each of `wakes` (`notify_one`) on every
 /// notification or positive probe, until `shutdown`.

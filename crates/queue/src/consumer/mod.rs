@@ -27,7 +27,7 @@ use handler::{LeaseDispatch, TxDispatch, Typed};
 pub use lease::CLAIM as LEASE_CLAIM;
 pub use tx::CLAIM_AS_DONE as TX_CLAIM;
 
-use crate::wake::{self, Idle, sleep_or_cancel, spawn_listener};
+use crate::wake::{self, Idle, Pacer, spawn_listener};
 use crate::{Error, Event, RetryPolicy};
 
 /// Tuning shared by a consumer's subscriptions.
@@ -183,7 +183,7 @@ impl Consumer {
 
     async fn tx_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
         let grace = self.opts.shutdown_grace;
-        let mut failures = 0;
+        let mut pacer = self.pacer(wake, idle, shutdown, "consumer");
         let mut conn = None;
         while !shutdown.is_cancelled() {
             let notified = wake.notified();
@@ -204,12 +204,12 @@ impl Consumer {
             if cycle.is_err() {
                 conn = None;
             }
-            self.after_cycle(cycle, &mut failures, wake, idle, notified, shutdown).await;
+            pacer.after(cycle, notified).await;
         }
     }
 
     async fn lease_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
-        let mut failures = 0;
+        let mut pacer = self.pacer(wake, idle, shutdown, "lease consumer");
         let mut conn = None;
         while !shutdown.is_cancelled() {
             let notified = wake.notified();
@@ -222,44 +222,21 @@ impl Consumer {
             if cycle.is_err() {
                 conn = None;
             }
-            self.after_cycle(cycle, &mut failures, wake, idle, notified, shutdown).await;
+            pacer.after(cycle, notified).await;
         }
     }
 
+    fn pacer<'a>(&self, wake: &'a Notify, idle: &'a Idle, shutdown: &'a CancellationToken, what: &'static str) -> Pacer<'a> {
+        Pacer { wake, idle, poll: self.opts.poll_interval, batch_size: self.opts.batch_size, shutdown, what, failures: 0 }
+    }
+
+    /// The loop's own connection: a connection handed back to a sqlx pool is pinged first,
+    /// one more round trip per cycle, so each loop keeps one (a fresh one after a failure).
     async fn loop_conn<'s>(&self, slot: &'s mut Option<PoolConnection<Postgres>>) -> Result<&'s mut PgConnection, Error> {
         if slot.is_none() {
             *slot = Some(self.pool.acquire().await?);
         }
         Ok(slot.as_mut().expect("filled above"))
-    }
-
-    async fn after_cycle(
-        &self,
-        cycle: Result<usize, Error>,
-        failures: &mut u32,
-        wake: &Notify,
-        idle: &Idle,
-        notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
-        shutdown: &CancellationToken,
-    ) {
-        match cycle {
-            Ok(n) if n as i64 >= self.opts.batch_size => {
-                *failures = 0;
-                wake.notify_one(); // a full batch: more may wait, recruit an idle loop
-            }
-            Ok(0) => {
-                *failures = 0;
-                idle.wait(notified, self.opts.poll_interval, shutdown).await;
-            }
-            Ok(_) => *failures = 0,
-            Err(e) => {
-                *failures += 1;
-                let wait = Duration::from_millis(100 * 2u64.pow((*failures).min(7)));
-                tracing::error!(error = %e, retry_in = ?wait, "consumer cycle failed");
-                metrics::counter!("conveyor_queue_consumer_errors_total").increment(1);
-                sleep_or_cancel(wait, shutdown).await;
-            }
-        }
     }
 }
 
