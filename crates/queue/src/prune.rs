@@ -1,9 +1,13 @@
 //! Pruning: done inbox rows are kept for the dedupe window (a repeated delivery inside it
-//! is rejected by the primary key), then deleted in small batches. Each batch is its own
-//! short transaction that walks `inbox_prune_idx` and skips locked rows, so pruning never
-//! scans the table, never blocks a consumer and never holds back vacuum for long.
+//! is rejected by the primary key), then deleted in small batches. A row goes once it was
+//! both published and done longer than the window ago. Message ids are UUID v7, so the
+//! rows published before the window are a prefix of the primary key: each batch is its
+//! own short transaction that walks that prefix from where the last one stopped, so pruning never scans the table, never blocks a consumer and never holds
+//! back vacuum for long.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -11,24 +15,47 @@ use tokio_util::sync::CancellationToken;
 use crate::Error;
 use crate::wake::sleep_or_cancel;
 
+/// `$1`: resume after this id; `$2`: the first id published inside the window; `$3`: the
+/// window in ms; `$4`: batch size. Returns the last id it looked at (NULL: nothing left).
+/// Done rows are never updated again, so the delete takes no lock anybody waits for.
 pub const PRUNE: &str = "\
-DELETE FROM conveyor.inbox
-WHERE message_id = ANY (ARRAY(
+WITH batch AS (
     SELECT message_id FROM conveyor.inbox
-    WHERE state = 'done' AND done_at < now() - $1 * interval '1 millisecond'
-    ORDER BY done_at LIMIT $2 FOR UPDATE SKIP LOCKED))";
+    WHERE message_id > $1 AND message_id < $2
+    ORDER BY message_id LIMIT $4),
+gone AS (
+    DELETE FROM conveyor.inbox
+    WHERE message_id = ANY (ARRAY(SELECT message_id FROM batch))
+      AND state = 'done' AND done_at < now() - $3 * interval '1 millisecond'
+    RETURNING 1)
+SELECT (SELECT message_id FROM batch ORDER BY message_id DESC LIMIT 1), (SELECT count(*) FROM gone)";
 
-/// Deletes done rows older than `window`, `batch` at a time; returns how many.
+/// Deletes done rows published and done more than `window` ago, looking at `batch` rows
+/// of the old prefix per transaction; returns how many it deleted.
 pub async fn prune_once(pool: &PgPool, window: Duration, batch: i64) -> Result<u64, Error> {
+    let horizon = v7_floor(SystemTime::now() - window);
+    let mut after = Uuid::nil();
     let mut total = 0;
     loop {
-        let n = sqlx::query(PRUNE).bind(window.as_millis() as f64).bind(batch).execute(pool).await?.rows_affected();
-        total += n;
-        if (n as i64) < batch {
-            metrics::counter!("conveyor_queue_pruned_total").increment(total);
-            return Ok(total);
+        let (last, n): (Option<Uuid>, i64) =
+            sqlx::query_as(PRUNE).bind(after).bind(horizon).bind(window.as_millis() as f64).bind(batch).fetch_one(pool).await?;
+        total += n as u64;
+        match last {
+            Some(last) => after = last,
+            None => {
+                metrics::counter!("conveyor_queue_pruned_total").increment(total);
+                return Ok(total);
+            }
         }
     }
+}
+
+/// The smallest UUID v7 of instant `t`: every id minted at or after `t` sorts above it.
+pub(crate) fn v7_floor(t: SystemTime) -> Uuid {
+    let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    Uuid::from_bytes(bytes)
 }
 
 /// Runs [`prune_once`] every `interval`.
@@ -56,5 +83,21 @@ impl Pruner {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_v7_floor_sorts_below_every_id_of_its_instant_and_above_older_ones() {
+        let now = SystemTime::now();
+        let floor = v7_floor(now);
+        let ms = now.duration_since(UNIX_EPOCH).unwrap();
+        let at = |d: Duration| Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, d.as_secs(), d.subsec_nanos()));
+        assert!(floor <= at(ms));
+        assert!(floor < at(ms + Duration::from_millis(1)));
+        assert!(at(ms - Duration::from_millis(1)) < floor);
     }
 }

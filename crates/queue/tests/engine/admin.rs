@@ -37,18 +37,39 @@ async fn pruning_keeps_the_dedupe_window_and_dedupe_holds_inside_it() {
         .with_options(conveyor_queue::ConsumerOptions { batch_size: 500, ..fast_options(1) })
         .subscribe(handler_fn(|conn, msg: Delivery<Ping>| async move { Ok(record_effect(conn, &msg).await?) }.boxed()));
     while consumer.process_once().await.unwrap() > 0 {}
-    // The first 2000 finished two hours ago, the last 500 just now.
-    sqlx::query("UPDATE conveyor.inbox SET done_at = now() - interval '2 hours' WHERE message_id = ANY($1)")
-        .bind(&ids[..2000])
-        .execute(&p.subscriber)
-        .await
-        .unwrap();
+    // The first 2000 were published and finished two hours ago (their UUID v7 ids say when
+    // they were published), the last 500 just now. A third group was published two hours
+    // ago but only finished now: it stays, its window runs from its completion.
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    let old_id = |i: usize| {
+        let t = (two_hours_ago + Duration::from_millis(i as u64)).duration_since(std::time::UNIX_EPOCH).unwrap();
+        uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, t.as_secs(), t.subsec_nanos()))
+    };
+    let (old, late): (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = ((0..2000).map(old_id).collect(), (2000..2100).map(old_id).collect());
+    sqlx::query(
+        "UPDATE conveyor.inbox i SET message_id = o.new, done_at = now() - interval '2 hours'
+         FROM UNNEST($1::uuid[], $2::uuid[]) AS o(old, new) WHERE i.message_id = o.old",
+    )
+    .bind(&ids[..2000])
+    .bind(&old)
+    .execute(&p.subscriber)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO conveyor.inbox (message_id, topic, payload, published_at, state, done_at)
+         SELECT id, 'test.ping', '{}', now() - interval '2 hours', 'done', now() FROM UNNEST($1::uuid[]) id",
+    )
+    .bind(&late)
+    .execute(&p.subscriber)
+    .await
+    .unwrap();
     // Small batches: 2000 rows take several short transactions.
     assert_eq!(prune_once(&p.subscriber, Duration::from_secs(3600), 300).await.unwrap(), 2000);
     assert_eq!(prune_once(&p.subscriber, Duration::from_secs(3600), 300).await.unwrap(), 0);
     let left: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT message_id FROM conveyor.inbox ORDER BY message_id").fetch_all(&p.subscriber).await.unwrap();
-    assert_eq!(left, ids[2000..]);
+    assert_eq!(left, [&late[..], &ids[2000..]].concat());
+    sqlx::query("DELETE FROM conveyor.inbox WHERE message_id = ANY($1)").bind(&late).execute(&p.subscriber).await.unwrap();
 
     // A repeated delivery of a message inside the window (a relay that repeats a batch) is
     // rejected: put the outbox rows back and relay them again.
@@ -86,7 +107,7 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
     let cases = [
         (&p.subscriber, sql::TX_CLAIM, "('{test.ping}', 10)", "inbox_claim_idx"),
         (&p.subscriber, sql::LEASE_CLAIM, "('{test.ping}', '{1000}', 10)", "inbox_claim_idx"),
-        (&p.subscriber, sql::PRUNE, "(3600000, 1000)", "inbox_prune_idx"),
+        (&p.subscriber, sql::PRUNE, "('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff', 3600000, 1000)", "inbox_pkey"),
         (&p.publisher, sql::RELAY_CLAIM, "('{test.ping}', 100)", "outbox_pkey"),
     ];
     for (i, (pool, statement, args, index)) in cases.into_iter().enumerate() {
