@@ -2,6 +2,10 @@
 -- subscriptions consume from. Every service database carries both tables.
 CREATE SCHEMA IF NOT EXISTS conveyor;
 
+-- Payloads and headers are `json`, not `jsonb`: the queue never looks inside them, and
+-- `json` is stored as written (validated, not parsed into a tree), which saves parsing on
+-- every insert and re-serialising on every read.
+
 -- Published messages waiting for the relay. Rows live here for milliseconds: the relay
 -- copies them into each subscriber's inbox and deletes them. UUID v7 ids sort by time,
 -- so the primary key is also the relay's claim order.
@@ -9,8 +13,8 @@ CREATE TABLE conveyor.outbox (
     message_id uuid        PRIMARY KEY,
     topic      text        NOT NULL,
     key        text,
-    payload    jsonb       NOT NULL,
-    headers    jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    payload    json        NOT NULL,
+    headers    json        NOT NULL DEFAULT '{}'::json,
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
@@ -21,8 +25,8 @@ CREATE TABLE conveyor.inbox (
     message_id   uuid        PRIMARY KEY,
     topic        text        NOT NULL,
     key          text,
-    payload      jsonb       NOT NULL,
-    headers      jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    payload      json        NOT NULL,
+    headers      json        NOT NULL DEFAULT '{}'::json,
     published_at timestamptz NOT NULL,
     received_at  timestamptz NOT NULL DEFAULT now(),
     state        text        NOT NULL DEFAULT 'pending'

@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// A message's id: a UUID v7, so ids sort by publish time.
@@ -26,21 +27,27 @@ pub struct Outgoing {
     pub id: MessageId,
     pub topic: String,
     pub key: Option<String>,
-    pub payload: serde_json::Value,
+    /// Serialised once, here; stored as written.
+    pub payload: Box<RawValue>,
     pub headers: Headers,
 }
 
 impl Outgoing {
     /// A message on `topic` with `payload`, a fresh UUID v7 id and no headers.
     pub fn new(topic: impl Into<String>, payload: serde_json::Value) -> Self {
+        let payload = serde_json::value::to_raw_value(&payload).expect("a JSON value always serialises");
         Outgoing { id: Uuid::now_v7(), topic: topic.into(), key: None, payload, headers: Headers::new() }
     }
 
     /// A message carrying `event` on its topic, keyed by the event's key.
     pub fn event<E: Event>(event: &E) -> Result<Self, serde_json::Error> {
-        let mut msg = Outgoing::new(E::TOPIC, serde_json::to_value(event)?);
-        msg.key = event.key();
-        Ok(msg)
+        Ok(Outgoing {
+            id: Uuid::now_v7(),
+            topic: E::TOPIC.to_owned(),
+            key: event.key(),
+            payload: serde_json::value::to_raw_value(event)?,
+            headers: Headers::new(),
+        })
     }
 
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
@@ -73,7 +80,7 @@ pub(crate) struct InboxRow {
     pub message_id: Uuid,
     pub topic: String,
     pub key: Option<String>,
-    pub payload: sqlx::types::Json<Box<serde_json::value::RawValue>>,
+    pub payload: sqlx::types::Json<Box<RawValue>>,
     pub headers: sqlx::types::Json<Headers>,
     /// Attempts made before this claim (tx mode) or including it (lease mode).
     pub attempts: i32,

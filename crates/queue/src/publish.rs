@@ -1,7 +1,6 @@
 //! Publishing: insert into the outbox inside the caller's transaction.
 
 use sqlx::PgConnection;
-use sqlx::types::Json;
 
 use crate::wake::wake_cte;
 use crate::{Error, Event, MessageId, Outgoing};
@@ -13,8 +12,8 @@ pub(crate) const INSERT: &str = concat!(
     "WITH ",
     wake_cte!("conveyor_outbox", 7165066987124913153),
     "\nINSERT INTO conveyor.outbox (message_id, topic, key, payload, headers)
-SELECT m.* FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[])
-       AS m(message_id, topic, key, payload, headers)
+SELECT m.message_id, m.topic, m.key, m.payload::json, m.headers::json
+FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) AS m(message_id, topic, key, payload, headers)
 CROSS JOIN wake"
 );
 
@@ -44,8 +43,8 @@ pub async fn publish_all(conn: &mut PgConnection, msgs: &[Outgoing]) -> Result<(
         ids.push(m.id);
         topics.push(m.topic.as_str());
         keys.push(m.key.as_deref());
-        payloads.push(&m.payload);
-        headers.push(Json(&m.headers));
+        payloads.push(m.payload.get());
+        headers.push(if m.headers.is_empty() { "{}".to_owned() } else { serde_json::to_string(&m.headers)? });
     }
     sqlx::query(INSERT)
         .bind(ids)

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::types::Json;
 use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::Notify;
@@ -20,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::wake::{self, Idle, Pacer, spawn_listener, wake_cte};
-use crate::{Error, Headers};
+use crate::Error;
 
 /// Which subscribers receive each topic. Declared in code (the contracts crate), so a
 /// routing change is reviewed like any other change.
@@ -95,8 +94,9 @@ struct OutboxRow {
     message_id: Uuid,
     topic: String,
     key: Option<String>,
-    payload: Json<Box<serde_json::value::RawValue>>,
-    headers: Json<Headers>,
+    // Passed through as written: the relay never parses a payload.
+    payload: String,
+    headers: String,
     created_at: DateTime<Utc>,
 }
 
@@ -105,13 +105,14 @@ DELETE FROM conveyor.outbox AS o
 WHERE o.message_id = ANY (ARRAY(
     SELECT message_id FROM conveyor.outbox
     WHERE topic = ANY($1) ORDER BY message_id LIMIT $2 FOR UPDATE SKIP LOCKED))
-RETURNING o.message_id, o.topic, o.key, o.payload, o.headers, o.created_at";
+RETURNING o.message_id, o.topic, o.key, o.payload::text, o.headers::text, o.created_at";
 
 pub(crate) const DELIVER: &str = concat!(
     "WITH ",
     wake_cte!("conveyor_inbox", 7165066987023786497),
     "\nINSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at)
-SELECT m.* FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::timestamptz[])
+SELECT m.message_id, m.topic, m.key, m.payload::json, m.headers::json, m.published_at
+FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
        AS m(message_id, topic, key, payload, headers, published_at)
 CROSS JOIN wake
 ON CONFLICT (message_id) DO NOTHING"
@@ -324,8 +325,8 @@ async fn deliver_to(conn: &mut PgConnection, sub: &str, rows: &[&OutboxRow]) -> 
         .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.key.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| &r.payload).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| &r.headers).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.headers.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
         .execute(conn)
         .await
