@@ -36,7 +36,7 @@ pub use retry::RetryPolicy;
 /// generic plan, since sqlx prepares them).
 #[doc(hidden)]
 pub mod sql {
-    pub use crate::consumer::{LEASE_CLAIM, TX_CLAIM};
+    pub use crate::consumer::{LEASE_CLAIM, LEASE_DONE, TX_CLAIM};
     pub use crate::prune::PRUNE;
     pub use crate::relay::CLAIM as RELAY_CLAIM;
 }

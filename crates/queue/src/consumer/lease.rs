@@ -25,7 +25,7 @@ FROM UNNEST($1::text[], $2::bigint[]) AS l(topic, lease_ms)
 WHERE i.message_id = ANY (ARRAY(SELECT message_id FROM c)) AND l.topic = i.topic
 RETURNING i.message_id, i.topic, i.key, i.payload, i.headers, i.attempts, i.published_at";
 
-const DONE: &str = "\
+pub const DONE: &str = "\
 UPDATE conveyor.inbox AS i SET state = 'done', done_at = now()
 FROM UNNEST($1::uuid[], $2::int[]) AS d(id, attempt)
 WHERE i.message_id = d.id AND i.attempts = d.attempt AND i.state = 'running'

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use handler::{Handler, HandlerError, LeaseHandler, handler_fn};
 use handler::{LeaseDispatch, TxDispatch, Typed};
-pub use lease::CLAIM as LEASE_CLAIM;
+pub use lease::{CLAIM as LEASE_CLAIM, DONE as LEASE_DONE};
 pub use tx::CLAIM_AS_DONE as TX_CLAIM;
 
 use crate::wake::{self, Idle, Pacer, spawn_listener};
