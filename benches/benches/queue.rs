@@ -103,145 +103,132 @@ impl Bench {
 
 }
 
-/// Publishing `batch` messages per transaction. `publish` sends each batch as its own
-/// statement on a connection outside any transaction (autocommit, the shape of the raw
-/// INSERT reference); `publish_tx` wraps it in BEGIN … COMMIT, as a service publishing
-/// with its state change does.
-fn bench_publish(c: &mut Criterion, b: &Arc<Bench>, name: &'static str, explicit_tx: bool) {
+/// Runs `one(bench, batch, iters)` — which sets up untimed, then returns the time
+/// `iters × batch` messages took — as criterion benchmark `name/batch` for every batch size,
+/// and keeps the tally the report is made of.
+fn measure<F, Fut>(c: &mut Criterion, b: &Arc<Bench>, name: &'static str, one: F)
+where
+    F: Fn(Arc<Bench>, usize, u64) -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
     let mut group = c.benchmark_group(name);
     for batch in BATCHES {
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(BenchmarkId::from_parameter(batch), |bencher| {
             bencher.iter_custom(|iters| {
-                let b = b.clone();
-                b.clone().rt.block_on(async move {
-                    b.truncate().await;
-                    let started = Instant::now();
-                    let tasks: Vec<_> = b
-                        .shares(iters)
-                        .into_iter()
-                        .map(|txs| {
-                            let pool = b.publisher.clone();
-                            tokio::spawn(async move {
-                                let mut conn = pool.acquire().await.unwrap();
-                                for t in 0..txs {
-                                    let msgs: Vec<Outgoing> =
-                                        (0..batch).map(|i| Outgoing::event(&BenchEvent::sample(t as i64 + i as i64)).unwrap()).collect();
-                                    if explicit_tx {
-                                        let mut tx = conn.begin().await.unwrap();
-                                        publish_all(&mut tx, &msgs).await.unwrap();
-                                        tx.commit().await.unwrap();
-                                    } else {
-                                        publish_all(&mut conn, &msgs).await.unwrap();
-                                    }
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.unwrap();
-                    }
-                    let took = started.elapsed();
-                    b.tally(name, batch, iters * batch as u64, took);
-                    took
-                })
+                let took = b.rt.block_on(one(b.clone(), batch, iters));
+                b.tally(name, batch, iters * batch as u64, took);
+                took
             })
         });
     }
     group.finish();
+}
+
+/// Publishing `batch` messages per transaction. `publish` sends each batch as its own
+/// statement on a connection outside any transaction (autocommit, the shape of the raw
+/// INSERT reference); `publish_tx` wraps it in BEGIN … COMMIT, as a service publishing
+/// with its state change does.
+fn bench_publish(c: &mut Criterion, b: &Arc<Bench>, name: &'static str, explicit_tx: bool) {
+    measure(c, b, name, |b, batch, iters| async move {
+        b.truncate().await;
+        let started = Instant::now();
+        let tasks: Vec<_> = b
+            .shares(iters)
+            .into_iter()
+            .map(|txs| {
+                let pool = b.publisher.clone();
+                tokio::spawn(async move {
+                    let mut conn = pool.acquire().await.unwrap();
+                    for t in 0..txs {
+                        let msgs: Vec<Outgoing> =
+                            (0..batch).map(|i| Outgoing::event(&BenchEvent::sample(t as i64 + i as i64)).unwrap()).collect();
+                        if explicit_tx {
+                            let mut tx = conn.begin().await.unwrap();
+                            publish_all(&mut tx, &msgs).await.unwrap();
+                            tx.commit().await.unwrap();
+                        } else {
+                            publish_all(&mut conn, &msgs).await.unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        started.elapsed()
+    });
 }
 
 /// Relaying with `relay.run` (`clients` loops, `batch` rows a claim) from a full outbox
 /// until it is empty.
 fn bench_relay(c: &mut Criterion, b: &Arc<Bench>) {
-    let mut group = c.benchmark_group("relay");
-    for batch in BATCHES {
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_function(BenchmarkId::from_parameter(batch), |bencher| {
-            bencher.iter_custom(|iters| {
-                let b = b.clone();
-                b.clone().rt.block_on(async move {
-                    b.truncate().await;
-                    let total = iters * batch as u64;
-                    b.fill_outbox(total).await;
-                    let relay = b.relay(batch).with_options(RelayOptions {
-                        batch_size: batch as i64,
-                        concurrency: b.clients,
-                        poll_interval: Duration::from_millis(5),
-                    });
-                    let stop = CancellationToken::new();
-                    let started = Instant::now();
-                    let running = tokio::spawn({
-                        let stop = stop.clone();
-                        async move { relay.run(stop).await }
-                    });
-                    loop {
-                        let left: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM conveyor.outbox)").fetch_one(&b.publisher).await.unwrap();
-                        if !left {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    let took = started.elapsed();
-                    stop.cancel();
-                    running.await.unwrap().unwrap();
-                    b.tally("relay", batch, total, took);
-                    took
-                })
-            })
+    measure(c, b, "relay", |b, batch, iters| async move {
+        b.truncate().await;
+        b.fill_outbox(iters * batch as u64).await;
+        let relay = b.relay(batch).with_options(RelayOptions {
+            batch_size: batch as i64,
+            concurrency: b.clients,
+            poll_interval: Duration::from_millis(5),
         });
-    }
-    group.finish();
+        let stop = CancellationToken::new();
+        let started = Instant::now();
+        let running = tokio::spawn({
+            let stop = stop.clone();
+            async move { relay.run(stop).await }
+        });
+        loop {
+            let left: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM conveyor.outbox)").fetch_one(&b.publisher).await.unwrap();
+            if !left {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = started.elapsed();
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        took
+    });
 }
 
 /// Claim + complete with `consumer.run` (`clients` loops, `batch` messages a claim, a
 /// handler that does nothing) from a full inbox until every message is handled.
 fn bench_claim_complete(c: &mut Criterion, b: &Arc<Bench>) {
-    let mut group = c.benchmark_group("claim_complete");
-    for batch in BATCHES {
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_function(BenchmarkId::from_parameter(batch), |bencher| {
-            bencher.iter_custom(|iters| {
-                let b = b.clone();
-                b.clone().rt.block_on(async move {
-                    b.truncate().await;
-                    let total = iters * batch as u64;
-                    b.fill_inbox(total).await;
-                    let handled = Arc::new(AtomicUsize::new(0));
-                    let all_done = Arc::new(tokio::sync::Notify::new());
-                    let (h, d) = (handled.clone(), all_done.clone());
-                    let consumer = Consumer::new(b.subscriber.clone())
-                        .with_options(ConsumerOptions {
-                            concurrency: b.clients,
-                            batch_size: batch as i64,
-                            poll_interval: Duration::from_millis(5),
-                            ..Default::default()
-                        })
-                        .subscribe(handler_fn(move |_, _: Delivery<BenchEvent>| {
-                            if h.fetch_add(1, Ordering::Relaxed) as u64 + 1 == total {
-                                d.notify_one();
-                            }
-                            async { Ok(()) }.boxed()
-                        }));
-                    let stop = CancellationToken::new();
-                    let started = Instant::now();
-                    let running = tokio::spawn({
-                        let stop = stop.clone();
-                        async move { consumer.run(stop).await }
-                    });
-                    all_done.notified().await;
-                    // Stop the clock once the last batch has committed: run() returns
-                    // after its in-flight cycles end.
-                    stop.cancel();
-                    running.await.unwrap().unwrap();
-                    let took = started.elapsed();
-                    b.tally("claim_complete", batch, total, took);
-                    took
-                })
+    measure(c, b, "claim_complete", |b, batch, iters| async move {
+        b.truncate().await;
+        let total = iters * batch as u64;
+        b.fill_inbox(total).await;
+        let handled = Arc::new(AtomicUsize::new(0));
+        let all_done = Arc::new(tokio::sync::Notify::new());
+        let d = all_done.clone();
+        let consumer = Consumer::new(b.subscriber.clone())
+            .with_options(ConsumerOptions {
+                concurrency: b.clients,
+                batch_size: batch as i64,
+                poll_interval: Duration::from_millis(5),
+                ..Default::default()
             })
+            .subscribe(handler_fn(move |_, _: Delivery<BenchEvent>| {
+                if handled.fetch_add(1, Ordering::Relaxed) as u64 + 1 == total {
+                    d.notify_one();
+                }
+                async { Ok(()) }.boxed()
+            }));
+        let stop = CancellationToken::new();
+        let started = Instant::now();
+        let running = tokio::spawn({
+            let stop = stop.clone();
+            async move { consumer.run(stop).await }
         });
-    }
-    group.finish();
+        all_done.notified().await;
+        // Stop the clock once the last batch has committed: run() returns after its
+        // in-flight cycles end.
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        started.elapsed()
+    });
 }
 
 /// Publish → handler start with every loop idle (woken by NOTIFY, polling far away).

@@ -178,9 +178,6 @@ impl Consumer {
         Ok(())
     }
 
-    // Each loop keeps its connection: a connection handed back to a sqlx pool is pinged
-    // first, one more round trip per cycle. After a failed cycle it takes a fresh one.
-
     async fn tx_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
         let grace = self.opts.shutdown_grace;
         let mut pacer = self.pacer(wake, idle, shutdown, "consumer");
