@@ -23,8 +23,10 @@ pub enum QueueTable {
     Inbox,
 }
 
-/// How many messages of a topic are in a state (`pending`, `running`, `done`, `dead`;
-/// outbox rows are all `pending`).
+/// How many messages of a topic wait in a state: `pending`, `running` or `dead` in the
+/// inbox, `pending` in the outbox. Done rows are not counted: they are the dedupe record,
+/// as many as the window holds, and counting them would scan them at every scrape; each
+/// count here reads only the rows its partial index holds.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Depth {
     pub table: QueueTable,
@@ -35,31 +37,37 @@ pub struct Depth {
     pub oldest_age_seconds: Option<f64>,
 }
 
-/// Depth of every topic and state, outbox and inbox.
-pub async fn depth(pool: &PgPool) -> Result<Vec<Depth>, Error> {
-    Ok(sqlx::query_as(
-        "SELECT 'outbox' AS \"table\", topic, 'pending' AS state, count(*) AS count,
+pub const DEPTH: &str = "SELECT 'outbox' AS \"table\", topic, 'pending' AS state, count(*) AS count,
                 extract(epoch FROM now() - min(created_at))::float8 AS oldest_age_seconds
          FROM conveyor.outbox GROUP BY topic
          UNION ALL
-         SELECT 'inbox', topic, state, count(*),
-                CASE WHEN state IN ('pending', 'running') THEN extract(epoch FROM now() - min(published_at))::float8 END
-         FROM conveyor.inbox GROUP BY topic, state
-         ORDER BY 1, 2, 3",
+         SELECT 'inbox', topic, state, count(*), extract(epoch FROM now() - min(published_at))::float8
+         FROM conveyor.inbox WHERE state IN ('pending', 'running') GROUP BY topic, state
+         UNION ALL
+         SELECT 'inbox', topic, 'dead', count(*), NULL
+         FROM conveyor.inbox WHERE state = 'dead' GROUP BY topic
+         ORDER BY 1, 2, 3";
+
+/// Depth of every topic and waiting state, outbox and inbox.
+pub async fn depth(pool: &PgPool) -> Result<Vec<Depth>, Error> {
+    Ok(sqlx::query_as(
+        DEPTH,
     )
     .fetch_all(pool)
     .await?)
 }
 
+pub const OLDEST: &str = "SELECT extract(epoch FROM now() - min(t))::float8 FROM (
+            (SELECT created_at AS t FROM conveyor.outbox ORDER BY message_id LIMIT 1)
+            UNION ALL
+            (SELECT min(published_at) FROM conveyor.inbox WHERE state IN ('pending', 'running'))
+         ) oldest";
+
 /// Age of the oldest message still waiting anywhere in this database: in the outbox, or
 /// pending or running in the inbox. `None` when nothing waits.
 pub async fn oldest_pending_age(pool: &PgPool) -> Result<Option<Duration>, Error> {
     let secs: Option<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM now() - min(t))::float8 FROM (
-            (SELECT created_at AS t FROM conveyor.outbox ORDER BY message_id LIMIT 1)
-            UNION ALL
-            (SELECT min(published_at) FROM conveyor.inbox WHERE state IN ('pending', 'running'))
-         ) oldest",
+        OLDEST,
     )
     .fetch_one(pool)
     .await?;
