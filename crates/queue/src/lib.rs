@@ -42,12 +42,22 @@ pub mod sql {
     pub use crate::relay::CLAIM as RELAY_CLAIM;
 }
 
-/// The queue schema (`conveyor.outbox`, `conveyor.inbox`), applied by every service's migrator.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Applies the queue schema to `pool`'s database.
+/// The queue schema (`conveyor.outbox`, `conveyor.inbox`) as a migrator, for every service's
+/// migrator to run beside the service's own. It records what it applied in
+/// `conveyor._sqlx_migrations`, so the service's migrations keep sqlx's default table and
+/// the two histories never collide, whatever versions either side uses.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut m = sqlx::migrate::Migrator::with_migrations(MIGRATIONS.iter().cloned().collect());
+    m.create_schema("conveyor");
+    m.dangerous_set_table_name("conveyor._sqlx_migrations");
+    m
+}
+
+/// Applies the queue schema to `pool`'s database (see [`migrator`]).
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+    migrator().run(pool).await
 }
 
 /// Notification channel a relay listens on for new outbox rows.

@@ -138,3 +138,26 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DEALLOCATE s{i}; RESET plan_cache_mode"))).execute(&mut *conn).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn the_queue_schema_keeps_its_own_migration_history_beside_a_services() {
+    let db = conveyor_devpg::test_db().await;
+    let pool = db.pool().await;
+    // A service with a migration whose version equals the queue's own.
+    let service = sqlx::migrate::Migrator::with_migrations(vec![sqlx::migrate::Migration::new(
+        20260101000001,
+        "orders".into(),
+        sqlx::migrate::MigrationType::Simple,
+        sqlx::SqlSafeStr::into_sql_str("CREATE TABLE orders (id bigint PRIMARY KEY)"),
+        false,
+    )]);
+    conveyor_queue::migrate(&pool).await.unwrap();
+    service.run(&pool).await.unwrap();
+    conveyor_queue::migrate(&pool).await.unwrap(); // again: nothing to do
+    service.run(&pool).await.unwrap();
+    let queue_history = count(&pool, "SELECT count(*) FROM conveyor._sqlx_migrations").await;
+    let service_history = count(&pool, "SELECT count(*) FROM public._sqlx_migrations").await;
+    assert_eq!((queue_history, service_history), (1, 1));
+    assert_eq!(count(&pool, "SELECT count(*) FROM conveyor.inbox").await, 0);
+    assert_eq!(count(&pool, "SELECT count(*) FROM orders").await, 0);
+}
