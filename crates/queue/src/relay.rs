@@ -181,13 +181,7 @@ impl Relay {
 
     /// Relays one batch; returns how many outbox rows it moved (0: nothing to do).
     pub async fn relay_once(&self) -> Result<usize, Error> {
-        match self.claim().await? {
-            None => Ok(0),
-            Some(batch) => {
-                batch.deliver().await?;
-                batch.ack().await
-            }
-        }
+        self.relay_once_on(&mut Conns::default()).await
     }
 
     /// [`relay_once`](Self::relay_once) on connections the caller keeps: a relay loop holds
@@ -198,17 +192,8 @@ impl Relay {
             conns.outbox = Some(self.outbox.acquire().await?);
         }
         let outbox = conns.outbox.as_mut().expect("filled above");
-        let claimed = match outbox.begin().await {
-            Ok(tx) => self.claim_in(tx).await,
-            Err(e) => Err(e.into()),
-        };
-        let Some(batch) = claimed? else { return Ok(0) };
-        if let Err(e) = batch.deliver_on(&mut conns.subscribers).await {
-            if let Error::Delivery { subscriber, .. } = &e {
-                conns.subscribers.remove(subscriber);
-            }
-            return Err(e);
-        }
+        let Some(batch) = self.claim_in(outbox.begin().await?).await? else { return Ok(0) };
+        batch.deliver_on(&mut conns.subscribers).await?;
         batch.ack().await
     }
 
@@ -269,22 +254,14 @@ impl ClaimedBatch<'_> {
         self.rows.is_empty()
     }
 
-    pub fn ids(&self) -> Vec<Uuid> {
-        self.rows.iter().map(|r| r.message_id).collect()
-    }
-
     /// Inserts the batch into every subscriber's inbox (committed there, idempotent).
     pub async fn deliver(&self) -> Result<(), Error> {
-        let groups = self.per_subscriber();
-        let deliveries = groups.iter().map(|(sub, rows)| async move {
-            let failed = |source| Error::Delivery { subscriber: (*sub).to_owned(), source };
-            let mut conn = self.relay.subscribers[*sub].acquire().await.map_err(failed)?;
-            deliver_to(&mut conn, sub, rows).await
-        });
-        futures::future::try_join_all(deliveries).await?;
-        Ok(())
+        self.deliver_on(&mut HashMap::new()).await
     }
 
+    /// [`deliver`](Self::deliver) on the subscriber connections in `conns`, taking one from
+    /// a subscriber's pool where there is none and dropping one whose delivery failed (it
+    /// may be broken).
     async fn deliver_on(&self, conns: &mut HashMap<String, PoolConnection<Postgres>>) -> Result<(), Error> {
         let groups = self.per_subscriber();
         for sub in groups.keys() {
@@ -299,8 +276,11 @@ impl ClaimedBatch<'_> {
         let deliveries = conns
             .iter_mut()
             .filter_map(|(sub, conn)| groups.get(sub.as_str()).map(|rows| deliver_to(conn, sub, rows)));
-        futures::future::try_join_all(deliveries).await?;
-        Ok(())
+        let delivered = futures::future::try_join_all(deliveries).await.map(drop);
+        if let Err(Error::Delivery { subscriber, .. }) = &delivered {
+            conns.remove(subscriber);
+        }
+        delivered
     }
 
     fn per_subscriber(&self) -> HashMap<&str, Vec<&OutboxRow>> {
