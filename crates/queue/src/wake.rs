@@ -115,12 +115,11 @@ pub(crate) fn spawn_listener(
         // listener's connection back to its pool, and a pooled connection that still held
         // the wake lock would make every writer on it skip its NOTIFY (a session does not
         // conflict with its own lock) and keep every listener from the lock.
-        let own = PgPoolOptions::new()
+        let pool = PgPoolOptions::new()
             .max_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_lazy_with((*pool.connect_options()).clone());
-        let pool = own;
         let poke = || wakes.iter().for_each(|w| w.notify_one());
         let poke_all = || wakes.iter().for_each(|w| w.notify_waiters());
         let mut idle_rx = idle.count.subscribe();
