@@ -62,6 +62,7 @@ where
 /// Why a handler failed, and whether trying again can help.
 pub struct HandlerError {
     permanent: bool,
+    snooze: Option<std::time::Duration>,
     error: anyhow::Error,
 }
 
@@ -69,16 +70,28 @@ impl HandlerError {
     /// A failure worth retrying (a lock timeout, a peer down): the message comes back after
     /// its backoff, until its attempts run out.
     pub fn retry(error: impl Into<anyhow::Error>) -> Self {
-        HandlerError { permanent: false, error: error.into() }
+        HandlerError { permanent: false, snooze: None, error: error.into() }
     }
 
     /// A failure no retry can fix (a payload that breaks a rule): the message is dead at once.
     pub fn permanent(error: impl Into<anyhow::Error>) -> Self {
-        HandlerError { permanent: true, error: error.into() }
+        HandlerError { permanent: true, snooze: None, error: error.into() }
+    }
+
+    /// Not now, and not the message's fault (a circuit breaker is open, a peer asked us to
+    /// back off): the message comes back after `delay` and the attempt is not counted, so
+    /// waiting out an outage never uses up its retries or kills it.
+    pub fn snooze(delay: std::time::Duration, reason: impl Into<anyhow::Error>) -> Self {
+        HandlerError { permanent: false, snooze: Some(delay), error: reason.into() }
     }
 
     pub fn is_permanent(&self) -> bool {
         self.permanent
+    }
+
+    /// The delay of a snooze, `None` for a failure.
+    pub fn snoozed_for(&self) -> Option<std::time::Duration> {
+        self.snooze
     }
 }
 
@@ -97,7 +110,7 @@ impl fmt::Display for HandlerError {
 
 impl fmt::Debug for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HandlerError").field("permanent", &self.permanent).field("error", &self.error).finish()
+        f.debug_struct("HandlerError").field("permanent", &self.permanent).field("snooze", &self.snooze).field("error", &self.error).finish()
     }
 }
 

@@ -34,9 +34,12 @@ RETURNING i.message_id";
 const FAILED: &str = "\
 UPDATE conveyor.inbox AS i SET
     state = CASE WHEN f.dead THEN 'dead' ELSE 'pending' END,
+    attempts = CASE WHEN f.counted THEN i.attempts ELSE i.attempts - 1 END,
     visible_at = now() + f.delay_ms * interval '1 millisecond',
-    errors = i.errors || jsonb_build_array(jsonb_build_object('attempt', i.attempts, 'at', now(), 'error', f.error))
-FROM UNNEST($1::uuid[], $2::int[], $3::bool[], $4::bigint[], $5::text[]) AS f(id, attempt, dead, delay_ms, error)
+    errors = CASE WHEN f.counted
+        THEN i.errors || jsonb_build_array(jsonb_build_object('attempt', i.attempts, 'at', now(), 'error', f.error))
+        ELSE i.errors END
+FROM UNNEST($1::uuid[], $2::int[], $3::bool[], $4::bigint[], $5::text[], $6::bool[]) AS f(id, attempt, dead, delay_ms, error, counted)
 WHERE i.message_id = f.id AND i.attempts = f.attempt AND i.state = 'running'
 RETURNING i.message_id";
 
@@ -138,6 +141,7 @@ impl Consumer {
                 .bind(failures.iter().map(|(_, f)| f.dead).collect::<Vec<_>>())
                 .bind(failures.iter().map(|(_, f)| f.delay_ms).collect::<Vec<_>>())
                 .bind(failures.iter().map(|(_, f)| f.error.as_str()).collect::<Vec<_>>())
+                .bind(failures.iter().map(|(_, f)| f.counted).collect::<Vec<_>>())
                 .fetch_all(&mut *conn)
                 .await?;
             settled.extend(recorded);

@@ -241,12 +241,19 @@ impl Consumer {
 pub(crate) struct Failure {
     pub id: uuid::Uuid,
     pub dead: bool,
+    /// False for a snooze: the attempt is handed back and no error is recorded.
+    pub counted: bool,
     pub delay_ms: i64,
     pub error: String,
 }
 
 impl Failure {
     pub fn new(topic: &str, id: uuid::Uuid, attempt: i32, retry: &RetryPolicy, err: &HandlerError) -> Self {
+        if let Some(delay) = err.snoozed_for() {
+            metrics::counter!("conveyor_queue_consumed_total", "topic" => topic.to_owned(), "outcome" => "snoozed").increment(1);
+            tracing::info!(%id, topic, attempt, reason = %err, snooze_ms = delay.as_millis() as u64, "handler snoozed the message");
+            return Failure { id, dead: false, counted: false, delay_ms: delay.as_millis() as i64, error: err.to_string() };
+        }
         let dead = err.is_permanent() || retry.exhausted(attempt);
         let mut error = err.to_string();
         if error.len() > 4000 {
@@ -261,7 +268,7 @@ impl Failure {
         } else {
             tracing::warn!(%id, topic, attempt, error, retry_in_ms = delay_ms, "handler failed; will retry");
         }
-        Failure { id, dead, delay_ms, error }
+        Failure { id, dead, counted: true, delay_ms, error }
     }
 }
 

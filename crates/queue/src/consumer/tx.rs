@@ -34,11 +34,13 @@ WHERE message_id = ANY($1)";
 
 const FAILED: &str = "\
 UPDATE conveyor.inbox AS i SET
-    attempts = i.attempts + 1,
+    attempts = CASE WHEN f.counted THEN i.attempts + 1 ELSE i.attempts END,
     state = CASE WHEN f.dead THEN 'dead' ELSE 'pending' END,
     visible_at = now() + f.delay_ms * interval '1 millisecond',
-    errors = i.errors || jsonb_build_array(jsonb_build_object('attempt', i.attempts + 1, 'at', now(), 'error', f.error))
-FROM UNNEST($1::uuid[], $2::bool[], $3::bigint[], $4::text[]) AS f(id, dead, delay_ms, error)
+    errors = CASE WHEN f.counted
+        THEN i.errors || jsonb_build_array(jsonb_build_object('attempt', i.attempts + 1, 'at', now(), 'error', f.error))
+        ELSE i.errors END
+FROM UNNEST($1::uuid[], $2::bool[], $3::bigint[], $4::text[], $5::bool[]) AS f(id, dead, delay_ms, error, counted)
 WHERE i.message_id = f.id";
 
 impl Consumer {
@@ -120,6 +122,7 @@ async fn record_failures(conn: &mut PgConnection, failures: &[Failure]) -> Resul
         .bind(failures.iter().map(|f| f.dead).collect::<Vec<_>>())
         .bind(failures.iter().map(|f| f.delay_ms).collect::<Vec<_>>())
         .bind(failures.iter().map(|f| f.error.as_str()).collect::<Vec<_>>())
+        .bind(failures.iter().map(|f| f.counted).collect::<Vec<_>>())
         .execute(conn)
         .await?;
     Ok(())

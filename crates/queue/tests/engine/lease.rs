@@ -93,3 +93,29 @@ async fn a_lease_that_expires_on_the_last_attempt_makes_the_message_dead() {
     assert!(dead[0].errors[0]["error"].as_str().unwrap().contains("lease of attempt 3 expired"), "{:?}", dead[0].errors);
     assert_eq!(count(&p.subscriber, "SELECT count(*) FROM effects").await, 0);
 }
+
+#[tokio::test]
+async fn a_snoozed_message_comes_back_without_using_an_attempt_in_either_mode() {
+    let p = pair().await;
+    let ids = p.publish(0..2).await;
+    p.relay_all().await;
+    let snooze = || HandlerError::snooze(Duration::from_secs(3600), anyhow::anyhow!("circuit open"));
+    let retry = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
+    // With one attempt allowed, a counted failure would make the message dead.
+    let leased = Consumer::new(p.subscriber.clone())
+        .subscribe_leased(move |_msg: Delivery<Ping>| async move { Err::<(), _>(snooze()) }, LeaseOptions { retry: retry.clone(), ..LeaseOptions::default() });
+    let tx = Consumer::new(p.subscriber.clone())
+        .subscribe_with(conveyor_queue::handler_fn(move |_c, _m: Delivery<Ping>| futures::FutureExt::boxed(async move { Err::<(), _>(snooze()) })), retry);
+    for consumer in [leased, tx] {
+        sqlx::query("UPDATE conveyor.inbox SET visible_at = now()").execute(&p.subscriber).await.unwrap();
+        assert_eq!(consumer.process_once().await.unwrap(), 2);
+        let rows: Vec<(String, i32, i64, bool)> = sqlx::query_as(
+            "SELECT state, attempts, jsonb_array_length(errors)::bigint, visible_at > now() + interval '59 minutes' FROM conveyor.inbox WHERE message_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&p.subscriber)
+        .await
+        .unwrap();
+        assert!(rows.iter().all(|r| r == &("pending".to_string(), 0, 0, true)), "{rows:?}");
+    }
+}
