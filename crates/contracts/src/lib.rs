@@ -1,0 +1,88 @@
+//! The contract between Conveyor's services: every event with its topic (ARCHITECTURE §3),
+//! who receives it ([`routes`]), and the shared value types (money, currencies, limits).
+//! Services depend on this crate and on no other service's crate.
+//!
+//! Events are versioned by their topic's shape: a field may be added (consumers ignore
+//! what they do not know), never removed or changed in meaning; an incompatible change
+//! gets a new topic.
+
+mod events;
+mod money;
+
+pub use events::*;
+pub use money::{Currency, Money, MoneyError};
+
+use conveyor_queue::Routes;
+
+/// The services, by the name each one's inbox is known under in relay configuration
+/// (`--subscriber order=postgres://…`).
+pub mod service {
+    pub const CATALOG: &str = "catalog";
+    pub const ORDER: &str = "order";
+    pub const STOCK: &str = "stock";
+    pub const PAYMENT: &str = "payment";
+    pub const NOTIFICATION: &str = "notification";
+    pub const ALL: [&str; 5] = [CATALOG, ORDER, STOCK, PAYMENT, NOTIFICATION];
+}
+
+/// Who receives what `publisher` publishes: the event table of ARCHITECTURE §3.
+pub fn routes(publisher: &str) -> Routes {
+    use service::*;
+    match publisher {
+        CATALOG => Routes::new().route(ProductCreated::TOPIC, [STOCK, ORDER]).route(ProductUpdated::TOPIC, [STOCK, ORDER]),
+        ORDER => Routes::new()
+            .route(OrderPlaced::TOPIC, [STOCK])
+            .route(OrderConfirmed::TOPIC, [NOTIFICATION])
+            .route(OrderCancelled::TOPIC, [NOTIFICATION]),
+        STOCK => Routes::new().route(StockReserved::TOPIC, [PAYMENT]).route(StockRejected::TOPIC, [ORDER]),
+        PAYMENT => Routes::new().route(PaymentCaptured::TOPIC, [ORDER]).route(PaymentDeclined::TOPIC, [ORDER, STOCK]),
+        _ => Routes::new(),
+    }
+}
+
+/// Which services a publisher's relay delivers to (the subscriber URLs it needs).
+pub fn subscribers_of(publisher: &str) -> Vec<&'static str> {
+    let routes = routes(publisher);
+    service::ALL.into_iter().filter(|s| routes.topics().any(|t| routes.subscribers(t).iter().any(|x| x == s))).collect()
+}
+
+/// Limits every service enforces on what clients send.
+pub mod limits {
+    /// Lines in one order.
+    pub const MAX_LINES: usize = 50;
+    /// Units of one product in one line.
+    pub const MAX_QUANTITY: i32 = 10_000;
+    /// A unit price, in minor units (10 billion in major units): with the limits above,
+    /// no order total can overflow an `i64`.
+    pub const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
+    /// Units of stock one item can hold, and one restock can add.
+    pub const MAX_STOCK: i64 = 1_000_000_000;
+    /// A customer balance, in minor units.
+    pub const MAX_BALANCE_MINOR: i64 = 1_000_000_000_000_000;
+    /// Characters of a product name.
+    pub const MAX_NAME_CHARS: usize = 200;
+    /// Items per page of any list.
+    pub const MAX_PAGE: i64 = 100;
+}
+
+pub use conveyor_queue::Event;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_routed_subscriber_is_a_service_and_no_service_hears_itself() {
+        for publisher in service::ALL {
+            let routes = routes(publisher);
+            for topic in routes.topics() {
+                for sub in routes.subscribers(topic) {
+                    assert!(service::ALL.contains(&sub.as_str()));
+                    assert_ne!(sub, publisher, "{topic}");
+                }
+            }
+        }
+        assert_eq!(subscribers_of(service::PAYMENT), vec![service::ORDER, service::STOCK]);
+        assert!(subscribers_of(service::NOTIFICATION).is_empty());
+    }
+}

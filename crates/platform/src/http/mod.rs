@@ -1,0 +1,14 @@
+//! The HTTP side of every binary: errors as `application/problem+json` ([`ApiError`]),
+//! extractors whose rejections are problems too ([`Json`], [`Path`], [`Query`]), the API
+//! server with health, metrics, OpenAPI and admin routes ([`serve_api`]), and the small
+//! server a worker runs for health and metrics ([`serve_ops`]).
+
+mod admin;
+mod error;
+mod extract;
+mod server;
+
+pub use admin::router as admin_router;
+pub use error::{ApiError, ApiResult, PROBLEM_JSON};
+pub use extract::{Json, Path, Query};
+pub use server::{Page, PageQuery, serve_api, serve_ops};

@@ -1,0 +1,127 @@
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_scalar::{Scalar, Servable};
+
+use super::error::problem;
+use super::{ApiError, ApiResult};
+use crate::config::{ApiArgs, HttpArgs};
+
+/// Serves a service's API until `shutdown`: its routes (documented with utoipa) plus the
+/// shared admin routes, `/openapi.json`, the docs page at `/docs`, `/health/live`,
+/// `/health/ready` and `/metrics`; every error, including unknown routes, oversized bodies
+/// and panics, is `application/problem+json`.
+pub async fn serve_api<S>(service: &'static str, args: &ApiArgs, pool: PgPool, api: OpenApiRouter<S>, state: S, shutdown: CancellationToken) -> anyhow::Result<()>
+where
+    S: Clone + Send + Sync + 'static,
+    PgPool: FromRef<S>,
+{
+    let app = api_router(service, args.max_body_bytes, pool, api, state);
+    serve(service, &args.http, app, shutdown).await
+}
+
+/// The router [`serve_api`] serves, for tests that drive it without a socket.
+pub fn api_router<S>(service: &'static str, max_body_bytes: usize, pool: PgPool, api: OpenApiRouter<S>, state: S) -> Router
+where
+    S: Clone + Send + Sync + 'static,
+    PgPool: FromRef<S>,
+{
+    let (routes, mut openapi) = api.merge(super::admin_router()).split_for_parts();
+    openapi.info.title = format!("{service} API");
+    openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let doc = openapi.clone();
+    routes
+        .with_state(state)
+        .route("/openapi.json", get(move || async move { axum::Json(doc) }))
+        .merge(Scalar::with_url("/docs", openapi))
+        .merge(ops_routes(pool))
+        .fallback(|| async { ApiError::NotFound("no such route; the API is described at /openapi.json and /docs".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::Status(StatusCode::METHOD_NOT_ALLOWED, "this route does not accept that method; see /openapi.json".into()) })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| problem(StatusCode::INTERNAL_SERVER_ERROR, "an internal error occurred; it has been logged".into())))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Serves what a worker shows: `/health/live`, `/health/ready`, `/metrics`.
+pub async fn serve_ops(service: &'static str, http: &HttpArgs, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let app = ops_routes(pool).fallback(|| async { ApiError::NotFound("a worker serves only /health/live, /health/ready and /metrics".into()) });
+    serve(service, http, app, shutdown).await
+}
+
+async fn serve(service: &'static str, http: &HttpArgs, app: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(http.listen).await.with_context(|| format!("cannot listen on {}", http.listen))?;
+    tracing::info!(service, address = %listener.local_addr()?, "listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await.context("HTTP server failed")
+}
+
+fn ops_routes(pool: PgPool) -> Router {
+    Router::new()
+        .route("/health/live", get(|| async { axum::Json(serde_json::json!({"status": "live"})) }))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(pool)
+}
+
+/// Ready when the database answers within a second.
+async fn ready(State(pool): State<PgPool>) -> Response {
+    let check = tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(&pool)).await;
+    match check {
+        Ok(Ok(_)) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Err(e)) => problem(StatusCode::SERVICE_UNAVAILABLE, format!("database unreachable: {e}")),
+        Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "database did not answer within 1 s".into()),
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::render_metrics())
+}
+
+/// `?limit=&after=`: keyset paging over ids, newest first or by id, as each list says.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Items per page, 1 to 100 (default 20).
+    pub limit: Option<i64>,
+    /// The `next` cursor of the previous page.
+    pub after: Option<uuid::Uuid>,
+}
+
+impl PageQuery {
+    pub fn limit(&self) -> ApiResult<i64> {
+        match self.limit {
+            None => Ok(20),
+            Some(n) if (1..=100).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::BadRequest(format!("limit must be between 1 and 100, not {n}"))),
+        }
+    }
+}
+
+/// One page of a list, and the cursor of the next one when there is more.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next: Option<uuid::Uuid>,
+}
+
+impl<T> Page<T> {
+    /// A page from up to `limit + 1` fetched items: the extra one only says there is more.
+    pub fn from_fetched(mut items: Vec<T>, limit: i64, id: impl Fn(&T) -> uuid::Uuid) -> Self {
+        let more = items.len() as i64 > limit;
+        items.truncate(limit as usize);
+        let next = if more { items.last().map(id) } else { None };
+        Page { items, next }
+    }
+}

@@ -1,0 +1,115 @@
+//! The worker process every service runs: its consumers, its outbox relay, the pruner of
+//! done messages, any extra loops the service has, and a small HTTP server for health and
+//! metrics; all stopped together on SIGINT/SIGTERM or when one of them fails.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use conveyor_queue::{Consumer, ConsumerOptions, Pruner, Relay};
+use futures::future::BoxFuture;
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RelayArgs, WorkerArgs};
+
+/// A worker under construction: what it runs.
+pub struct Worker {
+    service: &'static str,
+    pool: PgPool,
+    args: WorkerArgs,
+    consumer: Option<Consumer>,
+    relay: Option<Relay>,
+    extra: Vec<(&'static str, Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send>)>,
+}
+
+impl Worker {
+    pub fn new(service: &'static str, pool: PgPool, args: WorkerArgs) -> Self {
+        Worker { service, pool, args, consumer: None, relay: None, extra: Vec::new() }
+    }
+
+    /// The consumer options the flags describe, for the service's [`Consumer`].
+    pub fn consumer_options(&self) -> ConsumerOptions {
+        ConsumerOptions {
+            concurrency: self.args.concurrency,
+            batch_size: self.args.batch_size,
+            poll_interval: self.args.poll_interval,
+            shutdown_grace: self.args.shutdown_grace,
+        }
+    }
+
+    /// A consumer on this worker's database, configured from the flags.
+    pub fn consumer(&self) -> Consumer {
+        Consumer::new(self.pool.clone()).with_options(self.consumer_options())
+    }
+
+    pub fn with_consumer(mut self, consumer: Consumer) -> Self {
+        self.consumer = Some(consumer);
+        self
+    }
+
+    /// Relays this service's outbox to the subscribers `contracts::routes` names for it,
+    /// at the URLs given by `--subscriber`.
+    pub fn with_relay(mut self, routes: conveyor_queue::Routes, relay: &RelayArgs) -> anyhow::Result<Self> {
+        let relay = Relay::connect(self.pool.clone(), routes, relay.subscribers.iter().cloned())
+            .with_context(|| format!("configuring the {} relay (give each subscriber with --subscriber name=postgres://…)", self.service))?;
+        self.relay = Some(relay);
+        Ok(self)
+    }
+
+    /// Another loop of the service's own, run until the token is cancelled.
+    pub fn with_task<F>(mut self, name: &'static str, task: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send + 'static,
+    {
+        self.extra.push((name, Box::new(task)));
+        self
+    }
+
+    /// Runs everything until `shutdown` (or a failure, which stops the rest and is returned).
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let service = self.service;
+        let stop = shutdown.child_token();
+        let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+        let (pool, http) = (self.pool.clone(), self.args.http.clone());
+        let t = stop.clone();
+        tasks.spawn(async move { ("http", crate::http::serve_ops(service, &http, pool, t).await) });
+        if let Some(consumer) = self.consumer {
+            let topics: Vec<String> = consumer.topics().map(str::to_owned).collect();
+            tracing::info!(service, ?topics, "consuming");
+            let t = stop.clone();
+            tasks.spawn(async move { ("consumer", consumer.run(t).await.map_err(Into::into)) });
+        }
+        if let Some(relay) = self.relay {
+            let t = stop.clone();
+            tasks.spawn(async move { ("relay", relay.run(t).await.map_err(Into::into)) });
+        }
+        let pruner = Pruner::new(self.pool.clone());
+        let t = stop.clone();
+        tasks.spawn(async move { ("pruner", pruner.run(t).await.map_err(Into::into)) });
+        for (name, task) in self.extra {
+            let fut = task(stop.clone());
+            tasks.spawn(async move { (name, fut.await) });
+        }
+        tracing::info!(service, "worker running");
+        let mut failure = None;
+        while let Some(joined) = tasks.join_next().await {
+            let (name, result) = joined.context("a worker task panicked")?;
+            match result {
+                Ok(()) if stop.is_cancelled() => {}
+                Ok(()) => tracing::info!(service, task = name, "task finished"),
+                Err(e) => {
+                    tracing::error!(service, task = name, error = format!("{e:#}"), "task failed; stopping the worker");
+                    failure.get_or_insert(e.context(format!("{name} failed")));
+                    stop.cancel();
+                }
+            }
+        }
+        // Give the loops' last statements a moment to reach the server before the pool goes.
+        tokio::time::timeout(Duration::from_secs(5), self.pool.close()).await.ok();
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
