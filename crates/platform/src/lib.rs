@@ -18,3 +18,46 @@ pub mod worker;
 
 pub use config::{ApiArgs, DbArgs, HttpArgs, LogArgs, RelayArgs, WorkerArgs};
 pub use http::{ApiError, ApiResult, Json, Path, Query};
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use utoipa_axum::router::OpenApiRouter;
+
+/// The whole body of an `<svc>-api` binary: logging and metrics, the pool, the refusal to
+/// run on an unmigrated database, then the API until SIGINT/SIGTERM. `build` makes the
+/// service's documented routes and their state from the pool.
+pub async fn run_api<S, F>(service: &'static str, process: &'static str, args: ApiArgs, migrator: &Migrator, build: F) -> anyhow::Result<()>
+where
+    S: Clone + Send + Sync + 'static,
+    PgPool: axum::extract::FromRef<S>,
+    F: FnOnce(PgPool) -> anyhow::Result<(OpenApiRouter<S>, S)>,
+{
+    telemetry::init(service, process, &args.log);
+    let pool = db::connect(&args.db).await?;
+    db::require_migrated(&pool, service, migrator).await?;
+    let (router, state) = build(pool.clone())?;
+    http::serve_api(service, &args, pool, router, state, shutdown::on_signal()).await
+}
+
+/// The whole body of an `<svc>-worker` binary: like [`run_api`], then the [`worker::Worker`]
+/// that `build` assembles (consumers, relay, extra loops) until SIGINT/SIGTERM.
+pub async fn run_worker<F, Fut>(service: &'static str, process: &'static str, args: WorkerArgs, migrator: &Migrator, build: F) -> anyhow::Result<()>
+where
+    F: FnOnce(worker::Worker) -> Fut,
+    Fut: Future<Output = anyhow::Result<worker::Worker>>,
+{
+    telemetry::init(service, process, &args.log);
+    let pool = db::connect(&args.db).await?;
+    db::require_migrated(&pool, service, migrator).await?;
+    let worker = build(worker::Worker::new(service, pool, args)).await?;
+    worker.run(shutdown::on_signal()).await
+}
+
+/// The whole body of an `<svc>-migrator` binary.
+pub async fn run_migrator(service: &'static str, process: &'static str, db: DbArgs, log: LogArgs, migrator: &Migrator) -> anyhow::Result<()> {
+    telemetry::init(service, process, &log);
+    db::migrate(&db, service, migrator).await
+}
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -14,8 +14,9 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 const SECONDS_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Sets up logging (level from `RUST_LOG`, default `info`) and the Prometheus recorder,
-/// labelling every metric with `service`. Safe to call more than once (tests).
-pub fn init(service: &'static str, log: &LogArgs) {
+/// labelling every metric with `service` and `process` (`catalog`, `catalog-api`). Safe to
+/// call more than once (tests).
+pub fn init(service: &'static str, process: &'static str, log: &LogArgs) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match log.log_format {
         LogFormat::Json => true,
@@ -27,6 +28,7 @@ pub fn init(service: &'static str, log: &LogArgs) {
     PROMETHEUS.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .add_global_label("service", service)
+            .add_global_label("process", process)
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
             .expect("static buckets are valid")
             .build_recorder();

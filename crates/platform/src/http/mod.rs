@@ -11,4 +11,5 @@ mod server;
 pub use admin::router as admin_router;
 pub use error::{ApiError, ApiResult, PROBLEM_JSON};
 pub use extract::{Json, Path, Query};
-pub use server::{Page, PageQuery, serve_api, serve_ops};
+pub use error::Problem;
+pub use server::{Page, PageQuery, api_router, serve_api, serve_ops};

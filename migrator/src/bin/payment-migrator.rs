@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    conveyor_migrator::main(conveyor_payment::SERVICE, "payment-migrator", &conveyor_payment::MIGRATOR)
+}

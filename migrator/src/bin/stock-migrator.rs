@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    conveyor_migrator::main(conveyor_stock::SERVICE, "stock-migrator", &conveyor_stock::MIGRATOR)
+}

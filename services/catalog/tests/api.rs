@@ -1,0 +1,106 @@
+//! The catalog API through its real router, against a real database per test.
+
+use conveyor_catalog::{MIGRATOR, SERVICE, http};
+use conveyor_platform::testing::{TestApi, migrated_db, outbox};
+use serde_json::json;
+use sqlx::PgPool;
+
+async fn api() -> (TestApi, PgPool) {
+    let pool = migrated_db(&MIGRATOR).await;
+    (TestApi::new(SERVICE, pool.clone(), http::router(), pool.clone()), pool)
+}
+
+fn lamp() -> serde_json::Value {
+    json!({"name": "Desk lamp", "price": {"amount_minor": 2599, "currency": "EUR"}, "initial_stock": 7})
+}
+
+#[tokio::test]
+async fn create_get_update_and_list_publish_each_change() {
+    let (api, pool) = api().await;
+    let created = api.post("/products", lamp()).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.json["id"].as_str().unwrap().to_owned();
+    assert_eq!(created.headers["location"], format!("/products/{id}").as_str());
+    assert_eq!(created.json["price"], json!({"amount_minor": 2599, "currency": "EUR"}));
+
+    let got = api.get(&format!("/products/{id}")).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json["initial_stock"], 7);
+
+    let updated = api.patch(&format!("/products/{id}"), json!({"price": {"amount_minor": 1999, "currency": "EUR"}})).await;
+    assert_eq!(updated.status, 200, "{}", updated.text);
+    assert_eq!(updated.json["version"], 2);
+    assert_eq!(updated.json["name"], "Desk lamp");
+
+    let events = outbox(&pool).await;
+    assert_eq!(events.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["product.created", "product.updated"]);
+    assert_eq!(events[1].1["product"]["price"]["amount_minor"], 1999);
+    assert_eq!(events[1].1["product"]["version"], 2);
+
+    for i in 0..4 {
+        assert_eq!(api.post("/products", json!({"name": format!("p{i}"), "price": {"amount_minor": 1, "currency": "USD"}})).await.status, 201);
+    }
+    let first = api.get("/products?limit=3").await;
+    assert_eq!(first.json["items"].as_array().unwrap().len(), 3);
+    let next = first.json["next"].as_str().unwrap();
+    let second = api.get(&format!("/products?limit=3&after={next}")).await;
+    assert_eq!(second.json["items"].as_array().unwrap().len(), 2);
+    assert!(second.json["next"].is_null());
+    assert_eq!(second.json["items"][1]["initial_stock"], 100, "the default initial stock");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_and_writes_nothing() {
+    let (api, pool) = api().await;
+    let cases: Vec<(serde_json::Value, u16, &str)> = vec![
+        (json!({"name": "", "price": {"amount_minor": 1, "currency": "EUR"}}), 422, "name"),
+        (json!({"name": "x".repeat(201), "price": {"amount_minor": 1, "currency": "EUR"}}), 422, "name"),
+        (json!({"name": "x", "price": {"amount_minor": -5, "currency": "EUR"}}), 422, "amount_minor"),
+        (json!({"name": "x", "price": {"amount_minor": 10_000_000_000_000_i64, "currency": "EUR"}}), 422, "amount_minor"),
+        (json!({"name": "x", "price": {"amount_minor": 1, "currency": "XXX"}}), 422, "unknown currency"),
+        (json!({"name": "x", "price": {"amount_minor": "12", "currency": "EUR"}}), 422, "invalid type"),
+        (json!({"name": "x", "price": {"amount_minor": 1.5, "currency": "EUR"}}), 422, "invalid type"),
+        (json!({"name": "x"}), 422, "missing field `price`"),
+        (json!({"name": "x", "price": {"amount_minor": 1, "currency": "EUR"}, "initial_stock": -1}), 422, "initial_stock"),
+        (json!({"name": "x", "price": {"amount_minor": 1, "currency": "EUR"}, "colour": "red"}), 422, "unknown field"),
+    ];
+    for (body, status, needle) in cases {
+        let resp = api.post("/products", body.clone()).await;
+        let detail = resp.problem(status);
+        assert!(detail.contains(needle), "{body} → {detail}");
+    }
+    let overflow = api.post_raw("/products", r#"{"name":"x","price":{"amount_minor":99999999999999999999,"currency":"EUR"}}"#).await;
+    overflow.problem(422);
+    assert!(api.post_raw("/products", "{not json").await.problem(400).contains("not valid JSON"));
+    let no_type = api.send(axum::http::Method::POST, "/products", &[("content-type", "text/plain")], Some("{}")).await;
+    no_type.problem(415);
+    let huge = format!(r#"{{"name":"{}","price":{{"amount_minor":1,"currency":"EUR"}}}}"#, "x".repeat(100_000));
+    api.post_raw("/products", &huge).await.problem(413);
+    assert!(api.get("/products/not-a-uuid").await.problem(400).contains("UUID"));
+    assert!(api.get("/products/0190f0e2-7c3f-7d4e-8f00-000000000000").await.problem(404).contains("no product"));
+    api.patch("/products/0190f0e2-7c3f-7d4e-8f00-000000000000", json!({"name": "y"})).await.problem(404);
+    api.get("/products?limit=0").await.problem(400);
+    api.get("/products?limit=abc").await.problem(400);
+    api.get("/nowhere").await.problem(404);
+    api.send(axum::http::Method::DELETE, "/products", &[], None).await.problem(405);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 0);
+    assert!(outbox(&pool).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_api_is_documented_and_has_health_and_admin_routes() {
+    let (api, _pool) = api().await;
+    let doc = api.get("/openapi.json").await;
+    assert_eq!(doc.status, 200);
+    for path in ["/products", "/products/{id}", "/admin/queue", "/admin/dead-letters", "/admin/dead-letters/{id}/replay"] {
+        assert!(doc.json["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    }
+    assert_eq!(api.get("/docs").await.status, 200);
+    assert_eq!(api.get("/health/live").await.status, 200);
+    assert_eq!(api.get("/health/ready").await.status, 200);
+    assert_eq!(api.get("/metrics").await.status, 200);
+    let queue = api.get("/admin/queue").await;
+    assert_eq!(queue.status, 200, "{}", queue.text);
+    api.send(axum::http::Method::POST, "/admin/dead-letters/0190f0e2-7c3f-7d4e-8f00-000000000000/replay", &[], None).await.problem(404);
+}

@@ -1,0 +1,1 @@
+fn main() { eprintln!("stock-worker: not written yet"); std::process::exit(2) }
