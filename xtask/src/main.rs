@@ -1,12 +1,14 @@
 //! `cargo xtask` — the project's developer commands.
 //!
 //! * `cargo xtask test` — every test, against a private throw-away PostgreSQL.
-//! * `cargo xtask up` — a private PostgreSQL plus the queue demo, kept running until Ctrl-C.
+//! * `cargo xtask up` — the whole shop (private PostgreSQL, every service's API and worker,
+//!   demo data), kept running until Ctrl-C.
 //! * `cargo xtask pg` — just a private PostgreSQL until Ctrl-C.
 //! * `cargo xtask bench queue` — the queue engine's benchmarks against a raw-SQL reference.
 
 mod bench;
 mod proc;
+mod up;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,13 +45,10 @@ enum Cmd {
         )]
         args: Vec<String>,
     },
-    /// Run the system: a private PostgreSQL plus the queue demo (publish → relay → consume);
-    /// keeps PostgreSQL running until Ctrl-C.
-    Up {
-        /// Stop right after the demo instead of waiting for Ctrl-C (CI smoke check).
-        #[arg(long)]
-        no_wait: bool,
-    },
+    /// Run the whole shop: a private PostgreSQL (or DATABASE_URL's server), one database per
+    /// service, every migrator, every API and worker as its own process, a webhook receiver
+    /// and demo data; prints the URLs and runs until Ctrl-C.
+    Up(up::UpArgs),
     /// Start a private PostgreSQL, print its URL and keep it running until Ctrl-C.
     Pg {
         /// PostgreSQL's durable defaults instead of fsync=off (the test setting).
@@ -90,7 +89,7 @@ fn main() -> ExitCode {
         };
         let result = match cli.command {
             Cmd::Test { args } => cmd_test(args, &mut signals).await,
-            Cmd::Up { no_wait } => cmd_up(no_wait, &mut signals).await,
+            Cmd::Up(args) => up::up(args, &mut signals).await,
             Cmd::Pg { durable } => cmd_pg(durable, &mut signals).await,
             Cmd::Bench {
                 what: BenchCmd::Queue(args),
@@ -229,6 +228,19 @@ async fn cmd_test(args: Vec<String>, signals: &mut Signals) -> Result<i32> {
     else {
         return Ok(130);
     };
+    // The end-to-end tests run the shipped binaries as processes: build them first.
+    let mut build = tokio::process::Command::new(cargo());
+    build.args(["build", "--workspace", "--bins"]).current_dir(workspace_root());
+    match proc::run(build, signals).await? {
+        Outcome::Exited(0) => {}
+        other => {
+            pg.stop().await;
+            return Ok(match other {
+                Outcome::Exited(code) => code,
+                Outcome::Interrupted(sig) => 128 + sig,
+            });
+        }
+    }
     let mut cmd = tokio::process::Command::new(cargo());
     cmd.arg("test");
     let picks_packages = args.iter().take_while(|a| *a != "--").any(|a| {
@@ -249,73 +261,6 @@ async fn cmd_test(args: Vec<String>, signals: &mut Signals) -> Result<i32> {
             Ok(128 + sig)
         }
     }
-}
-
-async fn cmd_up(no_wait: bool, signals: &mut Signals) -> Result<i32> {
-    let Some(pg) = Postgres::acquire(
-        ClusterOptions {
-            name: "up".into(),
-            ..Default::default()
-        },
-        signals,
-    )
-    .await?
-    else {
-        return Ok(130);
-    };
-    let result = up_inner(&pg, no_wait, signals).await;
-    pg.stop().await;
-    let code = result?;
-    if code == 0 {
-        println!("xtask: stopped");
-    }
-    Ok(code)
-}
-
-async fn up_inner(pg: &Postgres, no_wait: bool, signals: &mut Signals) -> Result<i32> {
-    let publisher = conveyor_devpg::create_database(&pg.admin_url, "demo_publisher").await?;
-    let subscriber = conveyor_devpg::create_database(&pg.admin_url, "demo_subscriber").await?;
-    println!("xtask: databases demo_publisher and demo_subscriber ready; running the queue demo");
-    let mut cmd = tokio::process::Command::new(cargo());
-    cmd.args([
-        "run",
-        "--quiet",
-        "-p",
-        "conveyor-queue",
-        "--example",
-        "demo",
-        "--",
-    ])
-    .arg("--publisher-url")
-    .arg(&publisher)
-    .arg("--subscriber-url")
-    .arg(&subscriber)
-    .current_dir(workspace_root());
-    match proc::run(cmd, signals).await? {
-        Outcome::Exited(0) => {}
-        Outcome::Exited(code) => {
-            eprintln!("xtask: the queue demo failed (exit code {code})");
-            return Ok(code);
-        }
-        Outcome::Interrupted(sig) => return Ok(128 + sig),
-    }
-    println!();
-    println!("Conveyor is up:");
-    println!("  publisher database:  {}", redact(&publisher));
-    println!("  subscriber database: {}", redact(&subscriber));
-    println!("  admin:               {}", redact(&pg.admin_url));
-    if no_wait {
-        println!("xtask: --no-wait given; stopping");
-        return Ok(0);
-    }
-    if pg.cluster.is_none() {
-        println!("xtask: nothing else runs yet and DATABASE_URL's server is yours; done");
-        return Ok(0);
-    }
-    println!("Ctrl-C to stop");
-    signals.wait().await;
-    println!("xtask: stopping PostgreSQL");
-    Ok(0)
 }
 
 async fn cmd_pg(durable: bool, signals: &mut Signals) -> Result<i32> {

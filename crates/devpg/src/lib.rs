@@ -626,7 +626,9 @@ static SHARED_ADMIN_URL: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::
 /// The per-process private cluster (never dropped: the exit hook stops it).
 static SHARED_CLUSTER: OnceLock<PgCluster> = OnceLock::new();
 
-async fn shared_admin_url() -> String {
+/// The admin URL tests create their databases with: `DATABASE_URL` when set, else the
+/// private cluster started once per process.
+pub async fn shared_admin_url() -> String {
     SHARED_ADMIN_URL
         .get_or_init(|| async {
             if let Ok(url) = std::env::var("DATABASE_URL")

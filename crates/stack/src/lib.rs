@@ -1,0 +1,282 @@
+//! The whole shop as real processes — the binaries we ship — for `cargo xtask up` and the
+//! end-to-end tests: one database per service, every migrator run to completion, then
+//! every API and worker and a webhook receiver for notifications, each with its log file;
+//! processes can be killed (SIGKILL, like a crash) and started again.
+
+pub mod demo;
+mod process;
+mod shop;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use conveyor_contracts::service;
+
+pub use process::tail;
+pub use shop::{Shop, Terminal, wait_for};
+
+use process::{Proc, Spec};
+
+/// The database each service owns (ARCHITECTURE §2).
+pub fn database_name(svc: &str) -> &str {
+    if svc == service::ORDER { "orders" } else { svc }
+}
+
+/// What to run and where.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Admin URL of the PostgreSQL server the service databases are created on.
+    pub admin_url: String,
+    /// Prepended to every database name (tests run several stacks on one server).
+    pub db_prefix: String,
+    /// Where the `<svc>-api`, `<svc>-worker`, `<svc>-migrator` and `webhook-sink` binaries are.
+    pub bin_dir: PathBuf,
+    /// One log file per process goes here.
+    pub log_dir: PathBuf,
+    /// APIs on base+1..=base+5 (catalog, order, stock, payment, notification), the webhook
+    /// receiver on base+10, workers on base+101..=base+105. `None`: free ports.
+    pub base_port: Option<u16>,
+    /// `text` or `json`, for every process.
+    pub log_format: String,
+    /// Extra flags by process name, e.g. `payment-worker` → `--decline-rate 0.5`.
+    pub extra_args: BTreeMap<String, Vec<String>>,
+}
+
+impl StackOptions {
+    pub fn new(admin_url: impl Into<String>, bin_dir: PathBuf, log_dir: PathBuf) -> Self {
+        StackOptions {
+            admin_url: admin_url.into(),
+            db_prefix: String::new(),
+            bin_dir,
+            log_dir,
+            base_port: None,
+            log_format: "json".into(),
+            extra_args: BTreeMap::new(),
+        }
+    }
+
+    pub fn arg(mut self, process: &str, args: &[&str]) -> Self {
+        self.extra_args.entry(process.to_owned()).or_default().extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+}
+
+/// Where the binaries are: `CONVEYOR_BIN_DIR`, else beside the running executable (a test
+/// binary in `target/debug/deps` looks in `target/debug`).
+pub fn default_bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CONVEYOR_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().expect("current executable");
+    let dir = exe.parent().expect("executable has a directory").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().expect("deps has a parent").to_path_buf() } else { dir }
+}
+
+/// Every process name of the stack, in start order.
+pub fn process_names() -> Vec<String> {
+    let mut names = vec!["webhook-sink".to_owned()];
+    names.extend(service::ALL.iter().map(|s| format!("{s}-api")));
+    names.extend(service::ALL.iter().map(|s| format!("{s}-worker")));
+    names
+}
+
+/// The running shop.
+pub struct Stack {
+    pub opts: StackOptions,
+    /// Base URL of each service's API, by service name.
+    pub api: BTreeMap<String, String>,
+    /// Base URL of each worker's health and metrics server, by service name.
+    pub worker: BTreeMap<String, String>,
+    /// Base URL of the webhook receiver.
+    pub sink: String,
+    /// Each service's database URL, by service name.
+    pub databases: BTreeMap<String, String>,
+    specs: BTreeMap<String, Spec>,
+    procs: BTreeMap<String, Proc>,
+    http: reqwest::Client,
+}
+
+impl Stack {
+    /// Creates the databases, runs every migrator, starts every process and waits until
+    /// each one is ready. `status` hears one line per step.
+    pub async fn start(opts: StackOptions, status: impl Fn(&str)) -> Result<Stack> {
+        std::fs::create_dir_all(&opts.log_dir).with_context(|| format!("creating {}", opts.log_dir.display()))?;
+        for name in process_names().into_iter().chain(service::ALL.iter().map(|s| format!("{s}-migrator"))) {
+            let path = opts.bin_dir.join(&name);
+            if !path.exists() {
+                bail!("{} not found: build the binaries first (`cargo build --workspace --bins`), or set CONVEYOR_BIN_DIR", path.display());
+            }
+        }
+        let mut databases = BTreeMap::new();
+        for svc in service::ALL {
+            let name = format!("{}{}", opts.db_prefix, database_name(svc));
+            databases.insert(svc.to_owned(), conveyor_devpg::create_database(&opts.admin_url, &name).await?);
+        }
+        status(&format!("databases ready: {}", databases.keys().map(|s| database_name(s)).collect::<Vec<_>>().join(", ")));
+
+        let migrations = service::ALL.iter().map(|svc| {
+            let spec = Spec {
+                name: format!("{svc}-migrator"),
+                program: opts.bin_dir.join(format!("{svc}-migrator")),
+                args: vec![],
+                env: common_env(&opts, &databases[*svc]),
+                log: opts.log_dir.join(format!("{svc}-migrator.log")),
+                ready_url: None,
+            };
+            async move { spec.run_to_completion(Duration::from_secs(120)).await }
+        });
+        futures::future::try_join_all(migrations).await?;
+        status("every database migrated (queue schema + service schema)");
+
+        let port = |offset: u16| opts.base_port.map(|b| Ok(b + offset)).unwrap_or_else(free_port);
+        let mut api = BTreeMap::new();
+        let mut worker = BTreeMap::new();
+        let mut listen = BTreeMap::new();
+        for (i, svc) in service::ALL.iter().enumerate() {
+            let (a, w) = (port(1 + i as u16)?, port(101 + i as u16)?);
+            api.insert(svc.to_string(), format!("http://127.0.0.1:{a}"));
+            worker.insert(svc.to_string(), format!("http://127.0.0.1:{w}"));
+            listen.insert(format!("{svc}-api"), a);
+            listen.insert(format!("{svc}-worker"), w);
+        }
+        let sink_port = port(10)?;
+        let sink = format!("http://127.0.0.1:{sink_port}");
+
+        let mut specs = BTreeMap::new();
+        specs.insert(
+            "webhook-sink".to_owned(),
+            Spec {
+                name: "webhook-sink".into(),
+                program: opts.bin_dir.join("webhook-sink"),
+                args: vec![
+                    "--listen".into(),
+                    format!("127.0.0.1:{sink_port}"),
+                    "--store".into(),
+                    opts.log_dir.join("webhook-sink.jsonl").display().to_string(),
+                ],
+                env: vec![("LOG_FORMAT".into(), opts.log_format.clone())],
+                log: opts.log_dir.join("webhook-sink.log"),
+                ready_url: Some(format!("{sink}/health")),
+            },
+        );
+        for svc in service::ALL {
+            for role in ["api", "worker"] {
+                let name = format!("{svc}-{role}");
+                let mut env = common_env(&opts, &databases[svc]);
+                env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{}", listen[&name])));
+                let mut args = Vec::new();
+                if role == "worker" {
+                    let subs: Vec<String> = conveyor_contracts::subscribers_of(svc).iter().map(|s| format!("{s}={}", databases[*s])).collect();
+                    if !subs.is_empty() {
+                        env.push(("SUBSCRIBERS".into(), subs.join(",")));
+                    }
+                    if svc == service::NOTIFICATION {
+                        args.extend(["--webhook-url".into(), format!("{sink}/notifications"), "--order-api-url".into(), api[service::ORDER].clone()]);
+                    }
+                }
+                args.extend(opts.extra_args.get(&name).cloned().unwrap_or_default());
+                let base = if role == "api" { &api[svc] } else { &worker[svc] };
+                let spec = Spec { name: name.clone(), program: opts.bin_dir.join(&name), args, env, log: opts.log_dir.join(format!("{name}.log")), ready_url: Some(format!("{base}/health/ready")) };
+                specs.insert(name, spec);
+            }
+        }
+
+        let http = reqwest::Client::new();
+        let mut stack = Stack { opts, api, worker, sink, databases, specs, procs: BTreeMap::new(), http };
+        for name in process_names() {
+            let proc = stack.specs[&name].spawn()?;
+            stack.procs.insert(name, proc);
+        }
+        for name in process_names() {
+            let proc = stack.procs.get_mut(&name).expect("spawned above");
+            proc.wait_ready(&stack.http, Duration::from_secs(60)).await?;
+            status(&format!("{name} ready (pid {})", proc.pid().unwrap_or(0)));
+        }
+        Ok(stack)
+    }
+
+    /// A client of this stack's APIs.
+    pub fn shop(&self) -> Shop {
+        Shop::new(self.http.clone(), self.api.clone(), self.sink.clone())
+    }
+
+    pub fn log_path(&self, process: &str) -> &Path {
+        &self.specs[process].log
+    }
+
+    /// SIGKILL, as a crash: the process gets no chance to finish anything.
+    pub async fn kill(&mut self, process: &str) -> Result<()> {
+        let mut proc = self.procs.remove(process).with_context(|| format!("{process} is not running"))?;
+        proc.kill().await?;
+        Ok(())
+    }
+
+    /// SIGTERM: a clean stop.
+    pub async fn stop_process(&mut self, process: &str) -> Result<()> {
+        let mut proc = self.procs.remove(process).with_context(|| format!("{process} is not running"))?;
+        proc.stop(Duration::from_secs(20)).await?;
+        Ok(())
+    }
+
+    /// Starts a stopped or killed process again and waits until it is ready.
+    pub async fn start_process(&mut self, process: &str) -> Result<()> {
+        if self.procs.contains_key(process) {
+            bail!("{process} is running already");
+        }
+        let mut proc = self.specs.get(process).with_context(|| format!("no process {process}"))?.spawn()?;
+        proc.wait_ready(&self.http, Duration::from_secs(60)).await?;
+        self.procs.insert(process.to_owned(), proc);
+        Ok(())
+    }
+
+    /// Fails, naming it and showing its log, if a process that should run has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        for (name, proc) in self.procs.iter_mut() {
+            if let Some(status) = proc.try_status() {
+                bail!("{name} exited unexpectedly ({status}):\n{}", tail(&proc.spec.log, 20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every process with SIGTERM (workers first, so nothing they relay is cut off),
+    /// and reports any that did not exit cleanly.
+    pub async fn stop(mut self) -> Result<()> {
+        let mut unclean = Vec::new();
+        let names: Vec<String> = self.procs.keys().cloned().collect();
+        let (workers, rest): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| n.ends_with("-worker"));
+        for group in [workers, rest] {
+            let stops = group.into_iter().filter_map(|n| self.procs.remove(&n).map(|p| (n, p))).map(|(name, mut proc)| async move {
+                let status = proc.stop(Duration::from_secs(20)).await;
+                (name, status)
+            });
+            for (name, status) in futures::future::join_all(stops).await {
+                match status {
+                    Ok(s) if s.success() => {}
+                    Ok(s) => unclean.push(format!("{name} ({s})")),
+                    Err(e) => unclean.push(format!("{name} ({e})")),
+                }
+            }
+        }
+        if !unclean.is_empty() {
+            bail!("did not stop cleanly: {}", unclean.join(", "));
+        }
+        Ok(())
+    }
+}
+
+fn common_env(opts: &StackOptions, database_url: &str) -> Vec<(String, String)> {
+    vec![
+        ("DATABASE_URL".into(), database_url.to_owned()),
+        ("LOG_FORMAT".into(), opts.log_format.clone()),
+        ("RUST_LOG".into(), std::env::var("CONVEYOR_RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into())),
+        ("RUST_BACKTRACE".into(), "0".into()),
+    ]
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
