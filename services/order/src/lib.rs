@@ -1,4 +1,13 @@
-//! The order service (skeleton: being written).
+//! The order service: places orders priced from its own copy of the catalog (kept from
+//! product events), publishes `order.placed`, and settles each order when stock or payment
+//! answers: confirmed on `payment.captured`, cancelled on `stock.rejected` or
+//! `payment.declined`, each publishing `order.confirmed` / `order.cancelled`.
+
+pub mod domain;
+pub mod handlers;
+pub mod http;
+mod repo;
+pub mod views;
 
 pub const SERVICE: &str = conveyor_contracts::service::ORDER;
 

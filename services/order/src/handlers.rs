@@ -1,0 +1,108 @@
+//! The worker's handlers, all in transaction mode: each one's writes and the events it
+//! publishes commit together with the message being marked done.
+//!
+//! Idempotent beyond the inbox's dedupe: a product copy only moves to a newer version, and
+//! an order only leaves `placed` once, so a replayed or re-relayed event (a new message id)
+//! changes nothing and publishes nothing.
+
+use chrono::{DateTime, Utc};
+use conveyor_contracts::{
+    CancelReason, OrderCancelled, OrderConfirmed, PaymentCaptured, PaymentDeclined, Product, ProductCreated, ProductUpdated, StockRejected,
+    limits,
+};
+use conveyor_queue::{Consumer, Delivery, HandlerError, handler_fn, publish_event};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::{self, OrderStatus};
+use crate::repo;
+
+/// Cancellation details come from other services; a bound keeps one bad message from
+/// bloating every row and event that carries it.
+const MAX_DETAIL_CHARS: usize = 1000;
+
+/// Subscribes this service's handlers to `consumer`.
+pub fn subscribe(consumer: Consumer) -> Consumer {
+    consumer
+        .subscribe(handler_fn(|conn, msg: Delivery<ProductCreated>| Box::pin(sync_product(conn, msg.payload.product))))
+        .subscribe(handler_fn(|conn, msg: Delivery<ProductUpdated>| Box::pin(sync_product(conn, msg.payload.product))))
+        .subscribe(handler_fn(|conn, msg: Delivery<StockRejected>| {
+            let e = msg.payload;
+            Box::pin(settle(conn, e.order_id, Outcome::Cancelled(CancelReason::OutOfStock, e.reason)))
+        }))
+        .subscribe(handler_fn(|conn, msg: Delivery<PaymentCaptured>| Box::pin(confirm(conn, msg.payload))))
+        .subscribe(handler_fn(|conn, msg: Delivery<PaymentDeclined>| {
+            let e = msg.payload;
+            Box::pin(settle(conn, e.order_id, Outcome::Cancelled(CancelReason::PaymentDeclined, e.reason)))
+        }))
+}
+
+/// Keeps the newest copy of a product; an older or repeated version is ignored.
+async fn sync_product(conn: &mut PgConnection, product: Product) -> Result<(), HandlerError> {
+    // The catalog enforces these; a copy breaking them would make orders unpriceable.
+    if !(0..=limits::MAX_PRICE_MINOR).contains(&product.price.amount_minor) || product.version < 1 {
+        return Err(HandlerError::permanent(anyhow::anyhow!(
+            "product {} breaks the contract: price {} minor units, version {}",
+            product.id,
+            product.price.amount_minor,
+            product.version
+        )));
+    }
+    if repo::upsert_product(conn, &product).await? {
+        tracing::info!(product_id = %product.id, version = product.version, "product copy updated");
+    } else {
+        tracing::info!(product_id = %product.id, version = product.version, "product copy already as new; event ignored");
+    }
+    Ok(())
+}
+
+async fn confirm(conn: &mut PgConnection, e: PaymentCaptured) -> Result<(), HandlerError> {
+    settle(conn, e.order_id, Outcome::Confirmed { payment_id: e.payment_id, amount: e.amount }).await
+}
+
+enum Outcome {
+    Confirmed { payment_id: Uuid, amount: conveyor_contracts::Money },
+    Cancelled(CancelReason, String),
+}
+
+/// Moves a placed order to its terminal status and publishes it, or does nothing if it is
+/// already terminal. An unknown order cannot become known by retrying: permanent.
+async fn settle(conn: &mut PgConnection, order_id: Uuid, outcome: Outcome) -> Result<(), HandlerError> {
+    let (to, reason, detail) = match &outcome {
+        Outcome::Confirmed { .. } => (OrderStatus::Confirmed, None, None),
+        Outcome::Cancelled(reason, detail) => (OrderStatus::Cancelled, Some(*reason), Some(clip(detail))),
+    };
+    let Some(order) = repo::settle(conn, order_id, to, reason, detail.as_deref()).await? else {
+        return match repo::status_of(conn, order_id).await? {
+            Some(status) => {
+                tracing::info!(order_id = %order_id, status, wanted = to.as_str(), "order already settled; event ignored");
+                Ok(())
+            }
+            None => Err(HandlerError::permanent(anyhow::anyhow!("no order with id {order_id}"))),
+        };
+    };
+    let lines: Vec<_> = repo::lines_of(conn, &[order_id]).await?.iter().map(|l| l.priced(&order.currency)).collect();
+    let summary = domain::summary(order.id, order.customer_id, &lines, order.total(), order.created_at);
+    let at: DateTime<Utc> = order.updated_at;
+    match outcome {
+        Outcome::Confirmed { payment_id, amount } => {
+            if amount != summary.total {
+                // Payment charges what order.placed said; a difference is its bug, but the
+                // money is taken, so the order is confirmed and the mismatch shouted about.
+                tracing::warn!(order_id = %order_id, %payment_id, captured = %amount, total = %summary.total, "captured amount differs from the order total");
+            }
+            publish_event(conn, &OrderConfirmed { order: summary, confirmed_at: at }).await?;
+            tracing::info!(order_id = %order_id, %payment_id, "order confirmed");
+        }
+        Outcome::Cancelled(reason, _) => {
+            let detail = detail.unwrap_or_default();
+            tracing::info!(order_id = %order_id, reason = reason.as_str(), detail, "order cancelled");
+            publish_event(conn, &OrderCancelled { order: summary, reason, detail, cancelled_at: at }).await?;
+        }
+    }
+    Ok(())
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(MAX_DETAIL_CHARS).collect()
+}

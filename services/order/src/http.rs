@@ -1,0 +1,143 @@
+//! The order API: place an order (idempotently), read one, list a customer's, and show the
+//! local copy of a product.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use conveyor_contracts::OrderPlaced;
+use conveyor_platform::http::{Page, PageQuery, Problem};
+use conveyor_platform::{ApiError, ApiResult, Json, Path, Query};
+use sqlx::{PgConnection, PgPool};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::domain::{self, PlaceOrder};
+use crate::repo;
+use crate::views::{self, OrderView, ProductView};
+
+pub fn router() -> OpenApiRouter<PgPool> {
+    OpenApiRouter::new()
+        .routes(routes!(place_order))
+        .routes(routes!(get_order))
+        .routes(routes!(customer_orders))
+        .routes(routes!(get_product))
+}
+
+/// The `Idempotency-Key` header, required by `POST /orders`. An extractor rather than a
+/// check in the handler so that a missing key is reported before the body is read.
+pub struct IdempotencyKey(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let mut values = parts.headers.get_all("idempotency-key").iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => domain::parse_idempotency_key(v.as_bytes()).map(IdempotencyKey),
+            (None, _) => Err(ApiError::BadRequest("the Idempotency-Key header is required: a retried request with the same key returns the first result".into())),
+            (Some(_), Some(_)) => Err(ApiError::BadRequest("give the Idempotency-Key header once".into())),
+        }
+    }
+}
+
+/// Places an order priced from the local copy of the catalog and publishes `order.placed`.
+/// The same `Idempotency-Key` with the same request returns the first response and
+/// creates nothing; with a different request it is a 409.
+#[utoipa::path(post, path = "/orders", tag = "orders", request_body = PlaceOrder,
+    params(("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters, unique per order attempt")),
+    responses(
+        (status = 201, body = OrderView, description = "placed (or the replay of the first response); `Location` names it"),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "no or a malformed Idempotency-Key, or a body that is not JSON"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "the key was used with another request"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "a rule is broken: lines, quantities, unknown products, currencies")))]
+async fn place_order(State(pool): State<PgPool>, IdempotencyKey(key): IdempotencyKey, Json(req): Json<PlaceOrder>) -> ApiResult<Response> {
+    let order = req.validate()?;
+    let request = req.canonical();
+    let id = Uuid::now_v7();
+    let mut tx = pool.begin().await?;
+    // The key first: a concurrent request with the same key waits here for this
+    // transaction, then answers from what it stored (or goes ahead if it rolled back).
+    let Some(now) = repo::claim_key(&mut tx, &key, &request, id).await? else {
+        return replay(&mut tx, &key, &request).await;
+    };
+    let products = repo::products(&mut tx, &order.product_ids()).await?;
+    let known = products.iter().map(|p| (p.id, p.known())).collect::<HashMap<_, _>>();
+    // An error from here on drops `tx`: the key, like everything else, is rolled back.
+    let priced = order.price(&known)?;
+    repo::insert_order(&mut tx, id, order.customer_id, &priced).await?;
+    conveyor_queue::publish_event(&mut tx, &OrderPlaced { order: priced.summary(id, order.customer_id, now) }).await?;
+    let view = OrderView::placed(id, order.customer_id, &priced, now);
+    let body = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
+    repo::save_response(&mut tx, &key, StatusCode::CREATED.as_u16(), &body).await?;
+    tx.commit().await?;
+    tracing::info!(order_id = %id, customer_id = %order.customer_id, total = %priced.total, lines = priced.lines.len(), "order placed");
+    Ok(created(id, StatusCode::CREATED, body))
+}
+
+/// The answer to a key seen before: its stored response if the request is the same.
+async fn replay(conn: &mut PgConnection, key: &str, request: &str) -> ApiResult<Response> {
+    let stored = repo::stored_key(conn, key).await?;
+    let Some(stored) = stored else {
+        // Keys are never deleted, so the row that stopped our insert is still there.
+        return Err(ApiError::Conflict(format!("Idempotency-Key {key:?} is in use by another request; retry")));
+    };
+    if stored.request != request {
+        return Err(ApiError::Conflict(format!(
+            "Idempotency-Key {key:?} was already used with a different request (order {}); use a new key for a new order",
+            stored.order_id
+        )));
+    }
+    let (Some(status), Some(body)) = (stored.response_status, stored.response_body) else {
+        return Err(ApiError::Internal(anyhow::anyhow!("idempotency key {key:?} committed without its response")));
+    };
+    let status = StatusCode::from_u16(status as u16).map_err(anyhow::Error::from)?;
+    tracing::info!(order_id = %stored.order_id, "idempotent replay");
+    Ok(created(stored.order_id, status, body.0))
+}
+
+fn created(id: Uuid, status: StatusCode, body: serde_json::Value) -> Response {
+    (status, [(header::LOCATION, format!("/orders/{id}"))], Json(body)).into_response()
+}
+
+/// One order with its lines and history.
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = OrderView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn get_order(State(pool): State<PgPool>, Path(id): Path<Uuid>) -> ApiResult<Json<OrderView>> {
+    let mut conn = pool.acquire().await?;
+    let row = repo::get_order(&mut conn, id).await?.ok_or_else(|| ApiError::NotFound(format!("no order with id {id}")))?;
+    let view = views::load(&mut conn, vec![row]).await?.pop().expect("one order in, one view out");
+    Ok(Json(view))
+}
+
+/// A customer's orders, newest first, a page at a time (`after` = the `next` of the
+/// previous page).
+#[utoipa::path(get, path = "/customers/{customer_id}/orders", tag = "orders", params(("customer_id" = Uuid, Path), PageQuery),
+    responses((status = 200, body = Page<OrderView>), (status = 400, body = Problem, content_type = "application/problem+json")))]
+async fn customer_orders(State(pool): State<PgPool>, Path(customer_id): Path<Uuid>, Query(page): Query<PageQuery>) -> ApiResult<Json<Page<OrderView>>> {
+    let limit = page.limit()?;
+    let mut conn = pool.acquire().await?;
+    let rows = repo::customer_orders(&mut conn, customer_id, page.after, limit + 1).await?;
+    let page = Page::from_fetched(rows, limit, |r| r.id);
+    Ok(Json(Page { items: views::load(&mut conn, page.items).await?, next: page.next }))
+}
+
+/// The order service's copy of a catalog product: what orders are priced from.
+#[utoipa::path(get, path = "/products/{id}", tag = "products", params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = ProductView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn get_product(State(pool): State<PgPool>, Path(id): Path<Uuid>) -> ApiResult<Json<ProductView>> {
+    let mut conn = pool.acquire().await?;
+    let row = repo::get_product(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no product with id {id} here (it may not be synchronized from the catalog yet)")))?;
+    Ok(Json(row.into()))
+}
