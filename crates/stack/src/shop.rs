@@ -58,6 +58,16 @@ impl Shop {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 
+    /// Any method with a JSON body (PUT, PATCH); the status and the JSON answer.
+    pub async fn post_method(&self, service: &str, method: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let url = self.url(service, path);
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let resp = self.http.request(method, &url).timeout(Duration::from_secs(10)).json(body).send().await.with_context(|| format!("{url}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
     async fn post_ok(&self, service: &str, path: &str, body: &Value) -> Result<Value> {
         let (status, answer) = self.post(service, path, &[], body).await?;
         if !(200..300).contains(&status) {

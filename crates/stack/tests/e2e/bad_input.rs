@@ -1,0 +1,114 @@
+//! What a client can get wrong, against the running processes: every answer a 4xx
+//! `application/problem+json` with a detail, never a 5xx, and nothing written.
+
+use std::time::Duration;
+
+use conveyor_stack::default_bin_dir;
+use serde_json::Value;
+
+use crate::start;
+
+const NIL: &str = "0190f0e2-7c3f-7d4e-8f00-000000000000";
+
+struct Case {
+    svc: &'static str,
+    method: &'static str,
+    path: String,
+    body: Option<String>,
+    status: u16,
+}
+
+fn case(svc: &'static str, method: &'static str, path: &str, body: Option<&str>, status: u16) -> Case {
+    Case { svc, method, path: path.to_owned(), body: body.map(str::to_owned), status }
+}
+
+#[tokio::test]
+async fn every_api_answers_bad_input_with_a_problem_and_writes_nothing() {
+    let f = start("bad-input").await;
+    let huge = format!("{{\"name\":\"{}\"}}", "x".repeat(200_000));
+    let order_body = |lines: &str| format!("{{\"customer_id\":\"{NIL}\",\"lines\":{lines}}}");
+    let many_lines = format!("[{}]", vec![format!("{{\"product_id\":\"{NIL}\",\"quantity\":1}}"); 51].join(","));
+    let mut cases = vec![
+        case("catalog", "POST", "/products", Some("{not json"), 400),
+        case("catalog", "POST", "/products", Some(r#"{"name":"x","price":{"amount_minor":-1,"currency":"EUR"}}"#), 422),
+        case("catalog", "POST", "/products", Some(r#"{"name":"x","price":{"amount_minor":1e30,"currency":"EUR"}}"#), 422),
+        case("catalog", "POST", "/products", Some(r#"{"name":"x","price":{"amount_minor":1,"currency":"ZZZ"}}"#), 422),
+        case("catalog", "GET", "/products/not-a-uuid", None, 400),
+        case("catalog", "GET", &format!("/products/{NIL}"), None, 404),
+        case("order", "POST", "/orders", Some(&order_body("[]")), 422),
+        case("order", "POST", "/orders", Some(&order_body(&many_lines)), 422),
+        case("order", "POST", "/orders", Some(&order_body(&format!("[{{\"product_id\":\"{NIL}\",\"quantity\":0}}]"))), 422),
+        case("order", "POST", "/orders", Some(&order_body(&format!("[{{\"product_id\":\"{NIL}\",\"quantity\":-3}}]"))), 422),
+        case("order", "POST", "/orders", Some(&order_body(&format!("[{{\"product_id\":\"{NIL}\",\"quantity\":1000000000}}]"))), 422),
+        case("order", "POST", "/orders", Some(&order_body(&format!("[{{\"product_id\":\"{NIL}\",\"quantity\":1}}]"))), 422),
+        case("order", "POST", "/orders", Some(&order_body(&format!("[{{\"product_id\":\"{NIL}\",\"quantity\":\"two\"}}]"))), 422),
+        case("order", "POST", "/orders", Some(r#"{"customer_id":"nope","lines":[]}"#), 422),
+        case("order", "POST", "/orders", Some("[1,2"), 400),
+        case("order", "GET", &format!("/orders/{NIL}"), None, 404),
+        case("order", "GET", "/orders/123", None, 400),
+        case("stock", "GET", &format!("/items/{NIL}"), None, 404),
+        case("stock", "POST", &format!("/items/{NIL}/restock"), Some(r#"{"quantity":5}"#), 404),
+        case("stock", "POST", &format!("/items/{NIL}/restock"), Some(r#"{"quantity":-5}"#), 422),
+        case("stock", "POST", "/items/x/restock", Some(r#"{"quantity":5}"#), 400),
+        case("payment", "POST", "/customers", Some(r#"{"name":"x","currency":"EUR","balance_minor":-1}"#), 422),
+        case("payment", "POST", "/customers", Some(r#"{"name":"x","currency":"QQQ"}"#), 422),
+        case("payment", "POST", &format!("/customers/{NIL}/top-up"), Some(r#"{"amount_minor":100}"#), 404),
+        case("payment", "GET", &format!("/customers/{NIL}"), None, 404),
+        case("notification", "PUT", "/templates/order.confirmed", Some(r#"{"subject":"{{ oops","body":"x"}"#), 422),
+        case("notification", "PUT", "/templates/order.exploded", Some(r#"{"subject":"x","body":"x"}"#), 404),
+    ];
+    for svc in ["catalog", "order", "stock", "payment", "notification"] {
+        let post = match svc {
+            "catalog" => "/products",
+            "order" => "/orders",
+            "stock" => "/items/00000000-0000-0000-0000-000000000000/restock",
+            "payment" => "/customers",
+            _ => "/templates/order.confirmed",
+        };
+        let method = if svc == "notification" { "PUT" } else { "POST" };
+        cases.push(case(svc, method, post, Some(&huge), 413));
+        cases.push(case(svc, "GET", "/no/such/route", None, 404));
+    }
+    let http = reqwest::Client::new();
+    let mut failures = Vec::new();
+    for c in &cases {
+        let url = format!("{}{}", f.stack.api[c.svc], c.path);
+        let mut req = http.request(c.method.parse().unwrap(), &url).timeout(Duration::from_secs(10)).header("Idempotency-Key", uuid::Uuid::now_v7().to_string());
+        if let Some(b) = &c.body {
+            req = req.header("content-type", "application/json").body(b.clone());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let detail = body["detail"].as_str().unwrap_or("");
+        if status != c.status || ctype != "application/problem+json" || detail.is_empty() {
+            failures.push(format!("{} {} {} → {status} {ctype} {body}", c.svc, c.method, c.path));
+        }
+    }
+    assert!(failures.is_empty(), "expected problems:\n{}", failures.join("\n"));
+    for (svc, table) in [("catalog", "products"), ("order", "orders"), ("payment", "customers")] {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}"))).fetch_one(&f.db(svc).await).await.unwrap();
+        assert_eq!(n, 0, "{svc}.{table} was written");
+        let out: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.outbox").fetch_one(&f.db(svc).await).await.unwrap();
+        assert_eq!(out, 0, "{svc} published");
+    }
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn apis_and_workers_refuse_an_unmigrated_database_and_every_binary_has_help() {
+    let bin = default_bin_dir();
+    let db = conveyor_devpg::test_db().await;
+    for name in ["catalog-api", "order-worker"] {
+        let out = tokio::process::Command::new(bin.join(name)).env("DATABASE_URL", &db.url).env("LISTEN_ADDR", "127.0.0.1:0").output().await.unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not migrated") && err.contains("-migrator"), "{name}: {err}");
+    }
+    for name in conveyor_stack::process_names().into_iter().chain(["catalog", "order", "stock", "payment", "notification"].iter().map(|s| format!("{s}-migrator"))) {
+        let out = tokio::process::Command::new(bin.join(&name)).arg("--help").output().await.unwrap();
+        assert!(out.status.success(), "{name} --help failed");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{name} --help");
+    }
+}

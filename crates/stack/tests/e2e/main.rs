@@ -1,0 +1,70 @@
+//! End-to-end: the shipped binaries as processes, against a real PostgreSQL (one set of
+//! databases per test), driven over HTTP like a client would. Stacks run one at a time:
+//! each is a dozen processes, and two cores.
+
+mod bad_input;
+mod faults;
+mod race;
+mod saga;
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use conveyor_stack::{Shop, Stack, StackOptions, default_bin_dir};
+use uuid::Uuid;
+
+static ONE_STACK_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// How long a saga may take here before a test gives up (generous: debug builds on a busy
+/// two-core machine; a healthy saga takes milliseconds).
+pub const SAGA: Duration = Duration::from_secs(60);
+
+pub struct Fixture {
+    pub stack: Stack,
+    pub shop: Shop,
+    _turn: MutexGuard<'static, ()>,
+}
+
+/// A fresh stack for `test`, with short circuit-breaker timings so outages resolve fast.
+pub async fn start(test: &str) -> Fixture {
+    start_with(test, |o| o).await
+}
+
+pub async fn start_with(test: &str, tweak: impl FnOnce(StackOptions) -> StackOptions) -> Fixture {
+    let turn = ONE_STACK_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let admin = conveyor_devpg::shared_admin_url().await;
+    let id = Uuid::now_v7().simple().to_string();
+    let bin_dir = default_bin_dir();
+    let log_dir = bin_dir.parent().expect("target dir").join("e2e-logs").join(format!("{test}-{}", &id[20..]));
+    let mut opts = StackOptions::new(admin, bin_dir, log_dir.clone())
+        .arg("notification-worker", &["--breaker-failures", "3", "--breaker-cooldown", "1s"]);
+    opts.db_prefix = format!("e2e_{}_", &id[20..]);
+    let opts = tweak(opts);
+    let stack = Stack::start(opts, |_| {}).await.unwrap_or_else(|e| panic!("stack for {test} did not start: {e:#}"));
+    eprintln!("{test}: stack logs in {}", log_dir.display());
+    let shop = stack.shop();
+    Fixture { stack, shop, _turn: turn }
+}
+
+impl Fixture {
+    /// A product known to order and stock.
+    pub async fn product(&self, price_minor: i64, stock: i64) -> Uuid {
+        let id = self.shop.create_product(&format!("p-{}", Uuid::now_v7().simple()), price_minor, "EUR", stock).await.unwrap();
+        self.shop.wait_synced(id, SAGA).await.unwrap();
+        id
+    }
+
+    pub async fn customer(&self, balance_minor: i64) -> Uuid {
+        self.shop.create_customer(Uuid::now_v7(), "Test Customer", "EUR", balance_minor).await.unwrap()
+    }
+
+    /// A pool on one service's database, for checks no API exposes.
+    pub async fn db(&self, svc: &str) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.stack.databases[svc]).await.unwrap()
+    }
+
+    /// Stops every process and checks each one exited cleanly.
+    pub async fn stop(self) {
+        self.stack.stop().await.unwrap();
+    }
+}

@@ -1,0 +1,167 @@
+//! The saga's three endings, idempotent ordering, and duplicate deliveries.
+
+use conveyor_stack::{Terminal, wait_for};
+use serde_json::json;
+
+use crate::{SAGA, start};
+
+#[tokio::test]
+async fn a_placed_order_is_confirmed_paid_once_reserved_and_notified_once_from_the_stored_template() {
+    let f = start("confirmed").await;
+    let (status, _) = f
+        .shop
+        .post_method("notification", "PUT", "/templates/order.confirmed", &json!({
+            "subject": "Order {{ order_id }} confirmed",
+            "body": "E2E-TEMPLATE total={{ total }}"
+        }))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let product = f.product(2599, 10).await;
+    let customer = f.customer(100_000).await;
+
+    let order = f.shop.order_placed(customer, &[(product, 2)]).await.unwrap();
+    assert_eq!(f.shop.wait_terminal(order, SAGA).await.unwrap(), Terminal::Confirmed);
+
+    let payments = f.shop.payments(order).await.unwrap();
+    assert_eq!(payments.len(), 1, "{payments:?}");
+    assert_eq!(payments[0]["status"], "captured");
+    assert_eq!(f.shop.customer_balance(customer).await.unwrap(), 100_000 - 5198);
+    assert_eq!(f.shop.stock(product).await.unwrap(), (8, 2));
+    assert_eq!(f.shop.reservation(order).await.unwrap().unwrap()["state"], "reserved");
+    let history: Vec<String> = f.shop.order(order).await.unwrap()["history"].as_array().unwrap().iter().map(|h| h["status"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(history, ["placed", "confirmed"]);
+
+    wait_for("the notification", SAGA, || async { Ok(!f.shop.notifications(order).await?.is_empty()) }).await.unwrap();
+    let (received, duplicates) = f.shop.received().await.unwrap();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(duplicates, 0);
+    let text = received[0].to_string();
+    assert!(text.contains("E2E-TEMPLATE total=51.98 EUR"), "rendered from the stored template: {text}");
+    assert!(text.contains(&format!("Order {order} confirmed")), "{text}");
+    assert_eq!(f.shop.notifications(order).await.unwrap().len(), 1);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn an_order_beyond_the_stock_is_cancelled_and_moves_no_stock() {
+    let f = start("out-of-stock").await;
+    let product = f.product(1000, 3).await;
+    let customer = f.customer(100_000).await;
+    let order = f.shop.order_placed(customer, &[(product, 5)]).await.unwrap();
+    assert_eq!(f.shop.wait_terminal(order, SAGA).await.unwrap(), Terminal::Cancelled("out_of_stock".into()));
+    assert_eq!(f.shop.stock(product).await.unwrap(), (3, 0));
+    assert!(f.shop.payments(order).await.unwrap().is_empty());
+    assert_eq!(f.shop.customer_balance(customer).await.unwrap(), 100_000);
+    wait_for("the cancellation notice", SAGA, || async { Ok(f.shop.notifications(order).await?.len() == 1) }).await.unwrap();
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_customer_who_cannot_pay_gets_a_cancelled_order_and_the_reservation_is_released() {
+    let f = start("declined").await;
+    let product = f.product(2599, 10).await;
+    let customer = f.customer(100).await;
+    let order = f.shop.order_placed(customer, &[(product, 1)]).await.unwrap();
+    assert_eq!(f.shop.wait_terminal(order, SAGA).await.unwrap(), Terminal::Cancelled("payment_declined".into()));
+    // The release is the stock service's reaction to payment.declined, as the cancellation
+    // is the order service's: they happen in parallel.
+    wait_for("the reservation's release", SAGA, || async { Ok(f.shop.reservation(order).await?.is_some_and(|r| r["state"] == "released")) })
+        .await
+        .unwrap();
+    assert_eq!(f.shop.stock(product).await.unwrap(), (10, 0));
+    assert_eq!(f.shop.customer_balance(customer).await.unwrap(), 100);
+    let payments = f.shop.payments(order).await.unwrap();
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0]["status"], "declined");
+    let detail = f.shop.order(order).await.unwrap()["reason_detail"].to_string();
+    assert!(detail.contains("insufficient"), "{detail}");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_gives_one_order_and_the_same_answer() {
+    let f = start("idempotency").await;
+    let product = f.product(500, 10).await;
+    let customer = f.customer(100_000).await;
+    let first = f.shop.place_order("key-1", customer, &[(product, 1)]).await.unwrap();
+    let again = f.shop.place_order("key-1", customer, &[(product, 1)]).await.unwrap();
+    assert_eq!(first.0, 201);
+    assert_eq!(first, again, "a retried request gets the first answer");
+    let other = f.shop.place_order("key-1", customer, &[(product, 2)]).await.unwrap();
+    assert_eq!(other.0, 409, "{other:?}");
+    assert!(other.1["detail"].as_str().unwrap().contains("Idempotency-Key") || other.1["detail"].as_str().unwrap().contains("key"));
+    let orders = f.shop.get("order", &format!("/customers/{customer}/orders")).await.unwrap().unwrap();
+    assert_eq!(orders["items"].as_array().unwrap().len(), 1);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_and_replayed_deliveries_never_double_reserve_charge_or_notify() {
+    let f = start("duplicates").await;
+    let product = f.product(1000, 10).await;
+    let customer = f.customer(100_000).await;
+    let order = f.shop.order_placed(customer, &[(product, 3)]).await.unwrap();
+    assert_eq!(f.shop.wait_terminal(order, SAGA).await.unwrap(), Terminal::Confirmed);
+    wait_for("the notification", SAGA, || async { Ok(f.shop.notifications(order).await?.len() == 1) }).await.unwrap();
+
+    // Every message of this saga, delivered once more under a new id (what a publisher
+    // that re-sent would do), and once more under its own id (what a repeated relay does).
+    let key = order.to_string();
+    let mut copies = Vec::new();
+    for (svc, topic) in [("stock", "order.placed"), ("payment", "stock.reserved"), ("order", "payment.captured"), ("notification", "order.confirmed")] {
+        let db = f.db(svc).await;
+        let copy: uuid::Uuid = sqlx::query_scalar(
+            "INSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at)
+             SELECT $3, topic, key, payload, headers, now() FROM conveyor.inbox WHERE topic = $1 AND key = $2
+             RETURNING message_id",
+        )
+        .bind(topic)
+        .bind(&key)
+        .bind(uuid::Uuid::now_v7())
+        .fetch_one(&db)
+        .await
+        .unwrap_or_else(|e| panic!("copying {topic} in {svc}: {e}"));
+        let repeated = sqlx::query(
+            "INSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at)
+             SELECT message_id, topic, key, payload, headers, now() FROM conveyor.inbox WHERE topic = $1 AND key = $2 AND message_id <> $3
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(topic)
+        .bind(&key)
+        .bind(copy)
+        .execute(&db)
+        .await
+        .unwrap();
+        assert_eq!(repeated.rows_affected(), 0, "the inbox's primary key rejects a repeated delivery");
+        sqlx::query("SELECT pg_notify('conveyor_inbox', '')").execute(&db).await.unwrap();
+        copies.push((svc, db, copy));
+    }
+    // And one replayed through the admin API after being declared dead.
+    let payment_db = f.db("payment").await;
+    let original: uuid::Uuid = sqlx::query_scalar("UPDATE conveyor.inbox SET state = 'dead' WHERE topic = 'stock.reserved' AND key = $1 AND state = 'done' RETURNING message_id")
+        .bind(&key)
+        .fetch_one(&payment_db)
+        .await
+        .unwrap();
+    let (status, body) = f.shop.post("payment", &format!("/admin/dead-letters/{original}/replay"), &[], &json!(null)).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    for (svc, db, id) in copies.iter().map(|(s, d, i)| (*s, d, *i)).chain([("payment", &payment_db, original)]) {
+        wait_for(&format!("{svc} to handle message {id}"), SAGA, || async {
+            let state: String = sqlx::query_scalar("SELECT state FROM conveyor.inbox WHERE message_id = $1").bind(id).fetch_one(db).await?;
+            Ok(state == "done")
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(f.shop.stock(product).await.unwrap(), (7, 3), "reserved once");
+    assert_eq!(f.shop.payments(order).await.unwrap().len(), 1, "charged once");
+    assert_eq!(f.shop.customer_balance(customer).await.unwrap(), 100_000 - 3000);
+    assert_eq!(f.shop.notifications(order).await.unwrap().len(), 1, "notified once");
+    let (received, duplicates) = f.shop.received().await.unwrap();
+    assert_eq!((received.len(), duplicates), (1, 0));
+    let history = f.shop.order(order).await.unwrap()["history"].as_array().unwrap().len();
+    assert_eq!(history, 2, "placed, confirmed: nothing more");
+    f.stop().await;
+}
