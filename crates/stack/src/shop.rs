@@ -47,22 +47,18 @@ impl Shop {
 
     /// POST a JSON body with extra headers; returns the status and the JSON answer.
     pub async fn post(&self, service: &str, path: &str, headers: &[(&str, &str)], body: &Value) -> Result<(u16, Value)> {
+        self.send(reqwest::Method::POST, service, path, headers, body).await
+    }
+
+    /// Any method with a JSON body and extra headers; the status and the JSON answer (or
+    /// the text, as a JSON string, when the answer is not JSON).
+    pub async fn send(&self, method: reqwest::Method, service: &str, path: &str, headers: &[(&str, &str)], body: &Value) -> Result<(u16, Value)> {
         let url = self.url(service, path);
-        let mut req = self.http.post(&url).timeout(Duration::from_secs(10)).json(body);
+        let mut req = self.http.request(method.clone(), &url).timeout(Duration::from_secs(10)).json(body);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = req.send().await.with_context(|| format!("POST {url}"))?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
-    }
-
-    /// Any method with a JSON body (PUT, PATCH); the status and the JSON answer.
-    pub async fn post_method(&self, service: &str, method: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
-        let url = self.url(service, path);
-        let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let resp = self.http.request(method, &url).timeout(Duration::from_secs(10)).json(body).send().await.with_context(|| format!("{url}"))?;
+        let resp = req.send().await.with_context(|| format!("{method} {url}"))?;
         let status = resp.status().as_u16();
         let text = resp.text().await?;
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))

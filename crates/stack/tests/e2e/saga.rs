@@ -10,7 +10,7 @@ async fn a_placed_order_is_confirmed_paid_once_reserved_and_notified_once_from_t
     let f = start("confirmed").await;
     let (status, _) = f
         .shop
-        .post_method("notification", "PUT", "/templates/order.confirmed", &json!({
+        .send(reqwest::Method::PUT, "notification", "/templates/order.confirmed", &[], &json!({
             "subject": "Order {{ order_id }} confirmed",
             "body": "E2E-TEMPLATE total={{ total }}"
         }))
