@@ -1,4 +1,12 @@
-//! The stock service (skeleton: being written).
+//! The stock service: an item per product (levels created from `product.created`), a
+//! reservation per order (`order.placed` → `stock.reserved` or `stock.rejected`, all lines
+//! or none), released again on `payment.declined`; every change of a level is a movement.
+
+pub mod handlers;
+pub mod http;
+mod repo;
+
+pub use repo::{ItemRow, ReservedLine};
 
 pub const SERVICE: &str = conveyor_contracts::service::STOCK;
 

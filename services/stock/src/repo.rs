@@ -1,0 +1,188 @@
+//! The stock tables: items (levels), reservations (one per order) and the movements ledger.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use sqlx::types::Json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ItemRow {
+    pub product_id: Uuid,
+    pub available: i64,
+    pub reserved: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Units of one product held (or asked for) by an order: its lines for that product summed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReservedLine {
+    pub product_id: Uuid,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReservationRow {
+    pub order_id: Uuid,
+    pub state: String,
+    pub lines: Json<Vec<ReservedLine>>,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which way a reservation moves units between an item's levels.
+#[derive(Debug, Clone, Copy)]
+pub enum Shift {
+    /// available → reserved
+    Reserve,
+    /// reserved → available
+    Release,
+}
+
+/// Why a level changed (the `movements.kind` column).
+#[derive(Debug, Clone, Copy)]
+enum Movement {
+    Initial,
+    Reserve,
+    Release,
+    Restock,
+}
+
+impl Movement {
+    fn as_str(self) -> &'static str {
+        match self {
+            Movement::Initial => "initial",
+            Movement::Reserve => "reserve",
+            Movement::Release => "release",
+            Movement::Restock => "restock",
+        }
+    }
+}
+
+/// Creates the item unless it exists (a later or repeated product event never resets
+/// levels); true when it was created.
+pub async fn create_item(conn: &mut PgConnection, product_id: Uuid, initial: i64) -> sqlx::Result<bool> {
+    let created: Option<Uuid> =
+        sqlx::query_scalar("INSERT INTO items (product_id, available) VALUES ($1, $2) ON CONFLICT (product_id) DO NOTHING RETURNING product_id")
+            .bind(product_id)
+            .bind(initial)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if created.is_some() {
+        record(conn, None, Movement::Initial, &[ReservedLine { product_id, quantity: initial }]).await?;
+    }
+    Ok(created.is_some())
+}
+
+pub async fn get_item(conn: &mut PgConnection, product_id: Uuid) -> sqlx::Result<Option<ItemRow>> {
+    sqlx::query_as("SELECT product_id, available, reserved, updated_at FROM items WHERE product_id = $1").bind(product_id).fetch_optional(conn).await
+}
+
+/// Items in product id order, after `after`.
+pub async fn list_items(conn: &mut PgConnection, after: Option<Uuid>, limit: i64) -> sqlx::Result<Vec<ItemRow>> {
+    sqlx::query_as(
+        "SELECT product_id, available, reserved, updated_at FROM items WHERE $1::uuid IS NULL OR product_id > $1 ORDER BY product_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Locks the items named, always in product id order: two transactions locking
+/// overlapping sets then queue behind each other instead of deadlocking.
+pub async fn lock_items(conn: &mut PgConnection, product_ids: &[Uuid]) -> sqlx::Result<Vec<ItemRow>> {
+    sqlx::query_as("SELECT product_id, available, reserved, updated_at FROM items WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE")
+        .bind(product_ids)
+        .fetch_all(conn)
+        .await
+}
+
+/// Moves an order's `lines` between available and reserved, recording the movements. The
+/// caller holds the items' locks and has checked the levels; the table's CHECKs stop
+/// anything that would still go negative.
+pub async fn shift(conn: &mut PgConnection, order_id: Uuid, shift: Shift, lines: &[ReservedLine]) -> sqlx::Result<()> {
+    let (sign, kind) = match shift {
+        Shift::Reserve => (1, Movement::Reserve),
+        Shift::Release => (-1, Movement::Release),
+    };
+    let (ids, quantities): (Vec<Uuid>, Vec<i64>) = lines.iter().map(|l| (l.product_id, sign * l.quantity)).unzip();
+    sqlx::query(
+        "UPDATE items AS i SET available = i.available - l.q, reserved = i.reserved + l.q, updated_at = now()
+         FROM UNNEST($1::uuid[], $2::bigint[]) AS l(product_id, q) WHERE i.product_id = l.product_id",
+    )
+    .bind(ids)
+    .bind(quantities)
+    .execute(&mut *conn)
+    .await?;
+    record(conn, Some(order_id), kind, lines).await
+}
+
+/// Adds `quantity` to an item's available units; the caller holds its lock.
+pub async fn restock(conn: &mut PgConnection, product_id: Uuid, quantity: i64) -> sqlx::Result<ItemRow> {
+    let row = sqlx::query_as(
+        "UPDATE items SET available = available + $2, updated_at = now() WHERE product_id = $1
+         RETURNING product_id, available, reserved, updated_at",
+    )
+    .bind(product_id)
+    .bind(quantity)
+    .fetch_one(&mut *conn)
+    .await?;
+    record(conn, None, Movement::Restock, &[ReservedLine { product_id, quantity }]).await?;
+    Ok(row)
+}
+
+async fn record(conn: &mut PgConnection, order_id: Option<Uuid>, kind: Movement, lines: &[ReservedLine]) -> sqlx::Result<()> {
+    let (ids, quantities): (Vec<Uuid>, Vec<i64>) = lines.iter().map(|l| (l.product_id, l.quantity)).unzip();
+    sqlx::query(
+        "INSERT INTO movements (product_id, order_id, kind, quantity) SELECT l.p, $1, $2, l.q FROM UNNEST($3::uuid[], $4::bigint[]) AS l(p, q)",
+    )
+    .bind(order_id)
+    .bind(kind.as_str())
+    .bind(ids)
+    .bind(quantities)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn reservation_exists(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)").bind(order_id).fetch_one(conn).await
+}
+
+/// Records the outcome for an order unless one exists; true when this call recorded it.
+pub async fn insert_reservation(conn: &mut PgConnection, order_id: Uuid, lines: &[ReservedLine], reason: Option<&str>) -> sqlx::Result<bool> {
+    let state = if reason.is_some() { "rejected" } else { "reserved" };
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO reservations (order_id, state, lines, reason) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+    )
+    .bind(order_id)
+    .bind(state)
+    .bind(Json(lines))
+    .bind(reason)
+    .fetch_optional(conn)
+    .await?;
+    Ok(inserted.is_some())
+}
+
+/// Marks a `reserved` reservation `released` and returns its lines; `None` when there is
+/// no reservation or it is not `reserved` (rejected, or released already).
+pub async fn release_reservation(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Option<Vec<ReservedLine>>> {
+    let lines: Option<Json<Vec<ReservedLine>>> = sqlx::query_scalar(
+        "UPDATE reservations SET state = 'released', updated_at = now() WHERE order_id = $1 AND state = 'reserved' RETURNING lines",
+    )
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(lines.map(|l| l.0))
+}
+
+pub async fn get_reservation(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Option<ReservationRow>> {
+    sqlx::query_as("SELECT order_id, state, lines, reason, created_at, updated_at FROM reservations WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await
+}

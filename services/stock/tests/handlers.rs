@@ -1,0 +1,234 @@
+//! The stock worker's handlers against a real database: messages delivered into the inbox
+//! as the relay would, then handled with `process_once`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use conveyor_contracts::{PaymentDeclined, ProductCreated, ProductUpdated};
+use conveyor_platform::testing::{deliver, deliver_with_id, inbox_state, migrated_db, outbox};
+use conveyor_queue::{Consumer, ConsumerOptions};
+use conveyor_stock::MIGRATOR;
+use conveyor_stock::handlers::{ORDER_PLACED_RETRY, subscribe};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+async fn reservation(pool: &PgPool, order_id: Uuid) -> (String, serde_json::Value, Option<String>) {
+    let (state, lines, reason): (String, sqlx::types::Json<serde_json::Value>, Option<String>) =
+        sqlx::query_as("SELECT state, lines, reason FROM reservations WHERE order_id = $1").bind(order_id).fetch_one(pool).await.unwrap();
+    (state, lines.0, reason)
+}
+
+async fn movements(pool: &PgPool, kind: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM movements WHERE kind = $1").bind(kind).fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_order_reserves_every_line_and_publishes_stock_reserved() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let (a, b) = (stocked(&pool, 10).await, stocked(&pool, 5).await);
+    let placed = order(&[(b, 2), (a, 3), (b, 1)]);
+    deliver(&pool, &placed).await;
+    assert_eq!(drain(&consumer(&pool)).await, 1);
+
+    assert_eq!(levels(&pool, a).await, (7, 3));
+    assert_eq!(levels(&pool, b).await, (2, 3), "two lines of one product are summed");
+    let (state, lines, reason) = reservation(&pool, placed.order.order_id).await;
+    assert_eq!(state, "reserved");
+    assert_eq!(lines, json!([{"product_id": a, "quantity": 3}, {"product_id": b, "quantity": 3}]));
+    assert_eq!(reason, None);
+    let events = outbox(&pool).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, "stock.reserved");
+    assert_eq!(events[0].1["order"], serde_json::to_value(&placed.order).unwrap(), "the order summary travels on unchanged");
+    assert_ledger_explains_levels(&pool).await;
+}
+
+#[tokio::test]
+async fn a_line_short_of_stock_rejects_the_order_and_moves_nothing() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let (a, b) = (stocked(&pool, 10).await, stocked(&pool, 2).await);
+    let placed = order(&[(a, 4), (b, 3)]);
+    deliver(&pool, &placed).await;
+    drain(&consumer(&pool)).await;
+
+    assert_eq!(levels(&pool, a).await, (10, 0), "all or nothing: the line that fits is not reserved either");
+    assert_eq!(levels(&pool, b).await, (2, 0));
+    let expected = format!("product {b}: 3 requested, 2 available");
+    let (state, _, reason) = reservation(&pool, placed.order.order_id).await;
+    assert_eq!((state.as_str(), reason.as_deref()), ("rejected", Some(expected.as_str())));
+    let events = outbox(&pool).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, "stock.rejected");
+    assert_eq!(events[0].1, json!({"order_id": placed.order.order_id, "reason": expected}));
+    assert_eq!(movements(&pool, "reserve").await, 0);
+}
+
+#[tokio::test]
+async fn an_order_that_cannot_be_reserved_whatever_the_stock_is_rejected() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let a = stocked(&pool, 10).await;
+    let zero = order(&[(a, 0)]);
+    let empty = order(&[]);
+    deliver(&pool, &zero).await;
+    deliver(&pool, &empty).await;
+    drain(&consumer(&pool)).await;
+    let (_, _, reason) = reservation(&pool, zero.order.order_id).await;
+    assert!(reason.unwrap().contains("quantity must be positive, not 0"));
+    let (_, _, reason) = reservation(&pool, empty.order.order_id).await;
+    assert_eq!(reason.as_deref(), Some("the order has no lines"));
+    assert_eq!(levels(&pool, a).await, (10, 0));
+}
+
+#[tokio::test]
+async fn a_decline_releases_a_reservation_once() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let a = stocked(&pool, 10).await;
+    let placed = order(&[(a, 4)]);
+    deliver(&pool, &placed).await;
+    let consumer = consumer(&pool);
+    drain(&consumer).await;
+    assert_eq!(levels(&pool, a).await, (6, 4));
+
+    let declined = PaymentDeclined { order_id: placed.order.order_id, reason: "insufficient balance".into() };
+    deliver(&pool, &declined).await;
+    drain(&consumer).await;
+    assert_eq!(levels(&pool, a).await, (10, 0));
+    assert_eq!(reservation(&pool, placed.order.order_id).await.0, "released");
+
+    // The same decline again, and the order placed again: neither holds or frees anything.
+    deliver(&pool, &declined).await;
+    deliver(&pool, &placed).await;
+    assert_eq!(drain(&consumer).await, 2);
+    assert_eq!(levels(&pool, a).await, (10, 0));
+    assert_eq!(reservation(&pool, placed.order.order_id).await.0, "released");
+    assert_eq!((movements(&pool, "reserve").await, movements(&pool, "release").await), (1, 1));
+    assert_ledger_explains_levels(&pool).await;
+}
+
+#[tokio::test]
+async fn a_decline_for_an_unknown_or_rejected_order_is_a_no_op() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let a = stocked(&pool, 1).await;
+    let rejected = order(&[(a, 2)]);
+    deliver(&pool, &rejected).await;
+    deliver(&pool, &PaymentDeclined { order_id: rejected.order.order_id, reason: "x".into() }).await;
+    let unknown = deliver(&pool, &PaymentDeclined { order_id: Uuid::now_v7(), reason: "x".into() }).await;
+    assert_eq!(drain(&consumer(&pool)).await, 3);
+    assert_eq!(inbox_state(&pool, unknown).await.0, "done");
+    assert_eq!(reservation(&pool, rejected.order.order_id).await.0, "rejected");
+    assert_eq!(levels(&pool, a).await, (1, 0));
+    assert_eq!(movements(&pool, "release").await, 0);
+}
+
+#[tokio::test]
+async fn the_same_order_placed_again_under_a_new_message_id_reserves_nothing_more() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let a = stocked(&pool, 10).await;
+    let placed = order(&[(a, 3)]);
+    let first = deliver(&pool, &placed).await;
+    let consumer = consumer(&pool);
+    drain(&consumer).await;
+    deliver_with_id(&pool, first, &placed).await; // a repeated relay: the inbox drops it
+    deliver(&pool, &placed).await; // republished: a new id the inbox cannot recognise
+    deliver(&pool, &placed).await;
+    assert_eq!(drain(&consumer).await, 2);
+    assert_eq!(levels(&pool, a).await, (7, 3));
+    assert_eq!(outbox(&pool).await.len(), 1, "stock.reserved published once");
+}
+
+#[tokio::test]
+async fn an_order_for_an_item_not_created_yet_waits_for_it_then_gives_up() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let consumer = consumer(&pool);
+    let id = Uuid::now_v7();
+    let early = order(&[(id, 2)]);
+    let msg = deliver(&pool, &early).await;
+    assert_eq!(consumer.process_once().await.unwrap(), 1);
+    assert_eq!(inbox_state(&pool, msg).await, ("pending".to_owned(), 1), "retried, not handled");
+    assert!(outbox(&pool).await.is_empty());
+
+    deliver(&pool, &ProductCreated { product: product(id, 5) }).await;
+    drain(&consumer).await;
+    sqlx::query("UPDATE conveyor.inbox SET visible_at = now()").execute(&pool).await.unwrap(); // skip the backoff
+    drain(&consumer).await;
+    assert_eq!(inbox_state(&pool, msg).await, ("done".to_owned(), 2));
+    assert_eq!(levels(&pool, id).await, (3, 2));
+
+    // An item that never comes: on its last attempt the order is rejected, so it still ends.
+    let never = Uuid::now_v7();
+    let lost = order(&[(never, 1)]);
+    let msg = deliver(&pool, &lost).await;
+    sqlx::query("UPDATE conveyor.inbox SET attempts = $2 - 1 WHERE message_id = $1")
+        .bind(msg)
+        .bind(ORDER_PLACED_RETRY.max_attempts)
+        .execute(&pool)
+        .await
+        .unwrap();
+    drain(&consumer).await;
+    assert_eq!(inbox_state(&pool, msg).await.0, "done");
+    let (state, _, reason) = reservation(&pool, lost.order.order_id).await;
+    assert_eq!((state.as_str(), reason), ("rejected", Some(format!("product {never} is not stocked"))));
+}
+
+#[tokio::test]
+async fn product_events_create_an_item_once_and_never_reset_its_levels() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let a = stocked(&pool, 10).await;
+    deliver(&pool, &order(&[(a, 4)])).await;
+    let mut changed = product(a, 500);
+    changed.version = 2;
+    deliver(&pool, &ProductUpdated { product: changed.clone() }).await;
+    deliver(&pool, &ProductCreated { product: product(a, 999) }).await;
+    // An update that arrives before its create still creates the item.
+    let b = Uuid::now_v7();
+    deliver(&pool, &ProductUpdated { product: product(b, 8) }).await;
+    let bad = deliver(&pool, &ProductCreated { product: product(Uuid::now_v7(), -1) }).await;
+    drain(&consumer(&pool)).await;
+    assert_eq!(levels(&pool, a).await, (6, 4));
+    assert_eq!(levels(&pool, b).await, (8, 0));
+    assert_eq!(inbox_state(&pool, bad).await, ("dead".to_owned(), 1), "a negative initial stock is refused for good");
+    assert_eq!(movements(&pool, "initial").await, 2);
+    assert_ledger_explains_levels(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_consumers_reserve_exactly_the_stock_there_is() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let a = stocked(&pool, 50).await;
+    for _ in 0..200 {
+        deliver(&pool, &order(&[(a, 1)])).await;
+    }
+    let opts = ConsumerOptions { batch_size: 5, ..ConsumerOptions::default() };
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, consumer) = (pool.clone(), subscribe(Consumer::new(pool.clone()).with_options(opts.clone())));
+            tokio::spawn(async move {
+                // A cycle can come back empty while the others hold the rest: stop only when
+                // nothing is left to claim.
+                loop {
+                    if consumer.process_once().await.unwrap() == 0 {
+                        let left: i64 =
+                            sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox WHERE state <> 'done'").fetch_one(&pool).await.unwrap();
+                        if left == 0 {
+                            return;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(120), futures::future::try_join_all(workers)).await.expect("consumers finish").unwrap();
+
+    assert_eq!(levels(&pool, a).await, (0, 50));
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM reservations GROUP BY state ORDER BY state").fetch_all(&pool).await.unwrap();
+    assert_eq!(states, [("rejected".to_owned(), 150), ("reserved".to_owned(), 50)]);
+    let published: Vec<(String, i64)> =
+        sqlx::query_as("SELECT topic, count(*) FROM conveyor.outbox GROUP BY topic ORDER BY topic").fetch_all(&pool).await.unwrap();
+    assert_eq!(published, [("stock.rejected".to_owned(), 150), ("stock.reserved".to_owned(), 50)]);
+    assert_ledger_explains_levels(&pool).await;
+}
