@@ -40,6 +40,9 @@ pub async fn up(args: UpArgs, signals: &mut Signals) -> Result<i32> {
         Outcome::Exited(code) => return Ok(code),
         Outcome::Interrupted(sig) => return Ok(128 + sig),
     }
+    let built = started.elapsed();
+    let started = Instant::now();
+    println!("  ✓ binaries built ({:.1} s)", built.as_secs_f64());
     let Some(pg) = Postgres::acquire(ClusterOptions { name: "up".into(), ..Default::default() }, signals).await? else {
         return Ok(130);
     };
@@ -66,7 +69,7 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
     };
     println!("  ✓ demo data loaded: {} products, {} customers", demo.products.len(), demo.customers.len());
     println!();
-    println!("Conveyor is up ({:.1} s). Logs: {}", started.elapsed().as_secs_f64(), log_dir.display());
+    println!("Conveyor is up: ready {:.1} s after the build. Logs: {}", started.elapsed().as_secs_f64(), log_dir.display());
     println!();
     for (svc, url) in &stack.api {
         println!("  {:<13} {url}   docs {url}/docs   metrics {url}/metrics", format!("{svc}-api"));
