@@ -5,7 +5,6 @@
 //! an order only leaves `placed` once, so a replayed or re-relayed event (a new message id)
 //! changes nothing and publishes nothing.
 
-use chrono::{DateTime, Utc};
 use conveyor_contracts::{
     CancelReason, OrderCancelled, OrderConfirmed, PaymentCaptured, PaymentDeclined, Product, ProductCreated, ProductUpdated, StockRejected,
     limits,
@@ -74,8 +73,13 @@ async fn settle(conn: &mut PgConnection, order_id: Uuid, outcome: Outcome) -> Re
     };
     let Some(order) = repo::settle(conn, order_id, to, reason, detail.as_deref()).await? else {
         return match repo::status_of(conn, order_id).await? {
+            Some(status) if status == to.as_str() => {
+                tracing::info!(order_id = %order_id, status, "order already settled so; repeated event ignored");
+                Ok(())
+            }
+            // The saga never sends both outcomes for one order; if it did, the first stands.
             Some(status) => {
-                tracing::info!(order_id = %order_id, status, wanted = to.as_str(), "order already settled; event ignored");
+                tracing::warn!(order_id = %order_id, status, wanted = to.as_str(), "order already settled otherwise; contradicting event ignored");
                 Ok(())
             }
             None => Err(HandlerError::permanent(anyhow::anyhow!("no order with id {order_id}"))),
@@ -83,7 +87,7 @@ async fn settle(conn: &mut PgConnection, order_id: Uuid, outcome: Outcome) -> Re
     };
     let lines: Vec<_> = repo::lines_of(conn, &[order_id]).await?.iter().map(|l| l.priced(&order.currency)).collect();
     let summary = domain::summary(order.id, order.customer_id, &lines, order.total(), order.created_at);
-    let at: DateTime<Utc> = order.updated_at;
+    let at = order.updated_at;
     match outcome {
         Outcome::Confirmed { payment_id, amount } => {
             if amount != summary.total {

@@ -86,9 +86,9 @@ async fn replay(conn: &mut PgConnection, key: &str, request: &str) -> ApiResult<
         return Err(ApiError::Conflict(format!("Idempotency-Key {key:?} is in use by another request; retry")));
     };
     if stored.request != request {
+        // The detail names no order: the key may be another customer's.
         return Err(ApiError::Conflict(format!(
-            "Idempotency-Key {key:?} was already used with a different request (order {}); use a new key for a new order",
-            stored.order_id
+            "Idempotency-Key {key:?} was already used with a different request; use a new key for a new order"
         )));
     }
     let (Some(status), Some(body)) = (stored.response_status, stored.response_body) else {

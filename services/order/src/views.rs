@@ -71,6 +71,9 @@ impl OrderView {
 /// Views of `orders` (in their order), with lines and history read in two statements
 /// for the whole set.
 pub async fn load(conn: &mut PgConnection, orders: Vec<OrderRow>) -> sqlx::Result<Vec<OrderView>> {
+    if orders.is_empty() {
+        return Ok(Vec::new());
+    }
     let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
     let currencies: HashMap<Uuid, String> = orders.iter().map(|o| (o.id, o.currency.clone())).collect();
     let mut lines: HashMap<Uuid, Vec<LineView>> = HashMap::new();

@@ -1,0 +1,90 @@
+//! The order service against a real PostgreSQL, one fresh database per test: the API
+//! through its real router, the handlers through the real consumer. One binary, so it
+//! links once.
+
+mod api;
+mod bad_input;
+mod saga;
+
+use chrono::Utc;
+use conveyor_contracts::{Money, Product, ProductCreated};
+use conveyor_order::{MIGRATOR, SERVICE, handlers, http};
+use conveyor_platform::testing::{TestApi, TestResponse, deliver, migrated_db};
+use conveyor_queue::Consumer;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub struct Shop {
+    pub api: TestApi,
+    pub pool: PgPool,
+    pub consumer: Consumer,
+}
+
+pub async fn shop() -> Shop {
+    let pool = migrated_db(&MIGRATOR).await;
+    let api = TestApi::new(SERVICE, pool.clone(), http::router(), pool.clone());
+    Shop { api, consumer: handlers::subscribe(Consumer::new(pool.clone())), pool }
+}
+
+pub fn money(amount_minor: i64, currency: &str) -> Money {
+    Money { amount_minor, currency: currency.parse().unwrap() }
+}
+
+pub fn product(name: &str, price: Money, version: i64) -> Product {
+    Product { id: Uuid::now_v7(), name: name.into(), price, initial_stock: 100, version, updated_at: Utc::now() }
+}
+
+impl Shop {
+    /// Handles everything in the inbox that is due.
+    pub async fn drain(&self) -> usize {
+        let mut total = 0;
+        loop {
+            match self.consumer.process_once().await.expect("consumer cycle") {
+                0 => return total,
+                n => total += n,
+            }
+        }
+    }
+
+    /// Products known to the order service, through product.created as in production.
+    pub async fn sync(&self, products: &[&Product]) {
+        for p in products {
+            deliver(&self.pool, &ProductCreated { product: (*p).clone() }).await;
+        }
+        assert_eq!(self.drain().await, products.len());
+    }
+
+    pub async fn place(&self, key: &str, body: &Value) -> TestResponse {
+        self.place_raw(key, &body.to_string()).await
+    }
+
+    pub async fn place_raw(&self, key: &str, body: &str) -> TestResponse {
+        self.api.send(axum::http::Method::POST, "/orders", &[("idempotency-key", key)], Some(body)).await
+    }
+
+    /// Places an order that must succeed; returns its view.
+    pub async fn placed(&self, customer: Uuid, lines: &[(&Product, i64)]) -> Value {
+        let resp = self.place(&Uuid::now_v7().to_string(), &order(customer, lines)).await;
+        assert_eq!(resp.status, 201, "{}", resp.text);
+        resp.json
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        let sql = match table {
+            "orders" => "SELECT count(*) FROM orders",
+            "order_lines" => "SELECT count(*) FROM order_lines",
+            "idempotency_keys" => "SELECT count(*) FROM idempotency_keys",
+            "outbox" => "SELECT count(*) FROM conveyor.outbox",
+            other => panic!("no count for {other}"),
+        };
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+pub fn order(customer: Uuid, lines: &[(&Product, i64)]) -> Value {
+    json!({
+        "customer_id": customer,
+        "lines": lines.iter().map(|(p, q)| json!({"product_id": p.id, "quantity": q})).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,156 @@
+//! The worker's handlers through the real consumer: product sync, confirm, both cancel
+//! paths, and repeated events that must change and publish nothing.
+
+use conveyor_contracts::{PaymentCaptured, PaymentDeclined, ProductCreated, ProductUpdated, StockRejected};
+use conveyor_platform::testing::{deliver, deliver_with_id, inbox_state, outbox};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{Shop, money, product, shop};
+
+/// A shop with one placed order of 2 × 12.50 EUR; returns the order's view.
+async fn placed_order(shop: &Shop) -> Value {
+    let mug = product("Mug", money(1250, "EUR"), 1);
+    shop.sync(&[&mug]).await;
+    shop.placed(Uuid::now_v7(), &[(&mug, 2)]).await
+}
+
+fn id_of(order: &Value) -> Uuid {
+    order["id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn view(shop: &Shop, id: Uuid) -> Value {
+    let resp = shop.api.get(&format!("/orders/{id}")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    resp.json
+}
+
+fn statuses(order: &Value) -> Vec<&str> {
+    order["history"].as_array().unwrap().iter().map(|h| h["status"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn the_product_copy_keeps_the_newest_version_whatever_the_order_of_arrival() {
+    let shop = shop().await;
+    let v1 = product("Lamp", money(1000, "EUR"), 1);
+    let v3 = conveyor_contracts::Product { name: "Lamp deluxe".into(), price: money(1500, "EUR"), version: 3, ..v1.clone() };
+    let v2 = conveyor_contracts::Product { name: "Lamp II".into(), price: money(1200, "EUR"), version: 2, ..v1.clone() };
+    deliver(&shop.pool, &ProductCreated { product: v1.clone() }).await;
+    deliver(&shop.pool, &ProductUpdated { product: v3.clone() }).await;
+    assert_eq!(shop.drain().await, 2);
+    // Late and repeated versions, each a new message as a republished event would be.
+    let late = [
+        deliver(&shop.pool, &ProductUpdated { product: v3.clone() }).await,
+        deliver(&shop.pool, &ProductUpdated { product: v2 }).await,
+        deliver(&shop.pool, &ProductCreated { product: v1.clone() }).await,
+    ];
+    assert_eq!(shop.drain().await, 3);
+    for msg in late {
+        assert_eq!(inbox_state(&shop.pool, msg).await.0, "done", "an old version is ignored, not an error");
+    }
+    let copy = shop.api.get(&format!("/products/{}", v1.id)).await.json;
+    assert_eq!((copy["name"].as_str(), copy["version"].as_i64()), (Some("Lamp deluxe"), Some(3)));
+    assert_eq!(copy["price"], json!({"amount_minor": 1500, "currency": "EUR"}));
+
+    let broken = conveyor_contracts::Product { price: money(-1, "EUR"), ..product("Broken", money(0, "EUR"), 1) };
+    let msg = deliver(&shop.pool, &ProductCreated { product: broken.clone() }).await;
+    shop.drain().await;
+    assert_eq!(inbox_state(&shop.pool, msg).await, ("dead".to_owned(), 1), "a contract breach cannot be retried away");
+    shop.api.get(&format!("/products/{}", broken.id)).await.problem(404);
+    assert!(outbox(&shop.pool).await.is_empty(), "syncing publishes nothing");
+}
+
+#[tokio::test]
+async fn payment_captured_confirms_once() {
+    let shop = shop().await;
+    let placed = placed_order(&shop).await;
+    let id = id_of(&placed);
+    let captured = PaymentCaptured { order_id: id, payment_id: Uuid::now_v7(), amount: money(2500, "EUR") };
+    deliver(&shop.pool, &captured).await;
+    assert_eq!(shop.drain().await, 1);
+
+    let order = view(&shop, id).await;
+    assert_eq!(order["status"], "confirmed");
+    assert!(order["reason"].is_null());
+    assert_eq!(statuses(&order), ["placed", "confirmed"]);
+    let events = outbox(&shop.pool).await;
+    assert_eq!(events.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["order.placed", "order.confirmed"]);
+    let confirmed = &events[1].1;
+    assert_eq!(confirmed["order"], events[0].1["order"], "the confirmation carries the order as placed");
+    assert_eq!(confirmed["confirmed_at"], order["updated_at"]);
+
+    // A repeat (new message id) and a contradicting late decline: both no-ops.
+    let repeat = deliver(&shop.pool, &captured).await;
+    let late = deliver(&shop.pool, &PaymentDeclined { order_id: id, reason: "too late".into() }).await;
+    assert_eq!(shop.drain().await, 2);
+    for msg in [repeat, late] {
+        assert_eq!(inbox_state(&shop.pool, msg).await.0, "done");
+    }
+    assert_eq!(view(&shop, id).await, order);
+    assert_eq!(outbox(&shop.pool).await.len(), 2);
+}
+
+#[tokio::test]
+async fn stock_rejected_cancels_as_out_of_stock_once() {
+    let shop = shop().await;
+    let id = id_of(&placed_order(&shop).await);
+    let rejected = StockRejected { order_id: id, reason: "product Mug: 2 wanted, 1 available".into() };
+    let msg = Uuid::now_v7();
+    deliver_with_id(&shop.pool, msg, &rejected).await;
+    deliver_with_id(&shop.pool, msg, &rejected).await; // a repeated relay: the inbox drops it
+    assert_eq!(shop.drain().await, 1);
+
+    let order = view(&shop, id).await;
+    assert_eq!((order["status"].as_str(), order["reason"].as_str()), (Some("cancelled"), Some("out_of_stock")));
+    assert_eq!(order["reason_detail"], "product Mug: 2 wanted, 1 available");
+    assert_eq!(statuses(&order), ["placed", "cancelled"]);
+    assert_eq!(order["history"][1]["reason"], "out_of_stock");
+    let events = outbox(&shop.pool).await;
+    assert_eq!(events.len(), 2);
+    let (topic, cancelled) = &events[1];
+    assert_eq!(topic, "order.cancelled");
+    assert_eq!(cancelled["reason"], "out_of_stock");
+    assert_eq!(cancelled["detail"], "product Mug: 2 wanted, 1 available");
+    assert_eq!(cancelled["order"]["total"], json!({"amount_minor": 2500, "currency": "EUR"}));
+    assert_eq!(cancelled["cancelled_at"], order["updated_at"]);
+
+    // Replayed with a new message id, and a payment that arrives anyway: nothing changes.
+    let repeat = deliver(&shop.pool, &rejected).await;
+    let late = deliver(&shop.pool, &PaymentCaptured { order_id: id, payment_id: Uuid::now_v7(), amount: money(2500, "EUR") }).await;
+    assert_eq!(shop.drain().await, 2);
+    for msg in [repeat, late] {
+        assert_eq!(inbox_state(&shop.pool, msg).await.0, "done", "a no-op, not a failure");
+    }
+    assert_eq!(view(&shop, id).await, order);
+    assert_eq!(outbox(&shop.pool).await.len(), 2);
+}
+
+#[tokio::test]
+async fn payment_declined_cancels_as_payment_declined_once() {
+    let shop = shop().await;
+    let id = id_of(&placed_order(&shop).await);
+    let declined = PaymentDeclined { order_id: id, reason: "balance 10.00 EUR is below 25.00 EUR".into() };
+    deliver(&shop.pool, &declined).await;
+    assert_eq!(shop.drain().await, 1);
+    let order = view(&shop, id).await;
+    assert_eq!((order["status"].as_str(), order["reason"].as_str()), (Some("cancelled"), Some("payment_declined")));
+    assert_eq!(order["reason_detail"], "balance 10.00 EUR is below 25.00 EUR");
+    let events = outbox(&shop.pool).await;
+    assert_eq!(events[1].0, "order.cancelled");
+    assert_eq!(events[1].1["reason"], "payment_declined");
+
+    let repeat = deliver(&shop.pool, &declined).await;
+    assert_eq!(shop.drain().await, 1);
+    assert_eq!(inbox_state(&shop.pool, repeat).await.0, "done", "a no-op, not a failure");
+    assert_eq!(view(&shop, id).await, order);
+    assert_eq!(outbox(&shop.pool).await.len(), 2);
+}
+
+#[tokio::test]
+async fn an_event_about_an_unknown_order_is_dead_at_once() {
+    let shop = shop().await;
+    let msg = deliver(&shop.pool, &PaymentCaptured { order_id: Uuid::now_v7(), payment_id: Uuid::now_v7(), amount: money(1, "EUR") }).await;
+    shop.drain().await;
+    assert_eq!(inbox_state(&shop.pool, msg).await, ("dead".to_owned(), 1));
+    assert!(outbox(&shop.pool).await.is_empty());
+}
