@@ -1,1 +1,35 @@
-fn main() { eprintln!("notification-worker: not written yet"); std::process::exit(2) }
+//! notification-worker: delivers a notification for every order.confirmed and
+//! order.cancelled. It publishes nothing, so it runs no relay.
+
+use std::sync::Arc;
+
+use clap::Parser;
+use conveyor_notification::{MIGRATOR, NotifierArgs, Notifier, SERVICE};
+use conveyor_platform::WorkerArgs;
+
+/// Conveyor notification worker: renders the stored template of each order.confirmed /
+/// order.cancelled (enriched by the order API when it answers) and POSTs it to the webhook,
+/// once per order and event, behind timeouts and circuit breakers.
+#[derive(Parser)]
+#[command(name = "notification-worker", version)]
+struct Args {
+    #[command(flatten)]
+    worker: WorkerArgs,
+    #[command(flatten)]
+    notifier: NotifierArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // The handler's own queries need a pool, and `Worker` does not lend out its own:
+    // a second one on the same database, sized by the same flag.
+    let db = args.worker.db.clone();
+    let notifier = args.notifier;
+    conveyor_platform::run_worker(SERVICE, "notification-worker", args.worker, &MIGRATOR, |worker| async move {
+        let pool = conveyor_platform::db::connect(&db).await?;
+        let consumer = Arc::new(Notifier::new(pool, &notifier)?).subscribe(worker.consumer(), &notifier);
+        Ok(worker.with_consumer(consumer))
+    })
+    .await
+}

@@ -1,0 +1,142 @@
+//! The worker's handler: one notification per (order, event type), rendered from the stored
+//! template and delivered by webhook, however often its event arrives.
+//!
+//! It runs under a lease (it calls the network, so no transaction stays open). Not
+//! notifying twice rests on three things: the `notifications` row written after a 2xx and
+//! checked first; a set of the keys this worker is delivering right now, so two copies of
+//! an event in one batch do not both post; and the `Idempotency-Key` header, for the gap a
+//! crash leaves between a 2xx and the row (the next attempt posts again with the same key).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, anyhow};
+use chrono::Utc;
+use conveyor_contracts::{CancelReason, OrderCancelled, OrderConfirmed, OrderSummary};
+use conveyor_queue::{Consumer, Delivery, HandlerError};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::EventType;
+use crate::breaker::Breaker;
+use crate::config::NotifierArgs;
+use crate::lookup::OrderLookup;
+use crate::render::{self, Vars};
+use crate::repo::{self, NewNotification};
+use crate::webhook::{Payload, Webhook};
+
+/// Namespace of notification ids: the id is a function of (order, event type), the same
+/// on every attempt, so a receiver sees one id per notification.
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x4f1c_2a57_9e0b_4d3a_8c61_52b7_d0e9_a3f4);
+
+/// An order event, whichever of the two it was.
+#[derive(Debug, Clone)]
+struct Occurrence {
+    event_type: EventType,
+    order: OrderSummary,
+    reason: Option<CancelReason>,
+    detail: Option<String>,
+}
+
+impl From<OrderConfirmed> for Occurrence {
+    fn from(e: OrderConfirmed) -> Self {
+        Occurrence { event_type: EventType::Confirmed, order: e.order, reason: None, detail: None }
+    }
+}
+
+impl From<OrderCancelled> for Occurrence {
+    fn from(e: OrderCancelled) -> Self {
+        Occurrence { event_type: EventType::Cancelled, order: e.order, reason: Some(e.reason), detail: Some(e.detail) }
+    }
+}
+
+pub struct Notifier {
+    pool: PgPool,
+    lookup: OrderLookup,
+    webhook: Webhook,
+    in_flight: Mutex<HashSet<(Uuid, EventType)>>,
+}
+
+/// Holds a key in the in-flight set until dropped.
+struct InFlight<'a> {
+    set: &'a Mutex<HashSet<(Uuid, EventType)>>,
+    key: (Uuid, EventType),
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.set.lock().expect("in-flight lock").remove(&self.key);
+    }
+}
+
+impl Notifier {
+    pub fn new(pool: PgPool, args: &NotifierArgs) -> anyhow::Result<Self> {
+        args.validate()?;
+        let client = reqwest::Client::builder().build().context("building the HTTP client")?;
+        let breaker = |target| Breaker::new(target, args.breaker_failures, args.breaker_cooldown);
+        Ok(Notifier {
+            pool,
+            lookup: OrderLookup::new(client.clone(), args.order_api_url.clone(), args.lookup_timeout, breaker("order-api")),
+            webhook: Webhook::new(client, args.webhook_url.clone(), args.webhook_timeout, breaker("webhook")),
+            in_flight: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// `consumer` with this notifier subscribed (lease mode) to both order events.
+    pub fn subscribe(self: Arc<Self>, consumer: Consumer, args: &NotifierArgs) -> Consumer {
+        let confirmed = self.clone();
+        consumer
+            .subscribe_leased(
+                move |msg: Delivery<OrderConfirmed>| {
+                    let n = confirmed.clone();
+                    async move { n.handle(msg.payload.into(), msg.attempt).await }
+                },
+                args.lease_options(),
+            )
+            .subscribe_leased(
+                move |msg: Delivery<OrderCancelled>| {
+                    let n = self.clone();
+                    async move { n.handle(msg.payload.into(), msg.attempt).await }
+                },
+                args.lease_options(),
+            )
+    }
+
+    /// Notifies about `event` once: see the module's documentation.
+    async fn handle(&self, event: Occurrence, attempt: i32) -> Result<(), HandlerError> {
+        let (order_id, event_type) = (event.order.order_id, event.event_type);
+        let Some(_in_flight) = self.claim(order_id, event_type) else {
+            // Another copy of this event is being delivered right now: look again when it is done.
+            return Err(HandlerError::snooze(std::time::Duration::from_secs(1), anyhow!("{event_type} of order {order_id} is being delivered already")));
+        };
+        let mut conn = self.pool.acquire().await?;
+        if repo::notified(&mut conn, order_id, event_type).await? {
+            tracing::info!(%order_id, %event_type, "already notified; nothing to do");
+            return Ok(());
+        }
+        let template = repo::template(&mut conn, event_type).await?.ok_or_else(|| HandlerError::permanent(anyhow!("no template is stored for {event_type}")))?;
+        // No connection is held while the network is called.
+        drop(conn);
+        let permit = self.webhook.permit().map_err(|wait| HandlerError::snooze(wait, anyhow!("the webhook's circuit breaker is open; next try in {wait:?}")))?;
+
+        let mut vars = Vars::from_event(event_type, &event.order, event.reason, event.detail);
+        self.lookup.enrich(&mut vars).await;
+        let subject = render::render(&template.subject, &vars).map_err(|e| HandlerError::permanent(anyhow!("the {event_type} subject template failed: {e}")))?;
+        let body = render::render(&template.body, &vars).map_err(|e| HandlerError::permanent(anyhow!("the {event_type} body template failed: {e}")))?;
+
+        let key = format!("{order_id}:{event_type}");
+        let id = Uuid::new_v5(&ID_NAMESPACE, key.as_bytes());
+        let payload = Payload { notification_id: id, order_id, event_type, customer_id: event.order.customer_id, subject: &subject, body: &body };
+        self.webhook.deliver(permit, &key, &payload).await.map_err(HandlerError::retry)?;
+        let record = NewNotification { id, order_id, event_type, customer_id: event.order.customer_id, subject: &subject, body: &body, data_source: vars.data_source, attempts: attempt, delivered_at: Utc::now() };
+        let mut conn = self.pool.acquire().await?;
+        repo::insert_notification(&mut conn, &record).await?;
+        tracing::info!(%order_id, %event_type, notification_id = %id, attempt, data_source = vars.data_source.as_str(), "notification delivered");
+        Ok(())
+    }
+
+    fn claim(&self, order_id: Uuid, event_type: EventType) -> Option<InFlight<'_>> {
+        let key = (order_id, event_type);
+        self.in_flight.lock().expect("in-flight lock").insert(key).then_some(InFlight { set: &self.in_flight, key })
+    }
+}
