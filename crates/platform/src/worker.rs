@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{RelayArgs, WorkerArgs};
 
+/// A loop of the service's own: started with the worker's shutdown token.
+type Task = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send>;
+
 /// A worker under construction: what it runs.
 pub struct Worker {
     service: &'static str,
@@ -20,7 +23,7 @@ pub struct Worker {
     args: WorkerArgs,
     consumer: Option<Consumer>,
     relay: Option<Relay>,
-    extra: Vec<(&'static str, Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send>)>,
+    extra: Vec<(&'static str, Task)>,
 }
 
 impl Worker {

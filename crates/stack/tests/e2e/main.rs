@@ -7,13 +7,12 @@ mod faults;
 mod race;
 mod saga;
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use conveyor_stack::{Shop, Stack, StackOptions, default_bin_dir};
 use uuid::Uuid;
 
-static ONE_STACK_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_STACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long a saga may take here before a test gives up (generous: debug builds on a busy
 /// two-core machine; a healthy saga takes milliseconds).
@@ -22,7 +21,7 @@ pub const SAGA: Duration = Duration::from_secs(60);
 pub struct Fixture {
     pub stack: Stack,
     pub shop: Shop,
-    _turn: MutexGuard<'static, ()>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 /// A fresh stack for `test`, with short circuit-breaker timings so outages resolve fast.
@@ -31,7 +30,7 @@ pub async fn start(test: &str) -> Fixture {
 }
 
 pub async fn start_with(test: &str, tweak: impl FnOnce(StackOptions) -> StackOptions) -> Fixture {
-    let turn = ONE_STACK_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let turn = ONE_STACK_AT_A_TIME.lock().await;
     let admin = conveyor_devpg::shared_admin_url().await;
     let id = Uuid::now_v7().simple().to_string();
     let bin_dir = default_bin_dir();
