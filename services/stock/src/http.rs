@@ -1,22 +1,18 @@
 //! The stock API: read levels and reservations, restock an item.
 
-use std::fmt;
-use std::marker::PhantomData;
-
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use conveyor_contracts::limits;
 use conveyor_platform::http::{Page, PageQuery, Problem};
 use conveyor_platform::{ApiError, ApiResult, Json, Path, Query};
-use serde::de::value::MapAccessDeserializer;
-use serde::de::{MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::body::Object;
 use crate::repo::{self, ItemRow, ReservationRow, ReservedLine};
 
 pub fn router() -> OpenApiRouter<PgPool> {
@@ -46,27 +42,6 @@ impl From<ItemRow> for ItemView {
 pub struct Restock {
     /// 1 to 10^9; the item's units on hand (available + reserved) must stay within 10^9.
     pub quantity: i64,
-}
-
-/// A request body that must be a JSON object. serde's derived structs also accept an array
-/// of their fields in order (`[5]` for `{"quantity": 5}`), which no client means; this
-/// refuses it as a wrong type (422) like any other.
-pub struct Object<T>(pub T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct OnlyMaps<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for OnlyMaps<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(MapAccessDeserializer::new(map))
-            }
-        }
-        d.deserialize_map(OnlyMaps(PhantomData)).map(Object)
-    }
 }
 
 /// What stock did with an order.
