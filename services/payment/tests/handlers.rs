@@ -1,0 +1,171 @@
+//! The payment worker's handler against a real database: stock.reserved delivered into the
+//! inbox as the relay would, then handled with `process_once`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use conveyor_payment::Faults;
+use conveyor_payment::faults::ISSUER_DECLINE;
+use conveyor_platform::testing::{deliver, deliver_with_id, inbox_state, outbox};
+use conveyor_queue::ConsumerOptions;
+use serde_json::json;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn a_covered_order_is_captured_once_from_the_balance() {
+    let (api, pool) = setup().await;
+    let ada = customer(&api, "EUR", 10_000).await;
+    let order = reserved(ada, "EUR", &[(2, 2500), (1, 1000)]);
+    let first = deliver(&pool, &order).await;
+    let consumer = consumer(&pool, Faults::default());
+    assert_eq!(drain(&consumer).await, 1);
+
+    assert_eq!(balance(&pool, ada).await, 4_000);
+    assert_eq!(payments(&pool, order.order.order_id).await, [("captured".to_owned(), None)]);
+    let events = outbox(&pool).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, "payment.captured");
+    assert_eq!(events[0].1["order_id"], json!(order.order.order_id));
+    assert_eq!(events[0].1["amount"], json!({"amount_minor": 6000, "currency": "EUR"}));
+    let listed = api.get(&format!("/orders/{}/payments", order.order.order_id)).await;
+    assert_eq!(listed.json[0]["id"], events[0].1["payment_id"], "{}", listed.text);
+
+    // A repeated relay (same id), then the event republished twice under new ids.
+    deliver_with_id(&pool, first, &order).await;
+    deliver(&pool, &order).await;
+    deliver(&pool, &order).await;
+    assert_eq!(drain(&consumer).await, 2);
+    assert_eq!(balance(&pool, ada).await, 4_000, "captured once");
+    assert_eq!(payments(&pool, order.order.order_id).await.len(), 1);
+    assert_eq!(outbox(&pool).await.len(), 1);
+    assert_ledger_explains_balances(&pool).await;
+}
+
+#[tokio::test]
+async fn a_short_balance_declines_and_is_left_untouched() {
+    let (api, pool) = setup().await;
+    let ada = customer(&api, "EUR", 1_000).await;
+    let order = reserved(ada, "EUR", &[(3, 2000)]);
+    deliver(&pool, &order).await;
+    drain(&consumer(&pool, Faults::default())).await;
+
+    assert_eq!(balance(&pool, ada).await, 1_000);
+    let reason = "insufficient balance: needs 60.00 EUR, has 10.00 EUR";
+    assert_eq!(payments(&pool, order.order.order_id).await, [("declined".to_owned(), Some(reason.to_owned()))]);
+    let events = outbox(&pool).await;
+    assert_eq!(events, [("payment.declined".to_owned(), json!({"order_id": order.order.order_id, "reason": reason}))]);
+    assert_ledger_explains_balances(&pool).await;
+}
+
+#[tokio::test]
+async fn orders_that_break_the_rules_are_declined_without_touching_a_balance() {
+    let (api, pool) = setup().await;
+    let ada = customer(&api, "EUR", 1_000_000).await;
+    let stranger = reserved(Uuid::now_v7(), "EUR", &[(1, 100)]);
+    let mut overcharged = reserved(ada, "EUR", &[(2, 100)]);
+    overcharged.order.total.amount_minor = 150;
+    let mut mixed = reserved(ada, "EUR", &[(1, 100), (1, 100)]);
+    mixed.order.lines[1].unit_price = money(100, "USD");
+    let mut negative = reserved(ada, "EUR", &[(1, 100)]);
+    negative.order.lines[0].quantity = -1;
+    negative.order.total.amount_minor = -100;
+    let dollars = reserved(ada, "USD", &[(1, 100)]);
+    for order in [&stranger, &overcharged, &mixed, &negative, &dollars] {
+        deliver(&pool, order).await;
+    }
+    assert_eq!(drain(&consumer(&pool, Faults::default())).await, 5);
+
+    let mut reasons = Vec::new();
+    for order in [&stranger, &overcharged, &mixed, &negative, &dollars] {
+        match payments(&pool, order.order.order_id).await.as_slice() {
+            [(status, Some(reason))] if status == "declined" => reasons.push(reason.clone()),
+            other => panic!("expected one declined payment, got {other:?}"),
+        }
+    }
+    assert_eq!(reasons[0], format!("unknown customer {}", stranger.order.customer_id));
+    assert_eq!(reasons[1], "amount mismatch: the lines come to 2.00 EUR, the total says 1.50 EUR");
+    assert!(reasons[2].starts_with("amount mismatch: product") && reasons[2].contains("currencies differ"), "{}", reasons[2]);
+    assert_eq!(reasons[3], "amount mismatch: the total -100 is negative");
+    assert_eq!(reasons[4], format!("currency mismatch: customer {ada} pays in EUR, the order is in USD"));
+    assert_eq!(balance(&pool, ada).await, 1_000_000);
+    let declined: Vec<String> = outbox(&pool).await.into_iter().map(|(t, _)| t).collect();
+    assert_eq!(declined, ["payment.declined"; 5]);
+}
+
+#[tokio::test]
+async fn a_processor_error_retries_the_message_and_writes_nothing() {
+    let (api, pool) = setup().await;
+    let ada = customer(&api, "EUR", 10_000).await;
+    let order = reserved(ada, "EUR", &[(1, 500)]);
+    let msg = deliver(&pool, &order).await;
+    let failing = consumer(&pool, Faults { error_rate: 1.0, ..Faults::default() });
+    assert_eq!(failing.process_once().await.unwrap(), 1);
+
+    assert_eq!(inbox_state(&pool, msg).await, ("pending".to_owned(), 1));
+    let error: String =
+        sqlx::query_scalar("SELECT errors->0->>'error' FROM conveyor.inbox WHERE message_id = $1").bind(msg).fetch_one(&pool).await.unwrap();
+    assert_eq!(error, "simulated processor error");
+    assert!(payments(&pool, order.order.order_id).await.is_empty());
+    assert_eq!(balance(&pool, ada).await, 10_000);
+    assert!(outbox(&pool).await.is_empty());
+
+    // The processor recovers: the retry captures.
+    sqlx::query("UPDATE conveyor.inbox SET visible_at = now()").execute(&pool).await.unwrap(); // skip the backoff
+    drain(&consumer(&pool, Faults::default())).await;
+    assert_eq!(inbox_state(&pool, msg).await, ("done".to_owned(), 2));
+    assert_eq!(balance(&pool, ada).await, 9_500);
+}
+
+#[tokio::test]
+async fn the_issuer_declines_at_the_decline_rate_after_the_latency() {
+    let (api, pool) = setup().await;
+    let ada = customer(&api, "EUR", 10_000).await;
+    let order = reserved(ada, "EUR", &[(1, 500)]);
+    deliver(&pool, &order).await;
+    let slow_and_strict = consumer(&pool, Faults { decline_rate: 1.0, latency: Duration::from_millis(50), ..Faults::default() });
+    let started = Instant::now();
+    drain(&slow_and_strict).await;
+
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert_eq!(payments(&pool, order.order.order_id).await, [("declined".to_owned(), Some(ISSUER_DECLINE.to_owned()))]);
+    assert_eq!(balance(&pool, ada).await, 10_000);
+    assert_eq!(outbox(&pool).await[0].0, "payment.declined");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_captures_never_take_a_balance_below_zero() {
+    let (api, pool) = setup().await;
+    let ada = customer(&api, "EUR", 10_000).await;
+    for _ in 0..30 {
+        deliver(&pool, &reserved(ada, "EUR", &[(1, 1000)])).await;
+    }
+    let opts = ConsumerOptions { batch_size: 3, ..ConsumerOptions::default() };
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, consumer) = (pool.clone(), consumer(&pool, Faults::default()).with_options(opts.clone()));
+            tokio::spawn(async move {
+                // A cycle can come back empty while the others hold the rest: stop only when
+                // nothing is left to claim.
+                loop {
+                    if consumer.process_once().await.unwrap() == 0 {
+                        let left: i64 =
+                            sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox WHERE state <> 'done'").fetch_one(&pool).await.unwrap();
+                        if left == 0 {
+                            return;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(120), futures::future::try_join_all(workers)).await.expect("consumers finish").unwrap();
+
+    assert_eq!(balance(&pool, ada).await, 0);
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM payments GROUP BY status ORDER BY status").fetch_all(&pool).await.unwrap();
+    assert_eq!(statuses, [("captured".to_owned(), 10), ("declined".to_owned(), 20)]);
+    assert_ledger_explains_balances(&pool).await;
+}
