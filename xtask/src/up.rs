@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use conveyor_devpg::ClusterOptions;
-use conveyor_stack::{Stack, StackOptions, Terminal, demo};
+use conveyor_launcher::{Stack, StackOptions, Terminal, demo};
 
 use crate::proc::{Outcome, Signals};
 use crate::{Postgres, cargo, workspace_root};
@@ -105,11 +105,11 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
 }
 
 /// One order through the whole saga: placed, confirmed, notified.
-async fn smoke(shop: &conveyor_stack::Shop, product: uuid::Uuid) -> Result<()> {
+async fn smoke(shop: &conveyor_launcher::Shop, product: uuid::Uuid) -> Result<()> {
     let order = shop.order_placed(demo::ALICE, &[(product, 1)]).await?;
     let outcome = shop.wait_terminal(order, Duration::from_secs(60)).await?;
     anyhow::ensure!(outcome == Terminal::Confirmed, "the demo order ended {outcome:?}");
-    conveyor_stack::wait_for("the demo order's notification", Duration::from_secs(60), || async {
+    conveyor_launcher::wait_for("the demo order's notification", Duration::from_secs(60), || async {
         Ok(!shop.notifications(order).await?.is_empty())
     })
     .await?;

@@ -108,11 +108,12 @@ impl Money {
 
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let digits = if self.currency.as_str() == "JPY" { 0 } else { 2 };
-        if digits == 0 {
-            write!(f, "{} {}", self.amount_minor, self.currency)
+        let sign = if self.amount_minor < 0 { "-" } else { "" };
+        let abs = self.amount_minor.unsigned_abs();
+        if self.currency.as_str() == "JPY" {
+            write!(f, "{sign}{abs} {}", self.currency)
         } else {
-            write!(f, "{}.{:02} {}", self.amount_minor / 100, self.amount_minor % 100, self.currency)
+            write!(f, "{sign}{}.{:02} {}", abs / 100, abs % 100, self.currency)
         }
     }
 }
@@ -136,6 +137,7 @@ mod tests {
         let total = Money::zero(eur).add_times(Money::new(250, eur).unwrap(), 3).unwrap();
         assert_eq!(total.amount_minor, 750);
         assert_eq!(total.to_string(), "7.50 EUR");
+        assert_eq!(Money { amount_minor: -5, currency: eur }.to_string(), "-0.05 EUR");
         assert_eq!(Money::zero(eur).add_times(Money::new(i64::MAX, eur).unwrap(), 2), Err(MoneyError::Overflow));
         assert!(matches!(Money::zero(eur).add_times(Money::new(1, usd).unwrap(), 1), Err(MoneyError::Mismatch(..))));
         assert_eq!(Money::new(-1, eur), Err(MoneyError::Negative(-1)));

@@ -13,7 +13,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::body::Object;
 use crate::repo::{self, CustomerRow, PaymentRow};
 
 pub fn router() -> OpenApiRouter<PgPool> {
@@ -116,7 +115,7 @@ fn parse_name(name: &str) -> ApiResult<String> {
         (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn create_customer(
     State(pool): State<PgPool>,
-    Json(Object(req)): Json<Object<NewCustomer>>,
+    Json(req): Json<NewCustomer>,
 ) -> ApiResult<(StatusCode, [(header::HeaderName, String); 1], Json<CustomerView>)> {
     let name = parse_name(&req.name)?;
     let balance = req.balance_minor.unwrap_or(0);
@@ -152,7 +151,7 @@ async fn get_customer(State(pool): State<PgPool>, Path(id): Path<Uuid>) -> ApiRe
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
-async fn top_up(State(pool): State<PgPool>, Path(id): Path<Uuid>, Json(Object(req)): Json<Object<TopUp>>) -> ApiResult<Json<CustomerView>> {
+async fn top_up(State(pool): State<PgPool>, Path(id): Path<Uuid>, Json(req): Json<TopUp>) -> ApiResult<Json<CustomerView>> {
     let amount = req.amount_minor;
     if !(1..=limits::MAX_BALANCE_MINOR).contains(&amount) {
         return Err(ApiError::Unprocessable(format!("amount_minor must be between 1 and {}, not {amount}", limits::MAX_BALANCE_MINOR)));

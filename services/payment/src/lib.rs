@@ -3,7 +3,6 @@
 //! total at most once (`payment.captured`) or declines it (`payment.declined`); faults
 //! (latency, errors, declines) can be injected for demos and chaos tests.
 
-mod body;
 pub mod faults;
 pub mod handlers;
 pub mod http;

@@ -65,7 +65,7 @@ async fn bad_input_gets_a_problem_and_writes_nothing() {
         (json!({"name": "x"}), "missing field `currency`"),
         (json!({"id": "not-a-uuid", "name": "x", "currency": "EUR"}), "UUID"),
         (json!({"name": "x", "currency": "EUR", "vip": true}), "unknown field"),
-        (json!(["x", "EUR"]), "expected a JSON object"),
+        (json!(["x", "EUR"]), "must be an object"),
     ];
     for (body, needle) in cases {
         let detail = api.post("/customers", body.clone()).await.problem(422).to_owned();
@@ -85,7 +85,7 @@ async fn bad_input_gets_a_problem_and_writes_nothing() {
         (json!({"amount_minor": i64::MAX}), "between 1 and"),
         (json!({"amount_minor": "5"}), "invalid type"),
         (json!({}), "missing field `amount_minor`"),
-        (json!([5]), "expected a JSON object"),
+        (json!([5]), "must be an object"),
     ];
     for (body, needle) in top_ups {
         let detail = api.post(&top_up, body.clone()).await.problem(422).to_owned();

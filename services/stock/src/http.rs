@@ -12,7 +12,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::body::Object;
 use crate::repo::{self, ItemRow, ReservationRow, ReservedLine};
 
 pub fn router() -> OpenApiRouter<PgPool> {
@@ -101,7 +100,7 @@ async fn get_item(State(pool): State<PgPool>, Path(product_id): Path<Uuid>) -> A
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
-async fn restock(State(pool): State<PgPool>, Path(product_id): Path<Uuid>, Json(Object(req)): Json<Object<Restock>>) -> ApiResult<Json<ItemView>> {
+async fn restock(State(pool): State<PgPool>, Path(product_id): Path<Uuid>, Json(req): Json<Restock>) -> ApiResult<Json<ItemView>> {
     let quantity = req.quantity;
     if !(1..=limits::MAX_STOCK).contains(&quantity) {
         return Err(ApiError::Unprocessable(format!("quantity must be between 1 and {}, not {quantity}", limits::MAX_STOCK)));

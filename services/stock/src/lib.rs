@@ -2,7 +2,6 @@
 //! reservation per order (`order.placed` → `stock.reserved` or `stock.rejected`, all lines
 //! or none), released again on `payment.declined`; every change of a level is a movement.
 
-mod body;
 pub mod handlers;
 pub mod http;
 mod repo;

@@ -81,7 +81,7 @@ async fn bad_input_gets_a_problem_and_writes_nothing() {
         (json!({"quantity": null}), "invalid type"),
         (json!({}), "missing field `quantity`"),
         (json!({"quantity": 1, "colour": "red"}), "unknown field"),
-        (json!([1]), "invalid type"),
+        (json!([1]), "must be an object"),
     ];
     for (body, needle) in cases {
         let detail = api.post(&restock, body.clone()).await.problem(422).to_owned();

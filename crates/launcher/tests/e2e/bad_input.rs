@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use conveyor_stack::default_bin_dir;
+use conveyor_launcher::default_bin_dir;
 use serde_json::Value;
 
 use crate::start;
@@ -106,7 +106,7 @@ async fn apis_and_workers_refuse_an_unmigrated_database_and_every_binary_has_hel
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("not migrated") && err.contains("-migrator"), "{name}: {err}");
     }
-    for name in conveyor_stack::process_names().into_iter().chain(["catalog", "order", "stock", "payment", "notification"].iter().map(|s| format!("{s}-migrator"))) {
+    for name in conveyor_launcher::process_names().into_iter().chain(["catalog", "order", "stock", "payment", "notification"].iter().map(|s| format!("{s}-migrator"))) {
         let out = tokio::process::Command::new(bin.join(&name)).arg("--help").output().await.unwrap();
         assert!(out.status.success(), "{name} --help failed");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{name} --help");

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use conveyor_stack::{Terminal, wait_for};
+use conveyor_launcher::{Terminal, wait_for};
 use futures::StreamExt;
 
 use crate::{SAGA, start};
@@ -43,7 +43,7 @@ async fn workers_killed_mid_saga_and_restarted_complete_every_saga_exactly_once(
     f.stop().await;
 }
 
-async fn count_confirmed(shop: &conveyor_stack::Shop, orders: &[uuid::Uuid]) -> usize {
+async fn count_confirmed(shop: &conveyor_launcher::Shop, orders: &[uuid::Uuid]) -> usize {
     let mut n = 0;
     for o in orders {
         if shop.order(*o).await.unwrap()["status"] == "confirmed" {

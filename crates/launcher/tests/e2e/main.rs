@@ -9,7 +9,7 @@ mod saga;
 
 use std::time::Duration;
 
-use conveyor_stack::{Shop, Stack, StackOptions, default_bin_dir};
+use conveyor_launcher::{Shop, Stack, StackOptions, default_bin_dir};
 use uuid::Uuid;
 
 static ONE_STACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

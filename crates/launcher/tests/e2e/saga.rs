@@ -1,6 +1,6 @@
 //! The saga's three endings, idempotent ordering, and duplicate deliveries.
 
-use conveyor_stack::{Terminal, wait_for};
+use conveyor_launcher::{Terminal, wait_for};
 use serde_json::json;
 
 use crate::{SAGA, start};

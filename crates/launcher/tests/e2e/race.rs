@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use conveyor_stack::{Terminal, wait_for};
+use conveyor_launcher::{Terminal, wait_for};
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 
