@@ -71,13 +71,15 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
     println!();
     println!("Conveyor is up: ready {:.1} s after the build. Logs: {}", started.elapsed().as_secs_f64(), log_dir.display());
     println!();
-    for (svc, url) in &stack.api {
-        println!("  {:<13} {url}   docs {url}/docs   metrics {url}/metrics", format!("{svc}-api"));
+    for svc in conveyor_contracts::service::ALL {
+        let url = &stack.api[svc];
+        println!("  {:<20} {url}   docs {url}/docs   metrics {url}/metrics", format!("{svc}-api"));
     }
-    for (svc, url) in &stack.worker {
-        println!("  {:<13} {url}/health/ready   metrics {url}/metrics", format!("{svc}-worker"));
+    for svc in conveyor_contracts::service::ALL {
+        let url = &stack.worker[svc];
+        println!("  {:<20} {url}   health {url}/health/ready   metrics {url}/metrics", format!("{svc}-worker"));
     }
-    println!("  {:<13} {}/notifications  (the notifications \"sent\" to customers)", "webhook-sink", stack.sink);
+    println!("  {:<20} {}/notifications   (what customers were sent)", "webhook-sink", stack.sink);
     println!();
     for (name, id, price, stock) in &demo.products {
         println!("  product  {id}  {name} ({}.{:02} EUR, {stock} in stock)", price / 100, price % 100);

@@ -276,7 +276,16 @@ fn common_env(opts: &StackOptions, database_url: &str) -> Vec<(String, String)> 
     ]
 }
 
+/// A port free right now, below Linux's ephemeral range (32768 and up), so no outgoing
+/// connection of any process can take it between now and the server binding it.
 fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..100 {
+        let port = rng.random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found between 20000 and 32000")
 }

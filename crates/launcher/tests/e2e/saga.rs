@@ -105,9 +105,26 @@ async fn duplicate_and_replayed_deliveries_never_double_reserve_charge_or_notify
     assert_eq!(f.shop.wait_terminal(order, SAGA).await.unwrap(), Terminal::Confirmed);
     wait_for("the notification", SAGA, || async { Ok(f.shop.notifications(order).await?.len() == 1) }).await.unwrap();
 
-    // Every message of this saga, delivered once more under a new id (what a publisher
-    // that re-sent would do), and once more under its own id (what a repeated relay does).
     let key = order.to_string();
+    // A message replayed through the admin API after being declared dead.
+    let payment_db = f.db("payment").await;
+    let original: uuid::Uuid = sqlx::query_scalar("UPDATE conveyor.inbox SET state = 'dead' WHERE topic = 'stock.reserved' AND key = $1 AND state = 'done' RETURNING message_id")
+        .bind(&key)
+        .fetch_one(&payment_db)
+        .await
+        .unwrap();
+    let (status, body) = f.shop.post("payment", &format!("/admin/dead-letters/{original}/replay"), &[], &json!(null)).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    wait_for("the replayed message to be handled", SAGA, || async {
+        let state: String = sqlx::query_scalar("SELECT state FROM conveyor.inbox WHERE message_id = $1").bind(original).fetch_one(&payment_db).await?;
+        Ok(state == "done")
+    })
+    .await
+    .unwrap();
+
+    // Then every message of this saga, delivered once more under a new id (what a publisher
+    // that re-sent would do), and once more under its own id (what a repeated relay does).
     let mut copies = Vec::new();
     for (svc, topic) in [("stock", "order.placed"), ("payment", "stock.reserved"), ("order", "payment.captured"), ("notification", "order.confirmed")] {
         let db = f.db(svc).await;
@@ -137,19 +154,9 @@ async fn duplicate_and_replayed_deliveries_never_double_reserve_charge_or_notify
         sqlx::query("SELECT pg_notify('conveyor_inbox', '')").execute(&db).await.unwrap();
         copies.push((svc, db, copy));
     }
-    // And one replayed through the admin API after being declared dead.
-    let payment_db = f.db("payment").await;
-    let original: uuid::Uuid = sqlx::query_scalar("UPDATE conveyor.inbox SET state = 'dead' WHERE topic = 'stock.reserved' AND key = $1 AND state = 'done' RETURNING message_id")
-        .bind(&key)
-        .fetch_one(&payment_db)
-        .await
-        .unwrap();
-    let (status, body) = f.shop.post("payment", &format!("/admin/dead-letters/{original}/replay"), &[], &json!(null)).await.unwrap();
-    assert_eq!(status, 200, "{body}");
-
-    for (svc, db, id) in copies.iter().map(|(s, d, i)| (*s, d, *i)).chain([("payment", &payment_db, original)]) {
+    for (svc, db, id) in &copies {
         wait_for(&format!("{svc} to handle message {id}"), SAGA, || async {
-            let state: String = sqlx::query_scalar("SELECT state FROM conveyor.inbox WHERE message_id = $1").bind(id).fetch_one(db).await?;
+            let state: String = sqlx::query_scalar("SELECT state FROM conveyor.inbox WHERE message_id = $1").bind(*id).fetch_one(db).await?;
             Ok(state == "done")
         })
         .await
