@@ -137,6 +137,8 @@ impl Notifier {
 
     fn claim(&self, order_id: Uuid, event_type: EventType) -> Option<InFlight<'_>> {
         let key = (order_id, event_type);
-        self.in_flight.lock().expect("in-flight lock").insert(key).then_some(InFlight { set: &self.in_flight, key })
+        let inserted = self.in_flight.lock().expect("in-flight lock").insert(key);
+        // Built only when this call took the key: dropping one would release it.
+        inserted.then(|| InFlight { set: &self.in_flight, key })
     }
 }
