@@ -31,6 +31,11 @@ impl Worker {
         Worker { service, pool, args, consumer: None, relay: None, extra: Vec::new() }
     }
 
+    /// The pool on this worker's database, for handlers that query it themselves (lease mode).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// The consumer options the flags describe, for the service's [`Consumer`].
     pub fn consumer_options(&self) -> ConsumerOptions {
         ConsumerOptions {

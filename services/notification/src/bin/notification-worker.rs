@@ -22,12 +22,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // The handler's own queries need a pool, and `Worker` does not lend out its own:
-    // a second one on the same database, sized by the same flag.
-    let db = args.worker.db.clone();
     let notifier = args.notifier;
     conveyor_platform::run_worker(SERVICE, "notification-worker", args.worker, &MIGRATOR, |worker| async move {
-        let pool = conveyor_platform::db::connect(&db).await?;
+        let pool = worker.pool().clone();
         let consumer = Arc::new(Notifier::new(pool, &notifier)?).subscribe(worker.consumer(), &notifier);
         Ok(worker.with_consumer(consumer))
     })
