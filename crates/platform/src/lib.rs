@@ -12,6 +12,7 @@
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

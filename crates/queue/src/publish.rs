@@ -54,6 +54,9 @@ pub async fn publish_all(conn: &mut PgConnection, msgs: &[Outgoing]) -> Result<(
         .bind(headers)
         .execute(conn)
         .await?;
+    for m in msgs {
+        metrics::counter!("conveyor_queue_published_total", "topic" => m.topic.clone()).increment(1);
+    }
     Ok(())
 }
 

@@ -176,6 +176,7 @@ impl Relay {
             return Ok(None);
         }
         rows.sort_unstable_by_key(|r| r.message_id); // publish order
+        metrics::histogram!("conveyor_queue_claim_batch_size", "queue" => "outbox").record(rows.len() as f64);
         Ok(Some(ClaimedBatch { relay: self, tx, rows }))
     }
 
@@ -317,6 +318,11 @@ async fn deliver_to(conn: &mut PgConnection, sub: &str, rows: &[&OutboxRow]) -> 
     }
     for (topic, n) in per_topic {
         metrics::counter!("conveyor_queue_relayed_total", "topic" => topic.to_owned(), "subscriber" => sub.to_owned()).increment(n);
+    }
+    let now = Utc::now();
+    for r in rows {
+        let lag = (now - r.created_at).to_std().unwrap_or_default();
+        metrics::histogram!("conveyor_queue_relay_lag_seconds", "topic" => r.topic.clone()).record(lag.as_secs_f64());
     }
     Ok(())
 }

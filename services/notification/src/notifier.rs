@@ -131,6 +131,7 @@ impl Notifier {
         let record = NewNotification { id, order_id, event_type, customer_id: event.order.customer_id, subject: &subject, body: &body, data_source: vars.data_source, attempts: attempt, delivered_at: Utc::now() };
         let mut conn = self.pool.acquire().await?;
         repo::insert_notification(&mut conn, &record).await?;
+        metrics::counter!("conveyor_notifications_sent_total", "event_type" => event_type.as_str(), "data_source" => vars.data_source.as_str()).increment(1);
         tracing::info!(%order_id, %event_type, notification_id = %id, attempt, data_source = vars.data_source.as_str(), "notification delivered");
         Ok(())
     }

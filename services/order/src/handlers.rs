@@ -88,6 +88,15 @@ async fn settle(conn: &mut PgConnection, order_id: Uuid, outcome: Outcome) -> Re
     let lines: Vec<_> = repo::lines_of(conn, &[order_id]).await?.iter().map(|l| l.priced(&order.currency)).collect();
     let summary = domain::summary(order.id, order.customer_id, &lines, order.total(), order.created_at);
     let at = order.updated_at;
+    // Counted when the handler's transaction is about to commit; a rollback after this
+    // point (rare: the commit itself failing) would count an outcome twice on its retry.
+    let (status, reason_label) = match &outcome {
+        Outcome::Confirmed { .. } => ("confirmed", "none"),
+        Outcome::Cancelled(reason, _) => ("cancelled", reason.as_str()),
+    };
+    metrics::counter!("conveyor_orders_completed_total", "status" => status, "reason" => reason_label).increment(1);
+    let saga = (at - order.created_at).to_std().unwrap_or_default();
+    metrics::histogram!("conveyor_saga_duration_seconds", "status" => status).record(saga.as_secs_f64());
     match outcome {
         Outcome::Confirmed { payment_id, amount } => {
             if amount != summary.total {

@@ -74,6 +74,7 @@ async fn place_order(State(pool): State<PgPool>, IdempotencyKey(key): Idempotenc
     let body = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
     repo::save_response(&mut tx, &key, StatusCode::CREATED.as_u16(), &body).await?;
     tx.commit().await?;
+    metrics::counter!("conveyor_orders_placed_total").increment(1);
     tracing::info!(order_id = %id, customer_id = %order.customer_id, total = %priced.total, lines = priced.lines.len(), "order placed");
     Ok(created(id, StatusCode::CREATED, body))
 }

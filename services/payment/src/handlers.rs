@@ -50,6 +50,7 @@ async fn capture(conn: &mut PgConnection, order: OrderSummary, faults: Faults) -
     };
     let payment_id = repo::insert_payment(conn, order_id, customer.id, amount, Outcome::Captured).await?;
     conveyor_queue::publish_event(conn, &PaymentCaptured { order_id, payment_id, amount }).await?;
+    metrics::counter!("conveyor_payments_total", "status" => "captured").increment(1);
     tracing::info!(%order_id, %payment_id, customer_id = %customer.id, amount_minor = amount.amount_minor, balance, "payment captured");
     Ok(())
 }
@@ -78,6 +79,7 @@ async fn decline(conn: &mut PgConnection, order: &OrderSummary, reason: &str) ->
     let order_id = order.order_id;
     let payment_id = repo::insert_payment(conn, order_id, order.customer_id, order.total, Outcome::Declined(reason)).await?;
     conveyor_queue::publish_event(conn, &PaymentDeclined { order_id, reason: reason.to_owned() }).await?;
+    metrics::counter!("conveyor_payments_total", "status" => "declined").increment(1);
     tracing::info!(%order_id, %payment_id, customer_id = %order.customer_id, reason, "payment declined");
     Ok(())
 }

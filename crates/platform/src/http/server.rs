@@ -50,6 +50,7 @@ where
         .fallback(|| async { ApiError::NotFound("no such route; the API is described at /openapi.json and /docs".into()) })
         .method_not_allowed_fallback(|| async { ApiError::Status(StatusCode::METHOD_NOT_ALLOWED, "this route does not accept that method; see /openapi.json".into()) })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(CatchPanicLayer::custom(|_| problem(StatusCode::INTERNAL_SERVER_ERROR, "an internal error occurred; it has been logged".into())))
         .layer(TraceLayer::new_for_http())
 }
@@ -84,8 +85,8 @@ async fn ready(State(pool): State<PgPool>) -> Response {
     }
 }
 
-async fn metrics() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::render_metrics())
+async fn metrics(State(pool): State<PgPool>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::scrape(&pool).await)
 }
 
 /// `?limit=&after=`: keyset paging over ids, newest first or by id, as each list says.

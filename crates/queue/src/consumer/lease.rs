@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use sqlx::PgConnection;
 
-use super::{Consumer, Failure, HandlerError, count_done};
+use super::{Consumer, Failure, HandlerError, record_claim, record_done};
 use crate::Error;
 use crate::message::InboxRow;
 
@@ -64,6 +64,7 @@ impl Consumer {
             .bind(self.opts.batch_size)
             .fetch_all(&mut *conn)
             .await?;
+        record_claim(rows.len());
         if rows.is_empty() {
             return Ok(0);
         }
@@ -126,11 +127,7 @@ impl Consumer {
             let ids: Vec<Uuid> = done.iter().map(|(r, _)| r.message_id).collect();
             let attempts: Vec<i32> = done.iter().map(|(r, _)| r.attempts).collect();
             let ok: Vec<Uuid> = sqlx::query_scalar(DONE).bind(&ids).bind(&attempts).fetch_all(&mut *conn).await?;
-            for (row, _) in &done {
-                if ok.contains(&row.message_id) {
-                    count_done(&row.topic, 1);
-                }
-            }
+            record_done(done.iter().map(|(r, _)| *r).filter(|r| ok.contains(&r.message_id)));
             settled.extend(ok);
         }
         let failures: Vec<(&InboxRow, Failure)> = failed.into_iter().filter_map(|(r, o)| o.err().map(|f| (r, f))).collect();

@@ -272,6 +272,22 @@ impl Failure {
     }
 }
 
-pub(crate) fn count_done(topic: &str, n: u64) {
-    metrics::counter!("conveyor_queue_consumed_total", "topic" => topic.to_owned(), "outcome" => "done").increment(n);
+/// Counts handled messages, and how long each took from publish to done.
+pub(crate) fn record_done<'a>(rows: impl IntoIterator<Item = &'a crate::message::InboxRow>) {
+    let now = chrono::Utc::now();
+    let mut per_topic: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for r in rows {
+        *per_topic.entry(r.topic.as_str()).or_default() += 1;
+        let latency = (now - r.published_at).to_std().unwrap_or_default();
+        metrics::histogram!("conveyor_queue_message_latency_seconds", "topic" => r.topic.clone()).record(latency.as_secs_f64());
+    }
+    for (topic, n) in per_topic {
+        metrics::counter!("conveyor_queue_consumed_total", "topic" => topic.to_owned(), "outcome" => "done").increment(n);
+    }
+}
+
+pub(crate) fn record_claim(n: usize) {
+    if n > 0 {
+        metrics::histogram!("conveyor_queue_claim_batch_size", "queue" => "inbox").record(n as f64);
+    }
 }

@@ -1,12 +1,11 @@
 //! Transaction mode: claim, handle and complete in one transaction.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use super::{Consumer, Failure, count_done};
+use super::{Consumer, Failure, record_claim, record_done};
 use crate::Error;
 use crate::message::InboxRow;
 
@@ -56,6 +55,7 @@ impl Consumer {
         let mut rows: Vec<InboxRow> =
             sqlx::query_as(CLAIM_AS_DONE).bind(&self.tx_topics).bind(self.opts.batch_size).fetch_all(&mut *tx).await?;
         rows.sort_unstable_by_key(|r| r.message_id); // publish order
+        record_claim(rows.len());
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(0);
@@ -69,7 +69,7 @@ impl Consumer {
         }
         if all_ok {
             tx.commit().await?;
-            count_per_topic(&rows);
+            record_done(&rows);
             return Ok(rows.len());
         }
         tx.rollback().await?;
@@ -99,7 +99,7 @@ impl Consumer {
         sqlx::query(DONE).bind(&done_ids).execute(&mut *tx).await?;
         record_failures(&mut tx, &failures).await?;
         tx.commit().await?;
-        count_per_topic(done.iter().copied());
+        record_done(done.iter().copied());
         Ok(rows.len())
     }
 
@@ -126,14 +126,4 @@ async fn record_failures(conn: &mut PgConnection, failures: &[Failure]) -> Resul
         .execute(conn)
         .await?;
     Ok(())
-}
-
-fn count_per_topic<'a>(rows: impl IntoIterator<Item = &'a InboxRow>) {
-    let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
-    for r in rows {
-        *per_topic.entry(r.topic.as_str()).or_default() += 1;
-    }
-    for (topic, n) in per_topic {
-        count_done(topic, n);
-    }
 }
