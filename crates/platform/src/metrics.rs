@@ -27,6 +27,22 @@ static PROCESS: LazyLock<metrics_process::Collector> = LazyLock::new(|| {
 static SEEN_DEPTH: Mutex<BTreeSet<(String, String, String)>> = Mutex::new(BTreeSet::new());
 static SEEN_DEAD: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
+/// Declares the topics this process relays (`outbox`) or consumes (`inbox`), so that their
+/// depth and dead-letter gauges exist, at 0, before the first message waits.
+pub fn register_topics<'a>(queue: &str, topics: impl IntoIterator<Item = &'a str>) {
+    let mut seen = SEEN_DEPTH.lock().expect("depth label set");
+    let mut seen_dead = SEEN_DEAD.lock().expect("dead label set");
+    let states: &[&str] = if queue == "inbox" { &["pending", "running", "dead"] } else { &["pending"] };
+    for topic in topics {
+        for state in states {
+            seen.insert((queue.to_owned(), topic.to_owned(), (*state).to_owned()));
+        }
+        if queue == "inbox" {
+            seen_dead.insert(topic.to_owned());
+        }
+    }
+}
+
 /// Middleware: rate, errors and duration of every request by matched route (never the raw
 /// path, which carries ids) and status class, and the requests in flight.
 pub async fn track_http(req: Request, next: Next) -> Response {

@@ -52,6 +52,7 @@ impl Worker {
     }
 
     pub fn with_consumer(mut self, consumer: Consumer) -> Self {
+        crate::metrics::register_topics("inbox", consumer.topics());
         self.consumer = Some(consumer);
         self
     }
@@ -59,6 +60,7 @@ impl Worker {
     /// Relays this service's outbox to the subscribers `contracts::routes` names for it,
     /// at the URLs given by `--subscriber`.
     pub fn with_relay(mut self, routes: conveyor_queue::Routes, relay: &RelayArgs) -> anyhow::Result<Self> {
+        crate::metrics::register_topics("outbox", routes.topics());
         let relay = Relay::connect(self.pool.clone(), routes, relay.subscribers.iter().cloned())
             .with_context(|| format!("configuring the {} relay (give each subscriber with --subscriber name=postgres://…)", self.service))?;
         self.relay = Some(relay);

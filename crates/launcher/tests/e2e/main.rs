@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod faults;
+mod metrics;
 mod race;
 mod saga;
 
