@@ -6,6 +6,7 @@
 pub mod domain;
 pub mod handlers;
 pub mod http;
+pub mod keys;
 mod repo;
 pub mod views;
 

@@ -1,7 +1,10 @@
 //! order-worker: keeps the product copy, settles orders, and relays the order events.
 
+use std::time::Duration;
+
 use clap::Parser;
-use conveyor_order::{MIGRATOR, SERVICE, handlers};
+use conveyor_order::{MIGRATOR, SERVICE, handlers, keys};
+use conveyor_platform::config::parse_duration;
 use conveyor_platform::{RelayArgs, WorkerArgs};
 
 /// Conveyor order worker: consumes product.created/updated, stock.rejected,
@@ -13,15 +16,22 @@ struct Args {
     worker: WorkerArgs,
     #[command(flatten)]
     relay: RelayArgs,
+    /// How long an Idempotency-Key is remembered; older keys are deleted.
+    #[arg(long, env = "ORDER_IDEMPOTENCY_RETENTION", value_parser = parse_duration, default_value = "24h")]
+    idempotency_retention: Duration,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let relay = args.relay;
+    let (relay, retention) = (args.relay, args.idempotency_retention);
     conveyor_platform::run_worker(SERVICE, "order-worker", args.worker, &MIGRATOR, |worker| async move {
         let consumer = handlers::subscribe(worker.consumer());
-        worker.with_consumer(consumer).with_relay(conveyor_contracts::routes(SERVICE), &relay)
+        let pool = worker.pool().clone();
+        worker
+            .with_consumer(consumer)
+            .with_task("idempotency-key expiry", move |stop| Box::pin(keys::prune_loop(pool, retention, stop)))
+            .with_relay(conveyor_contracts::routes(SERVICE), &relay)
     })
     .await
 }

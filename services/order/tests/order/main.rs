@@ -4,6 +4,7 @@
 
 mod api;
 mod bad_input;
+mod keys;
 mod saga;
 
 use chrono::Utc;
