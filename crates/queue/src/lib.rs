@@ -19,6 +19,7 @@ mod prune;
 mod publish;
 mod relay;
 mod retry;
+pub mod trace;
 mod wake;
 
 pub use admin::{Depth, DeadLetter, QueueTable, depth, dead_letters, oldest_pending_age, replay, replay_all};

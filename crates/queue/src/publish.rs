@@ -1,7 +1,9 @@
 //! Publishing: insert into the outbox inside the caller's transaction.
 
 use sqlx::PgConnection;
+use tracing::Instrument;
 
+use crate::trace;
 use crate::wake::wake_cte;
 use crate::{Error, Event, MessageId, Outgoing};
 
@@ -30,11 +32,24 @@ pub async fn publish(conn: &mut PgConnection, msg: Outgoing) -> Result<MessageId
     Ok(id)
 }
 
-/// Publishes several messages with one statement.
+/// Publishes several messages with one statement, in a `publish {topic}` span (kind
+/// PRODUCER) whose W3C trace context goes into each message's headers, unless the caller
+/// set a `traceparent` of its own (see the crate's README, "Traces").
 pub async fn publish_all(conn: &mut PgConnection, msgs: &[Outgoing]) -> Result<(), Error> {
     if msgs.is_empty() {
         return Ok(());
     }
+    let single = (msgs.len() == 1).then(|| msgs[0].id);
+    let span = trace::publish_span(msgs.iter().map(|m| m.topic.as_str()), msgs.len(), single);
+    let result = insert(conn, msgs, &span).instrument(span.clone()).await;
+    if let Err(e) = &result {
+        trace::record_error(&span, "publish", e);
+    }
+    result
+}
+
+async fn insert(conn: &mut PgConnection, msgs: &[Outgoing], span: &tracing::Span) -> Result<(), Error> {
+    let context = trace::context_headers(span);
     let n = msgs.len();
     let (mut ids, mut topics, mut keys, mut payloads, mut headers) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
@@ -44,7 +59,15 @@ pub async fn publish_all(conn: &mut PgConnection, msgs: &[Outgoing]) -> Result<(
         topics.push(m.topic.as_str());
         keys.push(m.key.as_deref());
         payloads.push(m.payload.get());
-        headers.push(if m.headers.is_empty() { "{}".to_owned() } else { serde_json::to_string(&m.headers)? });
+        headers.push(if !context.is_empty() && !m.headers.contains_key(trace::TRACEPARENT) {
+            let mut with_context = context.clone();
+            with_context.extend(m.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+            serde_json::to_string(&with_context)?
+        } else if m.headers.is_empty() {
+            "{}".to_owned()
+        } else {
+            serde_json::to_string(&m.headers)?
+        });
     }
     sqlx::query(INSERT)
         .bind(ids)
@@ -53,6 +76,7 @@ pub async fn publish_all(conn: &mut PgConnection, msgs: &[Outgoing]) -> Result<(
         .bind(payloads)
         .bind(headers)
         .execute(conn)
+        .instrument(trace::db_span("INSERT conveyor.outbox", "INSERT", "conveyor.outbox"))
         .await?;
     for m in msgs {
         metrics::counter!("conveyor_queue_published_total", "topic" => m.topic.clone()).increment(1);

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
@@ -18,8 +18,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::trace::{self, Batch};
 use crate::wake::{self, Idle, Pacer, spawn_listener, wake_cte};
-use crate::Error;
+use crate::{Error, Headers};
 
 /// Which subscribers receive each topic. Declared in code (the contracts crate), so a
 /// routing change is reviewed like any other change.
@@ -169,6 +170,7 @@ impl Relay {
     }
 
     async fn claim_in<'a>(&'a self, mut tx: Transaction<'a, Postgres>) -> Result<Option<ClaimedBatch<'a>>, Error> {
+        let started = SystemTime::now();
         let mut rows: Vec<OutboxRow> =
             sqlx::query_as(CLAIM).bind(&*self.topics).bind(self.opts.batch_size).fetch_all(&mut *tx).await?;
         if rows.is_empty() {
@@ -177,7 +179,13 @@ impl Relay {
         }
         rows.sort_unstable_by_key(|r| r.message_id); // publish order
         metrics::histogram!("conveyor_queue_claim_batch_size", "queue" => "outbox").record(rows.len() as f64);
-        Ok(Some(ClaimedBatch { relay: self, tx, rows }))
+        let span = Batch::start("send", started, None, rows.iter().map(|r| r.topic.as_str()));
+        if span.is_recording() {
+            // Headers are passed through as text; only a traced batch parses them, for links.
+            rows.iter().for_each(|r| span.link(&serde_json::from_str::<Headers>(&r.headers).unwrap_or_default()));
+        }
+        span.statement(&trace::OUTBOX_CLAIM, started, Some(rows.len()), None);
+        Ok(Some(ClaimedBatch { relay: self, tx, rows, span }))
     }
 
     /// Relays one batch; returns how many outbox rows it moved (0: nothing to do).
@@ -244,6 +252,8 @@ pub struct ClaimedBatch<'r> {
     relay: &'r Relay,
     tx: Transaction<'r, Postgres>,
     rows: Vec<OutboxRow>,
+    /// The batch's `send` span (see `trace`).
+    span: Batch,
 }
 
 impl ClaimedBatch<'_> {
@@ -274,10 +284,13 @@ impl ClaimedBatch<'_> {
                 conns.insert((*sub).to_owned(), conn);
             }
         }
-        let deliveries = conns
-            .iter_mut()
-            .filter_map(|(sub, conn)| groups.get(sub.as_str()).map(|rows| deliver_to(conn, sub, rows)));
+        let deliveries = conns.iter_mut().filter_map(|(sub, conn)| {
+            groups.get(sub.as_str()).map(|rows| self.span.run_on(&trace::INBOX_DELIVER, Some(sub), deliver_to(conn, sub, rows)))
+        });
         let delivered = futures::future::try_join_all(deliveries).await.map(drop);
+        if let Err(e) = &delivered {
+            self.span.fail(e);
+        }
         if let Err(Error::Delivery { subscriber, .. }) = &delivered {
             conns.remove(subscriber);
         }
@@ -296,8 +309,9 @@ impl ClaimedBatch<'_> {
 
     /// Commits the deletion of the delivered rows from the outbox; returns their count.
     pub async fn ack(self) -> Result<usize, Error> {
-        self.tx.commit().await?;
-        Ok(self.rows.len())
+        let ClaimedBatch { tx, rows, span, .. } = self;
+        span.run(&trace::COMMIT, tx.commit()).await?;
+        Ok(rows.len())
     }
 }
 

@@ -4,13 +4,15 @@ use std::any::type_name;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::PgConnection;
+use tracing::Instrument;
 
 use crate::message::InboxRow;
-use crate::{Delivery, Event};
+use crate::{Delivery, Event, trace};
 
 /// A handler run in the transaction that marks its message done: everything it writes
 /// through `conn` commits together with the completion, or not at all. Exactly-once effect.
@@ -114,9 +116,28 @@ impl fmt::Debug for HandlerError {
     }
 }
 
-/// Decodes the payload for `E` and runs `run` on it; a payload that does not decode is a
-/// permanent failure (retrying cannot make it decode), and a panic is a retryable one.
-async fn decode_and_run<'a, E: Event, Fut>(row: &'a InboxRow, attempt: i32, run: impl FnOnce(Delivery<E>) -> Fut) -> Result<(), HandlerError>
+/// Decodes the payload for `E` and runs `run` on it, in a `process {topic}` span (kind
+/// CONSUMER) whose parent is the trace context the message carries; a payload that does not
+/// decode is a permanent failure (retrying cannot make it decode), and a panic is a
+/// retryable one. Failures mark the span `ERROR`.
+async fn decode_and_run<'a, E: Event, Fut>(row: &'a InboxRow, attempt: i32, group: &'a str, run: impl FnOnce(Delivery<E>) -> Fut) -> Result<(), HandlerError>
+where
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'a,
+{
+    let span = trace::process_span(row, attempt, group);
+    let result = decode_and_run_in_span(row, attempt, run).instrument(span.clone()).await;
+    if let Err(e) = &result {
+        match e.snoozed_for() {
+            Some(delay) => {
+                span.record("messaging.conveyor.snoozed_ms", delay.as_millis() as u64);
+            }
+            None => trace::record_error(&span, if e.is_permanent() { "permanent" } else { "retry" }, e),
+        }
+    }
+    result
+}
+
+async fn decode_and_run_in_span<'a, E: Event, Fut>(row: &'a InboxRow, attempt: i32, run: impl FnOnce(Delivery<E>) -> Fut) -> Result<(), HandlerError>
 where
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'a,
 {
@@ -137,11 +158,12 @@ where
 }
 
 pub(crate) trait TxDispatch: Send + Sync {
-    fn call<'a>(&'a self, conn: &'a mut PgConnection, row: &'a InboxRow, attempt: i32) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn call<'a>(&'a self, conn: &'a mut PgConnection, row: &'a InboxRow, attempt: i32, group: &'a str) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 pub(crate) trait LeaseDispatch: Send + Sync {
-    fn call<'a>(&'a self, row: &'a InboxRow, attempt: i32) -> BoxFuture<'a, Result<(), HandlerError>>;
+    /// Runs the handler, abandoning it (a retryable failure) when it outlives `lease`.
+    fn call<'a>(&'a self, row: &'a InboxRow, attempt: i32, group: &'a str, lease: Duration) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 pub(crate) struct Typed<E, H> {
@@ -150,13 +172,21 @@ pub(crate) struct Typed<E, H> {
 }
 
 impl<E: Event, H: Handler<E>> TxDispatch for Typed<E, H> {
-    fn call<'a>(&'a self, conn: &'a mut PgConnection, row: &'a InboxRow, attempt: i32) -> BoxFuture<'a, Result<(), HandlerError>> {
-        decode_and_run(row, attempt, move |msg| self.handler.handle(conn, msg)).boxed()
+    fn call<'a>(&'a self, conn: &'a mut PgConnection, row: &'a InboxRow, attempt: i32, group: &'a str) -> BoxFuture<'a, Result<(), HandlerError>> {
+        decode_and_run(row, attempt, group, move |msg| self.handler.handle(conn, msg)).boxed()
     }
 }
 
 impl<E: Event, H: LeaseHandler<E>> LeaseDispatch for Typed<E, H> {
-    fn call<'a>(&'a self, row: &'a InboxRow, attempt: i32) -> BoxFuture<'a, Result<(), HandlerError>> {
-        decode_and_run(row, attempt, move |msg| self.handler.handle(msg)).boxed()
+    fn call<'a>(&'a self, row: &'a InboxRow, attempt: i32, group: &'a str, lease: Duration) -> BoxFuture<'a, Result<(), HandlerError>> {
+        // Never run past the lease: after it, another worker may hold the message.
+        let budget = lease.saturating_sub(Duration::from_millis(50));
+        decode_and_run(row, attempt, group, move |msg| async move {
+            match tokio::time::timeout(budget, self.handler.handle(msg)).await {
+                Ok(result) => result,
+                Err(_) => Err(HandlerError::retry(anyhow::anyhow!("handler did not finish within its lease of {lease:?}"))),
+            }
+        })
+        .boxed()
     }
 }

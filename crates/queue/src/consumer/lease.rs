@@ -2,7 +2,7 @@
 //! completion is fenced by the attempt number.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Instant, SystemTime};
 
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +13,7 @@ use sqlx::PgConnection;
 use super::{Consumer, Failure, HandlerError, record_claim, record_done};
 use crate::Error;
 use crate::message::InboxRow;
+use crate::trace::{self, Batch};
 
 pub const CLAIM: &str = "\
 WITH c AS (
@@ -58,6 +59,7 @@ impl Consumer {
         if self.lease_topics.is_empty() {
             return Ok(0);
         }
+        let started = SystemTime::now();
         let rows: Vec<InboxRow> = sqlx::query_as(CLAIM)
             .bind(&self.lease_topics)
             .bind(&self.lease_ms)
@@ -68,6 +70,9 @@ impl Consumer {
         if rows.is_empty() {
             return Ok(0);
         }
+        let batch = Batch::start("receive", started, Some(&self.name), rows.iter().map(|r| r.topic.as_str()));
+        rows.iter().for_each(|r| batch.link(&r.headers.0));
+        batch.statement(&trace::INBOX_CLAIM, started, Some(rows.len()), None);
         let finished = Mutex::new(Vec::with_capacity(rows.len()));
         let finished_ref = &finished;
         let run_all = join_all(rows.iter().map(|row| async move {
@@ -87,10 +92,10 @@ impl Consumer {
                 .map(|r| (r.message_id, r.attempts))
                 .unzip();
             tracing::warn!(?grace, released = ids.len(), "shutdown grace over: releasing leases in flight");
-            sqlx::query(RELEASE).bind(&ids).bind(&attempts).execute(&mut *conn).await?;
+            batch.run(&trace::INBOX_RELEASE, sqlx::query(RELEASE).bind(&ids).bind(&attempts).execute(&mut *conn)).await?;
         }
         let settled = finished.len();
-        self.settle(conn, finished).await?;
+        batch.run(&trace::INBOX_SETTLE, self.settle(conn, finished)).await?;
         Ok(settled)
     }
 
@@ -108,12 +113,8 @@ impl Consumer {
             ))));
         }
         let started = Instant::now();
-        // Never run past the lease: after it, another worker may hold the message.
-        let budget = sub.opts.lease.saturating_sub(Duration::from_millis(50));
-        let result = match tokio::time::timeout(budget, sub.handler.call(row, attempt)).await {
-            Ok(r) => r,
-            Err(_) => Err(HandlerError::retry(anyhow::anyhow!("handler did not finish within its lease of {:?}", sub.opts.lease))),
-        };
+        // The handler is abandoned when it outlives its lease (see `LeaseDispatch::call`).
+        let result = sub.handler.call(row, attempt, &self.name, sub.opts.lease).await;
         metrics::histogram!("conveyor_queue_handler_duration_seconds", "topic" => row.topic.clone())
             .record(started.elapsed().as_secs_f64());
         result.map_err(|e| fail(&e))

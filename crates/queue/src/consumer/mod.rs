@@ -80,6 +80,8 @@ pub(crate) struct LeaseSub {
 /// [`run`](Self::run) it (or drive it step by step with [`process_once`](Self::process_once)).
 pub struct Consumer {
     pool: PgPool,
+    /// `messaging.consumer.group.name` of its spans: the consuming service.
+    name: String,
     opts: ConsumerOptions,
     tx_subs: HashMap<String, TxSub>,
     lease_subs: HashMap<String, LeaseSub>,
@@ -92,6 +94,7 @@ impl Consumer {
     pub fn new(pool: PgPool) -> Self {
         Consumer {
             pool,
+            name: crate::trace::default_group(),
             opts: ConsumerOptions::default(),
             tx_subs: HashMap::new(),
             lease_subs: HashMap::new(),
@@ -104,6 +107,18 @@ impl Consumer {
     pub fn with_options(mut self, opts: ConsumerOptions) -> Self {
         self.opts = opts;
         self
+    }
+
+    /// Names the consumer (the consuming service, e.g. `stock`): its spans carry it as
+    /// `messaging.consumer.group.name`. By default, the executable's name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The consumer's name (see [`named`](Self::named)).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Handles `E` in transaction mode with the default retry policy (3 attempts).

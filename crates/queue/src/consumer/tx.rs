@@ -1,6 +1,6 @@
 //! Transaction mode: claim, handle and complete in one transaction.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::{Consumer, Failure, record_claim, record_done};
 use crate::Error;
 use crate::message::InboxRow;
+use crate::trace::{self, Batch};
 
 // The fast path claims and marks done in one statement: the row lock the UPDATE takes is
 // the claim, and if a handler fails the whole transaction rolls back to `pending`.
@@ -51,6 +52,7 @@ impl Consumer {
         if self.tx_topics.is_empty() {
             return Ok(0);
         }
+        let started = SystemTime::now();
         let mut tx = conn.begin().await?;
         let mut rows: Vec<InboxRow> =
             sqlx::query_as(CLAIM_AS_DONE).bind(&self.tx_topics).bind(self.opts.batch_size).fetch_all(&mut *tx).await?;
@@ -60,6 +62,9 @@ impl Consumer {
             tx.commit().await?;
             return Ok(0);
         }
+        let batch = Batch::start("receive", started, Some(&self.name), rows.iter().map(|r| r.topic.as_str()));
+        rows.iter().for_each(|r| batch.link(&r.headers.0));
+        batch.statement(&trace::INBOX_CLAIM, started, Some(rows.len()), None);
         let mut all_ok = true;
         for row in &rows {
             if self.run_tx_handler(&mut tx, row).await.is_err() {
@@ -68,18 +73,18 @@ impl Consumer {
             }
         }
         if all_ok {
-            tx.commit().await?;
+            batch.run(&trace::COMMIT, tx.commit()).await?;
             record_done(&rows);
             return Ok(rows.len());
         }
-        tx.rollback().await?;
-        self.tx_cycle_isolated(conn, rows.iter().map(|r| r.message_id).collect()).await
+        batch.run(&trace::ROLLBACK, tx.rollback()).await?;
+        self.tx_cycle_isolated(conn, rows.iter().map(|r| r.message_id).collect(), &batch).await
     }
 
     /// The slow path: every message under its own savepoint.
-    async fn tx_cycle_isolated(&self, conn: &mut PgConnection, ids: Vec<Uuid>) -> Result<usize, Error> {
+    async fn tx_cycle_isolated(&self, conn: &mut PgConnection, ids: Vec<Uuid>, batch: &Batch) -> Result<usize, Error> {
         let mut tx = conn.begin().await?;
-        let rows: Vec<InboxRow> = sqlx::query_as(RECLAIM).bind(&ids).fetch_all(&mut *tx).await?;
+        let rows: Vec<InboxRow> = batch.run(&trace::INBOX_RECLAIM, sqlx::query_as(RECLAIM).bind(&ids).fetch_all(&mut *tx)).await?;
         let (mut done, mut failures) = (Vec::new(), Vec::new());
         for row in &rows {
             let mut savepoint = tx.begin().await?;
@@ -96,9 +101,13 @@ impl Consumer {
             }
         }
         let done_ids: Vec<Uuid> = done.iter().map(|r| r.message_id).collect();
-        sqlx::query(DONE).bind(&done_ids).execute(&mut *tx).await?;
-        record_failures(&mut tx, &failures).await?;
-        tx.commit().await?;
+        batch
+            .run(&trace::INBOX_SETTLE, async {
+                sqlx::query(DONE).bind(&done_ids).execute(&mut *tx).await?;
+                record_failures(&mut tx, &failures).await
+            })
+            .await?;
+        batch.run(&trace::COMMIT, tx.commit()).await?;
         record_done(done.iter().copied());
         Ok(rows.len())
     }
@@ -106,7 +115,7 @@ impl Consumer {
     async fn run_tx_handler(&self, conn: &mut PgConnection, row: &InboxRow) -> Result<(), super::HandlerError> {
         let sub = &self.tx_subs[&row.topic];
         let started = Instant::now();
-        let result = sub.handler.call(conn, row, row.attempts + 1).await;
+        let result = sub.handler.call(conn, row, row.attempts + 1, &self.name).await;
         metrics::histogram!("conveyor_queue_handler_duration_seconds", "topic" => row.topic.clone())
             .record(started.elapsed().as_secs_f64());
         result

@@ -9,3 +9,4 @@ mod failures;
 mod lease;
 mod publish_relay;
 mod shutdown;
+mod traces;
