@@ -1,8 +1,10 @@
 //! `cargo xtask up`: the whole shop on this machine — a private PostgreSQL (or
 //! DATABASE_URL's server), one database per service, every migrator, every API and worker
-//! as its own process, a webhook receiver standing in for the customer's inbox, demo data —
-//! until Ctrl-C, which stops everything.
+//! as its own process, a webhook receiver standing in for the customer's inbox, demo data,
+//! and a Prometheus scraping all of it when `prometheus` is installed — until Ctrl-C, which
+//! stops everything.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -19,7 +21,7 @@ pub struct UpArgs {
     #[arg(long)]
     no_wait: bool,
     /// APIs listen on BASE+1..BASE+5, the webhook receiver on BASE+10, workers on
-    /// BASE+101..BASE+105.
+    /// BASE+101..BASE+105, Prometheus (when installed) on BASE+1010.
     #[arg(long, default_value_t = 8080)]
     base_port: u16,
     /// Build and run release binaries.
@@ -62,10 +64,11 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
         s = Stack::start(opts, |line| println!("  ✓ {line}")) => s?,
         sig = signals.wait() => return Ok(128 + sig),
     };
+    let prometheus = Prometheus::start(args.base_port, &log_dir).await;
     let shop = stack.shop();
     let demo = tokio::select! {
         d = demo::seed(&shop) => d.context("loading the demo data")?,
-        sig = signals.wait() => { stack.stop().await.ok(); return Ok(128 + sig) },
+        sig = signals.wait() => { stop_prometheus(prometheus).await; stack.stop().await.ok(); return Ok(128 + sig) },
     };
     println!("  ✓ demo data loaded: {} products, {} customers", demo.products.len(), demo.customers.len());
     println!();
@@ -80,6 +83,11 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
         println!("  {:<20} {url}   health {url}/health/ready   metrics {url}/metrics", format!("{svc}-worker"));
     }
     println!("  {:<20} {}/notifications   (what customers were sent)", "webhook-sink", stack.sink);
+    match &prometheus {
+        Ok(Some(p)) => println!("  {:<20} {url}   targets {url}/targets   alerts {url}/alerts", "prometheus", url = p.url),
+        Ok(None) => println!("  {:<20} not installed: `apt-get install prometheus` would add it (scrapes every process, alert rules)", "prometheus"),
+        Err(e) => println!("  {:<20} did not start: {e:#}", "prometheus"),
+    }
     println!();
     for (name, id, price, stock) in &demo.products {
         println!("  product  {id}  {name} ({}.{:02} EUR, {stock} in stock)", price / 100, price % 100);
@@ -101,6 +109,7 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
         0
     };
     println!("xtask: stopping every process");
+    stop_prometheus(prometheus).await;
     stack.stop().await?;
     println!("xtask: stopped");
     Ok(code)
@@ -124,4 +133,91 @@ async fn smoke(shop: &conveyor_launcher::Shop, product: uuid::Uuid) -> Result<()
 fn chrono_stamp() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     format!("run-{secs}")
+}
+
+/// Prometheus with prometheus/prometheus.yml, its targets moved to this run's ports, its
+/// data and log in the run's directory.
+struct Prometheus {
+    url: String,
+    child: tokio::process::Child,
+}
+
+impl Prometheus {
+    /// `Ok(None)` when `prometheus` is not installed; an error (shown, not fatal: the shop
+    /// runs without it) when it does not start.
+    async fn start(base_port: u16, log_dir: &Path) -> Result<Option<Prometheus>> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let Some(binary) = std::env::split_paths(&path).chain([PathBuf::from("/usr/bin")]).map(|d| d.join("prometheus")).find(|p| p.is_file()) else {
+            return Ok(None);
+        };
+        let port = base_port.checked_add(1010).context("--base-port too high for Prometheus's port (BASE+1010)")?;
+        let config = log_dir.join("prometheus.yml");
+        std::fs::write(&config, prometheus_config(base_port)?).with_context(|| format!("writing {}", config.display()))?;
+        let log = log_dir.join("prometheus.log");
+        let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut child = tokio::process::Command::new(&binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", log_dir.join("prometheus-data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            // Its own process group: Ctrl-C reaches xtask only, which stops it in turn.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("prometheus exited ({status}); its log: {}", log.display());
+            }
+            if answers_ready(port) {
+                println!("  ✓ prometheus ready (pid {})", child.id().unwrap_or(0));
+                return Ok(Some(Prometheus { url, child }));
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("not ready at {url}/-/ready within 30 s; its log: {}", log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Whether GET /-/ready on 127.0.0.1:`port` answers 200 (plain HTTP/1.0 over a socket).
+fn answers_ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut head = [0u8; 12];
+    conn.write_all(b"GET /-/ready HTTP/1.0\r\n\r\n").is_ok() && conn.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
+}
+
+/// prometheus/prometheus.yml (written for --base-port 8080) with this run's ports and the
+/// rule files by absolute path.
+fn prometheus_config(base_port: u16) -> Result<String> {
+    let root = workspace_root().join("prometheus");
+    let shipped = std::fs::read_to_string(root.join("prometheus.yml")).context("reading prometheus/prometheus.yml")?;
+    let mut text = shipped.replace("- rules/*.yml", &format!("- {}", root.join("rules/*.yml").display()));
+    for offset in (1..=5).chain(101..=105) {
+        let (from, to) = (format!("\"127.0.0.1:{}\"", 8080 + offset), format!("\"127.0.0.1:{}\"", u32::from(base_port) + offset));
+        anyhow::ensure!(shipped.contains(&from), "prometheus/prometheus.yml has no target {from}");
+        text = text.replace(&from, &to);
+    }
+    Ok(text)
+}
+
+async fn stop_prometheus(prometheus: Result<Option<Prometheus>>) {
+    if let Ok(Some(mut p)) = prometheus {
+        if let Some(pid) = p.child.id() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        if tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await.is_err() {
+            p.child.kill().await.ok();
+        }
+    }
 }

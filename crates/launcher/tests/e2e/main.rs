@@ -5,6 +5,7 @@
 mod bad_input;
 mod faults;
 mod metrics;
+mod prometheus;
 mod race;
 mod saga;
 
