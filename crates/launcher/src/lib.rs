@@ -42,6 +42,9 @@ pub struct StackOptions {
     pub log_format: String,
     /// Extra flags by process name, e.g. `payment-worker` → `--decline-rate 0.5`.
     pub extra_args: BTreeMap<String, Vec<String>>,
+    /// Extra environment variables for every process (migrators and the webhook receiver
+    /// too), e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`; set after the stack's own.
+    pub env: BTreeMap<String, String>,
 }
 
 impl StackOptions {
@@ -54,6 +57,7 @@ impl StackOptions {
             base_port: None,
             log_format: "json".into(),
             extra_args: BTreeMap::new(),
+            env: BTreeMap::new(),
         }
     }
 
@@ -156,7 +160,7 @@ impl Stack {
                     "--store".into(),
                     opts.log_dir.join("webhook-sink.jsonl").display().to_string(),
                 ],
-                env: vec![("LOG_FORMAT".into(), opts.log_format.clone())],
+                env: [("LOG_FORMAT".to_owned(), opts.log_format.clone())].into_iter().chain(opts.env.clone()).collect(),
                 log: opts.log_dir.join("webhook-sink.log"),
                 ready_url: Some(format!("{sink}/health")),
             },
@@ -268,12 +272,14 @@ impl Stack {
 }
 
 fn common_env(opts: &StackOptions, database_url: &str) -> Vec<(String, String)> {
-    vec![
+    let mut env = vec![
         ("DATABASE_URL".into(), database_url.to_owned()),
         ("LOG_FORMAT".into(), opts.log_format.clone()),
         ("RUST_LOG".into(), std::env::var("CONVEYOR_RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into())),
         ("RUST_BACKTRACE".into(), "0".into()),
-    ]
+    ];
+    env.extend(opts.env.clone());
+    env
 }
 
 /// A port free right now, below Linux's ephemeral range (32768 and up), so no outgoing

@@ -2,7 +2,8 @@
 //!
 //! - [`config`]: command-line flags with environment fallbacks (clap), grouped so that each
 //!   binary flattens the groups it needs;
-//! - [`telemetry`]: logs (JSON or text) and the Prometheus recorder;
+//! - [`telemetry`]: logs (JSON or text, with trace ids), OpenTelemetry traces (from the
+//!   `OTEL_*` variables) and the Prometheus recorder;
 //! - [`db`]: pools, the "is this database migrated?" check, and the migrator's body;
 //! - [`http`]: the API server (health, metrics, OpenAPI document and docs page, admin routes,
 //!   `application/problem+json` errors, body limits) and the extractors handlers use;
@@ -37,7 +38,9 @@ where
     let pool = db::connect(&args.db).await?;
     db::require_migrated(&pool, service, migrator).await?;
     let (router, state) = build(pool.clone())?;
-    http::serve_api(service, &args, pool, router, state, shutdown::on_signal()).await
+    let served = http::serve_api(service, &args, pool, router, state, shutdown::on_signal()).await;
+    telemetry::shutdown().await;
+    served
 }
 
 /// The whole body of an `<svc>-worker` binary: like [`run_api`], then the [`worker::Worker`]
@@ -51,13 +54,17 @@ where
     let pool = db::connect(&args.db).await?;
     db::require_migrated(&pool, service, migrator).await?;
     let worker = build(worker::Worker::new(service, pool, args)).await?;
-    worker.run(shutdown::on_signal()).await
+    let ran = worker.run(shutdown::on_signal()).await;
+    telemetry::shutdown().await;
+    ran
 }
 
 /// The whole body of an `<svc>-migrator` binary.
 pub async fn run_migrator(service: &'static str, process: &'static str, db: DbArgs, log: LogArgs, migrator: &Migrator) -> anyhow::Result<()> {
     telemetry::init(service, process, &log);
-    db::migrate(&db, service, migrator).await
+    let migrated = db::migrate(&db, service, migrator).await;
+    telemetry::shutdown().await;
+    migrated
 }
 
 #[cfg(feature = "testing")]

@@ -28,17 +28,30 @@ static SEEN_DEPTH: Mutex<BTreeSet<(String, String, String)>> = Mutex::new(BTreeS
 static SEEN_DEAD: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// Declares the topics this process relays (`outbox`) or consumes (`inbox`), so that their
-/// depth and dead-letter gauges exist, at 0, before the first message waits.
+/// series exist at 0 from the start: the depth and dead-letter gauges before the first
+/// message waits, and the counters before their first increment (else `rate()` misses the
+/// first burst after a restart).
 pub fn register_topics<'a>(queue: &str, topics: impl IntoIterator<Item = &'a str>) {
     let mut seen = SEEN_DEPTH.lock().expect("depth label set");
     let mut seen_dead = SEEN_DEAD.lock().expect("dead label set");
-    let states: &[&str] = if queue == "inbox" { &["pending", "running", "dead"] } else { &["pending"] };
+    let inbox = queue == "inbox";
+    let states: &[&str] = if inbox { &["pending", "running", "dead"] } else { &["pending"] };
+    let loops: &[&'static str] = if inbox { &["consumer", "lease consumer"] } else { &["relay"] };
+    for l in loops {
+        metrics::counter!("conveyor_queue_loop_errors_total", "loop" => *l).increment(0);
+    }
     for topic in topics {
         for state in states {
             seen.insert((queue.to_owned(), topic.to_owned(), (*state).to_owned()));
         }
-        if queue == "inbox" {
+        if inbox {
             seen_dead.insert(topic.to_owned());
+            for outcome in ["done", "retried", "dead", "snoozed"] {
+                metrics::counter!("conveyor_queue_consumed_total", "topic" => topic.to_owned(), "outcome" => outcome).increment(0);
+            }
+            metrics::counter!("conveyor_queue_stale_completions_total", "topic" => topic.to_owned()).increment(0);
+        } else {
+            metrics::counter!("conveyor_queue_published_total", "topic" => topic.to_owned()).increment(0);
         }
     }
 }

@@ -46,9 +46,10 @@ impl Worker {
         }
     }
 
-    /// A consumer on this worker's database, configured from the flags.
+    /// A consumer on this worker's database, configured from the flags, named after the
+    /// service (its spans' `messaging.consumer.group.name`).
     pub fn consumer(&self) -> Consumer {
-        Consumer::new(self.pool.clone()).with_options(self.consumer_options())
+        Consumer::new(self.pool.clone()).named(self.service).with_options(self.consumer_options())
     }
 
     pub fn with_consumer(mut self, consumer: Consumer) -> Self {

@@ -54,7 +54,7 @@ impl OrderLookup {
     async fn fetch(&self, order_id: Uuid) -> anyhow::Result<OrderView> {
         let permit = self.breaker.permit().map_err(|wait| anyhow!("the order API's circuit breaker is open (for {wait:?} more)"))?;
         let url = format!("{}/orders/{order_id}", self.base.as_str().trim_end_matches('/'));
-        let response = match self.client.get(&url).timeout(self.timeout).send().await {
+        let response = match conveyor_platform::http::client::send(self.client.get(&url).timeout(self.timeout)).await {
             Ok(r) => r,
             Err(e) => {
                 permit.failed();

@@ -76,6 +76,7 @@ pub async fn notified(conn: &mut PgConnection, order_id: Uuid, event_type: Event
 
 /// Records a delivery; a row already there (another worker delivered the same key, which
 /// the receiver deduplicated by its idempotency key) is kept as it is.
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "notifications"))]
 pub async fn insert_notification(conn: &mut PgConnection, n: &NewNotification<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO notifications (id, order_id, event_type, customer_id, subject, body, data_source, attempts, delivered_at)

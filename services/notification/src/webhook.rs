@@ -42,7 +42,9 @@ impl Webhook {
 
     /// POSTs `payload` with `Idempotency-Key: key`; `Ok` on a 2xx answer.
     pub async fn deliver(&self, permit: Permit<'_>, key: &str, payload: &Payload<'_>) -> anyhow::Result<()> {
-        let sent = self.client.post(self.url.clone()).header("Idempotency-Key", key).json(payload).timeout(self.timeout).send().await;
+        let request = self.client.post(self.url.clone()).header("Idempotency-Key", key).json(payload).timeout(self.timeout);
+        // In a client span whose trace context goes along in `traceparent`.
+        let sent = conveyor_platform::http::client::send(request).await;
         let failure = match sent {
             Ok(r) if r.status().is_success() => {
                 permit.succeeded();

@@ -96,6 +96,7 @@ pub async fn save_response(conn: &mut PgConnection, key: &str, status: u16, body
 }
 
 /// The order, its lines and its first history entry, in one statement.
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "orders"))]
 pub async fn insert_order(conn: &mut PgConnection, id: Uuid, customer_id: Uuid, priced: &Priced) -> sqlx::Result<()> {
     let ls = &priced.lines;
     sqlx::query(
@@ -207,6 +208,7 @@ pub async fn history_of(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Re
 /// Moves a `placed` order to `to` and records it in the history; `None` if the order is
 /// not `placed` (already settled, or unknown). The status guard is what makes a repeated
 /// event a no-op.
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE", db.collection.name = "orders"))]
 pub async fn settle(conn: &mut PgConnection, id: Uuid, to: OrderStatus, reason: Option<CancelReason>, detail: Option<&str>) -> sqlx::Result<Option<OrderRow>> {
     sqlx::query_as(concat!(
         "WITH o AS (

@@ -69,6 +69,7 @@ pub async fn get_customer(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Opt
 }
 
 /// The customer, locked until the transaction ends (for a read-check-write of its balance).
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT", db.collection.name = "customers"))]
 pub async fn lock_customer(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<CustomerRow>> {
     sqlx::query_as(concat!("SELECT ", customer_columns!(), " FROM customers WHERE id = $1 FOR UPDATE")).bind(id).fetch_optional(conn).await
 }
@@ -90,6 +91,7 @@ pub async fn top_up(conn: &mut PgConnection, id: Uuid, amount: i64) -> sqlx::Res
 /// Takes `amount` from the balance if it covers it, in one guarded statement (concurrent
 /// captures queue on the row and each sees the balance the previous one left). Returns the
 /// new balance, or `None` when the balance is short.
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE", db.collection.name = "customers"))]
 pub async fn debit(conn: &mut PgConnection, id: Uuid, order_id: Uuid, amount: i64) -> sqlx::Result<Option<i64>> {
     let balance: Option<i64> = sqlx::query_scalar(
         "UPDATE customers SET balance_minor = balance_minor - $2, updated_at = now()
@@ -123,6 +125,7 @@ pub async fn payment_exists(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Re
 /// Records the payment of an order. A plain INSERT: if a concurrent copy of the message got
 /// there first, the unique order id fails this transaction (debit included) and the retry
 /// finds the payment.
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "payments"))]
 pub async fn insert_payment(conn: &mut PgConnection, order_id: Uuid, customer_id: Uuid, amount: Money, outcome: Outcome<'_>) -> sqlx::Result<Uuid> {
     let (status, reason) = match outcome {
         Outcome::Captured => ("captured", None),

@@ -93,6 +93,7 @@ pub async fn list_items(conn: &mut PgConnection, after: Option<Uuid>, limit: i64
 
 /// Locks the items named, always in product id order: two transactions locking
 /// overlapping sets then queue behind each other instead of deadlocking.
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT", db.collection.name = "items"))]
 pub async fn lock_items(conn: &mut PgConnection, product_ids: &[Uuid]) -> sqlx::Result<Vec<ItemRow>> {
     sqlx::query_as("SELECT product_id, available, reserved, updated_at FROM items WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE")
         .bind(product_ids)
@@ -103,6 +104,7 @@ pub async fn lock_items(conn: &mut PgConnection, product_ids: &[Uuid]) -> sqlx::
 /// Moves an order's `lines` between available and reserved, recording the movements. The
 /// caller holds the items' locks and has checked the levels; the table's CHECKs stop
 /// anything that would still go negative.
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE", db.collection.name = "items"))]
 pub async fn shift(conn: &mut PgConnection, order_id: Uuid, shift: Shift, lines: &[ReservedLine]) -> sqlx::Result<()> {
     let (sign, kind) = match shift {
         Shift::Reserve => (1, Movement::Reserve),
@@ -153,6 +155,7 @@ pub async fn reservation_exists(conn: &mut PgConnection, order_id: Uuid) -> sqlx
 }
 
 /// Records the outcome for an order unless one exists; true when this call recorded it.
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "reservations"))]
 pub async fn insert_reservation(conn: &mut PgConnection, order_id: Uuid, lines: &[ReservedLine], reason: Option<&str>) -> sqlx::Result<bool> {
     let state = if reason.is_some() { "rejected" } else { "reserved" };
     let inserted: Option<Uuid> = sqlx::query_scalar(
@@ -170,6 +173,7 @@ pub async fn insert_reservation(conn: &mut PgConnection, order_id: Uuid, lines: 
 
 /// Marks a `reserved` reservation `released` and returns its lines; `None` when there is
 /// no reservation or it is not `reserved` (rejected, or released already).
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE", db.collection.name = "reservations"))]
 pub async fn release_reservation(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Option<Vec<ReservedLine>>> {
     let lines: Option<Json<Vec<ReservedLine>>> = sqlx::query_scalar(
         "UPDATE reservations SET state = 'released', updated_at = now() WHERE order_id = $1 AND state = 'reserved' RETURNING lines",

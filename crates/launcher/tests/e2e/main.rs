@@ -8,6 +8,7 @@ mod metrics;
 mod prometheus;
 mod race;
 mod saga;
+mod traces;
 
 use std::time::Duration;
 

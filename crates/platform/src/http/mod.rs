@@ -1,12 +1,15 @@
 //! The HTTP side of every binary: errors as `application/problem+json` ([`ApiError`]),
 //! extractors whose rejections are problems too ([`Json`], [`Path`], [`Query`]), the API
 //! server with health, metrics, OpenAPI and admin routes ([`serve_api`]), and the small
-//! server a worker runs for health and metrics ([`serve_ops`]).
+//! server a worker runs for health and metrics ([`serve_ops`]); outgoing requests in client
+//! spans that carry the trace on ([`client::send`]).
 
 mod admin;
+pub mod client;
 mod error;
 mod extract;
 mod server;
+mod trace;
 
 pub use admin::router as admin_router;
 pub use error::{ApiError, ApiResult, PROBLEM_JSON};

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_scalar::{Scalar, Servable};
@@ -52,7 +51,7 @@ where
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(CatchPanicLayer::custom(|_| problem(StatusCode::INTERNAL_SERVER_ERROR, "an internal error occurred; it has been logged".into())))
-        .layer(TraceLayer::new_for_http())
+        .layer(super::trace::layer())
 }
 
 /// Serves what a worker shows: `/health/live`, `/health/ready`, `/metrics`.
