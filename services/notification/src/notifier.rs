@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::EventType;
+use crate::render::DataSource;
 use crate::breaker::Breaker;
 use crate::config::NotifierArgs;
 use crate::lookup::OrderLookup;
@@ -84,6 +85,11 @@ impl Notifier {
 
     /// `consumer` with this notifier subscribed (lease mode) to both order events.
     pub fn subscribe(self: Arc<Self>, consumer: Consumer, args: &NotifierArgs) -> Consumer {
+        for event_type in [EventType::Confirmed, EventType::Cancelled] {
+            for source in [DataSource::Lookup, DataSource::Event] {
+                metrics::counter!("conveyor_notifications_sent_total", "event_type" => event_type.as_str(), "data_source" => source.as_str()).increment(0);
+            }
+        }
         let confirmed = self.clone();
         consumer
             .subscribe_leased(

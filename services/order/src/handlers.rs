@@ -22,6 +22,10 @@ const MAX_DETAIL_CHARS: usize = 1000;
 
 /// Subscribes this service's handlers to `consumer`.
 pub fn subscribe(consumer: Consumer) -> Consumer {
+    // Every outcome's series exists from the start, so rates see the first orders.
+    for (status, reason) in [("confirmed", "none"), ("cancelled", "out_of_stock"), ("cancelled", "payment_declined")] {
+        metrics::counter!("conveyor_orders_completed_total", "status" => status, "reason" => reason).increment(0);
+    }
     consumer
         .subscribe(handler_fn(|conn, msg: Delivery<ProductCreated>| Box::pin(sync_product(conn, msg.payload.product))))
         .subscribe(handler_fn(|conn, msg: Delivery<ProductUpdated>| Box::pin(sync_product(conn, msg.payload.product))))

@@ -20,6 +20,7 @@ use crate::repo;
 use crate::views::{self, OrderView, ProductView};
 
 pub fn router() -> OpenApiRouter<PgPool> {
+    metrics::counter!("conveyor_orders_placed_total").increment(0);
     OpenApiRouter::new()
         .routes(routes!(place_order))
         .routes(routes!(get_order))

@@ -19,6 +19,9 @@ pub const CAPTURE_RETRY: RetryPolicy = RetryPolicy { max_attempts: 10, base: Dur
 
 /// Adds the payment service's handler to `consumer`, with `faults` injected.
 pub fn subscribe(consumer: Consumer, faults: Faults) -> Consumer {
+    for status in ["captured", "declined"] {
+        metrics::counter!("conveyor_payments_total", "status" => status).increment(0);
+    }
     consumer.subscribe_with(handler_fn(move |conn, msg: Delivery<StockReserved>| capture(conn, msg.payload.order, faults).boxed()), CAPTURE_RETRY)
 }
 
