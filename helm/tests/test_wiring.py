@@ -1,0 +1,208 @@
+"""What the binaries are given: each setting of values.yaml reaches the right variable, the
+workers know their subscribers, KEDA measures the right queue, and the NetworkPolicies let
+the saga through."""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import unquote, urlsplit
+
+from chart import NAMESPACE, SERVICES, VALUE_SETS, WEBHOOK, by_kind, contract, env_of, merge, rendered_documents
+
+
+def deployment(docs, svc, component):
+    (d,) = [d for d in by_kind(docs, "Deployment")
+            if d["metadata"]["labels"].get("conveyor/service") == svc
+            and d["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+    return d
+
+
+def container_env(docs, svc, component):
+    return env_of(deployment(docs, svc, component)["spec"]["template"]["spec"]["containers"][0])
+
+
+def secret_value(docs, name, key):
+    (s,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"] == name]
+    return base64.b64decode(s["data"][key]).decode()
+
+
+def test_every_process_gets_its_settings():
+    docs = rendered_documents(VALUE_SETS["otel-export-on"] | {"logLevel": "debug", "logFormat": "text"})
+    for svc in SERVICES:
+        for component in ("api", "worker"):
+            env = container_env(docs, svc, component)
+            assert env["RUST_LOG"] == "debug" and env["LOG_FORMAT"] == "text"
+            assert env["OTEL_SERVICE_NAME"] == f"{svc}-{component}"
+            assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+            assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+            assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+            assert env["OTEL_EXPORTER_OTLP_TIMEOUT"] == "5000"
+            assert "deployment.environment=test" in env["OTEL_RESOURCE_ATTRIBUTES"]
+            assert env["DATABASE_URL"]["secretKeyRef"]["key"] == "DATABASE_URL"
+        assert container_env(docs, svc, "api")["MAX_BODY_BYTES"] == "65536"
+        worker = container_env(docs, svc, "worker")
+        assert (worker["WORKER_CONCURRENCY"], worker["WORKER_BATCH_SIZE"]) == ("4", "50")
+        assert (worker["WORKER_POLL_INTERVAL"], worker["WORKER_SHUTDOWN_GRACE"]) == ("1s", "10s")
+
+
+def test_no_otel_endpoint_no_export():
+    for svc in SERVICES:
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in container_env(rendered_documents({}), svc, "api")
+
+
+def test_workers_subscribers_come_from_the_subscribers_secrets():
+    docs = rendered_documents({})
+    for entry in contract()["services"]:
+        env = container_env(docs, entry["name"], "worker")
+        if not entry["subscribers"]:
+            assert "SUBSCRIBERS" not in env
+            continue
+        expected = ",".join(f"{s}=$(SUBSCRIBER_URL_{s.upper()})" for s in entry["subscribers"])
+        assert env["SUBSCRIBERS"] == expected
+        for sub in entry["subscribers"]:
+            ref = env[f"SUBSCRIBER_URL_{sub.upper()}"]["secretKeyRef"]
+            assert ref == {"name": f"shop-conveyor-{sub}-db", "key": "DATABASE_URL"}
+        # $(VAR) expands only variables defined before it.
+        names = [e["name"] for e in deployment(docs, entry["name"], "worker")["spec"]["template"]["spec"]["containers"][0]["env"]]
+        assert all(names.index(f"SUBSCRIBER_URL_{s.upper()}") < names.index("SUBSCRIBERS") for s in entry["subscribers"])
+
+
+def test_existing_secrets_are_used_everywhere():
+    docs = rendered_documents(VALUE_SETS["existing-secrets-on"])
+    assert not by_kind(docs, "Secret")
+    env = container_env(docs, "payment", "worker")
+    assert env["DATABASE_URL"]["secretKeyRef"] == {"name": "payment-db", "key": "url"}
+    assert env["SUBSCRIBER_URL_STOCK"]["secretKeyRef"] == {"name": "stock-db", "key": "url"}
+
+
+def test_database_urls_are_built_and_escaped():
+    docs = rendered_documents(VALUE_SETS["per-service-overrides"])
+    url = secret_value(docs, "shop-conveyor-order-db", "DATABASE_URL")
+    parts = urlsplit(url)
+    assert parts.scheme == "postgres" and parts.hostname == "db.internal" and parts.port == 5432
+    assert unquote(parts.password) == "p@ss word+/" and parts.path == "/orders" and parts.query == "connect_timeout=5"
+    # The migrator's hook Secret carries the same URL.
+    assert secret_value(docs, "shop-conveyor-order-db-migrate", "DATABASE_URL") == url
+    # An explicit URL wins.
+    assert secret_value(docs, "shop-conveyor-catalog-db", "DATABASE_URL") == "postgres://catalog:s3cr%40t@db.example:5433/catalog"
+
+
+def test_demo_postgres_urls_point_at_it():
+    docs = rendered_documents({"postgres": {"enabled": True, "auth": {"password": "demo pw"}}})
+    url = urlsplit(secret_value(docs, "shop-conveyor-stock-db", "DATABASE_URL"))
+    assert url.hostname == "shop-conveyor-postgres" and unquote(url.password) == "demo pw"
+    assert secret_value(docs, "shop-conveyor-postgres", "password") == "demo pw"
+
+
+def test_demo_postgres_generated_password_is_the_same_everywhere():
+    docs = rendered_documents({"postgres": {"enabled": True}})
+    password = secret_value(docs, "shop-conveyor-postgres", "password")
+    assert len(password) == 32
+    for svc in SERVICES:
+        assert unquote(urlsplit(secret_value(docs, f"shop-conveyor-{svc}-db", "DATABASE_URL")).password) == password
+
+
+def test_per_service_overrides_win_even_when_false_or_zero():
+    docs = rendered_documents(VALUE_SETS["per-service-overrides"])
+    order_api = deployment(docs, "order", "api")
+    assert order_api["spec"]["replicas"] == 0
+    hpas = {h["metadata"]["name"] for h in by_kind(docs, "HorizontalPodAutoscaler")}
+    assert "shop-conveyor-order-api" not in hpas and "shop-conveyor-stock-api" in hpas
+    assert "shop-conveyor-payment-worker" not in hpas
+    assert deployment(docs, "payment", "worker")["spec"]["replicas"] == 3
+    assert container_env(docs, "order", "worker")["WORKER_CONCURRENCY"] == "16"
+    scaled = {s["metadata"]["name"]: s for s in by_kind(docs, "ScaledObject")}
+    assert list(scaled) == ["shop-conveyor-order-worker"]
+    assert scaled["shop-conveyor-order-worker"]["spec"]["maxReplicaCount"] == 3
+    # The notification worker finds order-api on its overridden Service port.
+    assert container_env(docs, "notification", "worker")["ORDER_API_URL"] == f"http://shop-conveyor-order-api.{NAMESPACE}.svc:8082"
+    (job,) = [j for j in by_kind(docs, "Job") if j["metadata"]["labels"]["conveyor/service"] == "catalog"]
+    assert job["spec"]["backoffLimit"] == 0
+
+
+def test_fault_injection_and_notification_settings():
+    docs = rendered_documents(merge(VALUE_SETS["per-service-overrides"], VALUE_SETS["webhook-on"]))
+    pay = container_env(docs, "payment", "worker")
+    assert (pay["PAYMENT_DECLINE_RATE"], pay["PAYMENT_ERROR_RATE"], pay["PAYMENT_LATENCY"]) == ("0.25", "0.1", "200ms")
+    notif = container_env(docs, "notification", "worker")
+    assert notif["NOTIFICATION_WEBHOOK_URL"] == WEBHOOK
+    for var in ["LOOKUP_TIMEOUT", "WEBHOOK_TIMEOUT", "BREAKER_FAILURES", "BREAKER_COOLDOWN",
+                "MAX_ATTEMPTS", "RETRY_BASE", "RETRY_MAX", "LEASE"]:
+        assert f"NOTIFICATION_{var}" in notif
+    for svc in ["catalog", "order", "stock", "notification"]:
+        assert "PAYMENT_DECLINE_RATE" not in container_env(docs, svc, "worker")
+
+
+def test_keda_scales_each_worker_on_its_own_queue():
+    docs = rendered_documents(VALUE_SETS["keda-postgresql-on"])
+    assert not [h for h in by_kind(docs, "HorizontalPodAutoscaler") if "worker" in h["metadata"]["name"]]
+    auths = {a["metadata"]["name"]: a for a in by_kind(docs, "TriggerAuthentication")}
+    for so in by_kind(docs, "ScaledObject"):
+        svc = so["metadata"]["labels"]["conveyor/service"]
+        assert so["spec"]["scaleTargetRef"]["name"] == f"shop-conveyor-{svc}-worker"
+        assert "replicas" not in deployment(docs, svc, "worker")["spec"]
+        (trigger,) = so["spec"]["triggers"]
+        assert trigger["type"] == "postgresql"
+        assert "conveyor.inbox" in trigger["metadata"]["query"] and "'pending', 'running'" in trigger["metadata"]["query"]
+        auth = auths[trigger["authenticationRef"]["name"]]
+        assert auth["spec"]["secretTargetRef"] == [{"parameter": "connection", "name": f"shop-conveyor-{svc}-db", "key": "DATABASE_URL"}]
+    docs = rendered_documents(VALUE_SETS["keda-prometheus-on"])
+    assert not by_kind(docs, "TriggerAuthentication")
+    for so in by_kind(docs, "ScaledObject"):
+        svc = so["metadata"]["labels"]["conveyor/service"]
+        (trigger,) = so["spec"]["triggers"]
+        assert trigger["type"] == "prometheus"
+        assert f'service="{svc}"' in trigger["metadata"]["query"]
+        assert "conveyor_queue_depth" in trigger["metadata"]["query"]
+
+
+def test_api_hpa_and_pdb_per_service():
+    docs = rendered_documents({})
+    for svc in SERVICES:
+        name = f"shop-conveyor-{svc}-api"
+        (hpa,) = [h for h in by_kind(docs, "HorizontalPodAutoscaler") if h["metadata"]["name"] == name]
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        (pdb,) = [p for p in by_kind(docs, "PodDisruptionBudget") if p["metadata"]["name"] == name]
+        assert pdb["spec"]["selector"]["matchLabels"] == deployment(docs, svc, "api")["spec"]["selector"]["matchLabels"]
+        assert "replicas" not in deployment(docs, svc, "api")["spec"]
+
+
+def test_standard_labels_everywhere():
+    docs = rendered_documents(VALUE_SETS["all-on"])
+    for d in docs:
+        labels = d["metadata"].get("labels", {})
+        where = f"{d['kind']}/{d['metadata']['name']}"
+        assert labels.get("helm.sh/chart") == "conveyor-0.1.0", where
+        assert labels.get("app.kubernetes.io/name") == "conveyor", where
+        assert labels.get("app.kubernetes.io/instance") == "shop", where
+        assert labels.get("app.kubernetes.io/managed-by") == "Helm", where
+        assert labels.get("app.kubernetes.io/version"), where
+        assert len(d["metadata"]["name"]) <= 63, where
+
+
+def test_network_policies_allow_what_the_saga_needs():
+    docs = rendered_documents(merge(VALUE_SETS["network-policy-on"], VALUE_SETS["webhook-on"]))
+    pols = {p["metadata"]["name"].removeprefix("shop-conveyor-"): p["spec"] for p in by_kind(docs, "NetworkPolicy")}
+    deny = pols["default-deny"]
+    assert deny["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny and "egress" not in deny
+    assert deny["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "conveyor", "app.kubernetes.io/instance": "shop"}
+    egress_ports = [p["port"] for rule in pols["egress"]["egress"] for p in rule["ports"]]
+    assert 53 in egress_ports and 5432 in egress_ports
+    notif = pols["notification-worker"]["egress"]
+    assert notif[0]["to"][0]["podSelector"]["matchLabels"]["conveyor/service"] == "order"
+    assert notif[1]["ports"] == [{"protocol": "TCP", "port": 8080}]  # the webhook URL's port
+    api_from = pols["api"]["ingress"]
+    assert any(r.get("from", [{}])[0].get("podSelector", {}).get("matchLabels", {}).get("conveyor/service") == "notification" for r in api_from)
+    # With the demo server, egress goes to it and it admits the release's pods.
+    docs = rendered_documents(merge(VALUE_SETS["network-policy-on"], {"postgres": {"enabled": True}}))
+    pols = {p["metadata"]["name"].removeprefix("shop-conveyor-"): p["spec"] for p in by_kind(docs, "NetworkPolicy")}
+    assert pols["postgres"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 5432}]
+
+
+def test_otel_resource_names_the_pod_and_keeps_the_binaries_defaults():
+    docs = rendered_documents({})
+    env = container_env(docs, "stock", "worker")
+    attrs = env["OTEL_RESOURCE_ATTRIBUTES"].split(",")
+    assert "k8s.pod.name=$(POD_NAME)" in attrs and "k8s.deployment.name=shop-conveyor-stock-worker" in attrs
+    assert not [a for a in attrs if a.startswith("service.")]  # service.namespace stays "conveyor"
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" not in env  # set only with an endpoint
