@@ -72,16 +72,25 @@ fn init_logs_and_traces(process: &'static str, log: &LogArgs) {
     // says (it governs logs); events reach it per RUST_LOG, as span events.
     let otel = tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer).with_filter(traces::filter(&directives)));
     let text = (!json).then(|| tracing_subscriber::fmt::layer().with_target(true).with_filter(EnvFilter::new(&directives)));
-    let json = json.then(|| {
-        tracing_subscriber::fmt::layer()
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-            .event_format(logs::WithTraceIds(tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(true).with_target(true)))
-            .with_filter(EnvFilter::new(&directives))
-    });
+    let json = json.then(|| json_layer(std::io::stdout).with_filter(EnvFilter::new(&directives)));
     if tracing_subscriber::registry().with(otel).with(text).with(json).try_init().is_err() {
         // Tests may have installed a subscriber of their own.
         tracing::debug!("a tracing subscriber was installed already");
     }
+}
+
+/// The JSON log layer `LOG_FORMAT=json` installs, writing to `writer`: one object per
+/// event, its fields flattened, the current span and its ancestors, and `trace_id` and
+/// `span_id` when the event happens inside a traced span (see [`logs::WithTraceIds`]).
+pub fn json_layer<S, W>(writer: W) -> impl tracing_subscriber::Layer<S> + Send + Sync + 'static
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .event_format(logs::WithTraceIds(tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(true).with_target(true)))
 }
 
 /// Exports the spans still buffered and stops the exporter (no-op when tracing is off).

@@ -64,7 +64,7 @@ pub(crate) fn context_headers(span: &tracing::Span) -> Headers {
         return headers;
     }
     let cx = span.context();
-    if cx.span().span_context().is_valid() || cx.baggage().len() > 0 {
+    if cx.span().span_context().is_valid() || !cx.baggage().is_empty() {
         global::get_text_map_propagator(|p| p.inject_context(&cx, &mut Inject(&mut headers)));
     }
     headers

@@ -28,7 +28,9 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
-use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+use tracing::Metadata;
+use tracing::subscriber::Interest;
+use tracing_subscriber::filter::{EnvFilter, FilterExt};
 use tracing_subscriber::layer::Filter;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
@@ -48,6 +50,10 @@ fn var(name: &str) -> Option<String> {
 
 /// Reads the mode from the environment.
 pub fn mode() -> Mode {
+    mode_from(var)
+}
+
+fn mode_from(var: impl Fn(&str) -> Option<String>) -> Mode {
     if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Mode::Off;
     }
@@ -78,10 +84,7 @@ pub fn mode() -> Mode {
 /// (also as the global one, for the queue's batch spans). Returns the tracer for the
 /// `tracing` layer, or `None` when tracing is off. Must run inside a Tokio runtime (gRPC).
 pub(crate) fn init(process: &'static str) -> Option<SdkTracer> {
-    global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ]));
+    install_propagators();
     let mode = mode();
     if mode == Mode::Off {
         return None;
@@ -102,6 +105,14 @@ pub(crate) fn init(process: &'static str) -> Option<SdkTracer> {
     let tracer = provider.tracer("conveyor");
     let _ = PROVIDER.set(provider);
     Some(tracer)
+}
+
+/// Makes W3C trace context (`traceparent`, `tracestate`) and baggage the global propagators.
+pub fn install_propagators() {
+    global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
 }
 
 fn exporter(protocol: Protocol) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
@@ -150,9 +161,23 @@ pub(crate) fn filter<S>(directives: &str) -> impl Filter<S> + Send + Sync + 'sta
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    let own_spans = filter_fn(|m| m.is_span() && m.target().starts_with("conveyor"));
-    let events = EnvFilter::new(directives).and(filter_fn(|m| m.is_event() && !m.target().starts_with("opentelemetry")));
+    let own_spans = ByCallsite(|m: &Metadata<'_>| m.is_span() && m.target().starts_with("conveyor"));
+    let events = EnvFilter::new(directives).and(ByCallsite(|m: &Metadata<'_>| m.is_event() && !m.target().starts_with("opentelemetry")));
     own_spans.or(events)
+}
+
+/// A filter on what a callsite is, decided once per callsite (a `filter_fn` would be asked
+/// again at every event).
+struct ByCallsite<F>(F);
+
+impl<S, F: Fn(&Metadata<'_>) -> bool> Filter<S> for ByCallsite<F> {
+    fn enabled(&self, meta: &Metadata<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        (self.0)(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if (self.0)(meta) { Interest::always() } else { Interest::never() }
+    }
 }
 
 /// Reads W3C headers from an `http::HeaderMap`.
@@ -194,5 +219,47 @@ pub fn inject(span: &tracing::Span, headers: &mut axum::http::HeaderMap) {
     let cx = span.context();
     if cx.span().span_context().is_valid() {
         global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode_of(vars: &[(&str, &str)]) -> Mode {
+        mode_from(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn tracing_is_on_only_when_the_otel_variables_ask_for_it() {
+        assert_eq!(mode_of(&[]), Mode::Off);
+        assert_eq!(mode_of(&[("OTEL_SERVICE_NAME", "x"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]), Mode::Off);
+        assert_eq!(mode_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]), Mode::Otlp(Protocol::HttpBinary));
+        assert_eq!(mode_of(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/v1/traces")]), Mode::Otlp(Protocol::HttpBinary));
+        assert_eq!(
+            mode_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]),
+            Mode::Otlp(Protocol::Grpc)
+        );
+        assert_eq!(
+            mode_of(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")
+            ]),
+            Mode::Otlp(Protocol::HttpJson)
+        );
+        assert_eq!(mode_of(&[("OTEL_TRACES_EXPORTER", "otlp")]), Mode::Otlp(Protocol::HttpBinary));
+        assert_eq!(mode_of(&[("OTEL_TRACES_EXPORTER", "none")]), Mode::NoExport);
+        assert_eq!(mode_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_SDK_DISABLED", "true")]), Mode::Off);
+    }
+
+    #[test]
+    fn an_exporter_builds_for_every_protocol() {
+        exporter(Protocol::HttpBinary).unwrap();
+        exporter(Protocol::HttpJson).unwrap();
+        // tonic's channel needs the runtime the binaries run in.
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let grpc = runtime.block_on(async { exporter(Protocol::Grpc) });
+        grpc.unwrap();
     }
 }

@@ -24,6 +24,12 @@ fn exporter() -> &'static (SdkTracerProvider, InMemorySpanExporter) {
         let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
         global::set_tracer_provider(provider.clone());
         global::set_text_map_propagator(TraceContextPropagator::new());
+        // tracing caches each callsite's interest globally, and while a single dispatcher is
+        // registered it asks only the registering thread's: a span first reached on another
+        // test's thread (no subscriber) would stay disabled here. A second, permanent
+        // dispatcher makes it ask every live one.
+        static SECOND: OnceLock<tracing::Dispatch> = OnceLock::new();
+        SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         (provider, exporter)
     })
 }
@@ -162,7 +168,7 @@ async fn a_failing_handler_marks_its_span_as_an_error_and_a_callers_traceparent_
         handler_fn(|_conn, _msg: Delivery<Ping>| async { Err(HandlerError::permanent(anyhow::anyhow!("bad ping"))) }.boxed()),
         RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
     );
-    consumer.process_once().await.unwrap();
+    assert_eq!(consumer.process_once().await.unwrap(), 1);
     let trace_id = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
     let spans = spans_of(trace_id);
     let process = named(&spans, "process test.ping");
