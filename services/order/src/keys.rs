@@ -25,7 +25,7 @@ pub async fn prune_loop(pool: PgPool, retention: Duration, shutdown: Cancellatio
     loop {
         loop {
             match prune_once(&pool, retention, 1000).await {
-                Ok(n) if n == 1000 => continue,
+                Ok(1000) => continue,
                 Ok(n) => {
                     if n > 0 {
                         tracing::info!(deleted = n, "expired idempotency keys pruned");

@@ -103,7 +103,7 @@ async fn a_snoozed_message_comes_back_without_using_an_attempt_in_either_mode() 
     let retry = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
     // With one attempt allowed, a counted failure would make the message dead.
     let leased = Consumer::new(p.subscriber.clone())
-        .subscribe_leased(move |_msg: Delivery<Ping>| async move { Err::<(), _>(snooze()) }, LeaseOptions { retry: retry.clone(), ..LeaseOptions::default() });
+        .subscribe_leased(move |_msg: Delivery<Ping>| async move { Err::<(), _>(snooze()) }, LeaseOptions { retry, ..LeaseOptions::default() });
     let tx = Consumer::new(p.subscriber.clone())
         .subscribe_with(conveyor_queue::handler_fn(move |_c, _m: Delivery<Ping>| futures::FutureExt::boxed(async move { Err::<(), _>(snooze()) })), retry);
     for consumer in [leased, tx] {
