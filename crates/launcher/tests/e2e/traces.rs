@@ -155,12 +155,15 @@ async fn one_orders_trace_runs_from_the_order_api_through_every_worker_and_the_j
     let in_trace = || -> Vec<Received> { received.lock().unwrap().iter().filter(|s| s.trace_id == root.trace_id).cloned().collect() };
     let services = ["order-api", "stock-worker", "payment-worker", "order-worker", "notification-worker"];
     // Complete when every service is in it, the notification's consumer span has ended
-    // (it is the last to), and every span's parent has arrived.
+    // (it is the last to), order-api's span of notification's lookup has arrived (order-api
+    // exports on its own schedule, possibly after notification-worker), and every span's
+    // parent has arrived.
     let complete = |spans: &[Received]| {
         let ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
         let have: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
         services.iter().all(|s| have.contains(s))
             && spans.iter().any(|s| s.service == "notification-worker" && s.name == "process order.confirmed")
+            && spans.iter().any(|s| s.service == "order-api" && s.name == "GET /orders/{id}")
             && spans.iter().all(|s| s.parent_id.is_empty() || ids.contains(s.parent_id.as_str()))
     };
     let waited = wait_for("every service's spans in the order's trace", SAGA, || async { Ok(complete(&in_trace())) }).await;
