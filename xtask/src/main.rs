@@ -5,8 +5,10 @@
 //!   demo data), kept running until Ctrl-C.
 //! * `cargo xtask pg` — just a private PostgreSQL until Ctrl-C.
 //! * `cargo xtask bench queue` — the queue engine's benchmarks against a raw-SQL reference.
+//! * `cargo xtask load` — the goose load test against the local shop (started if none runs).
 
 mod bench;
+mod load;
 mod proc;
 mod up;
 
@@ -55,6 +57,12 @@ enum Cmd {
         #[arg(long)]
         durable: bool,
     },
+    /// Load-test the shop with goose (loadtest/): browse, view, order, list orders.
+    ///
+    /// Uses the shop running on --base-port (`cargo xtask up`), or starts one (private
+    /// PostgreSQL or DATABASE_URL's server, demo data) and stops it afterwards. Writes
+    /// target/loadtest/report.html and target/loadtest/summary.json.
+    Load(load::LoadArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -91,6 +99,7 @@ fn main() -> ExitCode {
             Cmd::Test { args } => cmd_test(args, &mut signals).await,
             Cmd::Up(args) => up::up(args, &mut signals).await,
             Cmd::Pg { durable } => cmd_pg(durable, &mut signals).await,
+            Cmd::Load(args) => load::load(args, &mut signals).await,
             Cmd::Bench {
                 what: BenchCmd::Queue(args),
             } => bench::queue(args, &mut signals).await,
