@@ -101,7 +101,14 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
     println!("       -d '{{\"customer_id\":\"{}\",\"lines\":[{{\"product_id\":\"{lamp}\",\"quantity\":2}}]}}'", demo::ALICE);
     println!();
     let code = if args.no_wait {
-        smoke(&shop, lamp).await.map(|()| 0)?
+        // A failed smoke order still stops everything below before it is reported.
+        match smoke(&shop, lamp).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("xtask: the demo order failed: {e:#}");
+                1
+            }
+        }
     } else {
         println!("Ctrl-C to stop everything");
         signals.wait().await;
