@@ -13,7 +13,7 @@ use conveyor_devpg::ClusterOptions;
 use conveyor_launcher::{Stack, StackOptions, demo};
 
 use crate::proc::{Outcome, Signals};
-use crate::{Postgres, cargo, workspace_root};
+use crate::{Postgres, workspace_root};
 
 #[derive(clap::Args)]
 pub struct LoadArgs {
@@ -44,15 +44,8 @@ pub struct LoadArgs {
 pub async fn load(args: LoadArgs, signals: &mut Signals) -> Result<i32> {
     let started = Instant::now();
     println!("xtask: building the binaries (cargo build --workspace --bins{})", if args.release { " --release" } else { "" });
-    let mut build = tokio::process::Command::new(cargo());
-    build.args(["build", "--quiet", "--workspace", "--bins"]).current_dir(workspace_root());
-    if args.release {
-        build.arg("--release");
-    }
-    match crate::proc::run(build, signals).await? {
-        Outcome::Exited(0) => {}
-        Outcome::Exited(code) => return Ok(code),
-        Outcome::Interrupted(sig) => return Ok(128 + sig),
+    if let Some(code) = crate::build_bins(true, args.release, signals).await? {
+        return Ok(code);
     }
     println!("  ✓ binaries built ({:.1} s)", started.elapsed().as_secs_f64());
 

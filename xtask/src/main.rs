@@ -116,6 +116,24 @@ fn main() -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
+/// `cargo build --workspace --bins` (quietly, or in release mode); `Some(exit code)` when
+/// it failed or a signal stopped it, `None` when the binaries are ready.
+pub async fn build_bins(quiet: bool, release: bool, signals: &mut Signals) -> Result<Option<i32>> {
+    let mut build = tokio::process::Command::new(cargo());
+    build.args(["build", "--workspace", "--bins"]).current_dir(workspace_root());
+    if quiet {
+        build.arg("--quiet");
+    }
+    if release {
+        build.arg("--release");
+    }
+    Ok(match proc::run(build, signals).await? {
+        Outcome::Exited(0) => None,
+        Outcome::Exited(code) => Some(code),
+        Outcome::Interrupted(sig) => Some(128 + sig),
+    })
+}
+
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -238,17 +256,9 @@ async fn cmd_test(args: Vec<String>, signals: &mut Signals) -> Result<i32> {
         return Ok(130);
     };
     // The end-to-end tests run the shipped binaries as processes: build them first.
-    let mut build = tokio::process::Command::new(cargo());
-    build.args(["build", "--workspace", "--bins"]).current_dir(workspace_root());
-    match proc::run(build, signals).await? {
-        Outcome::Exited(0) => {}
-        other => {
-            pg.stop().await;
-            return Ok(match other {
-                Outcome::Exited(code) => code,
-                Outcome::Interrupted(sig) => 128 + sig,
-            });
-        }
+    if let Some(code) = build_bins(false, false, signals).await? {
+        pg.stop().await;
+        return Ok(code);
     }
     let mut cmd = tokio::process::Command::new(cargo());
     cmd.arg("test");

@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 use conveyor_devpg::ClusterOptions;
 use conveyor_launcher::{Stack, StackOptions, Terminal, demo};
 
-use crate::proc::{Outcome, Signals};
-use crate::{Postgres, cargo, workspace_root};
+use crate::proc::Signals;
+use crate::{Postgres, workspace_root};
 
 #[derive(clap::Args)]
 pub struct UpArgs {
@@ -32,15 +32,8 @@ pub struct UpArgs {
 pub async fn up(args: UpArgs, signals: &mut Signals) -> Result<i32> {
     let started = Instant::now();
     println!("xtask: building the binaries (cargo build --workspace --bins{})", if args.release { " --release" } else { "" });
-    let mut build = tokio::process::Command::new(cargo());
-    build.args(["build", "--quiet", "--workspace", "--bins"]).current_dir(workspace_root());
-    if args.release {
-        build.arg("--release");
-    }
-    match crate::proc::run(build, signals).await? {
-        Outcome::Exited(0) => {}
-        Outcome::Exited(code) => return Ok(code),
-        Outcome::Interrupted(sig) => return Ok(128 + sig),
+    if let Some(code) = crate::build_bins(true, args.release, signals).await? {
+        return Ok(code);
     }
     let built = started.elapsed();
     let started = Instant::now();
