@@ -138,3 +138,15 @@ pub async fn outbox(pool: &PgPool) -> Vec<(String, serde_json::Value)> {
 pub async fn inbox_state(pool: &PgPool, id: uuid::Uuid) -> (String, i32) {
     sqlx::query_as("SELECT state, attempts FROM conveyor.inbox WHERE message_id = $1").bind(id).fetch_one(pool).await.expect("inbox row")
 }
+
+/// Runs `consumer` until a cycle finds nothing deliverable; returns how many messages were
+/// settled (handled, retried or declared dead), for tests that drain instead of sleeping.
+pub async fn drain(consumer: &conveyor_queue::Consumer) -> usize {
+    let mut total = 0;
+    loop {
+        match consumer.process_once().await.expect("consumer cycle") {
+            0 => return total,
+            n => total += n,
+        }
+    }
+}

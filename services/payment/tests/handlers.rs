@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use conveyor_payment::Faults;
 use conveyor_payment::faults::ISSUER_DECLINE;
-use conveyor_platform::testing::{deliver, deliver_with_id, inbox_state, outbox};
+use conveyor_platform::testing::{deliver, deliver_with_id, drain, inbox_state, outbox};
 use conveyor_queue::ConsumerOptions;
 use serde_json::json;
 use uuid::Uuid;

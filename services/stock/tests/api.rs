@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use conveyor_contracts::limits;
-use conveyor_platform::testing::{TestApi, deliver, migrated_db, outbox};
+use conveyor_platform::testing::{TestApi, deliver, drain, migrated_db, outbox};
 use conveyor_stock::{MIGRATOR, SERVICE, http};
 use serde_json::json;
 use sqlx::PgPool;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use conveyor_contracts::{PaymentDeclined, ProductCreated, ProductUpdated};
-use conveyor_platform::testing::{deliver, deliver_with_id, inbox_state, migrated_db, outbox};
+use conveyor_platform::testing::{deliver, deliver_with_id, drain, inbox_state, migrated_db, outbox};
 use conveyor_queue::{Consumer, ConsumerOptions};
 use conveyor_stock::MIGRATOR;
 use conveyor_stock::handlers::{ORDER_PLACED_RETRY, subscribe};

@@ -39,13 +39,7 @@ pub fn product(name: &str, price: Money, version: i64) -> Product {
 impl Shop {
     /// Handles everything in the inbox that is due.
     pub async fn drain(&self) -> usize {
-        let mut total = 0;
-        loop {
-            match self.consumer.process_once().await.expect("consumer cycle") {
-                0 => return total,
-                n => total += n,
-            }
-        }
+        conveyor_platform::testing::drain(&self.consumer).await
     }
 
     /// Products known to the order service, through product.created as in production.

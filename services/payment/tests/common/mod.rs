@@ -40,17 +40,6 @@ pub fn consumer(pool: &PgPool, faults: Faults) -> Consumer {
     handlers::subscribe(Consumer::new(pool.clone()), faults)
 }
 
-/// Handles everything deliverable now; returns how many messages were settled.
-pub async fn drain(consumer: &Consumer) -> usize {
-    let mut total = 0;
-    loop {
-        let n = consumer.process_once().await.expect("consumer cycle");
-        if n == 0 {
-            return total;
-        }
-        total += n;
-    }
-}
 
 pub async fn balance(pool: &PgPool, customer_id: Uuid) -> i64 {
     sqlx::query_scalar("SELECT balance_minor FROM customers WHERE id = $1").bind(customer_id).fetch_one(pool).await.unwrap()

@@ -28,17 +28,7 @@ pub fn consumer(pool: &PgPool) -> Consumer {
     conveyor_stock::handlers::subscribe(Consumer::new(pool.clone()))
 }
 
-/// Handles everything deliverable now; returns how many messages were settled.
-pub async fn drain(consumer: &Consumer) -> usize {
-    let mut total = 0;
-    loop {
-        let n = consumer.process_once().await.expect("consumer cycle");
-        if n == 0 {
-            return total;
-        }
-        total += n;
-    }
-}
+use conveyor_platform::testing::drain;
 
 /// A new item with `initial` units, created the way the worker creates it.
 pub async fn stocked(pool: &PgPool, initial: i64) -> Uuid {
