@@ -283,13 +283,18 @@ fn common_env(opts: &StackOptions, database_url: &str) -> Vec<(String, String)> 
 }
 
 /// A port free right now, below Linux's ephemeral range (32768 and up), so no outgoing
-/// connection of any process can take it between now and the server binding it.
+/// connection of any process can take it between now and the server binding it, and never
+/// one this process handed out before (a port picked for a server that has not bound it yet
+/// still tests free).
 fn free_port() -> Result<u16> {
     use rand::Rng;
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
     let mut rng = rand::rng();
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..100 {
         let port = rng.random_range(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return Ok(port);
         }
     }
