@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use conveyor_benches::{BenchEvent, EngineResults, Figure, Latency, fresh_db, percentile, results_dir};
+use conveyor_benchkit::{Percentiles, results_dir};
+use conveyor_benches::{BenchEvent, EngineResults, Figure, Latency, fresh_db};
 use conveyor_devpg::{ClusterOptions, PgCluster};
 use sqlx::Connection;
 use conveyor_queue::{
@@ -264,8 +265,8 @@ fn wakeup_latency(b: &Arc<Bench>, samples: usize) -> Latency {
         }
         stop.cancel();
         let _ = running.await;
-        ms.sort_by(f64::total_cmp);
-        Latency { p50: percentile(&ms, 50.0), p95: percentile(&ms, 95.0), p99: percentile(&ms, 99.0), samples: ms.len() }
+        let p = Percentiles::of(&ms).expect("wake-up samples");
+        Latency { p50: p.p50, p95: p.p95, p99: p.p99, samples: ms.len() }
     })
 }
 
@@ -322,7 +323,7 @@ fn main() {
         println!("  {:<15} batch {:>3}: {:>10.0}", f.name, f.batch, f.msgs_per_sec);
     }
     println!("idle wake-up, publish -> handler start: p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms ({} samples)", out.wakeup_ms.p50, out.wakeup_ms.p95, out.wakeup_ms.p99, out.wakeup_ms.samples);
-    let path = results_dir().join("queue-engine.json");
+    let path = results_dir().expect("bench-results directory").join("queue-engine.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap()).unwrap();
     println!("wrote {}", path.display());
 }

@@ -1,6 +1,5 @@
 //! Shared setup of the queue benchmarks: databases, payloads, result files.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -52,18 +51,6 @@ mod tests {
     }
 }
 
-/// Where benchmark results go: `<target>/bench-results/`.
-pub fn results_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        // target/<profile>/deps/<bench binary>
-        let exe = std::env::current_exe().expect("current exe");
-        exe.ancestors().nth(3).expect("target dir").to_path_buf()
-    });
-    let dir = target.join("bench-results");
-    std::fs::create_dir_all(&dir).expect("create bench-results");
-    dir
-}
-
 /// A fresh, migrated database `name` on the server of `admin_url`.
 pub async fn fresh_db(admin_url: &str, name: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let admin = PgPool::connect(admin_url).await?;
@@ -103,10 +90,4 @@ pub struct EngineResults {
     pub clients: usize,
     pub results: Vec<Figure>,
     pub wakeup_ms: Latency,
-}
-
-/// Percentile `p` (0–100) of sorted `xs`.
-pub fn percentile(xs: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * (xs.len() - 1) as f64).round() as usize;
-    xs[rank.min(xs.len() - 1)]
 }

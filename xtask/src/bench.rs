@@ -2,7 +2,7 @@
 //! criterion benchmarks (crate `conveyor-benches`), and a report comparing the two.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use conveyor_devpg::ClusterOptions;
@@ -25,10 +25,10 @@ pub struct QueueArgs {
 const WAKEUP_TARGET_MS: f64 = 5.0;
 
 /// A ~200-byte order event, the reference payload.
-const PAYLOAD: &str = r#"{"event":"order.placed","order_id":"0190f3c2-7d4e-7a61-9b2c-3f5e8d1a4b6c","customer_id":"c-000042","currency":"EUR","total_cents":12999,"lines":[{"sku":"SKU-000123","qty":2},{"sku":"SKU-004567","qty":1}],"channel":"web"}"#;
+pub(crate) const PAYLOAD: &str = r#"{"event":"order.placed","order_id":"0190f3c2-7d4e-7a61-9b2c-3f5e8d1a4b6c","customer_id":"c-000042","currency":"EUR","total_cents":12999,"lines":[{"sku":"SKU-000123","qty":2},{"sku":"SKU-004567","qty":1}],"channel":"web"}"#;
 
 #[derive(Debug, Clone, Serialize)]
-struct RefResult {
+pub(crate) struct RefResult {
     name: String,
     batch: u32,
     tps: f64,
@@ -159,9 +159,7 @@ async fn queue_inner(
     } else {
         "DATABASE_URL".to_string()
     };
-    let results_dir = target_dir()?.join("bench-results");
-    std::fs::create_dir_all(&results_dir)
-        .with_context(|| format!("could not create {}", results_dir.display()))?;
+    let results_dir = conveyor_benchkit::results_dir()?;
 
     // 0. Build the engine benchmarks first: a build error fails fast, and no compiler runs
     //    while the reference is measured.
@@ -278,27 +276,8 @@ async fn queue_inner(
     Ok(0)
 }
 
-/// The workspace's target directory, from `cargo metadata`.
-fn target_dir() -> Result<PathBuf> {
-    let out = std::process::Command::new(cargo())
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .current_dir(workspace_root())
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("could not run cargo metadata")?;
-    if !out.status.success() {
-        bail!("cargo metadata failed ({})", out.status);
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("cargo metadata printed no JSON")?;
-    let dir = v["target_directory"]
-        .as_str()
-        .context("cargo metadata has no target_directory")?;
-    Ok(PathBuf::from(dir))
-}
-
 /// Run SQL with psql; returns its output (unaligned, tuples only).
-async fn psql(
+pub(crate) async fn psql(
     bin_dir: &Path,
     url: &str,
     sql: &str,
@@ -341,7 +320,12 @@ macro_rules! step {
     };
 }
 
-fn sql_literal(s: &str) -> String {
+// After `step!`, so that the harnesses below can use it.
+pub mod peers;
+pub mod saga;
+pub mod soak;
+
+pub(crate) fn sql_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -521,7 +505,7 @@ async fn reference_scenarios(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn pgbench(
+pub(crate) async fn pgbench(
     bin_dir: &Path,
     url: &str,
     script: &Path,
@@ -580,7 +564,7 @@ async fn pgbench(
 }
 
 /// `(tps, average latency ms)` from pgbench's summary.
-fn parse_pgbench(out: &str) -> Option<(f64, Option<f64>)> {
+pub(crate) fn parse_pgbench(out: &str) -> Option<(f64, Option<f64>)> {
     let number_after = |line: &str, prefix: &str| -> Option<f64> {
         line.trim()
             .strip_prefix(prefix)?

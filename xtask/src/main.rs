@@ -78,6 +78,13 @@ enum BenchCmd {
     /// BENCH_CLIENTS (default 4), BENCH_SECONDS per reference scenario (default 10).
     /// Writes target/bench-results/queue-report.{json,md}.
     Queue(bench::QueueArgs),
+    /// The saga benchmark: the highest sustained placed → confirmed rate of the running shop,
+    /// saga latency at half that rate, and the saga's SQL replayed by pgbench as the ceiling.
+    Saga(bench::saga::Args),
+    /// Our queue hop next to pgmq and RabbitMQ, in one run on one machine.
+    Peers(bench::peers::Args),
+    /// A long run of the queue recording throughput, table sizes and dead tuples over time.
+    Soak(bench::soak::Args),
 }
 
 fn main() -> ExitCode {
@@ -100,9 +107,12 @@ fn main() -> ExitCode {
             Cmd::Up(args) => up::up(args, &mut signals).await,
             Cmd::Pg { durable } => cmd_pg(durable, &mut signals).await,
             Cmd::Load(args) => load::load(args, &mut signals).await,
-            Cmd::Bench {
-                what: BenchCmd::Queue(args),
-            } => bench::queue(args, &mut signals).await,
+            Cmd::Bench { what } => match what {
+                BenchCmd::Queue(args) => bench::queue(args, &mut signals).await,
+                BenchCmd::Saga(args) => bench::saga::run(args, &mut signals).await,
+                BenchCmd::Peers(args) => bench::peers::run(args, &mut signals).await,
+                BenchCmd::Soak(args) => bench::soak::run(args, &mut signals).await,
+            },
         };
         match result {
             Ok(code) => code,
