@@ -268,10 +268,13 @@ async fn queue_inner(
         .with_context(|| format!("could not write {}", json_path.display()))?;
     std::fs::write(&md_path, &md)
         .with_context(|| format!("could not write {}", md_path.display()))?;
+    let svg_path = results_dir.join("queue-report.svg");
+    conveyor_benchkit::write_svg(&svg_path, &charts(&report))?;
     println!(
-        "xtask: report written to {} and {}",
+        "xtask: report written to {}, {} and {}",
         json_path.display(),
-        md_path.display()
+        md_path.display(),
+        svg_path.display()
     );
     Ok(0)
 }
@@ -643,6 +646,34 @@ fn build_report(
     }
 }
 
+/// Messages per second against the batch size: the engine's operations next to the raw-SQL
+/// scenarios they compare with.
+fn charts(r: &Report) -> Vec<conveyor_benchkit::Chart> {
+    use conveyor_benchkit::{Chart, Series};
+    let reference = |name: &str| {
+        Series::new(
+            format!("{name} (pgbench)"),
+            r.reference.iter().filter(|x| x.name == name).map(|x| (x.batch as f64, x.msgs_per_sec)),
+        )
+    };
+    let engine = |name: &str| {
+        Series::new(
+            format!("{name} (engine)"),
+            r.engine.iter().flat_map(|e| &e.results).filter(|x| x.name == name).map(|x| (x.batch as f64, x.msgs_per_sec)),
+        )
+    };
+    vec![
+        Chart::new("Publish: engine vs raw INSERT", "messages per transaction", "msgs/s")
+            .line(engine("publish"))
+            .line(reference("raw_insert")),
+        Chart::new("Consume: engine vs raw SKIP LOCKED claim", "messages per claim", "msgs/s")
+            .line(engine("claim_complete"))
+            .line(reference("raw_claim_delete"))
+            .line(reference("engine_sql_claim")),
+        Chart::new("Relay: outbox to inbox", "messages per batch", "msgs/s").line(engine("relay")),
+    ]
+}
+
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map(|v| format!("{v:.digits$}"))
         .unwrap_or_else(|| "n/a".to_string())
@@ -810,6 +841,9 @@ mod tests {
             .unwrap();
         assert_eq!(c1.ratio, None);
         assert_eq!(r.wakeup_p50_meets_target, Some(true));
+        let charts = charts(&r);
+        assert_eq!(charts[0].series[0].points, [(1.0, 50.0), (100.0, 2000.0)]);
+        assert_eq!(charts[0].series[1].points, [(1.0, 100.0), (100.0, 1000.0)]);
         let md = render_markdown(&r);
         assert!(md.contains("0.50×") && md.contains("met"), "{md}");
     }
