@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use conveyor_benchkit::{Chart, Machine, Percentiles, Series, Timeline, write_svg};
 use goose::config::GooseConfiguration;
 use goose::goose::GooseResponse;
 use goose::metrics::{GooseMetrics, GooseRequestMetricTimingData};
@@ -122,8 +123,8 @@ struct Shared {
     buyers: Vec<Uuid>,
     /// Whose orders get listed: the buyers and Bob.
     listed: Vec<Uuid>,
-    /// Saga latencies in microseconds.
-    sagas: Mutex<Vec<u64>>,
+    /// Sagas ended per second, with their latencies in milliseconds.
+    sagas: Mutex<Timeline>,
     confirmed: AtomicU64,
     cancelled: AtomicU64,
     unfinished: AtomicU64,
@@ -163,6 +164,7 @@ pub async fn run(opts: Options) -> Result<Value> {
 
     let started = chrono::Utc::now();
     let clock = Instant::now();
+    *shared.sagas.lock().expect("not poisoned") = Timeline::new(clock, Duration::from_secs(1));
     let metrics = GooseAttack::initialize_with_config(config)?
         .register_scenario(scenario!("browse catalog").set_weight(40)?.register_transaction(transaction!(browse).set_name("browse")))
         .register_scenario(scenario!("view product").set_weight(30)?.register_transaction(transaction!(view_product).set_name("view product")))
@@ -179,8 +181,10 @@ pub async fn run(opts: Options) -> Result<Value> {
 
     let summary = summarize(&opts, &shared, &metrics, &reports, started, clock.elapsed());
     std::fs::write(&opts.summary_file, serde_json::to_string_pretty(&summary)? + "\n").with_context(|| format!("writing {}", opts.summary_file.display()))?;
+    let plot = opts.summary_file.with_extension("svg");
+    write_plot(&plot, &shared.sagas.lock().expect("not poisoned"))?;
     print_summary(&summary);
-    println!("conveyor-loadtest: summary {}, report {}", opts.summary_file.display(), reports.join(", "));
+    println!("conveyor-loadtest: summary {}, plot {}, report {}", opts.summary_file.display(), plot.display(), reports.join(", "));
     Ok(summary)
 }
 
@@ -238,7 +242,7 @@ async fn prepare(opts: &Options) -> Result<Shared> {
         products: orderable,
         buyers,
         listed,
-        sagas: Mutex::new(Vec::new()),
+        sagas: Mutex::new(Timeline::new(Instant::now(), Duration::from_secs(1))),
         confirmed: AtomicU64::new(0),
         cancelled: AtomicU64::new(0),
         unfinished: AtomicU64::new(0),
@@ -301,7 +305,7 @@ async fn place_order(user: &mut GooseUser) -> TransactionResult {
         match status {
             Some("confirmed") | Some("cancelled") => {
                 let took = placed.elapsed();
-                s.sagas.lock().expect("not poisoned").push(took.as_micros() as u64);
+                s.sagas.lock().expect("not poisoned").record(Instant::now(), took.as_secs_f64() * 1000.0);
                 if status == Some("confirmed") {
                     s.confirmed.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -339,13 +343,25 @@ fn timing(t: &GooseRequestMetricTimingData) -> Value {
     })
 }
 
-/// Exact percentile of sorted values (nearest rank).
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+/// Milliseconds to two decimals.
+fn round_ms(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// Sagas ended per second, and their latency, over the run.
+fn write_plot(path: &Path, sagas: &Timeline) -> Result<()> {
+    let points = sagas.points();
+    let latency = |q: fn(&Percentiles) -> f64| points.iter().filter_map(move |p| p.latency.as_ref().map(|l| (p.t, q(l))));
+    write_svg(
+        path,
+        &[
+            Chart::new("Sagas ended per second (confirmed or cancelled)", "seconds", "sagas/s").line(Series::new("sagas", points.iter().map(|p| (p.t, p.per_sec)))),
+            Chart::new("Saga latency, placed → terminal, per second", "seconds", "ms")
+                .line(Series::new("p50", latency(|l| l.p50)))
+                .line(Series::new("p99", latency(|l| l.p99)))
+                .line(Series::new("max", latency(|l| l.max))),
+        ],
+    )
 }
 
 /// Rates are per second of the whole run (ramp-up included: goose does not reset its
@@ -382,15 +398,15 @@ fn summarize(opts: &Options, s: &Shared, m: &GooseMetrics, reports: &[String], s
             }),
         );
     }
-    let mut sagas = s.sagas.lock().expect("not poisoned").clone();
-    sagas.sort_unstable();
-    let saga_ms = json!({
-        "p50": ms(percentile(&sagas, 0.50)),
-        "p95": ms(percentile(&sagas, 0.95)),
-        "p99": ms(percentile(&sagas, 0.99)),
-        "max": ms(sagas.last().copied().unwrap_or(0)),
-        "mean": if sagas.is_empty() { 0.0 } else { ms(sagas.iter().sum::<u64>() / sagas.len() as u64) },
-    });
+    let sagas = s.sagas.lock().expect("not poisoned").clone();
+    let p = sagas.latency().unwrap_or(Percentiles { count: 0, mean: 0.0, p50: 0.0, p95: 0.0, p99: 0.0, max: 0.0 });
+    let saga_ms = json!({"p50": round_ms(p.p50), "p95": round_ms(p.p95), "p99": round_ms(p.p99), "max": round_ms(p.max), "mean": round_ms(p.mean)});
+    let timeline: Vec<Value> = sagas
+        .points()
+        .iter()
+        .map(|x| json!({"t_s": x.t, "ended": x.count, "p50_ms": x.latency.map(|l| round_ms(l.p50)), "p99_ms": x.latency.map(|l| round_ms(l.p99))}))
+        .collect();
+    let count = sagas.total() as usize;
     let scenarios: Vec<Value> = m.scenarios.iter().map(|sc| json!({"name": &*sc.name, "users": sc.users.len(), "iterations": sc.run_times.counter, "ms": timing(&sc.run_times)})).collect();
     let errors: Vec<Value> = m.errors.values().map(|e| json!({"method": e.method_label(), "name": e.name, "error": e.error, "occurrences": e.occurrences})).collect();
     json!({
@@ -410,14 +426,15 @@ fn summarize(opts: &Options, s: &Shared, m: &GooseMetrics, reports: &[String], s
         "machine": machine(),
         "totals": {"requests": total, "per_s": per_s(total), "failed": failed, "status_5xx": status_5xx},
         "sagas": {
-            "count": sagas.len(),
-            "per_s": per_s(sagas.len()),
+            "count": count,
+            "per_s": per_s(count),
             "confirmed": s.confirmed.load(Ordering::Relaxed),
             "cancelled": s.cancelled.load(Ordering::Relaxed),
             "cancel_reasons": *s.cancel_reasons.lock().expect("not poisoned"),
             "unfinished": s.unfinished.load(Ordering::Relaxed),
             "measured": "the order's 201 answer → the first poll (every 20 ms) that shows confirmed or cancelled",
             "ms": saga_ms,
+            "per_second": timeline,
         },
         "scenarios": scenarios,
         "requests": requests,
@@ -426,17 +443,15 @@ fn summarize(opts: &Options, s: &Shared, m: &GooseMetrics, reports: &[String], s
 }
 
 fn machine() -> Value {
-    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
-    let cpu_model = read("/proc/cpuinfo").and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_owned()));
-    let mem_total_kb = read("/proc/meminfo").and_then(|s| s.lines().find(|l| l.starts_with("MemTotal")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()));
+    let m = Machine::detect();
     json!({
-        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "cpu_model": cpu_model,
-        "mem_total_mb": mem_total_kb.map(|k| k / 1024),
-        "os": std::env::consts::OS,
-        "arch": std::env::consts::ARCH,
-        "kernel": read("/proc/sys/kernel/osrelease"),
-        "load_average": read("/proc/loadavg"),
+        "cpus": m.cpus,
+        "cpu_model": m.cpu_model,
+        "memory_gib": m.memory_gib,
+        "os": m.os,
+        "kernel": m.kernel,
+        "described": m.describe(),
+        "load_average": std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.trim().to_owned()),
         "debug_build": cfg!(debug_assertions),
     })
 }
@@ -446,7 +461,7 @@ pub fn print_summary(s: &Value) {
     println!();
     println!(
         "Load test: {} users for {} s on {} CPUs: {} requests ({} req/s), {} failed, {} with status 5xx",
-        s["run"]["users"], s["run"]["duration_s"], s["machine"]["nproc"], s["totals"]["requests"], s["totals"]["per_s"], s["totals"]["failed"], s["totals"]["status_5xx"]
+        s["run"]["users"], s["run"]["duration_s"], s["machine"]["cpus"], s["totals"]["requests"], s["totals"]["per_s"], s["totals"]["failed"], s["totals"]["status_5xx"]
     );
     let g = &s["sagas"];
     println!(
@@ -482,14 +497,5 @@ mod tests {
         assert_eq!(o.customers, 2);
         assert_eq!(o.goose_args, ["--users", "3", "--run-time", "5s"]);
         GooseConfiguration::parse_args_default(&o.goose_args).unwrap();
-    }
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&v, 0.5), 50);
-        assert_eq!(percentile(&v, 0.99), 99);
-        assert_eq!(percentile(&v, 1.0), 100);
-        assert_eq!(percentile(&[], 0.5), 0);
     }
 }

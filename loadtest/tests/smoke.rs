@@ -44,11 +44,15 @@ async fn smoke_run_against_a_fresh_stack() {
     assert!(status.unwrap().success(), "conveyor-loadtest failed");
 
     assert!(Path::new(&report).is_file(), "no report at {}", report.display());
+    let plot = std::fs::read_to_string(summary.with_extension("svg")).expect("the saga plot next to the summary");
+    assert!(plot.contains("Saga latency"), "the plot has no latency chart");
     let s = conveyor_loadtest::read_summary(&summary).unwrap();
     assert!(s["sagas"]["count"].as_u64().unwrap() >= 1, "no saga finished: {}", s["sagas"]);
     assert!(s["sagas"]["confirmed"].as_u64().unwrap() >= 1, "no order confirmed: {}", s["sagas"]);
     assert_eq!(s["totals"]["status_5xx"], 0, "requests answered 5xx: {}", s["requests"]);
     assert!(s["totals"]["requests"].as_u64().unwrap() > 0);
+    let ended: u64 = s["sagas"]["per_second"].as_array().unwrap().iter().map(|p| p["ended"].as_u64().unwrap()).sum();
+    assert_eq!(ended, s["sagas"]["count"].as_u64().unwrap(), "the timeline must count every saga");
     for name in ["catalog /products?limit=20", "order /orders", "order /orders/{id}"] {
         let key = s["requests"].as_object().unwrap().keys().find(|k| k.ends_with(name)).cloned();
         assert!(key.is_some(), "no {name} in {}", s["requests"]);

@@ -106,7 +106,7 @@ async fn run_and_check(args: &LoadArgs, urls: &[String; 4], signals: &mut Signal
     let out_dir = workspace_root().join("target").join("loadtest");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let (report, summary) = (out_dir.join("report.html"), out_dir.join("summary.json"));
-    for stale in [&report, &summary] {
+    for stale in [&report, &summary, &summary.with_extension("svg")] {
         let _ = std::fs::remove_file(stale);
     }
     let (users, rate, time) = if args.smoke { (8, "8".to_owned(), "5s".to_owned()) } else { (args.users, args.hatch_rate.clone(), args.run_time.clone()) };
@@ -142,6 +142,10 @@ fn check_smoke(report: &Path, summary: &Path) -> Result<()> {
     }
     let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(summary).with_context(|| format!("the smoke run wrote no {}", summary.display()))?)
         .with_context(|| format!("{} is not JSON", summary.display()))?;
+    let plot = summary.with_extension("svg");
+    if !std::fs::read_to_string(&plot).is_ok_and(|svg| svg.contains("<svg")) {
+        bail!("the smoke run wrote no plot at {}", plot.display());
+    }
     let confirmed = s["sagas"]["confirmed"].as_u64().unwrap_or(0);
     if confirmed == 0 {
         bail!("smoke: no order was confirmed during the run (sagas: {})", s["sagas"]);
@@ -151,11 +155,12 @@ fn check_smoke(report: &Path, summary: &Path) -> Result<()> {
         println!("xtask: warning: {fives} requests answered 5xx: see {}", summary.display());
     }
     println!(
-        "xtask: smoke check passed: {} requests, {} sagas ({confirmed} confirmed); {} and {}",
+        "xtask: smoke check passed: {} requests, {} sagas ({confirmed} confirmed); {}, {} and {}",
         s["totals"]["requests"],
         s["sagas"]["count"],
         display(report),
-        display(summary)
+        display(summary),
+        display(&plot)
     );
     Ok(())
 }

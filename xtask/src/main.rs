@@ -61,7 +61,7 @@ enum Cmd {
     ///
     /// Uses the shop running on --base-port (`cargo xtask up`), or starts one (private
     /// PostgreSQL or DATABASE_URL's server, demo data) and stops it afterwards. Writes
-    /// target/loadtest/report.html and target/loadtest/summary.json.
+    /// target/loadtest/report.html, target/loadtest/summary.json and summary.svg.
     Load(load::LoadArgs),
     /// Benchmarks.
     Bench {

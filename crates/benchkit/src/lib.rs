@@ -273,6 +273,20 @@ impl Chart {
     }
 }
 
+/// Distinct, readable line colours (matplotlib's "tab10").
+const TAB10: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
 /// Write `charts` stacked top to bottom into one SVG file. A series with a single point is
 /// drawn as a dot; NaN and infinite points are left out; an empty chart says so.
 pub fn write_svg(path: &Path, charts: &[Chart]) -> Result<()> {
@@ -314,7 +328,8 @@ pub fn write_svg(path: &Path, charts: &[Chart]) -> Result<()> {
                 .y_desc(chart.y_label.as_str())
                 .draw()?;
             for (i, (s, pts)) in chart.series.iter().zip(&finite).enumerate() {
-                let color = Palette99::pick(i).to_rgba();
+                let (r, g, b) = TAB10[i % TAB10.len()];
+                let color = RGBColor(r, g, b).to_rgba();
                 let style = ShapeStyle { color, filled: true, stroke_width: 2 };
                 if pts.len() == 1 {
                     c.draw_series(pts.iter().map(|&p| Circle::new(p, 4, style)))?
