@@ -206,6 +206,12 @@ impl Stack {
         Shop::new(self.http.clone(), self.api.clone(), self.sink.clone())
     }
 
+    /// The pid of a running process of the stack (`order-api`, `stock-worker`, …), e.g. to
+    /// sample its CPU time from `/proc`; `None` when it is not running.
+    pub fn pid(&self, process: &str) -> Option<u32> {
+        self.procs.get(process).and_then(Proc::pid)
+    }
+
     pub fn log_path(&self, process: &str) -> &Path {
         &self.specs[process].log
     }

@@ -1,0 +1,799 @@
+//! The ceiling: the saga's SQL replayed by pgbench, without any application.
+//!
+//! One scratch database holds every table the saga touches: the services' own tables from
+//! their real migrations (their names do not collide, so they share `public`), and one
+//! queue schema per service (`q_order`, `q_stock`, `q_payment`, `q_notification`: the
+//! engine's migration with `conveyor` renamed), standing for the service databases.
+//!
+//! The script replays, per saga, what the services run, statement for statement and in
+//! the same transactions:
+//!
+//! 1. **order-api** `POST /orders`: one transaction per order — idempotency key, product
+//!    copy, order with its line and first history entry, `order.placed` into the outbox,
+//!    the stored response.
+//! 2. **relays** (every publishing worker): claim outbox rows, copy them into each
+//!    subscriber's inbox (routing from `conveyor_contracts::routes`), delete them.
+//! 3. **stock-worker** `order.placed`: one transaction claims a batch and, per message,
+//!    checks for a reservation, locks the item, records the reservation, moves the units,
+//!    writes the movement and publishes `stock.reserved`.
+//! 4. **payment-worker** `stock.reserved`: claims a batch and, per message, checks for a
+//!    payment, reads the customer, debits the balance, writes the ledger entry and the
+//!    payment and publishes `payment.captured`.
+//! 5. **order-worker** `payment.captured`: claims a batch and, per message, confirms the
+//!    order (with its history entry), reads its lines and publishes `order.confirmed`.
+//! 6. **notification-worker** `order.confirmed` (lease mode): claims a batch (committed),
+//!    then per message checks whether it was notified, reads the template, does the order
+//!    API's reads of the lookup (order, lines, history) and records the notification (each
+//!    its own transaction); then settles the batch.
+//!
+//! Service statements are copied from the services' sources (a test checks that each one
+//! is still there, word for word); queue statements come from `conveyor_queue::sql` where
+//! the engine exports them. Parameters become the values the services would bind: from
+//! pgbench variables (`\gset` of an earlier statement, as the service uses what an earlier
+//! statement returned) or from the claimed batch (`(:oids::uuid[])[7]`: the 7th message's
+//! order id). What cannot be the same is listed in [`DIFFERENCES`].
+
+use std::fmt::Write as _;
+
+use conveyor_contracts::service;
+
+/// Where the replay differs from the shop, for the report.
+pub const DIFFERENCES: &[&str] = &[
+    "One database instead of five: the queue tables of each service live in their own schema; the services' tables share `public` (no two have the same name).",
+    "A relay hop is one transaction (claim-and-delete from the outbox and insert into the subscriber's inbox, in one statement); our relay commits the inbox insert on the subscriber's database and then the outbox delete: one commit more per relayed batch and subscriber.",
+    "What the services compute in Rust is computed by SQL here: ids (UUID v7, by `saga_uuid_v7()`), event payloads and the stored response (`json_build_object`), and the values a handler reads from its message (`payload->'order'->>…`, once per batch in the claim).",
+    "No HTTP at all: the client's request to order-api, the notification worker's lookup (its three reads of the order database are replayed) and its webhook post are not.",
+    "No LISTEN/NOTIFY traffic: nobody listens, so the writers' wake-up check never notifies (as in the shop under load, when no worker is idle).",
+    "Every order has one line of quantity 1, for a product and customer chosen uniformly, as the driver of the shop does.",
+];
+
+/// The schema standing for a service's queue tables.
+pub fn queue_schema(svc: &str) -> String {
+    format!("q_{svc}")
+}
+
+/// A statement as a service's source has it (`$1`, `$2`, … for its parameters).
+#[derive(Debug, Clone, Copy)]
+pub struct Sql {
+    /// What the script's comments call it.
+    pub name: &'static str,
+    /// The source file, relative to the workspace root.
+    pub source: &'static str,
+    pub text: &'static str,
+}
+
+macro_rules! sql {
+    ($name:ident, $source:literal, $text:expr) => {
+        pub const $name: Sql = Sql { name: stringify!($name), source: $source, text: $text };
+    };
+}
+
+#[cfg(test)]
+const ORDER_REPO: &str = "services/order/src/repo.rs";
+
+// services/order/src/repo.rs
+sql!(CLAIM_KEY, "services/order/src/repo.rs", "INSERT INTO idempotency_keys (key, request, order_id) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING RETURNING created_at");
+sql!(PRODUCTS, "services/order/src/repo.rs", "SELECT id, name, price_minor, currency, version, updated_at FROM products WHERE id = ANY($1)");
+sql!(
+    INSERT_ORDER,
+    "services/order/src/repo.rs",
+    "WITH o AS (
+             INSERT INTO orders (id, customer_id, status, total_minor, currency) VALUES ($1, $2, 'placed', $3, $4) RETURNING id),
+         l AS (
+             INSERT INTO order_lines (order_id, line_no, product_id, product_name, quantity, unit_price_minor)
+             SELECT o.id, l.n, l.product_id, l.name, l.quantity, l.price
+             FROM o, UNNEST($5::uuid[], $6::text[], $7::int[], $8::bigint[]) WITH ORDINALITY AS l(product_id, name, quantity, price, n))
+         INSERT INTO order_status_history (order_id, status) SELECT id, 'placed' FROM o"
+);
+sql!(SAVE_RESPONSE, "services/order/src/repo.rs", "UPDATE idempotency_keys SET response_status = $2, response_body = $3 WHERE key = $1");
+/// `order_columns!()` of the order repository.
+#[cfg(test)]
+const ORDER_COLUMNS: &str = "id, customer_id, status, reason, reason_detail, total_minor, currency, created_at, updated_at";
+sql!(
+    SETTLE,
+    "services/order/src/repo.rs",
+    "WITH o AS (
+             UPDATE orders SET status = $2, reason = $3, reason_detail = $4, updated_at = now()
+             WHERE id = $1 AND status = 'placed' RETURNING id, customer_id, status, reason, reason_detail, total_minor, currency, created_at, updated_at), h AS (
+             INSERT INTO order_status_history (order_id, status, reason) SELECT id, status, reason FROM o)
+         SELECT * FROM o"
+);
+sql!(
+    LINES_OF,
+    "services/order/src/repo.rs",
+    "SELECT order_id, product_id, product_name, quantity, unit_price_minor FROM order_lines WHERE order_id = ANY($1) ORDER BY order_id, line_no"
+);
+sql!(GET_ORDER, "services/order/src/repo.rs", "SELECT id, customer_id, status, reason, reason_detail, total_minor, currency, created_at, updated_at FROM orders WHERE id = $1");
+sql!(
+    HISTORY_OF,
+    "services/order/src/repo.rs",
+    "SELECT order_id, status, reason, at FROM order_status_history WHERE order_id = ANY($1) ORDER BY order_id, at, status <> 'placed'"
+);
+
+// services/stock/src/repo.rs
+sql!(RESERVATION_EXISTS, "services/stock/src/repo.rs", "SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)");
+sql!(
+    LOCK_ITEMS,
+    "services/stock/src/repo.rs",
+    "SELECT product_id, available, reserved, updated_at FROM items WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE"
+);
+sql!(
+    INSERT_RESERVATION,
+    "services/stock/src/repo.rs",
+    "INSERT INTO reservations (order_id, state, lines, reason) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (order_id) DO NOTHING RETURNING order_id"
+);
+sql!(
+    SHIFT,
+    "services/stock/src/repo.rs",
+    "UPDATE items AS i SET available = i.available - l.q, reserved = i.reserved + l.q, updated_at = now()
+         FROM UNNEST($1::uuid[], $2::bigint[]) AS l(product_id, q) WHERE i.product_id = l.product_id"
+);
+sql!(
+    MOVEMENT,
+    "services/stock/src/repo.rs",
+    "INSERT INTO movements (product_id, order_id, kind, quantity) SELECT l.p, $1, $2, l.q FROM UNNEST($3::uuid[], $4::bigint[]) AS l(p, q)"
+);
+
+// services/payment/src/repo.rs
+sql!(PAYMENT_EXISTS, "services/payment/src/repo.rs", "SELECT EXISTS (SELECT 1 FROM payments WHERE order_id = $1)");
+sql!(GET_CUSTOMER, "services/payment/src/repo.rs", "SELECT id, name, currency, balance_minor, created_at, updated_at FROM customers WHERE id = $1");
+sql!(
+    DEBIT,
+    "services/payment/src/repo.rs",
+    "UPDATE customers SET balance_minor = balance_minor - $2, updated_at = now()
+         WHERE id = $1 AND balance_minor >= $2 RETURNING balance_minor"
+);
+sql!(LEDGER, "services/payment/src/repo.rs", "INSERT INTO ledger (customer_id, kind, amount_minor, order_id) VALUES ($1, $2, $3, $4)");
+sql!(
+    INSERT_PAYMENT,
+    "services/payment/src/repo.rs",
+    "INSERT INTO payments (id, order_id, customer_id, amount_minor, currency, status, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+);
+
+// services/notification/src/repo.rs
+sql!(NOTIFIED, "services/notification/src/repo.rs", "SELECT EXISTS (SELECT 1 FROM notifications WHERE order_id = $1 AND event_type = $2)");
+sql!(TEMPLATE, "services/notification/src/repo.rs", "SELECT event_type, subject, body, updated_at FROM templates WHERE event_type = $1");
+sql!(
+    INSERT_NOTIFICATION,
+    "services/notification/src/repo.rs",
+    "INSERT INTO notifications (id, order_id, event_type, customer_id, subject, body, data_source, attempts, delivered_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT DO NOTHING"
+);
+
+// crates/queue/src/publish.rs: `INSERT` (crate-private in the engine), after its wake-up CTE.
+sql!(
+    PUBLISH,
+    "crates/queue/src/publish.rs",
+    "INSERT INTO conveyor.outbox (message_id, topic, key, payload, headers)
+SELECT m.message_id, m.topic, m.key, m.payload::json, m.headers::json
+FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) AS m(message_id, topic, key, payload, headers)
+CROSS JOIN wake"
+);
+
+/// The statements whose text the macro-built originals spread over several literals: the
+/// pieces to find in the source.
+#[cfg(test)]
+fn fragments(sql: &Sql) -> Vec<&'static str> {
+    if sql.text == SETTLE.text {
+        vec![
+            "WITH o AS ( UPDATE orders SET status = $2, reason = $3, reason_detail = $4, updated_at = now() WHERE id = $1 AND status = 'placed' RETURNING ",
+            "), h AS ( INSERT INTO order_status_history (order_id, status, reason) SELECT id, status, reason FROM o) SELECT * FROM o",
+            ORDER_COLUMNS,
+        ]
+    } else if sql.text == GET_ORDER.text {
+        vec![" FROM orders WHERE id = $1", ORDER_COLUMNS]
+    } else if sql.text == GET_CUSTOMER.text {
+        vec![" FROM customers WHERE id = $1", "id, name, currency, balance_minor, created_at, updated_at"]
+    } else {
+        vec![sql.text]
+    }
+}
+
+/// Every statement above, for the test that finds each in its source.
+#[cfg(test)]
+const ALL: &[Sql] = &[
+    CLAIM_KEY,
+    PRODUCTS,
+    INSERT_ORDER,
+    SAVE_RESPONSE,
+    SETTLE,
+    LINES_OF,
+    GET_ORDER,
+    HISTORY_OF,
+    RESERVATION_EXISTS,
+    LOCK_ITEMS,
+    INSERT_RESERVATION,
+    SHIFT,
+    MOVEMENT,
+    PAYMENT_EXISTS,
+    GET_CUSTOMER,
+    DEBIT,
+    LEDGER,
+    INSERT_PAYMENT,
+    NOTIFIED,
+    TEMPLATE,
+    INSERT_NOTIFICATION,
+    PUBLISH,
+];
+
+/// `sql` with `$1`, `$2`, … replaced by `args[0]`, `args[1]`, …: the expressions pgbench
+/// sends in their place. Panics on a parameter without an argument (a bug in this file).
+pub fn bind(sql: &str, args: &[&str]) -> String {
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut chars = sql.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(|(_, d)| d.is_ascii_digit()) {
+            let mut end = i + 1;
+            while let Some((j, d)) = chars.peek().copied() {
+                if !d.is_ascii_digit() {
+                    break;
+                }
+                end = j + 1;
+                chars.next();
+            }
+            let n: usize = sql[i + 1..end].parse().expect("digits");
+            let arg = args.get(n.wrapping_sub(1)).unwrap_or_else(|| panic!("${n} has no argument in {sql}"));
+            out.push_str(arg);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Writes a bound statement ending with `end` (`;` or a `\gset`), naming its source the
+/// first time (`first`) it appears in a batch.
+fn put(s: &mut String, first: bool, sql: &Sql, bound: &str, end: &str) {
+    if first {
+        let _ = writeln!(s, "-- {} ({})", sql.name.to_lowercase(), sql.source);
+    }
+    let _ = writeln!(s, "{bound}{end}");
+}
+
+/// The engine's statement `sql` on the queue tables of `svc`.
+fn on_queue(sql: &str, svc: &str) -> String {
+    sql.replace("conveyor.", &format!("{}.", queue_schema(svc)))
+}
+
+/// The wake-up CTE of the engine's writers (`wake_cte!`), here never notifying anybody.
+fn wake_cte(channel: &str, key: i64) -> String {
+    format!("wake AS (SELECT CASE WHEN pg_try_advisory_xact_lock_shared({key}) THEN NULL ELSE pg_notify('{channel}', '') END)")
+}
+
+/// A consumer's claim (the engine's `WITH c AS (…) UPDATE … RETURNING …`) turned into one
+/// row for pgbench's `\gset`: `n` messages and the arrays `select` builds from `claimed`.
+pub fn claim_for_gset(claim: &str, select: &str) -> String {
+    const MARK: &str = ")\nUPDATE conveyor.inbox AS i";
+    let at = claim.find(MARK).unwrap_or_else(|| panic!("the engine's claim changed shape; update the saga replay:\n{claim}"));
+    format!("{})\n, claimed AS (UPDATE conveyor.inbox AS i{})\nSELECT count(*) AS n, {select}\nFROM claimed", &claim[..at], &claim[at + MARK.len()..])
+}
+
+/// A text[] literal for topic lists.
+fn text_array(items: &[&str]) -> String {
+    format!("'{{{}}}'::text[]", items.join(","))
+}
+
+/// What the generated script needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct ScriptOptions {
+    /// Orders placed per script run, and messages a consumer claims at once.
+    pub batch: usize,
+    /// Outbox rows a relay moves at once (the engine's default is 100).
+    pub relay_batch: usize,
+    pub products: u32,
+    pub customers: u32,
+}
+
+/// Topics each consumer subscribes to (the services' `handlers::subscribe`).
+fn consumer_topics(svc: &str) -> &'static [&'static str] {
+    match svc {
+        service::STOCK => &["product.created", "product.updated", "order.placed", "payment.declined"],
+        service::PAYMENT => &["stock.reserved"],
+        service::ORDER => &["product.created", "product.updated", "stock.rejected", "payment.captured", "payment.declined"],
+        service::NOTIFICATION => &["order.confirmed", "order.cancelled"],
+        _ => &[],
+    }
+}
+
+/// The pgbench script of one variant: `batch` orders placed (one transaction each), then
+/// every later step of their sagas with batches of `batch` messages.
+pub fn script(o: &ScriptOptions) -> String {
+    let mut s = String::new();
+    let b = o.batch;
+    let _ = writeln!(
+        s,
+        "-- The order saga's SQL, replayed by pgbench: one run of this script places {b} order(s), one\n\
+         -- transaction each, then takes {b} saga(s) through every later step, each consumer claiming up to\n\
+         -- {b} message(s) per transaction and each relay moving up to {} outbox row(s).\n\
+         -- Written by `cargo xtask bench saga`; the tables come from saga-ceiling-setup.sql.\n",
+        o.relay_batch
+    );
+    for i in 1..=b {
+        place(&mut s, o, i);
+    }
+    relay(&mut s, service::ORDER, o.relay_batch);
+    stock(&mut s, b);
+    relay(&mut s, service::STOCK, o.relay_batch);
+    payment(&mut s, b);
+    relay(&mut s, service::PAYMENT, o.relay_batch);
+    confirm(&mut s, b);
+    relay(&mut s, service::ORDER, o.relay_batch);
+    notify(&mut s, b);
+    around_pgbench_gset_bug(&s)
+}
+
+/// pgbench (15 and earlier) grows its command array in steps of 128 at the end of each
+/// parsing round, but a `\gset` round ends early (`continue`) and skips that check: when
+/// the SQL command a `\gset` ends is the 128th, 256th, … the next command is written past
+/// the array's end and pgbench crashes (`realloc(): invalid next size`). A `\set` inserted
+/// before such a command moves it off the boundary.
+fn around_pgbench_gset_bug(script: &str) -> String {
+    let mut out = String::with_capacity(script.len() + 256);
+    let mut commands = 0usize; // commands pgbench has stored so far
+    let mut statement = String::new(); // the SQL statement being read
+    for line in script.lines() {
+        let t = line.trim();
+        if statement.is_empty() && (t.is_empty() || t.starts_with("--")) {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        if statement.is_empty() && t.starts_with('\\') {
+            commands += 1;
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        statement.push_str(line);
+        statement.push('\n');
+        let gset = t.contains(" \\gset");
+        if gset || t.ends_with(';') {
+            commands += 1;
+            if gset && commands.is_multiple_of(128) {
+                out.push_str("\\set saga_pgbench_pad 0\n");
+                commands += 1;
+            }
+            out.push_str(&statement);
+            statement.clear();
+        }
+    }
+    out.push_str(&statement);
+    out
+}
+
+fn publish(svc: &str, topic: &str, key: &str, payload: &str) -> String {
+    let insert = bind(
+        &on_queue(PUBLISH.text, svc),
+        &[
+            "ARRAY[saga_uuid_v7()]",
+            &format!("ARRAY['{topic}']"),
+            &format!("ARRAY[{key}::text]"),
+            &format!("ARRAY[{payload}]"),
+            "ARRAY['{}']",
+        ],
+    );
+    format!("WITH {}\n{insert}", wake_cte(conveyor_queue::OUTBOX_CHANNEL, conveyor_queue::OUTBOX_WAKE_LOCK))
+}
+
+fn place(s: &mut String, o: &ScriptOptions, i: usize) {
+    let first = i == 1;
+    let _ = writeln!(s, "-- == order-api: POST /orders ({i} of {}), one transaction (services/order/src/http.rs place_order) ==", o.batch);
+    let _ = writeln!(s, "\\set p random(1, {})\n\\set c random(1, {})\nBEGIN;", o.products, o.customers);
+    if first {
+        let _ = writeln!(s, "-- claim_key ({}), RETURNING also the key and the order id, which the API makes in Rust", CLAIM_KEY.source);
+    }
+    let request = "json_build_object('customer_id', saga_customer(:c), 'lines', json_build_array(json_build_object('product_id', saga_product(:p), 'quantity', 1)))::text";
+    let _ = writeln!(s, "{}, key, order_id \\gset k_", bind(CLAIM_KEY.text, &["saga_uuid_v7()::text", request, "saga_uuid_v7()"]));
+    put(s, first, &PRODUCTS, &bind(PRODUCTS.text, &["ARRAY[saga_product(:p)]"]), " \\gset p_");
+    let order = bind(
+        INSERT_ORDER.text,
+        &[":k_order_id", "saga_customer(:c)", ":p_price_minor", ":p_currency", "ARRAY[:p_id::uuid]", "ARRAY[:p_name::text]", "ARRAY[1]", "ARRAY[:p_price_minor::bigint]"],
+    );
+    put(s, first, &INSERT_ORDER, &order, ";");
+    let payload = "saga_placed(:k_order_id::uuid, saga_customer(:c), :p_id::uuid, 1, :p_price_minor::bigint, :k_created_at::timestamptz)";
+    put(s, first, &PUBLISH, &publish(service::ORDER, "order.placed", ":k_order_id", payload), ";");
+    let view = "saga_view(:k_order_id::uuid, saga_customer(:c), :p_id::uuid, :p_name::text, 1, :p_price_minor::bigint, :k_created_at::timestamptz)::jsonb";
+    put(s, first, &SAVE_RESPONSE, &bind(SAVE_RESPONSE.text, &[":k_key", "201", view]), ";");
+    let _ = writeln!(s, "COMMIT;\n");
+}
+
+/// The relay of `svc`'s worker: claim-and-delete outbox rows, insert them into every
+/// subscriber's inbox (routes from the contracts), in one statement.
+fn relay(s: &mut String, svc: &str, limit: usize) {
+    let routes = conveyor_contracts::routes(svc);
+    let topics: Vec<&str> = routes.topics().collect();
+    let mut per_sub: Vec<(String, Vec<&str>)> = Vec::new();
+    for t in &topics {
+        for sub in routes.subscribers(t) {
+            match per_sub.iter_mut().find(|(s, _)| s == sub) {
+                Some((_, ts)) => ts.push(t),
+                None => per_sub.push((sub.clone(), vec![t])),
+            }
+        }
+    }
+    let claim = bind(&on_queue(conveyor_queue::sql::RELAY_CLAIM, svc), &[&text_array(&topics), &limit.to_string()]);
+    let mut stmt = format!(
+        "WITH moved AS ({claim}),\n{}",
+        wake_cte(conveyor_queue::INBOX_CHANNEL, conveyor_queue::INBOX_WAKE_LOCK)
+    );
+    let insert = |sub: &str, ts: &[&str]| {
+        format!(
+            "INSERT INTO {}.inbox (message_id, topic, key, payload, headers, published_at)\n\
+             SELECT m.message_id, m.topic, m.key, m.payload::json, m.headers::json, m.created_at\n\
+             FROM moved AS m CROSS JOIN wake WHERE m.topic = ANY({})\n\
+             ON CONFLICT (message_id) DO NOTHING",
+            queue_schema(sub),
+            text_array(ts)
+        )
+    };
+    let (last, rest) = per_sub.split_last().expect("every publisher of the saga has subscribers");
+    for (i, (sub, ts)) in rest.iter().enumerate() {
+        let _ = write!(stmt, ",\nto_{i} AS ({})", insert(sub, ts));
+    }
+    let _ = writeln!(s, "-- == {svc}-worker's relay: up to {limit} outbox row(s) to {} (crates/queue/src/relay.rs) ==", per_sub.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(" and "));
+    let _ = writeln!(s, "{stmt}\n{};\n", insert(&last.0, &last.1));
+}
+
+/// A transaction-mode consumer's claim with the values its handler reads, as arrays.
+fn tx_claim(svc: &str, batch: usize, select: &str) -> String {
+    let claim = claim_for_gset(conveyor_queue::sql::TX_CLAIM, select);
+    format!("{} \\gset", bind(&on_queue(&claim, svc), &[&text_array(consumer_topics(svc)), &batch.to_string()]))
+}
+
+/// The i-th element of a claimed array, as `ty`.
+fn nth(array: &str, ty: &str, i: usize) -> String {
+    format!("(:{array}::{ty}[])[{i}]")
+}
+
+fn stock(s: &mut String, batch: usize) {
+    let _ = writeln!(s, "-- == stock-worker: order.placed, a batch in one transaction (services/stock/src/handlers.rs reserve) ==\nBEGIN;");
+    let select = "array_agg(message_id) AS ids, array_agg(payload->'order'->>'order_id') AS oids, \
+                  array_agg(payload->'order'->'lines'->0->>'product_id') AS pids, array_agg(payload->'order'->'lines'->0->>'quantity') AS qtys";
+    let _ = writeln!(s, "{}", tx_claim(service::STOCK, batch, select));
+    for i in 1..=batch {
+        let (oid, pid, qty) = (nth("oids", "uuid", i), nth("pids", "uuid", i), nth("qtys", "bigint", i));
+        let lines = format!("jsonb_build_array(jsonb_build_object('product_id', {pid}, 'quantity', {qty}))");
+        let reserved = format!("(SELECT payload::text FROM q_stock.inbox WHERE message_id = {})", nth("ids", "uuid", i));
+        let _ = writeln!(s, "\\if :n >= {i}");
+        put(s, i == 1, &RESERVATION_EXISTS, &bind(RESERVATION_EXISTS.text, &[&oid]), ";");
+        put(s, i == 1, &LOCK_ITEMS, &bind(LOCK_ITEMS.text, &[&format!("ARRAY[{pid}]")]), ";");
+        put(s, i == 1, &INSERT_RESERVATION, &bind(INSERT_RESERVATION.text, &[&oid, "'reserved'", &lines, "NULL"]), ";");
+        put(s, i == 1, &SHIFT, &bind(SHIFT.text, &[&format!("ARRAY[{pid}]"), &format!("ARRAY[{qty}]")]), ";");
+        put(s, i == 1, &MOVEMENT, &bind(MOVEMENT.text, &[&oid, "'reserve'", &format!("ARRAY[{pid}]"), &format!("ARRAY[{qty}]")]), ";");
+        put(s, i == 1, &PUBLISH, &publish(service::STOCK, "stock.reserved", &oid, &reserved), ";");
+        let _ = writeln!(s, "\\endif");
+    }
+    let _ = writeln!(s, "COMMIT;\n");
+}
+
+fn payment(s: &mut String, batch: usize) {
+    let _ = writeln!(s, "-- == payment-worker: stock.reserved, a batch in one transaction (services/payment/src/handlers.rs capture) ==\nBEGIN;");
+    let select = "array_agg(payload->'order'->>'order_id') AS oids, array_agg(payload->'order'->>'customer_id') AS cids, \
+                  array_agg(payload->'order'->'total'->>'amount_minor') AS totals";
+    let _ = writeln!(s, "{}", tx_claim(service::PAYMENT, batch, select));
+    for i in 1..=batch {
+        let (oid, cid, total) = (nth("oids", "uuid", i), nth("cids", "uuid", i), nth("totals", "bigint", i));
+        let _ = writeln!(s, "\\if :n >= {i}");
+        put(s, i == 1, &PAYMENT_EXISTS, &bind(PAYMENT_EXISTS.text, &[&oid]), ";");
+        put(s, i == 1, &GET_CUSTOMER, &bind(GET_CUSTOMER.text, &[&cid]), ";");
+        put(s, i == 1, &DEBIT, &bind(DEBIT.text, &[&cid, &total]), ";");
+        put(s, i == 1, &LEDGER, &bind(LEDGER.text, &[&cid, "'capture'", &format!("-{total}"), &oid]), ";");
+        put(s, i == 1, &INSERT_PAYMENT, &bind(INSERT_PAYMENT.text, &["saga_uuid_v7()", &oid, &cid, &total, "'EUR'", "'captured'", "NULL"]), ";");
+        let captured = format!("saga_captured({oid}, saga_uuid_v7(), {total})");
+        put(s, i == 1, &PUBLISH, &publish(service::PAYMENT, "payment.captured", &oid, &captured), ";");
+        let _ = writeln!(s, "\\endif");
+    }
+    let _ = writeln!(s, "COMMIT;\n");
+}
+
+fn confirm(s: &mut String, batch: usize) {
+    let _ = writeln!(s, "-- == order-worker: payment.captured, a batch in one transaction (services/order/src/handlers.rs settle) ==\nBEGIN;");
+    let _ = writeln!(s, "{}", tx_claim(service::ORDER, batch, "array_agg(payload->>'order_id') AS oids"));
+    for i in 1..=batch {
+        let oid = nth("oids", "uuid", i);
+        let _ = writeln!(s, "\\if :n >= {i}");
+        put(s, i == 1, &SETTLE, &bind(SETTLE.text, &[&oid, "'confirmed'", "NULL", "NULL"]), " \\gset o_");
+        put(s, i == 1, &LINES_OF, &bind(LINES_OF.text, &[&format!("ARRAY[{oid}]")]), " \\gset l_");
+        let confirmed = "saga_confirmed(:o_id::uuid, :o_customer_id::uuid, :l_product_id::uuid, :l_quantity::int, :l_unit_price_minor::bigint, :o_created_at::timestamptz, :o_updated_at::timestamptz)";
+        put(s, i == 1, &PUBLISH, &publish(service::ORDER, "order.confirmed", ":o_id", confirmed), ";");
+        let _ = writeln!(s, "\\endif");
+    }
+    let _ = writeln!(s, "COMMIT;\n");
+}
+
+fn notify(s: &mut String, batch: usize) {
+    let _ = writeln!(
+        s,
+        "-- == notification-worker: order.confirmed in lease mode (crates/queue/src/consumer/lease.rs, services/notification/src/notifier.rs) ==\n\
+         -- the claim commits by itself; each notification is recorded in its own transaction; the batch is settled at the end"
+    );
+    let select = "array_agg(message_id) AS ids, array_agg(attempts) AS atts, array_agg(payload->'order'->>'order_id') AS oids, \
+                  array_agg(payload->'order'->>'customer_id') AS cids";
+    let claim = claim_for_gset(conveyor_queue::sql::LEASE_CLAIM, select);
+    let topics = consumer_topics(service::NOTIFICATION);
+    let lease_ms = format!("'{{{}}}'::bigint[]", topics.iter().map(|_| "30000").collect::<Vec<_>>().join(","));
+    let _ = writeln!(s, "{} \\gset", bind(&on_queue(&claim, service::NOTIFICATION), &[&text_array(topics), &lease_ms, &batch.to_string()]));
+    for i in 1..=batch {
+        let (oid, cid) = (nth("oids", "uuid", i), nth("cids", "uuid", i));
+        let _ = writeln!(s, "\\if :n >= {i}");
+        put(s, i == 1, &NOTIFIED, &bind(NOTIFIED.text, &[&oid, "'order.confirmed'"]), ";");
+        put(s, i == 1, &TEMPLATE, &bind(TEMPLATE.text, &["'order.confirmed'"]), ";");
+        if i == 1 {
+            let _ = writeln!(s, "-- the lookup: order-api's GET /orders/{{id}} (services/order/src/http.rs get_order)");
+        }
+        put(s, i == 1, &GET_ORDER, &bind(GET_ORDER.text, &[&oid]), ";");
+        put(s, i == 1, &LINES_OF, &bind(LINES_OF.text, &[&format!("ARRAY[{oid}]")]), ";");
+        put(s, i == 1, &HISTORY_OF, &bind(HISTORY_OF.text, &[&format!("ARRAY[{oid}]")]), ";");
+        let args = [
+            "saga_uuid_v7()".to_owned(),
+            oid.clone(),
+            "'order.confirmed'".to_owned(),
+            cid,
+            format!("saga_subject({oid})"),
+            format!("saga_body({oid})"),
+            "'lookup'".to_owned(),
+            nth("atts", "int", i),
+            "now()".to_owned(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        put(s, i == 1, &INSERT_NOTIFICATION, &bind(INSERT_NOTIFICATION.text, &args), ";");
+        let _ = writeln!(s, "\\endif");
+    }
+    let _ = writeln!(s, "\\if :n > 0");
+    let _ = writeln!(s, "{};", bind(&on_queue(conveyor_queue::sql::LEASE_DONE, service::NOTIFICATION), &[":ids", ":atts"]));
+    let _ = writeln!(s, "\\endif");
+}
+
+/// The scratch database's schema and data: the services' migrations, one queue schema per
+/// service, the helper functions the script calls, the products, items and customers.
+pub fn setup_sql(migrations: &[(String, String)], queue_migration: &str, products: u32, customers: u32) -> String {
+    let mut s = String::from("-- The saga replay's tables (written by `cargo xtask bench saga`).\n\n");
+    for (name, text) in migrations {
+        let _ = writeln!(s, "-- ===== {name} =====\n{text}\n");
+    }
+    for svc in [service::ORDER, service::STOCK, service::PAYMENT, service::NOTIFICATION] {
+        let _ = writeln!(s, "-- ===== the queue schema as {} =====\n{}\n", queue_schema(svc), queue_migration.replace("conveyor", &queue_schema(svc)));
+    }
+    s.push_str(HELPERS);
+    let _ = writeln!(
+        s,
+        "\n-- ===== data: {products} products (the order service's copy, the stock items), {customers} customers =====\n\
+         INSERT INTO products (id, name, price_minor, currency, version, updated_at)\n\
+         SELECT saga_product(n), 'Saga product ' || n, saga_price(n), 'EUR', 1, now() FROM generate_series(1, {products}) AS n;\n\
+         INSERT INTO items (product_id, available) SELECT saga_product(n), 1000000000 FROM generate_series(1, {products}) AS n;\n\
+         INSERT INTO customers (id, name, currency, balance_minor)\n\
+         SELECT saga_customer(n), 'Saga customer ' || n, 'EUR', 1000000000000000 FROM generate_series(1, {customers}) AS n;"
+    );
+    s
+}
+
+/// What a run leaves behind, cleared before each variant.
+pub const RESET_SQL: &str = "TRUNCATE orders, order_lines, order_status_history, idempotency_keys, reservations, movements, payments, ledger, notifications, \
+     q_order.outbox, q_order.inbox, q_stock.outbox, q_stock.inbox, q_payment.outbox, q_payment.inbox, q_notification.outbox, q_notification.inbox;\n\
+     UPDATE items SET available = 1000000000, reserved = 0;\n\
+     UPDATE customers SET balance_minor = 1000000000000000;";
+
+/// The tables the replay writes, for VACUUM ANALYZE before a run.
+pub const TABLES: &[&str] = &[
+    "orders", "order_lines", "order_status_history", "idempotency_keys", "products", "items", "reservations", "movements", "customers",
+    "payments", "ledger", "notifications", "templates", "q_order.outbox", "q_order.inbox", "q_stock.outbox", "q_stock.inbox",
+    "q_payment.outbox", "q_payment.inbox", "q_notification.outbox", "q_notification.inbox",
+];
+
+/// Counts after a run: orders placed, confirmed, sagas notified (complete), and messages
+/// still waiting anywhere.
+pub const COUNTS_SQL: &str = "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM orders WHERE status = 'confirmed'), \
+     (SELECT count(*) FROM notifications), \
+     (SELECT count(*) FROM q_order.outbox) + (SELECT count(*) FROM q_stock.outbox) + (SELECT count(*) FROM q_payment.outbox) \
+     + (SELECT count(*) FROM q_stock.inbox WHERE state <> 'done') + (SELECT count(*) FROM q_payment.inbox WHERE state <> 'done') \
+     + (SELECT count(*) FROM q_order.inbox WHERE state <> 'done') + (SELECT count(*) FROM q_notification.inbox WHERE state <> 'done')";
+
+/// Sagas completed (notifications recorded) and orders confirmed in `[from, to)`, unix seconds.
+pub fn rates_sql(from: f64, to: f64) -> String {
+    format!(
+        "SELECT (SELECT count(*) FROM notifications WHERE created_at >= to_timestamp({from}) AND created_at < to_timestamp({to})), \
+         (SELECT count(*) FROM order_status_history WHERE status = 'confirmed' AND at >= to_timestamp({from}) AND at < to_timestamp({to}))"
+    )
+}
+
+/// One message of each kind the replay wrote, to check it reads as the contract's type.
+pub const SAMPLES_SQL: &str = "SELECT (SELECT payload::text FROM q_stock.inbox LIMIT 1), (SELECT payload::text FROM q_payment.inbox LIMIT 1), \
+     (SELECT payload::text FROM q_order.inbox LIMIT 1), (SELECT payload::text FROM q_notification.inbox LIMIT 1)";
+
+/// Checks that the replay's messages are what the services would read: each parses as
+/// its contract's event. `samples` as [`SAMPLES_SQL`] returns them, `|`-separated.
+pub fn check_samples(samples: &str) -> anyhow::Result<()> {
+    use conveyor_contracts::{OrderConfirmed, OrderPlaced, PaymentCaptured, StockReserved};
+    let parts: Vec<&str> = samples.split('|').collect();
+    anyhow::ensure!(parts.len() == 4 && parts.iter().all(|p| !p.is_empty()), "the replay left no message in some inbox: {samples:?}");
+    fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> anyhow::Result<()> {
+        serde_json::from_str::<T>(text).map(drop).map_err(|e| anyhow::anyhow!("the replay's {what} does not read as the contract's event ({e}): {text}"))
+    }
+    parse::<OrderPlaced>("order.placed", parts[0])?;
+    parse::<StockReserved>("stock.reserved", parts[1])?;
+    parse::<PaymentCaptured>("payment.captured", parts[2])?;
+    parse::<OrderConfirmed>("order.confirmed", parts[3])
+}
+
+/// Ids, prices and payloads made by SQL where the services make them in Rust.
+const HELPERS: &str = r#"-- ===== helpers: what the services compute in Rust =====
+-- A time-ordered id like Uuid::now_v7 (milliseconds first, then random bits).
+CREATE FUNCTION saga_uuid_v7() RETURNS uuid LANGUAGE sql VOLATILE AS $$
+  SELECT encode(overlay(uuid_send(gen_random_uuid()) PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) FROM 1 FOR 6), 'hex')::uuid
+$$;
+-- The n-th product and customer, and a product's price in cents.
+CREATE FUNCTION saga_product(n int) RETURNS uuid LANGUAGE sql IMMUTABLE AS $$ SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid $$;
+CREATE FUNCTION saga_customer(n int) RETURNS uuid LANGUAGE sql IMMUTABLE AS $$ SELECT ('00000000-0000-4000-9000-' || lpad(to_hex(n), 12, '0'))::uuid $$;
+CREATE FUNCTION saga_price(n int) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$ SELECT 100 + (n % 900)::bigint $$;
+-- conveyor_contracts::OrderSummary as serde writes it.
+CREATE FUNCTION saga_summary(order_id uuid, customer_id uuid, product_id uuid, quantity int, unit_price bigint, placed_at timestamptz) RETURNS json
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT json_build_object('order_id', order_id, 'customer_id', customer_id,
+    'lines', json_build_array(json_build_object('product_id', product_id, 'quantity', quantity,
+                                                'unit_price', json_build_object('amount_minor', unit_price, 'currency', 'EUR'))),
+    'total', json_build_object('amount_minor', unit_price * quantity, 'currency', 'EUR'),
+    'placed_at', placed_at)
+$$;
+-- The events' payloads: order.placed (and stock.reserved, the same summary), payment.captured, order.confirmed.
+CREATE FUNCTION saga_placed(order_id uuid, customer_id uuid, product_id uuid, quantity int, unit_price bigint, placed_at timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT json_build_object('order', saga_summary(order_id, customer_id, product_id, quantity, unit_price, placed_at))::text $$;
+CREATE FUNCTION saga_captured(order_id uuid, payment_id uuid, amount bigint) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+  SELECT json_build_object('order_id', order_id, 'payment_id', payment_id, 'amount', json_build_object('amount_minor', amount, 'currency', 'EUR'))::text
+$$;
+CREATE FUNCTION saga_confirmed(order_id uuid, customer_id uuid, product_id uuid, quantity int, unit_price bigint, placed_at timestamptz, confirmed_at timestamptz)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+  SELECT json_build_object('order', saga_summary(order_id, customer_id, product_id, quantity, unit_price, placed_at), 'confirmed_at', confirmed_at)::text
+$$;
+-- The order-api's answer to POST /orders (OrderView), stored with the idempotency key.
+CREATE FUNCTION saga_view(order_id uuid, customer_id uuid, product_id uuid, name text, quantity int, unit_price bigint, at timestamptz) RETURNS json
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT json_build_object('id', order_id, 'customer_id', customer_id, 'status', 'placed', 'reason', NULL, 'reason_detail', NULL,
+    'lines', json_build_array(json_build_object('product_id', product_id, 'name', name, 'quantity', quantity,
+                                                'unit_price', json_build_object('amount_minor', unit_price, 'currency', 'EUR'))),
+    'total', json_build_object('amount_minor', unit_price * quantity, 'currency', 'EUR'),
+    'created_at', at, 'updated_at', at, 'history', json_build_array(json_build_object('status', 'placed', 'reason', NULL, 'at', at)))
+$$;
+-- The rendered notification (the worker renders the stored template in Rust).
+CREATE FUNCTION saga_subject(order_id uuid) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'Your order ' || order_id || ' is confirmed' $$;
+CREATE FUNCTION saga_body(order_id uuid) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+  SELECT 'Hello,' || chr(10) || chr(10) || 'your order ' || order_id || ' of today is confirmed' || chr(10)
+      || '- 1 x Saga product at 4.50 EUR' || chr(10) || chr(10) || 'Total 4.50 EUR' || chr(10) || chr(10)
+      || 'Thank you for shopping with Conveyor.'
+$$;
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn normalize(s: &str) -> String {
+        s.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    fn source(path: &str) -> &'static str {
+        match path {
+            ORDER_REPO => include_str!("../../../../services/order/src/repo.rs"),
+            "services/stock/src/repo.rs" => include_str!("../../../../services/stock/src/repo.rs"),
+            "services/payment/src/repo.rs" => include_str!("../../../../services/payment/src/repo.rs"),
+            "services/notification/src/repo.rs" => include_str!("../../../../services/notification/src/repo.rs"),
+            "crates/queue/src/publish.rs" => include_str!("../../../../crates/queue/src/publish.rs"),
+            other => panic!("no source {other}"),
+        }
+    }
+
+    #[test]
+    fn every_replayed_statement_is_in_its_source_word_for_word() {
+        for sql in ALL {
+            let src = normalize(source(sql.source));
+            for f in fragments(sql) {
+                assert!(src.contains(&normalize(f)), "{} no longer has:\n{f}\nUpdate the saga replay (xtask/src/bench/saga/replay.rs).", sql.source);
+            }
+        }
+    }
+
+    #[test]
+    fn bind_replaces_every_parameter_including_two_digit_ones() {
+        assert_eq!(bind("a = $1 AND b = $2 OR c = $1", &["x", "'y'"]), "a = x AND b = 'y' OR c = x");
+        let args: Vec<String> = (1..=10).map(|i| format!("v{i}")).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(bind("($1, $10)", &args), "(v1, v10)");
+        assert_eq!(bind("x::uuid[] $$ y", &[]), "x::uuid[] $$ y");
+    }
+
+    #[test]
+    #[should_panic(expected = "$3 has no argument")]
+    fn bind_refuses_a_missing_argument() {
+        bind("$1 $3", &["a", "b"]);
+    }
+
+    #[test]
+    fn the_engine_claims_become_one_row_for_gset() {
+        for claim in [conveyor_queue::sql::TX_CLAIM, conveyor_queue::sql::LEASE_CLAIM] {
+            let q = claim_for_gset(claim, "array_agg(message_id) AS ids");
+            assert!(q.starts_with("WITH c AS ("), "{q}");
+            assert!(q.contains(", claimed AS (UPDATE conveyor.inbox AS i"), "{q}");
+            assert!(q.ends_with("SELECT count(*) AS n, array_agg(message_id) AS ids\nFROM claimed"), "{q}");
+            assert_eq!(q.matches('(').count(), q.matches(')').count(), "{q}");
+        }
+    }
+
+    #[test]
+    fn scripts_have_every_step_and_only_known_variables() {
+        for batch in [1, 3] {
+            let s = script(&ScriptOptions { batch, relay_batch: 100, products: 10, customers: 5 });
+            assert_eq!(s.matches("INSERT INTO orders").count(), batch);
+            for (schema, n) in [("q_order.outbox", 2 * batch + 2), ("q_stock.outbox", batch + 1), ("q_payment.outbox", batch + 1)] {
+                // publishes (one per message) + the relay's claim (two FROMs in one statement)
+                assert!(s.matches(schema).count() >= n, "{schema}: {}", s.matches(schema).count());
+            }
+            for sub in ["q_stock.inbox", "q_payment.inbox", "q_order.inbox", "q_notification.inbox"] {
+                assert!(s.contains(&format!("INSERT INTO {sub} ")), "nothing relayed into {sub}");
+            }
+            assert_eq!(s.matches("\\if ").count(), s.matches("\\endif").count());
+            assert_eq!(s.matches("BEGIN;").count(), s.matches("COMMIT;").count());
+            assert!(!s.contains('$'), "a parameter was left unbound");
+            // Every pgbench variable used is one the script sets.
+            let known = ["p", "c", "n", "ids", "oids", "pids", "qtys", "cids", "totals", "atts"];
+            let prefixed = ["k_", "p_", "o_", "l_"];
+            let bytes = s.as_bytes();
+            for (i, _) in s.match_indices(':') {
+                if bytes.get(i + 1) == Some(&b':') || (i > 0 && bytes[i - 1] == b':') {
+                    continue;
+                }
+                let name: String = s[i + 1..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                if name.is_empty() {
+                    continue;
+                }
+                assert!(known.contains(&name.as_str()) || prefixed.iter().any(|p| name.starts_with(p)), "unknown variable :{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_gset_command_ends_on_a_multiple_of_128() {
+        // A model of pgbench's parser: every meta-command and SQL statement is a command; a
+        // `\gset` belongs to the statement it ends.
+        for batch in [1, 50] {
+            let s = script(&ScriptOptions { batch, relay_batch: 100, products: 10, customers: 5 });
+            let (mut n, mut in_statement, mut pads) = (0usize, false, 0);
+            for line in s.lines() {
+                let t = line.trim();
+                if !in_statement && (t.is_empty() || t.starts_with("--")) {
+                    continue;
+                }
+                if !in_statement && t.starts_with('\\') {
+                    n += 1;
+                    pads += usize::from(t.starts_with("\\set saga_pgbench_pad"));
+                    continue;
+                }
+                in_statement = true;
+                if t.contains(" \\gset") {
+                    n += 1;
+                    assert_ne!(n % 128, 0, "a \\gset command is the {n}th");
+                    in_statement = false;
+                } else if t.ends_with(';') {
+                    n += 1;
+                    in_statement = false;
+                }
+            }
+            assert!(!in_statement);
+            if batch == 50 {
+                assert!(n > 1000 && pads > 0, "{n} commands, {pads} pads");
+            }
+        }
+        let padded = around_pgbench_gset_bug(&format!("{}SELECT 2 AS x \\gset\n", "SELECT 1;\n".repeat(127)));
+        assert!(padded.ends_with("SELECT 1;\n\\set saga_pgbench_pad 0\nSELECT 2 AS x \\gset\n"), "{padded}");
+    }
+
+    #[test]
+    fn samples_are_checked_against_the_contracts() {
+        let placed = r#"{"order":{"order_id":"0190f3c2-7d4e-7a61-9b2c-3f5e8d1a4b6c","customer_id":"00000000-0000-4000-9000-000000000001","lines":[{"product_id":"00000000-0000-4000-8000-000000000001","quantity":1,"unit_price":{"amount_minor":101,"currency":"EUR"}}],"total":{"amount_minor":101,"currency":"EUR"},"placed_at":"2026-01-01T00:00:00.123456+00:00"}}"#;
+        let captured = r#"{"order_id":"0190f3c2-7d4e-7a61-9b2c-3f5e8d1a4b6c","payment_id":"0190f3c2-7d4e-7a61-9b2c-3f5e8d1a4b6d","amount":{"amount_minor":101,"currency":"EUR"}}"#;
+        let confirmed = format!(r#"{{"order":{},"confirmed_at":"2026-01-01T00:00:01+00:00"}}"#, &placed[9..placed.len() - 1]);
+        check_samples(&format!("{placed}|{placed}|{captured}|{confirmed}")).unwrap();
+        assert!(check_samples(&format!("{placed}|{captured}|{captured}|{confirmed}")).is_err());
+        assert!(check_samples("|||").is_err());
+    }
+}

@@ -1,0 +1,628 @@
+//! The saga benchmark's report: what was measured (JSON), what a person reads (markdown)
+//! and the charts (SVG).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use conveyor_benchkit::{Chart, Machine, Series};
+use serde::Serialize;
+
+use super::Settings;
+use super::ceiling::CeilingResult;
+use super::cpu::CpuUsage;
+use super::ramp::{Rules, Search};
+use super::stack::{HalfRate, RampSeries, StackResults, Step};
+
+/// Saga throughput must reach this share of the batched ceiling.
+pub const THROUGHPUT_TARGET: f64 = 0.5;
+/// p99 placed → confirmed at half the maximum rate, ms.
+pub const P99_TARGET_MS: f64 = 100.0;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub generated_unix: u64,
+    pub quick: bool,
+    pub machine: Machine,
+    pub postgres: String,
+    pub server: String,
+    pub settings: Settings,
+    pub rules: Rules,
+    pub ceiling: Vec<CeilingResult>,
+    pub replay_differences: Vec<String>,
+    pub seeded_products: usize,
+    pub seeded_customers: usize,
+    pub steps: Vec<Step>,
+    pub max_sustained_rate: Option<f64>,
+    pub half_rate: Option<HalfRate>,
+    pub ratios: Ratios,
+    pub targets: Targets,
+    /// CPU of the step at the highest sustained rate, and of the first failed step above it.
+    pub cpu_at_max: Option<CpuUsage>,
+    pub cpu_at_failure: Option<CpuUsage>,
+    pub cpu_per_saga_at_max: Option<CpuPerSaga>,
+    pub findings: Vec<String>,
+    pub ramp_series: RampSeries,
+    pub search: Search,
+    pub logs: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Ratios {
+    pub ceiling_batched_sagas_per_sec: Option<f64>,
+    pub ceiling_one_per_tx_sagas_per_sec: Option<f64>,
+    /// Our highest sustained rate over each ceiling.
+    pub to_batched: Option<f64>,
+    pub to_one_per_tx: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Targets {
+    pub throughput_ratio_min: f64,
+    pub throughput_met: Option<bool>,
+    pub p99_ms_max: f64,
+    pub p99_ms: Option<f64>,
+    pub p99_met: Option<bool>,
+}
+
+/// CPU time per saga at the highest sustained rate, ms.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuPerSaga {
+    pub rate: f64,
+    pub machine: Option<f64>,
+    pub postgres: Option<f64>,
+    /// The stack's own processes together, and each.
+    pub application: f64,
+    pub by_process: BTreeMap<String, f64>,
+    pub driver: f64,
+    pub other: Option<f64>,
+}
+
+fn per_saga(cpu: &CpuUsage, rate: f64) -> CpuPerSaga {
+    let ms = |cores: f64| cores / rate.max(1e-9) * 1000.0;
+    CpuPerSaga {
+        rate,
+        machine: cpu.machine_busy.map(ms),
+        postgres: cpu.postgres.map(ms),
+        application: ms(cpu.application()),
+        by_process: cpu.processes.iter().map(|(k, v)| (k.clone(), ms(*v))).collect(),
+        driver: ms(cpu.driver),
+        other: cpu.other.map(ms),
+    }
+}
+
+pub fn build(s: &Settings, machine: Machine, postgres: String, server: String, ceiling: Vec<CeilingResult>, shop: StackResults) -> Report {
+    let batched = ceiling.iter().find(|c| c.batch > 1).map(|c| c.sagas_per_sec);
+    let one = ceiling.iter().find(|c| c.batch == 1).map(|c| c.sagas_per_sec);
+    let max = shop.search.best();
+    let ratio = |c: Option<f64>| max.zip(c).filter(|(_, c)| *c > 0.0).map(|(m, c)| m / c);
+    let ratios = Ratios { ceiling_batched_sagas_per_sec: batched, ceiling_one_per_tx_sagas_per_sec: one, to_batched: ratio(batched), to_one_per_tx: ratio(one) };
+    let p99 = shop.half.as_ref().and_then(|h| h.latency_ms).map(|l| l.p99);
+    let targets = Targets {
+        throughput_ratio_min: THROUGHPUT_TARGET,
+        throughput_met: ratios.to_batched.map(|r| r >= THROUGHPUT_TARGET),
+        p99_ms_max: P99_TARGET_MS,
+        p99_ms: p99,
+        p99_met: p99.map(|p| p <= P99_TARGET_MS),
+    };
+    let best_step = max.and_then(|m| shop.steps.iter().find(|st| st.sustained && st.rate == m));
+    let fail_step = shop.steps.iter().filter(|st| !st.sustained && max.is_none_or(|m| st.rate > m)).min_by(|a, b| a.rate.total_cmp(&b.rate));
+    let cpu_per_saga_at_max = best_step.map(|st| per_saga(&st.cpu, st.placed_per_sec));
+    let mut r = Report {
+        generated_unix: conveyor_benchkit::unix_now(),
+        quick: s.quick,
+        machine,
+        postgres,
+        server,
+        settings: s.clone(),
+        rules: Rules::default(),
+        replay_differences: super::replay::DIFFERENCES.iter().map(|d| d.to_string()).collect(),
+        seeded_products: shop.seeded.0,
+        seeded_customers: shop.seeded.1,
+        max_sustained_rate: max,
+        ratios,
+        targets,
+        cpu_at_max: best_step.map(|st| st.cpu.clone()),
+        cpu_at_failure: fail_step.map(|st| st.cpu.clone()),
+        cpu_per_saga_at_max,
+        findings: Vec::new(),
+        ramp_series: shop.series,
+        half_rate: shop.half,
+        steps: shop.steps,
+        search: shop.search,
+        logs: shop.log_dir,
+        ceiling,
+    };
+    r.findings = findings(&r);
+    r
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.0}%", v * 100.0)
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "n/a".into())
+}
+
+fn met(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "met",
+        Some(false) => "NOT met",
+        None => "not measured",
+    }
+}
+
+/// What the numbers say, in sentences: the targets, where the time and the CPU go, and
+/// what looks like the limit.
+fn findings(r: &Report) -> Vec<String> {
+    let mut f = Vec::new();
+    let cores = r.machine.cpus as f64;
+    match (r.max_sustained_rate, r.ratios.ceiling_batched_sagas_per_sec) {
+        (Some(max), Some(b)) => f.push(format!(
+            "The shop sustained {max:.0} sagas/s (placed → confirmed): {} of the batched saga-SQL ceiling ({b:.0}/s) and {} of the one-message-per-transaction ceiling ({}/s). Target ≥ {}: {}.",
+            pct(max / b),
+            r.ratios.to_one_per_tx.map_or("n/a".into(), pct),
+            opt(r.ratios.ceiling_one_per_tx_sagas_per_sec, 0),
+            pct(THROUGHPUT_TARGET),
+            met(r.targets.throughput_met)
+        )),
+        (None, _) => f.push("No rate step was sustained: the shop did not keep up even at the lowest rate tried.".into()),
+        _ => {}
+    }
+    if let Some(h) = &r.half_rate
+        && let Some(l) = h.latency_ms
+    {
+        let slowest = h.hops.iter().max_by(|a, b| (a.relay_ms[2] + a.wait_ms[2]).total_cmp(&(b.relay_ms[2] + b.wait_ms[2])));
+        f.push(format!(
+            "At {:.0} sagas/s (half the maximum) placed → confirmed took p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms (target p99 ≤ {P99_TARGET_MS:.0} ms: {}){}.",
+            h.rate,
+            l.p50,
+            l.p95,
+            l.p99,
+            met(r.targets.p99_met),
+            slowest.map_or(String::new(), |s| format!(
+                "; the slowest hop at p99 was {} → {} (relay {:.1} ms, wait for a consumer {:.1} ms)",
+                s.topic, s.consumer, s.relay_ms[2], s.wait_ms[2]
+            ))
+        ));
+    }
+    if let (Some(cpu), Some(per)) = (&r.cpu_at_max, &r.cpu_per_saga_at_max) {
+        let busy = cpu.machine_busy.unwrap_or(0.0);
+        let saturated = busy >= 0.9 * cores;
+        let top: Vec<String> = cpu.ranked().into_iter().take(4).map(|(n, c)| format!("{n} {c:.2}")).collect();
+        f.push(format!(
+            "At the highest sustained rate the machine was {busy:.2} of {cores:.0} cores busy ({}); the biggest users, in cores: {}.",
+            if saturated { "CPU-bound: the limit is the CPU of this machine, shared by every process" } else { "not CPU-bound: the limit is elsewhere (waiting: locks, commits, wake-ups)" },
+            top.join(", ")
+        ));
+        let mut apps: Vec<(&String, &f64)> = per.by_process.iter().collect();
+        apps.sort_by(|a, b| b.1.total_cmp(a.1));
+        let apps: Vec<String> = apps.iter().take(4).map(|(n, ms)| format!("{n} {ms:.2}")).collect();
+        let ceiling_pg = r.ceiling.iter().find(|c| c.batch > 1).and_then(|c| c.postgres_cpu_ms_per_saga);
+        let ceiling_machine = r.ceiling.iter().find(|c| c.batch > 1).and_then(|c| c.machine_cpu_ms_per_saga);
+        f.push(format!(
+            "CPU per saga at that rate: {} ms on the machine, of which PostgreSQL {} ms, our processes {:.2} ms (biggest: {}), the load driver {:.2} ms. The batched replay needs {} ms of PostgreSQL CPU per saga ({} ms on the whole machine, pgbench included). At {} ms per saga, {cores:.0} cores carry at most {} sagas/s.",
+            opt(per.machine, 2),
+            opt(per.postgres, 2),
+            per.application,
+            apps.join(", "),
+            per.driver,
+            opt(ceiling_pg, 2),
+            opt(ceiling_machine, 2),
+            opt(per.machine, 2),
+            per.machine.filter(|m| *m > 0.0).map_or("n/a".into(), |m| format!("{:.0}", cores * 1000.0 / m)),
+        ));
+        if let (Some(pg_ms), Some(c_ms)) = (per.postgres, ceiling_pg)
+            && c_ms > 0.0
+        {
+            let x = pg_ms / c_ms;
+            f.push(if x > 1.2 {
+                format!(
+                    "PostgreSQL works {x:.1}× as hard per saga for the shop as for the batched replay of its SQL: the difference is what the services send beyond the replayed statements (smaller batches at this rate, the relay's separate commits, wake-up notifications and listeners, transaction statements per batch) and the cost of five databases' connections."
+                )
+            } else {
+                format!("PostgreSQL works about as hard per saga for the shop as for the batched replay of its SQL ({x:.1}×): the services' SQL is not where the gap is.")
+            });
+        }
+        if let Some(other) = cpu.other
+            && other > 0.2
+        {
+            f.push(format!("Other programs used {other:.2} cores during that step (compilers, other benchmarks): the figures are noisy; rerun on a quiet machine."));
+        }
+        if cpu.driver > 0.25 * cores {
+            f.push(format!("The load driver itself used {:.2} cores: it competes with the shop for this machine's CPU.", cpu.driver));
+        }
+    }
+    if let Some(fail) = r.steps.iter().filter(|st| !st.sustained && r.max_sustained_rate.is_none_or(|m| st.rate > m)).min_by(|a, b| a.rate.total_cmp(&b.rate)) {
+        let top: Vec<String> = fail.cpu.ranked().into_iter().take(3).map(|(n, c)| format!("{n} {c:.2}")).collect();
+        f.push(format!(
+            "The lowest failed rate, {:.0}/s, failed because: {}. Machine {} of {cores:.0} cores busy; biggest users: {}.",
+            fail.rate,
+            fail.failure.as_deref().unwrap_or("?"),
+            opt(fail.cpu.machine_busy, 2),
+            top.join(", ")
+        ));
+    }
+    let deadlocks: u64 = r.steps.iter().flat_map(|st| st.deadlocks.values()).sum();
+    if deadlocks > 0 {
+        let mut by: BTreeMap<&str, u64> = BTreeMap::new();
+        for st in &r.steps {
+            for (db, n) in &st.deadlocks {
+                *by.entry(db).or_default() += n;
+            }
+        }
+        f.push(format!(
+            "PostgreSQL detected {deadlocks} deadlocks in the shop's databases during the ramp ({}): handlers lock items and balances message by message inside a batch, so two batches can take two rows in opposite orders; each costs deadlock_timeout (1 s) and a retry.",
+            by.iter().map(|(d, n)| format!("{d} {n}")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let replay_deadlocks: u64 = r.ceiling.iter().map(|c| c.deadlocks).sum();
+    if replay_deadlocks > 0 {
+        f.push(format!("The replay hit {replay_deadlocks} deadlocks (same per-message locking in batches); pgbench counts those script runs as failed and goes on."));
+    }
+    f
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Saga benchmark report\n");
+    let _ = writeln!(
+        s,
+        "{}; {} ({}); the shop's {} build{}.\n",
+        r.machine.describe(),
+        r.postgres,
+        r.server,
+        if r.settings.build == super::Build::Release { "release" } else { "debug" },
+        if r.quick { "; QUICK smoke run: checks the harness, the figures mean nothing" } else { "" }
+    );
+    let _ = writeln!(s, "## Result\n");
+    let _ = writeln!(s, "| | measured | target | |\n|---|---:|---:|---|");
+    let _ = writeln!(s, "| highest sustained rate, placed → confirmed | {} sagas/s | | |", opt(r.max_sustained_rate, 0));
+    let _ = writeln!(s, "| ceiling: saga SQL, consumers claiming 50 at a time | {} sagas/s | | |", opt(r.ratios.ceiling_batched_sagas_per_sec, 0));
+    let _ = writeln!(s, "| ceiling: saga SQL, one message per transaction | {} sagas/s | | |", opt(r.ratios.ceiling_one_per_tx_sagas_per_sec, 0));
+    let _ = writeln!(s, "| shop / batched ceiling | {} | ≥ {} | {} |", r.ratios.to_batched.map_or("n/a".into(), pct), pct(THROUGHPUT_TARGET), met(r.targets.throughput_met));
+    let _ = writeln!(s, "| shop / one-per-transaction ceiling | {} | | |", r.ratios.to_one_per_tx.map_or("n/a".into(), pct));
+    if let Some(h) = &r.half_rate {
+        let l = h.latency_ms;
+        let _ = writeln!(
+            s,
+            "| saga latency at {:.0}/s: p50 / p95 / p99 / max | {} / {} / {} / {} ms | p99 ≤ {P99_TARGET_MS:.0} ms | {} |",
+            h.rate,
+            opt(l.map(|l| l.p50), 1),
+            opt(l.map(|l| l.p95), 1),
+            opt(l.map(|l| l.p99), 1),
+            opt(l.map(|l| l.max), 1),
+            met(r.targets.p99_met)
+        );
+    }
+    let _ = writeln!(s, "\n## What the numbers say\n");
+    for f in &r.findings {
+        let _ = writeln!(s, "- {f}");
+    }
+
+    let _ = writeln!(s, "\n## The ceiling: the saga's SQL replayed by pgbench\n");
+    let _ = writeln!(
+        s,
+        "Measured first, with nothing else running, in a scratch database on the same PostgreSQL: pgbench -M prepared, {} clients, {} s per variant, {} products and {} customers chosen uniformly. Sagas are counted in the database (a saga is complete when its notification is recorded).\n",
+        r.settings.ceiling_clients, r.settings.ceiling_secs, r.settings.products, r.settings.customers
+    );
+    let _ = writeln!(s, "| variant | orders per run / claim batch | relay batch | sagas/s | confirmed/s | left in queues | deadlocks | PostgreSQL CPU ms/saga | machine CPU ms/saga |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for c in &r.ceiling {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} |",
+            c.variant,
+            c.batch,
+            c.relay_batch,
+            c.sagas_per_sec,
+            c.confirmed_per_sec,
+            c.left_in_queues,
+            c.deadlocks,
+            opt(c.postgres_cpu_ms_per_saga, 3),
+            opt(c.machine_cpu_ms_per_saga, 3)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nEach script run is, per saga, the transactions the shop runs (scripts: {}):\n\n\
+         1. **order-api, `POST /orders`** (one transaction per order): insert the idempotency key; read the product copy; insert the order, its line and its `placed` history entry; publish `order.placed` into the outbox; store the response.\n\
+         2. **relay** of order-worker: claim-and-delete outbox rows, insert them into stock's inbox.\n\
+         3. **stock-worker, `order.placed`**: claim a batch; per message: reservation exists?, lock the item, insert the reservation, move the units, insert the movement, publish `stock.reserved`; commit.\n\
+         4. **relay** of stock-worker → payment's inbox.\n\
+         5. **payment-worker, `stock.reserved`**: claim a batch; per message: payment exists?, read the customer, debit the balance, insert the ledger entry and the payment, publish `payment.captured`; commit.\n\
+         6. **relay** of payment-worker → order's inbox.\n\
+         7. **order-worker, `payment.captured`**: claim a batch; per message: confirm the order with its history entry, read its lines, publish `order.confirmed`; commit.\n\
+         8. **relay** of order-worker → notification's inbox.\n\
+         9. **notification-worker, `order.confirmed`** (lease mode): claim a batch (commits); per message: notified already?, read the template, the order API's three reads for the lookup, record the notification (its own transaction); settle the batch.\n\n\
+         The service statements are copied word for word from the services (a unit test keeps them so); the queue's claim, relay and settle statements are the engine's own (`conveyor_queue::sql`). Where the replay cannot be the same:\n",
+        r.ceiling.iter().map(|c| format!("`{}`", c.script.display())).collect::<Vec<_>>().join(", ")
+    );
+    for d in &r.replay_differences {
+        let _ = writeln!(s, "- {d}");
+    }
+
+    let _ = writeln!(s, "\n## The shop: rate steps\n");
+    let _ = writeln!(
+        s,
+        "{} s per step, open loop (each order sent on schedule whatever the earlier answers), `POST /orders` with a unique Idempotency-Key, one line of quantity 1; {} products and {} customers with ample stock and balances. A step is sustained when every order was sent and accepted, the confirmed rate over its second half is ≥ {} of the offered rate, and the backlog (placed, not yet terminal; from the order database) at its end is ≤ {} s worth (at least {}) and grew by ≤ {} s worth over the second half. After each step the harness waits until every saga has ended.\n",
+        r.settings.step_secs,
+        r.seeded_products,
+        r.seeded_customers,
+        pct(r.rules.min_confirmed_share),
+        r.rules.max_backlog_secs,
+        r.rules.backlog_floor,
+        r.rules.max_growth_secs
+    );
+    let _ = writeln!(s, "| # | offered/s | placed/s | confirmed/s | backlog end (mid) | POST /orders p50 / p99 ms | drain s | machine CPU | PostgreSQL CPU | driver CPU | verdict |");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (i, st) in r.steps.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.0} | {} ({}) | {} / {} | {:.1} | {} | {} | {:.2} | {} |",
+            i + 1,
+            st.rate,
+            st.placed_per_sec,
+            st.confirmed_per_sec,
+            st.outcome.backlog_end,
+            st.outcome.backlog_mid,
+            opt(st.drive.response_ms.map(|p| p.p50), 1),
+            opt(st.drive.response_ms.map(|p| p.p99), 1),
+            st.drain_s,
+            opt(st.cpu.machine_busy, 2),
+            opt(st.cpu.postgres, 2),
+            st.cpu.driver,
+            match &st.failure {
+                None => "sustained".to_owned(),
+                Some(f) => format!("failed: {f}"),
+            }
+        );
+    }
+
+    if let Some(h) = &r.half_rate {
+        let _ = writeln!(s, "\n## Saga latency at half the maximum rate\n");
+        let _ = writeln!(
+            s,
+            "{:.0} orders/s for {:.0} s; latency per order from the order database: the placing transaction's `now()` (orders.created_at) to the confirming transaction's `now()` (its `confirmed` history entry), so the driver's polling adds nothing.{}\n",
+            h.rate,
+            h.drive.seconds,
+            h.failure.as_ref().map(|f| format!(" This run was NOT sustained: {f}.")).unwrap_or_default()
+        );
+        if let Some(l) = h.latency_ms {
+            let _ = writeln!(s, "| orders | p50 | p95 | p99 | max | mean |\n|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(s, "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |", l.count, l.p50, l.p95, l.p99, l.max, l.mean);
+        }
+        if h.unconfirmed > 0 {
+            let _ = writeln!(s, "\n{} orders of the run were not confirmed when it was read.", h.unconfirmed);
+        }
+        if let Some(p) = h.drive.response_ms {
+            let _ = writeln!(s, "\n`POST /orders` as the driver saw it: p50 {:.1} ms, p99 {:.1} ms.", p.p50, p.p99);
+        }
+        if !h.hops.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nPer hop, from each inbox's timestamps (ms, p50 / p95 / p99). *relay*: the publishing transaction's start (`published_at`) to the copy in the subscriber's inbox (`received_at`), so it includes the rest of the publishing transaction; *wait*: `received_at` to the consumer's claim (`done_at`, its transaction's start; in lease mode the settling, after the handler).\n"
+            );
+            let _ = writeln!(s, "| message | consumer | messages | relay | wait |\n|---|---|---:|---:|---:|");
+            for hop in &h.hops {
+                let t = |v: [f64; 3]| format!("{:.1} / {:.1} / {:.1}", v[0], v[1], v[2]);
+                let _ = writeln!(s, "| {} | {} | {} | {} | {} |", hop.topic, hop.consumer, hop.messages, t(hop.relay_ms), t(hop.wait_ms));
+            }
+        }
+    }
+
+    if r.cpu_at_max.is_some() || r.cpu_at_failure.is_some() {
+        let _ = writeln!(s, "\n## CPU per process\n");
+        let max_rate = r.max_sustained_rate.unwrap_or(0.0);
+        let fail_rate = r.steps.iter().filter(|st| !st.sustained && st.rate > max_rate).map(|st| st.rate).fold(f64::INFINITY, f64::min);
+        let _ = writeln!(
+            s,
+            "Cores used (1.0 = one core all the time), from /proc/<pid>/stat, over the step at the highest sustained rate ({max_rate:.0}/s) and over the lowest failed step above it ({}). PostgreSQL is the postmaster with every backend, split below by database.\n",
+            if fail_rate.is_finite() { format!("{fail_rate:.0}/s") } else { "none".into() }
+        );
+        let _ = writeln!(s, "| process | cores at max | CPU ms per saga at max | cores at the failed step |\n|---|---:|---:|---:|");
+        let mut names: Vec<String> = r.cpu_at_max.iter().chain(&r.cpu_at_failure).flat_map(|c| c.ranked().into_iter().map(|(n, _)| n)).collect();
+        names.dedup();
+        let mut seen = std::collections::BTreeSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        let get = |c: &Option<CpuUsage>, n: &str| c.as_ref().and_then(|c| c.ranked().into_iter().find(|(x, _)| x == n).map(|(_, v)| v));
+        for n in &names {
+            let at_max = get(&r.cpu_at_max, n);
+            if at_max.unwrap_or(0.0) < 0.005 && get(&r.cpu_at_failure, n).unwrap_or(0.0) < 0.005 {
+                continue; // idle (the APIs the saga does not call)
+            }
+            let _ = writeln!(
+                s,
+                "| {n} | {} | {} | {} |",
+                opt(at_max, 2),
+                opt(at_max.filter(|_| max_rate > 0.0).map(|c| c / max_rate * 1000.0), 3),
+                opt(get(&r.cpu_at_failure, n), 2)
+            );
+        }
+        let machine = |c: &Option<CpuUsage>| c.as_ref().and_then(|c| c.machine_busy);
+        let _ = writeln!(s, "| **machine (of {})** | {} | {} | {} |", r.machine.cpus, opt(machine(&r.cpu_at_max), 2), opt(machine(&r.cpu_at_max).filter(|_| max_rate > 0.0).map(|c| c / max_rate * 1000.0), 3), opt(machine(&r.cpu_at_failure), 2));
+        let _ = writeln!(s, "\n| PostgreSQL by database | cores at max | cores at the failed step |\n|---|---:|---:|");
+        let mut dbs: Vec<String> = r.cpu_at_max.iter().chain(&r.cpu_at_failure).flat_map(|c| c.postgres_by.keys().cloned()).collect();
+        dbs.sort();
+        dbs.dedup();
+        for d in dbs {
+            let g = |c: &Option<CpuUsage>| c.as_ref().and_then(|c| c.postgres_by.get(&d).copied());
+            if g(&r.cpu_at_max).unwrap_or(0.0) < 0.005 && g(&r.cpu_at_failure).unwrap_or(0.0) < 0.005 {
+                continue;
+            }
+            let _ = writeln!(s, "| {d} | {} | {} |", opt(g(&r.cpu_at_max), 2), opt(g(&r.cpu_at_failure), 2));
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n## Settings\n\n`cargo xtask bench saga{}`: ceiling {} s × {} clients; steps of {} s from {}/s ×{} with {} bisections (at most {}/s); {} s at half rate; at most {} requests in flight. Process logs: `{}`. Charts: saga-report.svg; every figure: saga-report.json.",
+        if r.quick { " --quick" } else { "" },
+        r.settings.ceiling_secs,
+        r.settings.ceiling_clients,
+        r.settings.step_secs,
+        r.settings.start_rate,
+        r.settings.factor,
+        r.settings.bisections,
+        r.settings.max_rate,
+        r.settings.latency_secs,
+        r.settings.max_in_flight,
+        r.logs.display()
+    );
+    s
+}
+
+pub fn charts(r: &Report) -> Vec<Chart> {
+    let z = &r.ramp_series;
+    let pts = |ys: &[f64]| z.t.iter().copied().zip(ys.iter().copied()).collect::<Vec<_>>();
+    let mut out = vec![
+        Chart::new("Ramp: offered vs confirmed rate", "seconds since the ramp began", "orders/s")
+            .line(Series::new("offered", pts(&z.offered)))
+            .line(Series::new("placed (committed)", pts(&z.placed)))
+            .line(Series::new("confirmed", pts(&z.confirmed))),
+        Chart::new("Backlog: placed, not yet confirmed", "seconds since the ramp began", "orders").line(Series::new("backlog", pts(&z.backlog))),
+    ];
+    if let Some(h) = &r.half_rate {
+        out.push(
+            Chart::new(format!("Saga latency at {:.0} orders/s (per second of confirmation)", h.rate), "seconds", "ms")
+                .line(Series::new("p50", h.timeline.iter().map(|p| (p.t, p.p50))))
+                .line(Series::new("p99", h.timeline.iter().map(|p| (p.t, p.p99)))),
+        );
+    }
+    let mut cpu = Chart::new("CPU by offered rate (ramp steps)", "offered orders/s", "cores");
+    let mut steps: Vec<&Step> = r.steps.iter().collect();
+    steps.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let mut names: Vec<String> = r.cpu_at_max.iter().chain(&r.cpu_at_failure).flat_map(|c| c.ranked().into_iter().take(5).map(|(n, _)| n)).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    cpu = cpu.line(Series::new("machine", steps.iter().filter_map(|st| st.cpu.machine_busy.map(|m| (st.rate, m)))));
+    for n in names {
+        let series = steps.iter().filter_map(|st| st.cpu.ranked().into_iter().find(|(x, _)| *x == n).map(|(_, v)| (st.rate, v)));
+        cpu = cpu.line(Series::new(n.clone(), series));
+    }
+    out.push(cpu);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use super::super::ramp::{Drive, Outcome};
+    use super::super::Build;
+    use conveyor_benchkit::Percentiles;
+
+    fn usage(machine: f64, order_api: f64, pg: f64) -> CpuUsage {
+        CpuUsage {
+            seconds: 10.0,
+            processes: [("order-api".to_owned(), order_api), ("stock-worker".to_owned(), 0.1)].into(),
+            driver: 0.2,
+            tools: 0.0,
+            postgres: Some(pg),
+            postgres_by: [("orders".to_owned(), pg * 0.6), ("stock".to_owned(), pg * 0.4)].into(),
+            machine_busy: Some(machine),
+            other: Some(0.05),
+        }
+    }
+
+    fn step(rate: f64, sustained: bool, cpu: CpuUsage) -> Step {
+        Step {
+            rate,
+            start_s: 0.0,
+            drive: Drive { rate, seconds: 10.0, scheduled: rate as u64 * 10, sent: rate as u64 * 10, accepted: rate as u64 * 10, ..Drive::default() },
+            outcome: Outcome { placed: rate as u64 * 10, confirmed_second_half: rate as u64 * 5, ..Outcome::default() },
+            confirmed_per_sec: rate,
+            placed_per_sec: rate,
+            sustained,
+            failure: (!sustained).then(|| "backlog growing".to_owned()),
+            drain_s: 0.5,
+            cpu,
+            deadlocks: BTreeMap::new(),
+        }
+    }
+
+    fn ceiling(batch: usize, rate: f64) -> CeilingResult {
+        CeilingResult {
+            variant: format!("b{batch}"),
+            batch,
+            relay_batch: batch,
+            clients: 8,
+            seconds: 20,
+            sagas: (rate * 20.0) as u64,
+            sagas_per_sec: rate,
+            placed: (rate * 20.0) as u64,
+            confirmed: (rate * 20.0) as u64,
+            confirmed_per_sec: rate,
+            left_in_queues: 3,
+            pgbench_tps: rate / batch as f64,
+            pgbench_latency_ms: Some(5.0),
+            deadlocks: 0,
+            cpu: usage(2.0, 0.0, 1.5),
+            postgres_cpu_ms_per_saga: Some(0.5),
+            machine_cpu_ms_per_saga: Some(0.8),
+            script: PathBuf::from("saga.sql"),
+        }
+    }
+
+    fn report() -> Report {
+        let s = Settings {
+            quick: false,
+            build: Build::Release,
+            ceiling_secs: 20,
+            ceiling_clients: 8,
+            step_secs: 10.0,
+            start_rate: 300.0,
+            factor: 1.5,
+            bisections: 0,
+            max_rate: 1e9,
+            latency_secs: 30.0,
+            products: 1000,
+            customers: 1000,
+            max_in_flight: 1024,
+            drain_secs: 60.0,
+        };
+        let half = HalfRate {
+            rate: 200.0,
+            drive: Drive { rate: 200.0, seconds: 30.0, response_ms: Percentiles::of(&[2.0, 3.0]), ..Drive::default() },
+            outcome: Outcome::default(),
+            sustained: true,
+            failure: None,
+            latency_ms: Percentiles::of(&[20.0, 30.0, 150.0]),
+            unconfirmed: 0,
+            timeline: vec![super::super::stack::LatencyPoint { t: 1.0, p50: 20.0, p99: 150.0, count: 3 }],
+            hops: vec![],
+            cpu: usage(1.0, 0.2, 0.4),
+        };
+        let shop = StackResults {
+            steps: vec![step(300.0, true, usage(1.5, 0.4, 0.6)), step(400.0, true, usage(1.9, 0.5, 0.8)), step(600.0, false, usage(2.0, 0.6, 0.9))],
+            series: RampSeries { t: vec![1.0, 2.0], offered: vec![300.0, 300.0], placed: vec![299.0, 301.0], confirmed: vec![290.0, 300.0], backlog: vec![10.0, 9.0] },
+            search: Search { start: 300.0, factor: 1.5, precision: 0.1, max_bisections: 0, max_rate: 1e9, tried: vec![(300.0, true), (400.0, true), (600.0, false)] },
+            half: Some(half),
+            seeded: (1000, 1000),
+            log_dir: PathBuf::from("logs"),
+        };
+        build(&s, Machine::detect(), "PostgreSQL 15".into(), "private durable cluster".into(), vec![ceiling(1, 1000.0), ceiling(50, 1000.0)], shop)
+    }
+
+    #[test]
+    fn the_report_has_ratios_targets_and_findings() {
+        let r = report();
+        assert_eq!(r.max_sustained_rate, Some(400.0));
+        assert_eq!(r.ratios.to_batched, Some(0.4));
+        assert_eq!(r.targets.throughput_met, Some(false));
+        assert_eq!(r.targets.p99_met, Some(false));
+        assert_eq!(r.cpu_at_max.as_ref().unwrap().machine_busy, Some(1.9));
+        assert_eq!(r.cpu_at_failure.as_ref().unwrap().machine_busy, Some(2.0));
+        let per = r.cpu_per_saga_at_max.as_ref().unwrap();
+        assert!((per.machine.unwrap() - 1.9 / 400.0 * 1000.0).abs() < 1e-9);
+        assert!(r.findings[0].contains("400 sagas/s") && r.findings[0].contains("40%") && r.findings[0].contains("NOT met"), "{:?}", r.findings);
+        assert!(r.findings.iter().any(|f| f.contains("600/s, failed because: backlog growing")), "{:?}", r.findings);
+        let md = markdown(&r);
+        for text in ["| shop / batched ceiling | 40% | ≥ 50% | NOT met |", "p99 ≤ 100 ms", "## CPU per process", "| order-api | 0.50 |", "failed: backlog growing"] {
+            assert!(md.contains(text), "{text} missing from:\n{md}");
+        }
+        let charts = charts(&r);
+        assert_eq!(charts.len(), 4);
+        assert!(charts[3].series.iter().any(|s| s.name == "order-api" && s.points.len() == 3));
+        serde_json::to_string(&r).unwrap();
+    }
+}

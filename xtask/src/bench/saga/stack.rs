@@ -1,0 +1,418 @@
+//! The shop under load: the stack started with the launcher, seeded with ample stock and
+//! balances, driven at rising rates until it no longer keeps up, then at half the highest
+//! sustained rate for the latency.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use conveyor_benchkit::{Percentiles, Timeline};
+use conveyor_contracts::limits;
+use conveyor_launcher::{Shop, Stack, StackOptions, process_names};
+use serde::Serialize;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use super::cpu::{CpuUsage, Sampler};
+use super::ramp::{self, Catalog, Drive, Outcome, Rules, Search};
+use super::{Settings, LABELS_SQL, parse_labels, query_u64s};
+use crate::bench::psql;
+use crate::proc::Signals;
+
+/// Databases of the stack are `saga_<db>`.
+pub const DB_PREFIX: &str = "saga_";
+
+/// One rate step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub rate: f64,
+    /// Seconds from the start of the ramp.
+    pub start_s: f64,
+    pub drive: Drive,
+    pub outcome: Outcome,
+    /// Confirmed per second over the step's second half; placed per second over the step.
+    pub confirmed_per_sec: f64,
+    pub placed_per_sec: f64,
+    pub sustained: bool,
+    /// Why not, when not.
+    pub failure: Option<String>,
+    /// Seconds until every order of the step was terminal after it ended.
+    pub drain_s: f64,
+    pub cpu: CpuUsage,
+    /// PostgreSQL deadlocks during the step, by service database.
+    pub deadlocks: BTreeMap<String, u64>,
+}
+
+/// Per-second points over the whole ramp (steps and the drains between them).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RampSeries {
+    pub t: Vec<f64>,
+    pub offered: Vec<f64>,
+    pub placed: Vec<f64>,
+    pub confirmed: Vec<f64>,
+    pub backlog: Vec<f64>,
+}
+
+/// The latency of each hop of the saga at half rate, from the inboxes' timestamps (ms).
+#[derive(Debug, Clone, Serialize)]
+pub struct Hop {
+    pub topic: String,
+    pub consumer: String,
+    pub messages: u64,
+    /// Publishing transaction's start → in the subscriber's inbox (the rest of the
+    /// publishing transaction, the relay's wake-up and its copy).
+    pub relay_ms: [f64; 3],
+    /// In the inbox → claimed by the consumer (its transaction's start).
+    pub wait_ms: [f64; 3],
+}
+
+/// Latency of the orders confirmed in one second of the half-rate run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LatencyPoint {
+    /// End of the second, from the start of the run.
+    pub t: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HalfRate {
+    pub rate: f64,
+    pub drive: Drive,
+    pub outcome: Outcome,
+    pub sustained: bool,
+    pub failure: Option<String>,
+    /// Placed → confirmed per order, ms (order database timestamps).
+    pub latency_ms: Option<Percentiles>,
+    /// Orders of the run not confirmed when the run was read.
+    pub unconfirmed: u64,
+    /// Per second of confirmation.
+    pub timeline: Vec<LatencyPoint>,
+    pub hops: Vec<Hop>,
+    pub cpu: CpuUsage,
+}
+
+pub struct StackResults {
+    pub steps: Vec<Step>,
+    pub series: RampSeries,
+    pub search: Search,
+    pub half: Option<HalfRate>,
+    pub seeded: (usize, usize),
+    pub log_dir: std::path::PathBuf,
+}
+
+/// Starts the stack, measures, stops it (also on failure or a signal).
+pub async fn measure(s: &Settings, admin_url: &str, pg_bin: &Path, app_bin: &Path, log_dir: &Path, signals: &mut Signals) -> Result<Result<StackResults, i32>> {
+    for svc in conveyor_contracts::service::ALL {
+        let db = format!("{DB_PREFIX}{}", conveyor_launcher::database_name(svc));
+        step!(psql(pg_bin, admin_url, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), signals).await);
+    }
+    let _ = std::fs::remove_dir_all(log_dir);
+    let mut opts = StackOptions::new(admin_url.to_owned(), app_bin.to_path_buf(), log_dir.to_path_buf());
+    opts.db_prefix = DB_PREFIX.to_owned();
+    let stack = tokio::select! {
+        st = Stack::start(opts, |line| println!("   ✓ {line}")) => st?,
+        sig = signals.wait() => return Ok(Err(sig)),
+    };
+    let mut stack = stack;
+    let result = with_stack(s, &mut stack, pg_bin, log_dir, signals).await;
+    println!("\n== stopping the shop ==");
+    let stopped = stack.stop().await;
+    let result = result?;
+    stopped.context("stopping the shop after the benchmark")?;
+    Ok(result)
+}
+
+async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, log_dir: &Path, signals: &mut Signals) -> Result<Result<StackResults, i32>> {
+    let shop = stack.shop();
+    println!("\n== seeding {} products (stock {}) and {} customers (balance {}) ==", s.products, limits::MAX_STOCK, s.customers, limits::MAX_BALANCE_MINOR);
+    let seeded = Instant::now();
+    let catalog = tokio::select! {
+        c = seed(&shop, s.products as usize, s.customers as usize) => Arc::new(c?),
+        sig = signals.wait() => return Ok(Err(sig)),
+    };
+    println!("   ✓ seeded and synchronized to order and stock in {:.1} s", seeded.elapsed().as_secs_f64());
+
+    let order_db = stack.databases["order"].clone();
+    let processes: Vec<(String, u32)> = process_names().into_iter().filter_map(|n| stack.pid(&n).map(|p| (n, p))).collect();
+    let postmaster = super::postmaster(pg_bin, &order_db, signals).await?;
+    let sampler = Sampler::new(processes, postmaster);
+    let rules = Rules::default();
+    let mut search = Search {
+        start: s.start_rate,
+        factor: s.factor,
+        precision: 0.1,
+        max_bisections: s.bisections,
+        max_rate: s.max_rate,
+        tried: Vec::new(),
+    };
+    let step_len = Duration::from_secs_f64(s.step_secs);
+    println!(
+        "\n== ramp: {:.0} s per step from {:.0} orders/s (×{}), then {} bisections; sustained = confirmed ≥ {:.0}% of offered and a bounded backlog ==",
+        s.step_secs,
+        s.start_rate,
+        s.factor,
+        s.bisections,
+        rules.min_confirmed_share * 100.0
+    );
+    let t0 = ramp::unix_now();
+    let mut steps = Vec::new();
+    let mut series = RampSeries::default();
+    let mut seq = 0u64;
+    while let Some(rate) = search.next() {
+        let labels_before = parse_labels(&step!(psql(pg_bin, &order_db, LABELS_SQL, signals).await));
+        let deadlocks_before = step!(deadlocks(pg_bin, &order_db, signals).await);
+        let a = sampler.snapshot();
+        let drive = tokio::select! {
+            d = ramp::drive(&shop, &catalog, rate, step_len, s.max_in_flight, seq) => d,
+            sig = signals.wait() => return Ok(Err(sig)),
+        };
+        let b = sampler.snapshot();
+        seq += drive.scheduled;
+        stack.check_running()?;
+        let mut labels = parse_labels(&step!(psql(pg_bin, &order_db, LABELS_SQL, signals).await));
+        labels.extend(labels_before);
+        let cpu = sampler.usage(&a, &b, &labels);
+        let drain_started = Instant::now();
+        let drained = step!(drain(pg_bin, &order_db, Duration::from_secs_f64(s.drain_secs), signals).await);
+        let drain_s = drain_started.elapsed().as_secs_f64();
+        let read_until = ramp::unix_now();
+        let deadlocks_after = step!(deadlocks(pg_bin, &order_db, signals).await);
+        let orders = ramp::parse_order_times(&step!(psql(pg_bin, &order_db, &ramp::order_times_sql(drive.start_unix - 0.001, read_until), signals).await))?;
+        let outcome = ramp::outcome(&orders, drive.start_unix, drive.end_unix);
+        let mut failure = ramp::verdict(&drive, &outcome, &rules);
+        if let (None, Some(left)) = (&failure, drained) {
+            failure = Some(format!("{left} orders still not terminal {:.0} s after the step", s.drain_secs));
+        }
+        let secs = (drive.end_unix - drive.start_unix).max(1e-3);
+        let step = Step {
+            rate,
+            start_s: drive.start_unix - t0,
+            confirmed_per_sec: outcome.confirmed_second_half as f64 / (secs / 2.0),
+            placed_per_sec: outcome.placed as f64 / secs,
+            sustained: failure.is_none(),
+            failure,
+            drain_s,
+            cpu,
+            deadlocks: deadlocks_after.iter().map(|(k, v)| (k.clone(), v.saturating_sub(deadlocks_before.get(k).copied().unwrap_or(0)))).filter(|(_, v)| *v > 0).collect(),
+            drive,
+            outcome,
+        };
+        println!("{}", progress_line(steps.len() + 1, &step));
+        for (t, placed, confirmed, backlog) in ramp::series(&orders, t0, step.drive.start_unix, read_until) {
+            let offered = if t + t0 <= step.drive.end_unix + 1e-6 { rate } else { 0.0 };
+            series.t.push(t);
+            series.offered.push(offered);
+            series.placed.push(placed);
+            series.confirmed.push(confirmed);
+            series.backlog.push(backlog);
+        }
+        search.tried.push((rate, step.sustained));
+        steps.push(step);
+    }
+    let half_rate = match search.best() {
+        Some(best) => (best / 2.0).round().max(1.0),
+        None => (search.tried.iter().map(|(r, _)| *r).fold(f64::INFINITY, f64::min) / 2.0).round().max(1.0),
+    };
+    println!(
+        "\n== latency: {:.0} s at {half_rate:.0} orders/s (half of {}) ==",
+        s.latency_secs,
+        search.best().map_or("the lowest rate tried: none was sustained".to_owned(), |b| format!("the highest sustained {b:.0}/s"))
+    );
+    let labels_before = parse_labels(&step!(psql(pg_bin, &order_db, LABELS_SQL, signals).await));
+    let a = sampler.snapshot();
+    let drive = tokio::select! {
+        d = ramp::drive(&shop, &catalog, half_rate, Duration::from_secs_f64(s.latency_secs), s.max_in_flight, seq) => d,
+        sig = signals.wait() => return Ok(Err(sig)),
+    };
+    let b = sampler.snapshot();
+    stack.check_running()?;
+    let mut labels = parse_labels(&step!(psql(pg_bin, &order_db, LABELS_SQL, signals).await));
+    labels.extend(labels_before);
+    let cpu = sampler.usage(&a, &b, &labels);
+    let drained = step!(drain(pg_bin, &order_db, Duration::from_secs_f64(s.drain_secs), signals).await);
+    let read_until = ramp::unix_now();
+    let orders = ramp::parse_order_times(&step!(psql(pg_bin, &order_db, &ramp::order_times_sql(drive.start_unix - 0.001, read_until), signals).await))?;
+    let outcome = ramp::outcome(&orders, drive.start_unix, drive.end_unix);
+    let mut failure = ramp::verdict(&drive, &outcome, &rules);
+    if let (None, Some(left)) = (&failure, drained) {
+        failure = Some(format!("{left} orders still not terminal {:.0} s after the run", s.drain_secs));
+    }
+    let (latency_ms, timeline) = latencies(&orders, drive.start_unix);
+    let mut hops = Vec::new();
+    for (db_svc, topic) in [("stock", "order.placed"), ("payment", "stock.reserved"), ("order", "payment.captured"), ("notification", "order.confirmed")] {
+        let url = &stack.databases[db_svc];
+        let text = step!(psql(pg_bin, url, &hop_sql(topic, drive.start_unix, drive.end_unix), signals).await);
+        if let Some(hop) = parse_hop(&text, topic, db_svc) {
+            hops.push(hop);
+        }
+    }
+    let half = HalfRate {
+        rate: half_rate,
+        unconfirmed: orders.iter().filter(|o| !o.confirmed).count() as u64,
+        sustained: failure.is_none(),
+        failure,
+        latency_ms,
+        timeline,
+        hops,
+        cpu,
+        drive,
+        outcome,
+    };
+    match &half.latency_ms {
+        Some(l) => println!(
+            "   {:.0} orders/s: {} confirmed; placed → confirmed p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms{}",
+            half.rate,
+            l.count,
+            l.p50,
+            l.p95,
+            l.p99,
+            l.max,
+            half.failure.as_ref().map(|f| format!("; NOT sustained: {f}")).unwrap_or_default()
+        ),
+        None => println!("   no order was confirmed at {:.0} orders/s", half.rate),
+    }
+    Ok(Ok(StackResults { steps, series, search, half: Some(half), seeded: (catalog.products.len(), catalog.customers.len()), log_dir: log_dir.to_path_buf() }))
+}
+
+fn progress_line(n: usize, st: &Step) -> String {
+    let top: Vec<String> = st.cpu.ranked().into_iter().take(3).map(|(name, c)| format!("{name} {c:.2}")).collect();
+    format!(
+        "   step {n:>2}: offered {:>5.0}/s → placed {:>5.0}/s, confirmed {:>5.0}/s, backlog {} (mid {}), POST p99 {} ms; CPU machine {} cores, top: {}; {}",
+        st.rate,
+        st.placed_per_sec,
+        st.confirmed_per_sec,
+        st.outcome.backlog_end,
+        st.outcome.backlog_mid,
+        st.drive.response_ms.map_or("n/a".into(), |p| format!("{:.1}", p.p99)),
+        st.cpu.machine_busy.map_or("n/a".into(), |c| format!("{c:.2}")),
+        top.join(", "),
+        match &st.failure {
+            None => "✓ sustained".to_owned(),
+            Some(f) => format!("✗ {f}"),
+        }
+    )
+}
+
+/// Creates the products and customers (a few requests at a time) and waits until every
+/// product has reached the order and stock services.
+async fn seed(shop: &Shop, products: usize, customers: usize) -> Result<Catalog> {
+    const PARALLEL: usize = 16;
+    let mut product_ids = Vec::with_capacity(products);
+    let mut set = JoinSet::new();
+    for i in 1..=products {
+        if set.len() >= PARALLEL {
+            product_ids.push(set.join_next().await.expect("non-empty")??);
+        }
+        let shop = shop.clone();
+        set.spawn(async move { shop.create_product(&format!("Saga product {i}"), 100 + (i as i64 % 900), "EUR", limits::MAX_STOCK).await });
+    }
+    while let Some(r) = set.join_next().await {
+        product_ids.push(r??);
+    }
+    let mut customer_ids = Vec::with_capacity(customers);
+    let mut set = JoinSet::new();
+    for i in 1..=customers {
+        if set.len() >= PARALLEL {
+            customer_ids.push(set.join_next().await.expect("non-empty")??);
+        }
+        let shop = shop.clone();
+        set.spawn(async move { shop.create_customer(Uuid::now_v7(), &format!("Saga customer {i}"), "EUR", limits::MAX_BALANCE_MINOR).await });
+    }
+    while let Some(r) = set.join_next().await {
+        customer_ids.push(r??);
+    }
+    for id in &product_ids {
+        shop.wait_synced(*id, Duration::from_secs(120)).await?;
+    }
+    Ok(Catalog { products: product_ids, customers: customer_ids })
+}
+
+/// Waits until no order is `placed` (every saga ended); `Some(left)` when `limit` passed first.
+async fn drain(pg_bin: &Path, order_db: &str, limit: Duration, signals: &mut Signals) -> Result<Result<Option<u64>, i32>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = query_u64s(&step!(psql(pg_bin, order_db, "SELECT count(*) FROM orders WHERE status = 'placed'", signals).await))?[0];
+        if left == 0 {
+            return Ok(Ok(None));
+        }
+        if Instant::now() > deadline {
+            return Ok(Ok(Some(left)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Deadlocks so far in each of the stack's databases.
+async fn deadlocks(pg_bin: &Path, url: &str, signals: &mut Signals) -> Result<Result<BTreeMap<String, u64>, i32>> {
+    let text = step!(psql(pg_bin, url, &format!("SELECT datname, deadlocks FROM pg_stat_database WHERE datname LIKE '{DB_PREFIX}%'"), signals).await);
+    Ok(Ok(text
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .filter_map(|(db, n)| Some((db.trim_start_matches(DB_PREFIX).to_owned(), n.parse().ok()?)))
+        .collect()))
+}
+
+/// Placed → confirmed per order, ms, and per second of confirmation (from `origin`).
+fn latencies(orders: &[ramp::OrderTimes], origin: f64) -> (Option<Percentiles>, Vec<LatencyPoint>) {
+    let start = Instant::now();
+    let mut tl = Timeline::new(start, Duration::from_secs(1));
+    let mut all = Vec::new();
+    for o in orders {
+        if let (true, Some(t)) = (o.confirmed, o.terminal) {
+            let ms = (t - o.placed) * 1000.0;
+            all.push(ms);
+            tl.record(start + Duration::from_secs_f64((t - origin).max(0.0)), ms);
+        }
+    }
+    let points = tl.points().into_iter().filter_map(|p| p.latency.map(|l| LatencyPoint { t: p.t, p50: l.p50, p99: l.p99, count: p.count })).collect();
+    (Percentiles::of(&all), points)
+}
+
+fn hop_sql(topic: &str, from: f64, to: f64) -> String {
+    format!(
+        "SELECT count(*), \
+         percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM received_at - published_at) * 1000), \
+         percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM done_at - received_at) * 1000) \
+         FROM conveyor.inbox WHERE topic = '{topic}' AND state = 'done' \
+         AND published_at >= to_timestamp({from}) AND published_at < to_timestamp({to} + 2)"
+    )
+}
+
+fn parse_hop(text: &str, topic: &str, consumer: &str) -> Option<Hop> {
+    let f: Vec<&str> = text.trim().split('|').collect();
+    let messages: u64 = f.first()?.parse().ok()?;
+    let three = |s: &str| -> Option<[f64; 3]> {
+        let v: Vec<f64> = s.trim_matches(|c| c == '{' || c == '}').split(',').filter_map(|x| x.parse().ok()).collect();
+        (v.len() == 3).then(|| [v[0], v[1], v[2]])
+    };
+    (messages > 0).then_some(())?;
+    Some(Hop { topic: topic.to_owned(), consumer: consumer.to_owned(), messages, relay_ms: three(f.get(1)?)?, wait_ms: three(f.get(2)?)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hops_parse_from_psql() {
+        let h = parse_hop("120|{1.5,3.25,4}|{0.5,1,2}", "order.placed", "stock").unwrap();
+        assert_eq!((h.messages, h.relay_ms, h.wait_ms), (120, [1.5, 3.25, 4.0], [0.5, 1.0, 2.0]));
+        assert!(parse_hop("0||", "x", "y").is_none());
+    }
+
+    #[test]
+    fn latencies_are_per_confirmed_order() {
+        let o = |placed: f64, terminal: Option<f64>, confirmed| ramp::OrderTimes { placed, terminal, confirmed };
+        let orders = [o(10.0, Some(10.010), true), o(10.5, Some(10.530), true), o(11.0, Some(12.5), false), o(11.2, None, false)];
+        let (p, tl) = latencies(&orders, 10.0);
+        let p = p.unwrap();
+        assert_eq!(p.count, 2);
+        assert!((p.max - 30.0).abs() < 1e-6, "{p:?}");
+        assert_eq!(tl.len(), 1);
+        assert_eq!(tl[0].count, 2);
+    }
+}
