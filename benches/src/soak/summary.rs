@@ -1,0 +1,459 @@
+//! The figures a soak is judged by, computed from its samples (pure functions).
+//!
+//! - **Throughput, start against end**: messages handled per second over the first 10 % of
+//!   the samples (after the first, which is warm-up) and over the last 10 % (at least one
+//!   sample each); the target is
+//!   end ÷ start ≥ `target_end_start_ratio` (0.90: "within 10 % of the start"; an end
+//!   faster than the start is no degradation).
+//! - **Bounded size**, per table: its largest `pg_total_relation_size` over the second half
+//!   of the run against its largest over the first half. Bounded when
+//!   `max(second half) ≤ max(first half) × (1 + tolerance) + slack`. A table that keeps
+//!   growing shows a second-half maximum above the first's, and a positive slope (least
+//!   squares over the second half, reported in bytes per minute). A table pruned after a
+//!   retention window only reaches its steady size once the window and one pruning interval
+//!   have passed; when that is more than half the run, boundedness cannot be told (`None`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Sample, Settings, TableStats};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub duration_s: f64,
+    pub samples: usize,
+    pub published: u64,
+    pub consumed: u64,
+    pub throughput: Throughput,
+    pub latency: LatencyDrift,
+    pub tables: Vec<TableSummary>,
+    /// WAL written per message handled, over the whole run.
+    pub wal_bytes_per_msg: Option<f64>,
+    /// Share of the run producers spent paused at the backlog cap.
+    pub producers_paused: f64,
+    /// What the figures point at, when a target is missed or something grows.
+    pub findings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    /// Where the start and end spans begin (seconds from the start) and how long they are.
+    pub start_from_s: f64,
+    pub start_span_s: f64,
+    pub end_from_s: f64,
+    pub end_span_s: f64,
+    pub start_msgs_per_sec: Option<f64>,
+    pub end_msgs_per_sec: Option<f64>,
+    pub end_over_start: Option<f64>,
+    pub target_end_over_start: f64,
+    pub meets_target: Option<bool>,
+    pub mean_msgs_per_sec: Option<f64>,
+    /// Published (not handled) per second over the same spans.
+    pub start_published_per_sec: Option<f64>,
+    pub end_published_per_sec: Option<f64>,
+}
+
+/// Mean over the samples of each span of the per-window p50 and p99, in ms; and the
+/// stalls: windows whose p99 exceeded [`STALL_MS`], and the oldest message seen waiting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyDrift {
+    pub start_p50_ms: Option<f64>,
+    pub start_p99_ms: Option<f64>,
+    pub end_p50_ms: Option<f64>,
+    pub end_p99_ms: Option<f64>,
+    pub max_p99_ms: Option<f64>,
+    pub windows_over_stall: usize,
+    pub max_oldest_pending_s: Option<f64>,
+    /// Where messages waited at the sample that saw the oldest one: `(outbox, inbox)`.
+    pub at_oldest_waiting: Option<(i64, i64)>,
+}
+
+/// A window whose p99 is above this had messages waiting far longer than a wake-up takes.
+pub const STALL_MS: f64 = 500.0;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableSummary {
+    pub name: String,
+    pub max_total_bytes: i64,
+    pub final_total_bytes: i64,
+    pub final_table_bytes: i64,
+    pub final_index_bytes: i64,
+    pub first_half_max_bytes: i64,
+    pub second_half_max_bytes: i64,
+    /// second half max ÷ first half max.
+    pub growth: Option<f64>,
+    /// Slope of the total size over the second half, bytes per minute.
+    pub second_half_slope_bytes_per_min: Option<f64>,
+    /// When the table reaches its steady size (seconds from the start).
+    pub steady_after_s: f64,
+    pub bounded: Option<bool>,
+    pub max_dead_tup: i64,
+    pub final_dead_tup: i64,
+    pub first_half_max_dead_tup: i64,
+    pub second_half_max_dead_tup: i64,
+    pub max_live_tup: i64,
+    pub final_live_tup: i64,
+    pub autovacuums: i64,
+    pub indexes: Vec<IndexSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexSummary {
+    pub name: String,
+    pub first_half_max_bytes: i64,
+    pub second_half_max_bytes: i64,
+    pub final_bytes: i64,
+}
+
+/// The samples of the first and the last 10 % of the run (at least one each; the same
+/// sample when there is only one). The very first sample is warm-up (connections, the
+/// first wake-ups) and is left out of the start when there are three or more: counting it
+/// would lower the start and flatter the ratio.
+pub fn edges(samples: &[Sample]) -> (&[Sample], &[Sample]) {
+    if samples.is_empty() {
+        return (&[], &[]);
+    }
+    let skip = usize::from(samples.len() >= 3);
+    let n = ((samples.len() as f64 / 10.0).round() as usize).clamp(1, samples.len() - skip);
+    (&samples[skip..skip + n], &samples[samples.len() - n..])
+}
+
+/// Messages per second over `samples` (count ÷ the time their windows cover).
+pub fn rate(samples: &[Sample], count: impl Fn(&Sample) -> u64) -> Option<f64> {
+    let secs: f64 = samples.iter().map(|s| s.window_s).sum();
+    (secs > 0.0).then(|| samples.iter().map(count).sum::<u64>() as f64 / secs)
+}
+
+/// Splits at half the run's length: the samples whose window ends by then, and the rest.
+pub fn halves(samples: &[Sample]) -> (&[Sample], &[Sample]) {
+    let Some(last) = samples.last() else { return (&[], &[]) };
+    let mid = last.t / 2.0;
+    let i = samples.iter().position(|s| s.t > mid + 1e-9).unwrap_or(samples.len());
+    samples.split_at(i)
+}
+
+/// Whether a size stayed bounded (see the module docs).
+pub fn is_bounded(first_half_max: i64, second_half_max: i64, tolerance: f64, slack_bytes: u64) -> bool {
+    second_half_max as f64 <= first_half_max as f64 * (1.0 + tolerance) + slack_bytes as f64
+}
+
+/// Least-squares slope of `y` over `x`; `None` for fewer than two distinct x.
+pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx <= 0.0 {
+        return None;
+    }
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    Some(sxy / sxx)
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let v: Vec<f64> = v.collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+fn max_of(samples: &[Sample], name: &str, f: impl Fn(&TableStats) -> i64) -> i64 {
+    samples.iter().filter_map(|s| s.table(name)).map(f).max().unwrap_or(0)
+}
+
+/// When a table reaches its steady size: the inbox keeps done rows for the pruner's window
+/// and is pruned every interval; the outbox holds only what waits for the relay.
+pub fn steady_after_s(table: &str, settings: &Settings) -> f64 {
+    if table == "inbox" { settings.prune_window_s + settings.prune_interval_s } else { 0.0 }
+}
+
+pub fn summarize(samples: &[Sample], settings: &Settings) -> Summary {
+    let (start, end) = edges(samples);
+    let duration_s = samples.last().map(|s| s.t).unwrap_or(0.0);
+    let start_rate = rate(start, |s| s.consumed);
+    let end_rate = rate(end, |s| s.consumed);
+    let ratio = match (start_rate, end_rate) {
+        (Some(a), Some(b)) if a > 0.0 && samples.len() >= 2 => Some(b / a),
+        _ => None,
+    };
+    let from = |span: &[Sample]| span.first().map(|s| s.t - s.window_s).unwrap_or(0.0);
+    let throughput = Throughput {
+        start_from_s: from(start),
+        end_from_s: from(end),
+        start_span_s: start.iter().map(|s| s.window_s).sum(),
+        end_span_s: end.iter().map(|s| s.window_s).sum(),
+        start_msgs_per_sec: start_rate,
+        end_msgs_per_sec: end_rate,
+        end_over_start: ratio,
+        target_end_over_start: settings.target_end_start_ratio,
+        meets_target: ratio.map(|r| r >= settings.target_end_start_ratio),
+        mean_msgs_per_sec: rate(samples, |s| s.consumed),
+        start_published_per_sec: rate(start, |s| s.published),
+        end_published_per_sec: rate(end, |s| s.published),
+    };
+    let p = |span: &[Sample], f: fn(&conveyor_benchkit::Percentiles) -> f64| mean(span.iter().filter_map(|s| s.latency_ms.as_ref().map(f)));
+    let latency = LatencyDrift {
+        start_p50_ms: p(start, |l| l.p50),
+        start_p99_ms: p(start, |l| l.p99),
+        end_p50_ms: p(end, |l| l.p50),
+        end_p99_ms: p(end, |l| l.p99),
+        max_p99_ms: samples.iter().filter_map(|s| s.latency_ms.map(|l| l.p99)).reduce(f64::max),
+        windows_over_stall: samples.iter().filter(|s| s.latency_ms.is_some_and(|l| l.p99 > STALL_MS)).count(),
+        max_oldest_pending_s: samples.iter().filter_map(|s| s.oldest_pending_s).reduce(f64::max),
+        at_oldest_waiting: samples
+            .iter()
+            .filter(|s| s.oldest_pending_s.is_some())
+            .max_by(|a, b| a.oldest_pending_s.partial_cmp(&b.oldest_pending_s).unwrap_or(std::cmp::Ordering::Equal))
+            .map(|s| (s.outbox_pending, s.inbox_pending)),
+    };
+
+    let (first, second) = halves(samples);
+    let names: Vec<String> = samples.first().map(|s| s.tables.iter().map(|t| t.name.clone()).collect()).unwrap_or_default();
+    let tables = names
+        .iter()
+        .map(|name| {
+            let last = samples.last().and_then(|s| s.table(name));
+            let first_max = max_of(first, name, |t| t.total_bytes);
+            let second_max = max_of(second, name, |t| t.total_bytes);
+            let steady = steady_after_s(name, settings);
+            let assessable = !first.is_empty() && !second.is_empty() && steady <= duration_s / 2.0;
+            let pts: Vec<(f64, f64)> =
+                second.iter().filter_map(|s| s.table(name).map(|t| (s.t / 60.0, t.total_bytes as f64))).collect();
+            let index_names: Vec<String> = last.map(|t| t.indexes.iter().map(|i| i.name.clone()).collect()).unwrap_or_default();
+            let index_max = |span: &[Sample], index: &str| {
+                span.iter()
+                    .filter_map(|s| s.table(name))
+                    .flat_map(|t| t.indexes.iter().filter(|i| i.name == index).map(|i| i.bytes))
+                    .max()
+                    .unwrap_or(0)
+            };
+            TableSummary {
+                name: name.clone(),
+                max_total_bytes: max_of(samples, name, |t| t.total_bytes),
+                final_total_bytes: last.map(|t| t.total_bytes).unwrap_or(0),
+                final_table_bytes: last.map(|t| t.table_bytes).unwrap_or(0),
+                final_index_bytes: last.map(|t| t.index_bytes).unwrap_or(0),
+                first_half_max_bytes: first_max,
+                second_half_max_bytes: second_max,
+                growth: (first_max > 0 && !second.is_empty()).then(|| second_max as f64 / first_max as f64),
+                second_half_slope_bytes_per_min: slope(&pts),
+                steady_after_s: steady,
+                bounded: assessable.then(|| is_bounded(first_max, second_max, settings.size_tolerance, settings.size_slack_bytes)),
+                max_dead_tup: max_of(samples, name, |t| t.dead_tup),
+                final_dead_tup: last.map(|t| t.dead_tup).unwrap_or(0),
+                first_half_max_dead_tup: max_of(first, name, |t| t.dead_tup),
+                second_half_max_dead_tup: max_of(second, name, |t| t.dead_tup),
+                max_live_tup: max_of(samples, name, |t| t.live_tup),
+                final_live_tup: last.map(|t| t.live_tup).unwrap_or(0),
+                autovacuums: last.map(|t| t.autovacuum_count).unwrap_or(0),
+                indexes: index_names
+                    .iter()
+                    .map(|i| IndexSummary {
+                        name: i.clone(),
+                        first_half_max_bytes: index_max(first, i),
+                        second_half_max_bytes: index_max(second, i),
+                        final_bytes: last
+                            .and_then(|t| t.indexes.iter().find(|x| &x.name == i))
+                            .map(|x| x.bytes)
+                            .unwrap_or(0),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+
+    let published: u64 = samples.iter().map(|s| s.published).sum();
+    let consumed: u64 = samples.iter().map(|s| s.consumed).sum();
+    let wal: f64 = samples.iter().map(|s| s.wal_bytes).sum();
+    let run_s: f64 = samples.iter().map(|s| s.window_s).sum();
+    let mut summary = Summary {
+        duration_s,
+        samples: samples.len(),
+        published,
+        consumed,
+        throughput,
+        latency,
+        tables,
+        wal_bytes_per_msg: (consumed > 0).then(|| wal / consumed as f64),
+        producers_paused: if run_s > 0.0 { samples.iter().map(|s| s.producers_paused * s.window_s).sum::<f64>() / run_s } else { 0.0 },
+        findings: Vec::new(),
+    };
+    summary.findings = findings(&summary, samples, settings);
+    summary
+}
+
+/// Plain statements of what the figures show, for the cases worth a look.
+fn findings(s: &Summary, samples: &[Sample], settings: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    let (_, end) = edges(samples);
+    if s.throughput.meets_target == Some(false) {
+        let paused = mean(end.iter().map(|x| x.producers_paused)).unwrap_or(0.0);
+        let pending = mean(end.iter().map(|x| x.inbox_pending as f64)).unwrap_or(0.0);
+        if paused > 0.05 {
+            out.push(format!(
+                "At the end producers were paused at the backlog cap {:.0} % of the time (inbox pending {:.0} on average): the relay or the consumers fell behind, not the producers.",
+                paused * 100.0,
+                pending
+            ));
+        } else {
+            out.push("At the end producers were not held back by the cap: publishing itself got slower (or the machine was busier).".to_owned());
+        }
+    }
+    for t in &s.tables {
+        let grew = t.bounded == Some(false) || t.second_half_slope_bytes_per_min.is_some_and(|v| v > 0.0 && t.bounded != Some(true));
+        if !grew {
+            continue;
+        }
+        let mut why = Vec::new();
+        if t.second_half_max_dead_tup > t.first_half_max_dead_tup.saturating_mul(2).max(10_000) {
+            why.push(format!(
+                "dead tuples peaked at {} in the second half against {} in the first: autovacuum is not keeping up ({} runs in {:.0} s)",
+                t.second_half_max_dead_tup, t.first_half_max_dead_tup, t.autovacuums, s.duration_s
+            ));
+        }
+        if t.name == "inbox" {
+            let expected = s.throughput.mean_msgs_per_sec.unwrap_or(0.0) * (settings.prune_window_s + settings.prune_interval_s);
+            if expected > 0.0 && t.final_live_tup as f64 > expected * 1.5 {
+                why.push(format!(
+                    "{} live rows at the end, against ≈{:.0} done rows the pruner's window and interval should keep: the pruner is lagging",
+                    t.final_live_tup, expected
+                ));
+            }
+        }
+        for i in &t.indexes {
+            if i.first_half_max_bytes > 0 && i.second_half_max_bytes as f64 > i.first_half_max_bytes as f64 * (1.0 + settings.size_tolerance) + settings.size_slack_bytes as f64 {
+                why.push(format!(
+                    "index {} grew from {} to {} bytes",
+                    i.name, i.first_half_max_bytes, i.second_half_max_bytes
+                ));
+            }
+        }
+        if why.is_empty() {
+            why.push("neither dead tuples, live rows nor one index stands out; look at the sizes over time".to_owned());
+        }
+        out.push(format!("{} kept growing: {}.", t.name, why.join("; ")));
+    }
+    if s.latency.windows_over_stall > 0 {
+        let (outbox, inbox) = s.latency.at_oldest_waiting.unwrap_or_default();
+        out.push(format!(
+            "{} of {} windows had a p99 above {STALL_MS:.0} ms; the oldest message seen waiting was {:.2} s old ({} messages in the outbox, {} in the inbox at that sample): a loop woke late, or fell behind.",
+            s.latency.windows_over_stall,
+            s.samples,
+            s.latency.max_oldest_pending_s.unwrap_or(0.0),
+            outbox,
+            inbox
+        ));
+    }
+    if let Some(x) = samples.iter().filter_map(|x| x.oldest_xact_s).reduce(f64::max)
+        && x > 60.0
+    {
+        out.push(format!("A transaction stayed open {x:.0} s: it holds back vacuum's horizon while it lasts."));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::soak::fixtures::{sample, settings};
+
+    #[test]
+    fn the_end_is_compared_with_the_start_over_a_tenth_of_the_run_each() {
+        // The first sample is warm-up and does not count.
+        let samples: Vec<Sample> =
+            (1..=20).map(|i| sample(i as f64 * 10.0, match i { 1 => 10, 2 | 3 => 1000, 19 | 20 => 850, _ => 950 }, 10.0, 0)).collect();
+        let (start, end) = edges(&samples);
+        assert_eq!((start.len(), end.len(), start[0].t, end[0].t), (2, 2, 20.0, 190.0));
+        let s = summarize(&samples, &Settings { duration_s: 200.0, ..settings() });
+        assert_eq!(s.throughput.start_msgs_per_sec, Some(100.0));
+        assert_eq!(s.throughput.end_msgs_per_sec, Some(85.0));
+        assert!((s.throughput.end_over_start.unwrap() - 0.85).abs() < 1e-12);
+        assert_eq!(s.throughput.meets_target, Some(false));
+        assert_eq!(s.throughput.start_span_s, 20.0);
+        assert_eq!(s.wal_bytes_per_msg, Some(1000.0));
+        assert!(s.findings.iter().any(|f| f.contains("not held back")), "{:?}", s.findings);
+
+        let flat: Vec<Sample> = (1..=10).map(|i| sample(i as f64 * 10.0, 1000, 10.0, 0)).collect();
+        let s = summarize(&flat, &settings());
+        assert_eq!(s.throughput.end_over_start, Some(1.0));
+        assert_eq!(s.throughput.meets_target, Some(true));
+        assert!(s.findings.is_empty(), "{:?}", s.findings);
+    }
+
+    #[test]
+    fn stalled_windows_are_counted_and_located() {
+        let mut samples: Vec<Sample> = (1..=10).map(|i| sample(i as f64 * 10.0, 1000, 10.0, 0)).collect();
+        samples[4].latency_ms = conveyor_benchkit::Percentiles::of(&[5.0, 900.0]);
+        samples[4].oldest_pending_s = Some(0.9);
+        samples[4].outbox_pending = 1500;
+        samples[6].oldest_pending_s = Some(0.1);
+        let s = summarize(&samples, &settings());
+        assert_eq!(s.latency.windows_over_stall, 1);
+        assert_eq!(s.latency.max_oldest_pending_s, Some(0.9));
+        assert_eq!(s.latency.at_oldest_waiting, Some((1500, 0)));
+        assert!(s.findings.iter().any(|f| f.starts_with("1 of 10 windows had a p99 above 500 ms") && f.contains("1500 messages in the outbox")), "{:?}", s.findings);
+    }
+
+    #[test]
+    fn one_sample_has_no_ratio_and_few_samples_still_have_edges() {
+        let one = [sample(10.0, 100, 1.0, 0)];
+        let s = summarize(&one, &settings());
+        assert_eq!(s.throughput.end_over_start, None);
+        assert_eq!(s.throughput.meets_target, None);
+        let three: Vec<Sample> = (1..=3).map(|i| sample(i as f64, 100 * i, 1.0, 0)).collect();
+        let (a, b) = edges(&three);
+        assert_eq!((a[0].t, b[0].t, a.len()), (2.0, 3.0, 1));
+        let (a, b) = edges(&three[..2]);
+        assert_eq!((a[0].t, b[0].t), (1.0, 2.0));
+        assert!(summarize(&[], &settings()).tables.is_empty());
+    }
+
+    #[test]
+    fn a_size_that_plateaus_is_bounded_and_one_that_keeps_growing_is_not() {
+        // Grows while the pruner's window fills (30 s), then flat with a sawtooth.
+        let plateau: Vec<Sample> =
+            (1..=10).map(|i| sample(i as f64 * 10.0, 1000, if i <= 3 { i as f64 * 10.0 } else { 30.0 + (i % 2) as f64 }, 5000)).collect();
+        let s = summarize(&plateau, &settings());
+        let t = &s.tables[0];
+        assert_eq!((t.first_half_max_bytes, t.second_half_max_bytes), (31_000_000, 31_000_000));
+        assert_eq!(t.bounded, Some(true));
+        assert_eq!(t.growth, Some(1.0));
+        assert_eq!(t.max_total_bytes, 31_000_000);
+        assert_eq!(t.final_total_bytes, 30_000_000);
+        assert_eq!(t.autovacuums, 5);
+        assert_eq!(t.indexes[0].final_bytes, 7_500_000);
+
+        // 10 MB more every sample, dead tuples piling up.
+        let growing: Vec<Sample> = (1..=10).map(|i| sample(i as f64 * 10.0, 1000, i as f64 * 10.0, i * i * 100_000)).collect();
+        let s = summarize(&growing, &settings());
+        let t = &s.tables[0];
+        assert_eq!((t.first_half_max_bytes, t.second_half_max_bytes), (50_000_000, 100_000_000));
+        assert_eq!(t.bounded, Some(false));
+        assert_eq!(t.growth, Some(2.0));
+        let per_min = t.second_half_slope_bytes_per_min.unwrap();
+        assert!((per_min - 60_000_000.0).abs() < 1.0, "{per_min}");
+        let f = s.findings.join("\n");
+        assert!(f.contains("inbox kept growing") && f.contains("autovacuum is not keeping up") && f.contains("index inbox_pkey grew"), "{f}");
+    }
+
+    #[test]
+    fn boundedness_is_not_told_before_the_pruner_reaches_its_steady_state() {
+        let samples: Vec<Sample> = (1..=10).map(|i| sample(i as f64 * 10.0, 1000, 10.0, 0)).collect();
+        let s = summarize(&samples, &Settings { prune_window_s: 60.0, ..settings() });
+        assert_eq!(s.tables[0].bounded, None);
+        assert_eq!(s.tables[0].steady_after_s, 70.0);
+    }
+
+    #[test]
+    fn the_tolerance_and_slack_are_what_the_docs_say() {
+        assert!(is_bounded(100_000_000, 110_000_000, 0.10, 0));
+        assert!(!is_bounded(100_000_000, 110_000_001, 0.10, 0));
+        assert!(is_bounded(8192, 65536, 0.10, 1 << 20));
+        let five: Vec<Sample> = (1..=5).map(|i| sample(i as f64 * 10.0, 1, 1.0, 0)).collect();
+        let (a, b) = halves(&five);
+        assert_eq!((a.len(), b.len()), (2, 3));
+        assert_eq!(slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]), Some(2.0));
+        assert_eq!(slope(&[(1.0, 1.0)]), None);
+        assert_eq!(slope(&[(1.0, 1.0), (1.0, 2.0)]), None);
+    }
+}
