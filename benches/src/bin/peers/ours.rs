@@ -1,0 +1,88 @@
+//! Our queue hop, the whole path a service gets: publish into the outbox in the producer's
+//! transaction → relay → the subscriber's inbox → transaction-mode consumer (claim, handler
+//! and "done" in one transaction: exactly-once effect).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use conveyor_benches::{BenchEvent, fresh_db};
+use conveyor_queue::{Consumer, ConsumerOptions, Delivery, Outgoing, Relay, RelayOptions, Routes, handler_fn, publish_all};
+use futures::FutureExt;
+use sqlx::{Connection, PgPool};
+
+use crate::Config;
+use crate::measure::{Probe, drive, stamp_of};
+
+/// The relay's settings: the engine's defaults (one loop, 100 rows a claim), whatever the
+/// scenario's batch; the relay is part of the hop, not the user's batching.
+pub fn relay_options() -> RelayOptions {
+    RelayOptions::default()
+}
+
+/// Fresh publisher and subscriber databases, checkpointed.
+pub async fn prepare(cfg: &Config) -> Result<(PgPool, PgPool)> {
+    let conns = (cfg.producers.max(cfg.consumers) + 4) as u32;
+    let publisher = fresh_db(&cfg.postgres_url, "peers_ours_pub", conns).await.context("creating the publisher's database")?;
+    let subscriber = fresh_db(&cfg.postgres_url, "peers_ours_sub", conns).await.context("creating the subscriber's database")?;
+    sqlx::raw_sql("CHECKPOINT").execute(&publisher).await?;
+    Ok((publisher, subscriber))
+}
+
+pub async fn run(cfg: &Config, batch: usize, probe: &Arc<Probe>, (publisher, subscriber): (PgPool, PgPool)) -> Result<()> {
+    let result = measure(cfg, batch, probe, &publisher, &subscriber).await;
+    publisher.close().await;
+    subscriber.close().await;
+    result
+}
+
+async fn measure(cfg: &Config, batch: usize, probe: &Arc<Probe>, publisher: &PgPool, subscriber: &PgPool) -> Result<()> {
+    let relay = Relay::new(
+        publisher.clone(),
+        Routes::new().route(<BenchEvent as conveyor_queue::Event>::TOPIC, ["sub"]),
+        HashMap::from([("sub".to_owned(), subscriber.clone())]),
+    )?
+    .with_options(relay_options());
+    let p = probe.clone();
+    let consumer = Consumer::new(subscriber.clone())
+        .named("peers")
+        .with_options(ConsumerOptions { concurrency: cfg.consumers, batch_size: batch as i64, ..Default::default() })
+        .subscribe(handler_fn(move |_conn, msg: Delivery<BenchEvent>| {
+            p.consumed([stamp_of(&msg.payload)]);
+            async { Ok(()) }.boxed()
+        }));
+
+    let mut tasks = Vec::new();
+    let stop = probe.stop().clone();
+    tasks.push((
+        "relay".to_owned(),
+        tokio::spawn({
+            let stop = stop.clone();
+            async move { relay.run(stop).await.context("relay") }
+        }),
+    ));
+    tasks.push((
+        "consumer".to_owned(),
+        tokio::spawn(async move { consumer.run(stop).await.context("consumer") }),
+    ));
+    let n = cfg.producers;
+    for i in 0..n {
+        let (pool, probe) = (publisher.clone(), probe.clone());
+        tasks.push((format!("producer {i}"), tokio::spawn(async move { produce(pool, i, n, batch, probe).await })));
+    }
+    drive(probe, tasks).await
+}
+
+/// One message, or `batch`, per transaction on a connection of its own.
+async fn produce(pool: PgPool, i: usize, n: usize, batch: usize, probe: Arc<Probe>) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    let mut schedule = probe.schedule(i, n);
+    while let Some(stamp) = probe.next_batch(batch, &mut schedule).await {
+        let msgs = (0..batch).map(|_| Outgoing::event(&Probe::event(stamp))).collect::<Result<Vec<_>, _>>()?;
+        let mut tx = conn.begin().await?;
+        publish_all(&mut tx, &msgs).await?;
+        tx.commit().await?;
+        probe.published(batch);
+    }
+    Ok(())
+}
