@@ -28,8 +28,8 @@ pub struct CeilingResult {
     pub seconds: u32,
     /// Sagas complete (notification recorded) at the end.
     pub sagas: u64,
-    /// Sagas completed per second over the last three quarters of the run (the first
-    /// quarter fills the pipeline), from the notifications' timestamps.
+    /// Sagas completed per second from a quarter of `seconds` into the run (the pipeline
+    /// fills) until pgbench exited, from the notifications' timestamps.
     pub sagas_per_sec: f64,
     /// Orders placed and confirmed.
     pub placed: u64,
@@ -113,6 +113,8 @@ pub async fn measure(
         let started = super::ramp::unix_now();
         let r = step!(pgbench(bin_dir, &url, &path, "saga_sql", batch as u32, opts.clients, opts.seconds, signals).await);
         let b = sampler.snapshot();
+        // pgbench lets the script runs under way at -T finish: the run ends when it exits.
+        let finished = super::ramp::unix_now();
         let labels = parse_labels(&step!(psql(bin_dir, &url, LABELS_SQL, signals).await));
         let counts = query_u64s(&step!(psql(bin_dir, &url, replay::COUNTS_SQL, signals).await))?;
         let [placed, confirmed, sagas, left] = counts[..] else { anyhow::bail!("unexpected counts from the replay: {counts:?}") };
@@ -123,7 +125,7 @@ pub async fn measure(
         let deadlocks = query_u64s(&step!(psql(bin_dir, &url, &deadlocks_sql, signals).await))?[0].saturating_sub(deadlocks_before);
         let cpu = sampler.usage(&a, &b, &labels);
         let secs = f64::from(opts.seconds);
-        let (from, to) = (started + secs / 4.0, started + secs);
+        let (from, to) = (started + secs / 4.0, finished.max(started + secs));
         let rates = query_u64s(&step!(psql(bin_dir, &url, &replay::rates_sql(from, to), signals).await))?;
         let window = (to - from).max(1e-3);
         // CPU over the whole run, per saga completed in it.

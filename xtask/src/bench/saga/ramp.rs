@@ -185,16 +185,15 @@ pub fn outcome(orders: &[OrderTimes], start: f64, end: f64) -> Outcome {
     }
 }
 
-/// Per-second series over `[from, to)`: placed/s, confirmed/s and the backlog at each
-/// second's end, `t` in seconds from `origin`.
+/// Per-second series from `from` until the second that holds `to`: placed/s, confirmed/s
+/// and the backlog at each second's end, `t` (the second's end) in seconds from `origin`.
 pub fn series(orders: &[OrderTimes], origin: f64, from: f64, to: f64) -> Vec<(f64, f64, f64, f64)> {
     let mut out = Vec::new();
     let mut t = from;
     while t < to {
-        let end = (t + 1.0).min(to);
-        let w = end - t;
-        let placed = orders.iter().filter(|o| o.placed >= t && o.placed < end).count() as f64 / w;
-        let confirmed = orders.iter().filter(|o| o.confirmed && o.terminal.is_some_and(|x| x >= t && x < end)).count() as f64 / w;
+        let end = t + 1.0;
+        let placed = orders.iter().filter(|o| o.placed >= t && o.placed < end).count() as f64;
+        let confirmed = orders.iter().filter(|o| o.confirmed && o.terminal.is_some_and(|x| x >= t && x < end)).count() as f64;
         let backlog = orders.iter().filter(|o| o.placed < end && o.terminal.is_none_or(|x| x >= end)).count() as f64;
         out.push((end - origin, placed, confirmed, backlog));
         t = end;
@@ -383,7 +382,7 @@ mod tests {
         let orders = [o(100.1, Some(100.2)), o(100.5, Some(101.5)), o(101.2, None), o(101.9, Some(102.5))];
         let out = outcome(&orders, 100.0, 102.0);
         assert_eq!(out, Outcome { placed: 4, confirmed_second_half: 1, cancelled: 0, backlog_end: 2, backlog_mid: 1 });
-        let s = series(&orders, 100.0, 100.0, 102.0);
+        let s = series(&orders, 100.0, 100.0, 101.5);
         assert_eq!(s, vec![(1.0, 2.0, 1.0, 1.0), (2.0, 2.0, 1.0, 2.0)]);
         let parsed = parse_order_times("100.5|101.25|confirmed\n101|||\n").unwrap_err();
         assert!(parsed.to_string().contains("unexpected line"));

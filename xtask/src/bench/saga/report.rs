@@ -161,7 +161,7 @@ fn findings(r: &Report) -> Vec<String> {
     match (r.max_sustained_rate, r.ratios.ceiling_batched_sagas_per_sec) {
         (Some(max), Some(b)) => f.push(format!(
             "The shop sustained {max:.0} sagas/s (placed → confirmed): {} of the batched saga-SQL ceiling ({b:.0}/s) and {} of the one-message-per-transaction ceiling ({}/s). Target ≥ {}: {}.",
-            pct(max / b),
+            r.ratios.to_batched.map_or("n/a".into(), pct),
             r.ratios.to_one_per_tx.map_or("n/a".into(), pct),
             opt(r.ratios.ceiling_one_per_tx_sagas_per_sec, 0),
             pct(THROUGHPUT_TARGET),

@@ -203,7 +203,8 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, log_dir: &Pa
         };
         println!("{}", progress_line(steps.len() + 1, &step));
         for (t, placed, confirmed, backlog) in ramp::series(&orders, t0, step.drive.start_unix, read_until) {
-            let offered = if t + t0 <= step.drive.end_unix + 1e-6 { rate } else { 0.0 };
+            // The second ending at t offered `rate` if it began before the step's end.
+            let offered = if t - 1.0 + t0 < step.drive.end_unix { rate } else { 0.0 };
             series.t.push(t);
             series.offered.push(offered);
             series.placed.push(placed);
