@@ -4,6 +4,7 @@
 //! processes can be killed (SIGKILL, like a crash) and started again.
 
 pub mod demo;
+pub mod drive;
 mod process;
 mod shop;
 

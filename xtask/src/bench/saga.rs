@@ -34,9 +34,10 @@ use crate::{Postgres, pg_version, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Smoke mode for CI: the debug build, 2 s of pgbench per variant, two 3 s rate steps
-    /// (20 and 40 orders/s), 3 s at half rate, 20 products and customers. Checks the harness
-    /// end to end and writes the result files; never a speed.
+    /// Smoke mode for CI: the debug build, 2 s of pgbench per variant with 2 clients, 1 s of
+    /// warm-up, at most two 3 s rate steps (20 and 40 orders/s), 3 s at half rate, 20
+    /// products and customers. Checks the harness end to end and writes the result files;
+    /// never a speed.
     #[arg(long)]
     pub quick: bool,
     /// Which build of the shop to run (default: release; debug with --quick).
@@ -66,11 +67,16 @@ pub struct Args {
     /// Seconds at half the highest sustained rate, for the latency.
     #[arg(long, default_value_t = 30.0)]
     pub latency_secs: f64,
-    /// Products in the catalog (orders pick one uniformly; each has ample stock).
-    #[arg(long, default_value_t = 1000)]
+    /// Seconds at half the first rate before the ramp (connections, caches), not counted.
+    #[arg(long, default_value_t = 5.0)]
+    pub warmup_secs: f64,
+    /// Products in the catalog, in the shop and in the replay (orders pick one uniformly;
+    /// each has ample stock). Fewer make batches lock the same items more often.
+    #[arg(long, default_value_t = 10_000)]
     pub products: u32,
-    /// Customers (orders pick one uniformly; each has an ample balance).
-    #[arg(long, default_value_t = 1000)]
+    /// Customers, in the shop and in the replay (orders pick one uniformly; each has an
+    /// ample balance). Fewer make batches lock the same balances more often.
+    #[arg(long, default_value_t = 10_000)]
     pub customers: u32,
     /// Requests the driver keeps in flight at most; beyond, a scheduled order is not sent
     /// and the step fails (the order API did not keep up).
@@ -101,6 +107,7 @@ pub struct Settings {
     pub bisections: u32,
     pub max_rate: f64,
     pub latency_secs: f64,
+    pub warmup_secs: f64,
     pub products: u32,
     pub customers: u32,
     pub max_in_flight: usize,
@@ -120,6 +127,7 @@ impl Settings {
             bisections: a.bisections,
             max_rate: a.max_rate,
             latency_secs: a.latency_secs,
+            warmup_secs: a.warmup_secs,
             products: a.products,
             customers: a.customers,
             max_in_flight: a.max_in_flight,
@@ -130,12 +138,16 @@ impl Settings {
         }
         Settings {
             ceiling_secs: 2,
+            // Fewer clients: a script run of 50 sagas takes seconds, and pgbench lets the
+            // runs under way finish after -T.
+            ceiling_clients: 2,
             step_secs: 3.0,
             start_rate: 20.0,
             factor: 2.0,
             bisections: 0,
             max_rate: 40.0,
             latency_secs: 3.0,
+            warmup_secs: 1.0,
             products: 20,
             customers: 20,
             drain_secs: 30.0,

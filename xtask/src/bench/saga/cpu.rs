@@ -117,7 +117,8 @@ impl Sampler {
                 processes.insert(name.clone(), cores(end.saturating_sub(*start)));
             }
         }
-        let driver = processes.remove(DRIVER).unwrap_or(0.0);
+        // The load generator runs as our child (saga-driver, pgbench): reaped, its time is ours.
+        let driver = processes.remove(DRIVER).unwrap_or(0.0) + cores(b.tools.saturating_sub(a.tools));
         let mut postgres_by = BTreeMap::new();
         let mut labelled = 0u64;
         for (pid, end) in &b.backends {
@@ -144,15 +145,14 @@ impl Sampler {
             }
             _ => None,
         };
-        let tools = cores(b.tools.saturating_sub(a.tools));
-        let known: f64 = processes.values().sum::<f64>() + driver + tools + postgres.unwrap_or(0.0);
+        let known: f64 = processes.values().sum::<f64>() + driver + postgres.unwrap_or(0.0);
         let other = machine_busy.map(|m| (m - known).max(0.0));
-        CpuUsage { seconds: secs, processes, driver, tools, postgres, postgres_by, machine_busy, other }
+        CpuUsage { seconds: secs, processes, driver, postgres, postgres_by, machine_busy, other }
     }
 }
 
 /// The name this process goes by in a snapshot.
-const DRIVER: &str = "driver (xtask)";
+const DRIVER: &str = "load driver";
 
 /// CPU used over an interval, in cores.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -160,10 +160,9 @@ pub struct CpuUsage {
     pub seconds: f64,
     /// Each process of the stack.
     pub processes: BTreeMap<String, f64>,
-    /// This process: the load driver (and the harness).
+    /// The load generator (the saga-driver process, or pgbench for the ceiling; children of
+    /// this process, counted when they exit) and this harness.
     pub driver: f64,
-    /// The tools this process ran and waited for in the meantime (pgbench, psql).
-    pub tools: f64,
     /// PostgreSQL as a whole; `None` when its processes are not visible here.
     pub postgres: Option<f64>,
     /// PostgreSQL by database (backends) or backend type (background processes).
@@ -180,9 +179,6 @@ impl CpuUsage {
         let mut v: Vec<(String, f64)> = self.processes.iter().map(|(k, v)| (k.clone(), *v)).collect();
         v.push(("postgres (all)".to_owned(), self.postgres.unwrap_or(0.0)));
         v.push((DRIVER.to_owned(), self.driver));
-        if self.tools > 0.0 {
-            v.push(("pgbench and psql".to_owned(), self.tools));
-        }
         if let Some(o) = self.other {
             v.push(("other programs".to_owned(), o));
         }

@@ -1,38 +1,15 @@
-//! The open-loop driver (orders placed at a fixed rate through the order API, whatever
-//! the answers take), the verdict on a rate step, the search for the highest sustained
-//! rate, and what the order database says about a step's orders.
+//! A rate step: the open-loop driver run for it (the `saga-driver` process), the verdict
+//! on it, the search for the highest sustained rate, and what the order database says
+//! about a step's orders.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
+use anyhow::{Context, Result};
 use conveyor_benchkit::Percentiles;
-use conveyor_launcher::Shop;
+use conveyor_launcher::drive::DriveReport;
 use serde::Serialize;
-use tokio::task::JoinSet;
-use uuid::Uuid;
 
-/// Whom the driver's orders are for: one line of quantity 1, product and customer chosen
-/// uniformly (as the replay does).
-pub struct Catalog {
-    pub products: Vec<Uuid>,
-    pub customers: Vec<Uuid>,
-}
-
-impl Catalog {
-    fn pick(&self, seq: u64) -> (Uuid, Uuid) {
-        let r = splitmix64(seq);
-        let c = self.customers[(r % self.customers.len() as u64) as usize];
-        let p = self.products[((r >> 32) % self.products.len() as u64) as usize];
-        (c, p)
-    }
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+use crate::proc::{self, Signals};
 
 /// What the driver did in one step.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -54,7 +31,7 @@ pub struct Drive {
     pub max_in_flight: usize,
     /// POST /orders response times as the driver saw them, ms.
     pub response_ms: Option<Percentiles>,
-    /// Unix seconds of the first and last scheduled send.
+    /// Unix seconds of the first scheduled send and of the end of the schedule.
     pub start_unix: f64,
     pub end_unix: f64,
 }
@@ -63,68 +40,48 @@ pub fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-/// Places orders at `rate` per second for `duration`, open loop: each on schedule, never
-/// waiting for earlier answers, at most `max_in_flight` at once (beyond that the request
-/// is counted unsent, not delayed). Returns once every request sent has its answer.
-pub async fn drive(shop: &Shop, catalog: &Arc<Catalog>, rate: f64, duration: Duration, max_in_flight: usize, seq0: u64) -> Drive {
-    let total = (rate * duration.as_secs_f64()).round() as u64;
-    let mut d = Drive { rate, seconds: duration.as_secs_f64(), scheduled: total, ..Drive::default() };
-    let mut set: JoinSet<(Duration, Result<u16, String>)> = JoinSet::new();
-    let mut latencies = Vec::with_capacity(total as usize);
-    let mut record = |d: &mut Drive, r: Result<(Duration, Result<u16, String>), tokio::task::JoinError>| match r {
-        Ok((took, Ok(201))) => {
-            d.accepted += 1;
-            latencies.push(took.as_secs_f64() * 1000.0);
-        }
-        Ok((_, Ok(status))) => {
-            d.rejected += 1;
-            d.first_problem.get_or_insert_with(|| format!("POST /orders answered {status}"));
-        }
-        Ok((_, Err(e))) => {
-            d.errors += 1;
-            d.first_problem.get_or_insert(e);
-        }
-        Err(e) => {
-            d.errors += 1;
-            d.first_problem.get_or_insert_with(|| format!("request task failed: {e}"));
-        }
+/// Where and how hard the driver places orders.
+pub struct DriverSetup<'a> {
+    /// The `saga-driver` binary (built with the shop: release for real runs).
+    pub binary: &'a Path,
+    pub order_api: &'a str,
+    /// Its products and customers (`conveyor_launcher::drive::catalog_text`).
+    pub catalog: &'a Path,
+    pub max_in_flight: usize,
+}
+
+/// Places orders at `rate` per second for `seconds`, open loop, with the `saga-driver`
+/// process (each order on schedule whatever the earlier answers take; see
+/// `conveyor_launcher::drive`).
+pub async fn drive(d: &DriverSetup<'_>, rate: f64, seconds: f64, seed: u64, signals: &mut Signals) -> Result<Result<Drive, i32>> {
+    let mut cmd = tokio::process::Command::new(d.binary);
+    cmd.arg("--order-api").arg(d.order_api).arg("--catalog").arg(d.catalog);
+    cmd.args(["--rate", &rate.to_string(), "--seconds", &seconds.to_string(), "--max-in-flight", &d.max_in_flight.to_string(), "--seed", &seed.to_string()]);
+    let out = match proc::capture(cmd, signals).await? {
+        Ok(out) => out,
+        Err(sig) => return Ok(Err(sig)),
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let start = Instant::now();
-    d.start_unix = unix_now();
-    let mut handled = 0u64; // sent + unsent
-    while handled < total {
-        tick.tick().await;
-        let elapsed = start.elapsed().as_secs_f64();
-        let due = ((elapsed * rate) as u64 + 1).min(total);
-        while let Some(r) = set.try_join_next() {
-            record(&mut d, r);
-        }
-        while handled < due {
-            handled += 1;
-            if set.len() >= max_in_flight {
-                d.unsent += 1;
-                continue;
-            }
-            let (customer, product) = catalog.pick(seq0 + handled);
-            let shop = shop.clone();
-            set.spawn(async move {
-                let key = Uuid::now_v7().to_string();
-                let t = Instant::now();
-                let r = shop.place_order(&key, customer, &[(product, 1)]).await;
-                (t.elapsed(), r.map(|(status, _)| status).map_err(|e| format!("{e:#}")))
-            });
-            d.sent += 1;
-            d.max_in_flight = d.max_in_flight.max(set.len());
-        }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        anyhow::bail!("{} failed ({}):\n{stdout}{}", d.binary.display(), out.status, String::from_utf8_lossy(&out.stderr));
     }
-    d.end_unix = unix_now();
-    while let Some(r) = set.join_next().await {
-        record(&mut d, r);
-    }
-    d.response_ms = Percentiles::of(&latencies);
-    d
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).with_context(|| format!("the driver's report is not JSON: {stdout}"))?;
+    let r = DriveReport::from_json(&json)?;
+    Ok(Ok(Drive {
+        rate,
+        seconds,
+        scheduled: r.scheduled,
+        sent: r.sent,
+        unsent: r.unsent,
+        accepted: r.accepted,
+        rejected: r.rejected,
+        errors: r.errors,
+        first_problem: r.first_problem,
+        max_in_flight: r.max_in_flight,
+        response_ms: Percentiles::of(&r.response_ms),
+        start_unix: r.start_unix,
+        end_unix: r.end_unix,
+    }))
 }
 
 /// One order of a step as the order database has it: unix seconds of placement (the

@@ -456,10 +456,11 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## Settings\n\n`cargo xtask bench saga{}`: ceiling {} s × {} clients; steps of {} s from {}/s ×{} with {} bisections (at most {}/s); {} s at half rate; at most {} requests in flight. Process logs: `{}`. Charts: saga-report.svg; every figure: saga-report.json.",
+        "\n## Settings\n\n`cargo xtask bench saga{}`: ceiling {} s × {} clients; {} s of warm-up; steps of {} s from {}/s ×{} with {} bisections (at most {}/s); {} s at half rate; at most {} requests in flight. Process logs: `{}`. Charts: saga-report.svg; every figure: saga-report.json.",
         if r.quick { " --quick" } else { "" },
         r.settings.ceiling_secs,
         r.settings.ceiling_clients,
+        r.settings.warmup_secs,
         r.settings.step_secs,
         r.settings.start_rate,
         r.settings.factor,
@@ -516,7 +517,6 @@ mod tests {
             seconds: 10.0,
             processes: [("order-api".to_owned(), order_api), ("stock-worker".to_owned(), 0.1)].into(),
             driver: 0.2,
-            tools: 0.0,
             postgres: Some(pg),
             postgres_by: [("orders".to_owned(), pg * 0.6), ("stock".to_owned(), pg * 0.4)].into(),
             machine_busy: Some(machine),
@@ -575,6 +575,7 @@ mod tests {
             bisections: 0,
             max_rate: 1e9,
             latency_secs: 30.0,
+            warmup_secs: 5.0,
             products: 1000,
             customers: 1000,
             max_in_flight: 1024,

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -16,7 +15,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::cpu::{CpuUsage, Sampler};
-use super::ramp::{self, Catalog, Drive, Outcome, Rules, Search};
+use super::ramp::{self, Drive, DriverSetup, Outcome, Rules, Search};
 use super::{Settings, LABELS_SQL, parse_labels, query_u64s};
 use crate::bench::psql;
 use crate::proc::Signals;
@@ -106,6 +105,8 @@ pub struct StackResults {
 
 /// Starts the stack, measures, stops it (also on failure or a signal).
 pub async fn measure(s: &Settings, admin_url: &str, pg_bin: &Path, app_bin: &Path, log_dir: &Path, signals: &mut Signals) -> Result<Result<StackResults, i32>> {
+    let driver = app_bin.join("saga-driver");
+    anyhow::ensure!(driver.exists(), "{} not found: it is built with the shop (`cargo build --workspace --bins`)", driver.display());
     for svc in conveyor_contracts::service::ALL {
         let db = format!("{DB_PREFIX}{}", conveyor_launcher::database_name(svc));
         step!(psql(pg_bin, admin_url, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), signals).await);
@@ -118,7 +119,7 @@ pub async fn measure(s: &Settings, admin_url: &str, pg_bin: &Path, app_bin: &Pat
         sig = signals.wait() => return Ok(Err(sig)),
     };
     let mut stack = stack;
-    let result = with_stack(s, &mut stack, pg_bin, log_dir, signals).await;
+    let result = with_stack(s, &mut stack, pg_bin, app_bin, log_dir, signals).await;
     println!("\n== stopping the shop ==");
     let stopped = stack.stop().await;
     let result = result?;
@@ -126,15 +127,19 @@ pub async fn measure(s: &Settings, admin_url: &str, pg_bin: &Path, app_bin: &Pat
     Ok(result)
 }
 
-async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, log_dir: &Path, signals: &mut Signals) -> Result<Result<StackResults, i32>> {
+async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Path, log_dir: &Path, signals: &mut Signals) -> Result<Result<StackResults, i32>> {
     let shop = stack.shop();
     println!("\n== seeding {} products (stock {}) and {} customers (balance {}) ==", s.products, limits::MAX_STOCK, s.customers, limits::MAX_BALANCE_MINOR);
     let seeded = Instant::now();
-    let catalog = tokio::select! {
-        c = seed(&shop, s.products as usize, s.customers as usize) => Arc::new(c?),
+    let (products, customers) = tokio::select! {
+        c = seed(&shop, s.products as usize, s.customers as usize) => c?,
         sig = signals.wait() => return Ok(Err(sig)),
     };
     println!("   ✓ seeded and synchronized to order and stock in {:.1} s", seeded.elapsed().as_secs_f64());
+    let catalog = log_dir.join("saga-driver-catalog.txt");
+    std::fs::write(&catalog, conveyor_launcher::drive::catalog_text(&products, &customers)).with_context(|| format!("writing {}", catalog.display()))?;
+    let (driver_bin, order_api) = (app_bin.join("saga-driver"), stack.api["order"].clone());
+    let driver = DriverSetup { binary: &driver_bin, order_api: &order_api, catalog: &catalog, max_in_flight: s.max_in_flight };
 
     let order_db = stack.databases["order"].clone();
     let processes: Vec<(String, u32)> = process_names().into_iter().filter_map(|n| stack.pid(&n).map(|p| (n, p))).collect();
@@ -149,7 +154,6 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, log_dir: &Pa
         max_rate: s.max_rate,
         tried: Vec::new(),
     };
-    let step_len = Duration::from_secs_f64(s.step_secs);
     println!(
         "\n== ramp: {:.0} s per step from {:.0} orders/s (×{}), then {} bisections; sustained = confirmed ≥ {:.0}% of offered and a bounded backlog ==",
         s.step_secs,
@@ -158,18 +162,28 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, log_dir: &Pa
         s.bisections,
         rules.min_confirmed_share * 100.0
     );
+    let mut seq = 0u64;
+    if s.warmup_secs > 0.0 {
+        // Connections, prepared statements, caches: not part of any step.
+        let rate = (s.start_rate / 2.0).max(1.0);
+        let warm = step!(ramp::drive(&driver, rate, s.warmup_secs, seq, signals).await);
+        seq += warm.scheduled;
+        let left = step!(drain(pg_bin, &order_db, Duration::from_secs_f64(s.drain_secs), signals).await);
+        println!(
+            "   warm-up: {:.0} s at {rate:.0} orders/s, {} accepted{}",
+            s.warmup_secs,
+            warm.accepted,
+            left.map(|n| format!(", {n} still not terminal")).unwrap_or_default()
+        );
+    }
     let t0 = ramp::unix_now();
     let mut steps = Vec::new();
     let mut series = RampSeries::default();
-    let mut seq = 0u64;
     while let Some(rate) = search.next() {
         let labels_before = parse_labels(&step!(psql(pg_bin, &order_db, LABELS_SQL, signals).await));
         let deadlocks_before = step!(deadlocks(pg_bin, &order_db, signals).await);
         let a = sampler.snapshot();
-        let drive = tokio::select! {
-            d = ramp::drive(&shop, &catalog, rate, step_len, s.max_in_flight, seq) => d,
-            sig = signals.wait() => return Ok(Err(sig)),
-        };
+        let drive = step!(ramp::drive(&driver, rate, s.step_secs, seq, signals).await);
         let b = sampler.snapshot();
         seq += drive.scheduled;
         stack.check_running()?;
@@ -225,10 +239,7 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, log_dir: &Pa
     );
     let labels_before = parse_labels(&step!(psql(pg_bin, &order_db, LABELS_SQL, signals).await));
     let a = sampler.snapshot();
-    let drive = tokio::select! {
-        d = ramp::drive(&shop, &catalog, half_rate, Duration::from_secs_f64(s.latency_secs), s.max_in_flight, seq) => d,
-        sig = signals.wait() => return Ok(Err(sig)),
-    };
+    let drive = step!(ramp::drive(&driver, half_rate, s.latency_secs, seq, signals).await);
     let b = sampler.snapshot();
     stack.check_running()?;
     let mut labels = parse_labels(&step!(psql(pg_bin, &order_db, LABELS_SQL, signals).await));
@@ -276,7 +287,7 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, log_dir: &Pa
         ),
         None => println!("   no order was confirmed at {:.0} orders/s", half.rate),
     }
-    Ok(Ok(StackResults { steps, series, search, half: Some(half), seeded: (catalog.products.len(), catalog.customers.len()), log_dir: log_dir.to_path_buf() }))
+    Ok(Ok(StackResults { steps, series, search, half: Some(half), seeded: (products.len(), customers.len()), log_dir: log_dir.to_path_buf() }))
 }
 
 fn progress_line(n: usize, st: &Step) -> String {
@@ -298,38 +309,46 @@ fn progress_line(n: usize, st: &Step) -> String {
     )
 }
 
-/// Creates the products and customers (a few requests at a time) and waits until every
-/// product has reached the order and stock services.
-async fn seed(shop: &Shop, products: usize, customers: usize) -> Result<Catalog> {
-    const PARALLEL: usize = 16;
-    let mut product_ids = Vec::with_capacity(products);
+/// Creates the products and customers and waits until every product has reached the
+/// order and stock services, a few requests at a time.
+async fn seed(shop: &Shop, products: usize, customers: usize) -> Result<(Vec<Uuid>, Vec<Uuid>)> {
+    let product_ids = parallel(products, |i, shop| async move {
+        shop.create_product(&format!("Saga product {i}"), 100 + (i as i64 % 900), "EUR", limits::MAX_STOCK).await
+    }, shop)
+    .await?;
+    let customer_ids = parallel(customers, |i, shop| async move {
+        shop.create_customer(Uuid::now_v7(), &format!("Saga customer {i}"), "EUR", limits::MAX_BALANCE_MINOR).await
+    }, shop)
+    .await?;
+    let ids = std::sync::Arc::new(product_ids.clone());
+    parallel(product_ids.len(), |i, shop| {
+        let ids = ids.clone();
+        async move { shop.wait_synced(ids[i - 1], Duration::from_secs(120)).await }
+    }, shop)
+    .await?;
+    Ok((product_ids, customer_ids))
+}
+
+/// `f(1..=n)`, 16 at a time, results in completion order.
+async fn parallel<T, F, Fut>(n: usize, f: F, shop: &Shop) -> Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize, Shop) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    const AT_ONCE: usize = 16;
+    let mut out = Vec::with_capacity(n);
     let mut set = JoinSet::new();
-    for i in 1..=products {
-        if set.len() >= PARALLEL {
-            product_ids.push(set.join_next().await.expect("non-empty")??);
+    for i in 1..=n {
+        if set.len() >= AT_ONCE {
+            out.push(set.join_next().await.expect("non-empty")??);
         }
-        let shop = shop.clone();
-        set.spawn(async move { shop.create_product(&format!("Saga product {i}"), 100 + (i as i64 % 900), "EUR", limits::MAX_STOCK).await });
+        set.spawn(f(i, shop.clone()));
     }
     while let Some(r) = set.join_next().await {
-        product_ids.push(r??);
+        out.push(r??);
     }
-    let mut customer_ids = Vec::with_capacity(customers);
-    let mut set = JoinSet::new();
-    for i in 1..=customers {
-        if set.len() >= PARALLEL {
-            customer_ids.push(set.join_next().await.expect("non-empty")??);
-        }
-        let shop = shop.clone();
-        set.spawn(async move { shop.create_customer(Uuid::now_v7(), &format!("Saga customer {i}"), "EUR", limits::MAX_BALANCE_MINOR).await });
-    }
-    while let Some(r) = set.join_next().await {
-        customer_ids.push(r??);
-    }
-    for id in &product_ids {
-        shop.wait_synced(*id, Duration::from_secs(120)).await?;
-    }
-    Ok(Catalog { products: product_ids, customers: customer_ids })
+    Ok(out)
 }
 
 /// Waits until no order is `placed` (every saga ended); `Some(left)` when `limit` passed first.
