@@ -40,8 +40,8 @@ the report. Ctrl-C ends the run early and still writes the report."
 )]
 struct Args {
     /// Admin URL of the PostgreSQL server; databases soak_pub and soak_sub are (re)created on it.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    #[arg(long, env = "DATABASE_URL", required_unless_present = "rerender")]
+    database_url: Option<String>,
     /// How long the load runs, e.g. 30m, 5m, 90s [default: 30m; 12s with --quick].
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -101,6 +101,10 @@ struct Args {
     /// Where PostgreSQL came from, for the report.
     #[arg(long, default_value = "DATABASE_URL")]
     server: String,
+    /// Runs nothing: recomputes the summary of a soak-report.json written earlier and writes
+    /// the report files again (after a change to how the summary is computed).
+    #[arg(long, value_name = "SOAK_REPORT_JSON")]
+    rerender: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -188,7 +192,42 @@ async fn stats_pool(url: &str) -> Result<PgPool> {
         .context("connecting the sampler")
 }
 
+/// `--rerender`: the summary and files of an earlier run, computed again.
+fn rerender(path: &std::path::Path) -> Result<u8> {
+    /// A report without its summary (which may come from an older version).
+    #[derive(serde::Deserialize)]
+    struct Measured {
+        generated_unix: u64,
+        machine: Machine,
+        postgres: stats::ServerInfo,
+        settings: Settings,
+        interrupted: bool,
+        consistency: Consistency,
+        samples: Vec<Sample>,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
+    let m: Measured = serde_json::from_str(&text).with_context(|| format!("{} is not a soak report", path.display()))?;
+    let report = Report {
+        generated_unix: m.generated_unix,
+        summary: soak::summary::summarize(&m.samples, &m.settings, m.postgres.naptime_s().unwrap_or(60.0)),
+        machine: m.machine,
+        postgres: m.postgres,
+        settings: m.settings,
+        interrupted: m.interrupted,
+        consistency: m.consistency,
+        samples: m.samples,
+    };
+    let written = report::write(&results_dir()?, &report)?;
+    println!("{}", written.markdown);
+    println!("soak: report written to {}, {} and {}", written.json.display(), written.md.display(), written.svg.display());
+    Ok(0)
+}
+
 async fn run(args: Args) -> Result<u8> {
+    if let Some(path) = &args.rerender {
+        return rerender(path);
+    }
+    let database_url = args.database_url.clone().context("--database-url (or DATABASE_URL) is required")?;
     let cfg = args.settings()?;
     let signal = signals()?;
     tokio::pin!(signal);
@@ -209,14 +248,14 @@ async fn run(args: Args) -> Result<u8> {
         cfg.sample_interval_s
     );
     let conns = |n: usize| n as u32 + 4;
-    let publisher = fresh_db(&args.database_url, "soak_pub", conns(cfg.producers + cfg.relays))
+    let publisher = fresh_db(&database_url, "soak_pub", conns(cfg.producers + cfg.relays))
         .await
         .context("creating database soak_pub (the publisher, with the outbox)")?;
-    let subscriber = fresh_db(&args.database_url, "soak_sub", conns(cfg.consumers + cfg.relays))
+    let subscriber = fresh_db(&database_url, "soak_sub", conns(cfg.consumers + cfg.relays))
         .await
         .context("creating database soak_sub (the subscriber, with the inbox)")?;
-    let pub_stats = stats_pool(&conveyor_devpg::with_database(&args.database_url, "soak_pub")).await?;
-    let sub_stats = stats_pool(&conveyor_devpg::with_database(&args.database_url, "soak_sub")).await?;
+    let pub_stats = stats_pool(&conveyor_devpg::with_database(&database_url, "soak_pub")).await?;
+    let sub_stats = stats_pool(&conveyor_devpg::with_database(&database_url, "soak_sub")).await?;
     let server = stats::server_info(&sub_stats).await?;
 
     // The engine, as a publishing and a subscribing service's workers run it.
@@ -341,7 +380,7 @@ async fn run(args: Args) -> Result<u8> {
         missed_offers: totals.missed,
     };
 
-    let summary = soak::summary::summarize(&samples, &cfg);
+    let summary = soak::summary::summarize(&samples, &cfg, server.naptime_s().unwrap_or(60.0));
     let report = Report {
         generated_unix: unix_now(),
         machine: Machine::detect(),

@@ -143,7 +143,8 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(
             m,
             "- **{} size**: largest {} over the first half, {} over the second (×{}), slope over the second half {}/min: \
-             bounded **{}** (second-half max ≤ first-half max × {:.2} + {}{}).",
+             bounded **{}** (second-half max ≤ first-half max × {:.2} + {}{}). Most tuples held (live + dead) {} → {}, \
+             bytes per tuple {} → {}.",
             x.name,
             mb(x.first_half_max_bytes as f64),
             mb(x.second_half_max_bytes as f64),
@@ -156,9 +157,19 @@ pub fn markdown(r: &Report) -> String {
                 format!("; the table reaches its steady size after {:.0} s, more than half this run", x.steady_after_s)
             } else {
                 String::new()
-            }
+            },
+            thousands(x.first_half_max_tuples as f64),
+            thousands(x.second_half_max_tuples as f64),
+            opt(x.first_half_bytes_per_tuple, thousands),
+            opt(x.second_half_bytes_per_tuple, thousands)
         );
     }
+    let _ = writeln!(
+        m,
+        "- Handled per second over the first half {}, over the second {} (a table that keeps a fixed time of messages grows with the rate).",
+        opt(s.first_half_msgs_per_sec, thousands),
+        opt(s.second_half_msgs_per_sec, thousands)
+    );
     let c = &r.consistency;
     let _ = writeln!(
         m,
@@ -331,7 +342,7 @@ mod tests {
                 settings: [("autovacuum_naptime".to_owned(), "60 (s)".to_owned())].into(),
                 table_options: [("inbox".to_owned(), vec!["fillfactor=90".to_owned()])].into(),
             },
-            summary: summarize(&samples, &cfg),
+            summary: summarize(&samples, &cfg, 0.0),
             settings: cfg,
             interrupted: false,
             consistency: Consistency {
@@ -365,6 +376,7 @@ mod tests {
             assert!(md.contains(text), "{text:?} missing from:\n{md}");
         }
         assert!(!md.contains("QUICK") && !md.contains("Interrupted"));
+        assert_eq!(r.postgres.naptime_s(), Some(60.0));
 
         let dir = std::env::temp_dir().join(format!("soak-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

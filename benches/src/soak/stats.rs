@@ -109,6 +109,19 @@ pub struct ServerInfo {
     pub table_options: BTreeMap<String, Vec<String>>,
 }
 
+impl ServerInfo {
+    /// autovacuum_naptime in seconds, as recorded ("60 (s)").
+    pub fn naptime_s(&self) -> Option<f64> {
+        let v = self.settings.get("autovacuum_naptime")?;
+        let value: f64 = v.split_whitespace().next()?.parse().ok()?;
+        Some(match v.split_once('(').map(|(_, u)| u.trim_end_matches(')')) {
+            Some("ms") => value / 1000.0,
+            Some("min") => value * 60.0,
+            _ => value,
+        })
+    }
+}
+
 const SETTINGS: &[&str] = &[
     "autovacuum",
     "autovacuum_max_workers",

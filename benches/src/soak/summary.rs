@@ -9,9 +9,15 @@
 //!   of the run against its largest over the first half. Bounded when
 //!   `max(second half) ≤ max(first half) × (1 + tolerance) + slack`. A table that keeps
 //!   growing shows a second-half maximum above the first's, and a positive slope (least
-//!   squares over the second half, reported in bytes per minute). A table pruned after a
-//!   retention window only reaches its steady size once the window and one pruning interval
-//!   have passed; when that is more than half the run, boundedness cannot be told (`None`).
+//!   squares over the second half, reported in bytes per minute). A table reaches its steady
+//!   size once what it keeps has filled it (the inbox: the pruner's window and one interval)
+//!   and autovacuum has made the space of deleted rows reusable (at most once per
+//!   autovacuum_naptime); when that is more than half the run, boundedness cannot be told
+//!   (`None`).
+//!   Size is split into what explains it: the most tuples (live + dead) the table held in
+//!   each half, and its largest size ÷ those tuples (bytes per tuple). A table that keeps a
+//!   fixed time of messages holds more rows when the rate is higher (more tuples, the same
+//!   bytes per tuple); a bloating one has emptier pages or indexes (more bytes per tuple).
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +36,9 @@ pub struct Summary {
     pub wal_bytes_per_msg: Option<f64>,
     /// Share of the run producers spent paused at the backlog cap.
     pub producers_paused: f64,
+    /// Messages handled per second over each half of the run.
+    pub first_half_msgs_per_sec: Option<f64>,
+    pub second_half_msgs_per_sec: Option<f64>,
     /// What the figures point at, when a target is missed or something grows.
     pub findings: Vec<String>,
 }
@@ -83,6 +92,11 @@ pub struct TableSummary {
     pub growth: Option<f64>,
     /// Slope of the total size over the second half, bytes per minute.
     pub second_half_slope_bytes_per_min: Option<f64>,
+    /// The most tuples (live + dead) held in each half, and largest size ÷ those.
+    pub first_half_max_tuples: i64,
+    pub second_half_max_tuples: i64,
+    pub first_half_bytes_per_tuple: Option<f64>,
+    pub second_half_bytes_per_tuple: Option<f64>,
     /// When the table reaches its steady size (seconds from the start).
     pub steady_after_s: f64,
     pub bounded: Option<bool>,
@@ -162,12 +176,16 @@ fn max_of(samples: &[Sample], name: &str, f: impl Fn(&TableStats) -> i64) -> i64
 }
 
 /// When a table reaches its steady size: the inbox keeps done rows for the pruner's window
-/// and is pruned every interval; the outbox holds only what waits for the relay.
-pub fn steady_after_s(table: &str, settings: &Settings) -> f64 {
-    if table == "inbox" { settings.prune_window_s + settings.prune_interval_s } else { 0.0 }
+/// and is pruned every interval; the outbox holds only what waits for the relay. Either
+/// way the space of deleted rows is reused only once vacuum has run, and autovacuum comes
+/// at most once per `vacuum_every_s` (the server's autovacuum_naptime).
+pub fn steady_after_s(table: &str, settings: &Settings, vacuum_every_s: f64) -> f64 {
+    let kept = if table == "inbox" { settings.prune_window_s + settings.prune_interval_s } else { 0.0 };
+    kept + vacuum_every_s
 }
 
-pub fn summarize(samples: &[Sample], settings: &Settings) -> Summary {
+/// The summary of a run's samples; `vacuum_every_s` is the server's autovacuum_naptime.
+pub fn summarize(samples: &[Sample], settings: &Settings, vacuum_every_s: f64) -> Summary {
     let (start, end) = edges(samples);
     let duration_s = samples.last().map(|s| s.t).unwrap_or(0.0);
     let start_rate = rate(start, |s| s.consumed);
@@ -215,7 +233,10 @@ pub fn summarize(samples: &[Sample], settings: &Settings) -> Summary {
             let last = samples.last().and_then(|s| s.table(name));
             let first_max = max_of(first, name, |t| t.total_bytes);
             let second_max = max_of(second, name, |t| t.total_bytes);
-            let steady = steady_after_s(name, settings);
+            let first_tuples = max_of(first, name, |t| t.live_tup + t.dead_tup);
+            let second_tuples = max_of(second, name, |t| t.live_tup + t.dead_tup);
+            let per_tuple = |bytes: i64, tuples: i64| (tuples > 0).then(|| bytes as f64 / tuples as f64);
+            let steady = steady_after_s(name, settings, vacuum_every_s);
             let assessable = !first.is_empty() && !second.is_empty() && steady <= duration_s / 2.0;
             let pts: Vec<(f64, f64)> =
                 second.iter().filter_map(|s| s.table(name).map(|t| (s.t / 60.0, t.total_bytes as f64))).collect();
@@ -237,6 +258,10 @@ pub fn summarize(samples: &[Sample], settings: &Settings) -> Summary {
                 second_half_max_bytes: second_max,
                 growth: (first_max > 0 && !second.is_empty()).then(|| second_max as f64 / first_max as f64),
                 second_half_slope_bytes_per_min: slope(&pts),
+                first_half_max_tuples: first_tuples,
+                second_half_max_tuples: second_tuples,
+                first_half_bytes_per_tuple: per_tuple(first_max, first_tuples),
+                second_half_bytes_per_tuple: per_tuple(second_max, second_tuples),
                 steady_after_s: steady,
                 bounded: assessable.then(|| is_bounded(first_max, second_max, settings.size_tolerance, settings.size_slack_bytes)),
                 max_dead_tup: max_of(samples, name, |t| t.dead_tup),
@@ -275,6 +300,8 @@ pub fn summarize(samples: &[Sample], settings: &Settings) -> Summary {
         latency,
         tables,
         wal_bytes_per_msg: (consumed > 0).then(|| wal / consumed as f64),
+        first_half_msgs_per_sec: rate(first, |s| s.consumed),
+        second_half_msgs_per_sec: rate(second, |s| s.consumed),
         producers_paused: if run_s > 0.0 { samples.iter().map(|s| s.producers_paused * s.window_s).sum::<f64>() / run_s } else { 0.0 },
         findings: Vec::new(),
     };
@@ -300,11 +327,40 @@ fn findings(s: &Summary, samples: &[Sample], settings: &Settings) -> Vec<String>
         }
     }
     for t in &s.tables {
-        let grew = t.bounded == Some(false) || t.second_half_slope_bytes_per_min.is_some_and(|v| v > 0.0 && t.bounded != Some(true));
+        // Not bounded, or (before the steady state) above what bounded would allow.
+        let grew = t.bounded == Some(false)
+            || (t.bounded.is_none()
+                && !is_bounded(t.first_half_max_bytes, t.second_half_max_bytes, settings.size_tolerance, settings.size_slack_bytes));
         if !grew {
             continue;
         }
         let mut why = Vec::new();
+        let tol = 1.0 + settings.size_tolerance;
+        let growth = |a: Option<f64>, b: Option<f64>| a.zip(b).filter(|(a, _)| *a > 0.0).map(|(a, b)| b / a);
+        let tuples = growth(Some(t.first_half_max_tuples as f64), Some(t.second_half_max_tuples as f64));
+        let density = growth(t.first_half_bytes_per_tuple, t.second_half_bytes_per_tuple);
+        if let (Some(tuples), Some(density)) = (tuples, density) {
+            if density <= tol {
+                why.push(format!(
+                    "it held more rows at its peak (×{tuples:.2} live + dead tuples), not emptier pages (bytes per tuple ×{density:.2})"
+                ));
+                if let Some(r) = growth(s.first_half_msgs_per_sec, s.second_half_msgs_per_sec)
+                    && r > tol
+                {
+                    why.push(format!(
+                        "the second half handled ×{r:.2} the messages per second of the first ({:.0} against {:.0}): a table that keeps a fixed time of messages grows with the rate (run with --rate for a size verdict independent of the machine's noise)",
+                        s.second_half_msgs_per_sec.unwrap_or(0.0),
+                        s.first_half_msgs_per_sec.unwrap_or(0.0)
+                    ));
+                }
+            } else {
+                why.push(format!(
+                    "its bytes per tuple grew ×{density:.2} ({:.0} → {:.0}): pages or indexes hold more free space that is not reused",
+                    t.first_half_bytes_per_tuple.unwrap_or(0.0),
+                    t.second_half_bytes_per_tuple.unwrap_or(0.0)
+                ));
+            }
+        }
         if t.second_half_max_dead_tup > t.first_half_max_dead_tup.saturating_mul(2).max(10_000) {
             why.push(format!(
                 "dead tuples peaked at {} in the second half against {} in the first: autovacuum is not keeping up ({} runs in {:.0} s)",
@@ -320,28 +376,41 @@ fn findings(s: &Summary, samples: &[Sample], settings: &Settings) -> Vec<String>
                 ));
             }
         }
+        // An index that outgrows its table bloats (the table's own growth is explained above).
+        let table_growth = t.growth.unwrap_or(1.0);
         for i in &t.indexes {
-            if i.first_half_max_bytes > 0 && i.second_half_max_bytes as f64 > i.first_half_max_bytes as f64 * (1.0 + settings.size_tolerance) + settings.size_slack_bytes as f64 {
+            if i.first_half_max_bytes > 0
+                && i.second_half_max_bytes as f64 > i.first_half_max_bytes as f64 * table_growth * tol + settings.size_slack_bytes as f64
+            {
                 why.push(format!(
-                    "index {} grew from {} to {} bytes",
-                    i.name, i.first_half_max_bytes, i.second_half_max_bytes
+                    "index {} grew ×{:.2} ({} → {} bytes), more than its table (×{table_growth:.2})",
+                    i.name,
+                    i.second_half_max_bytes as f64 / i.first_half_max_bytes as f64,
+                    i.first_half_max_bytes,
+                    i.second_half_max_bytes
                 ));
             }
         }
         if why.is_empty() {
-            why.push("neither dead tuples, live rows nor one index stands out; look at the sizes over time".to_owned());
+            why.push("neither the rows held, bytes per tuple, dead tuples nor one index stands out; look at the sizes over time".to_owned());
         }
-        out.push(format!("{} kept growing: {}.", t.name, why.join("; ")));
+        out.push(format!("{} grew: {}.", t.name, why.join("; ")));
     }
     if s.latency.windows_over_stall > 0 {
         let (outbox, inbox) = s.latency.at_oldest_waiting.unwrap_or_default();
+        let oldest = s.latency.max_oldest_pending_s.unwrap_or(0.0);
+        let who = if outbox >= inbox { "the relay" } else { "the consumers" };
+        let why = if s.producers_paused < 0.05 && oldest <= settings.poll_interval_s * 1.5 {
+            format!(
+                "the backlog stayed far below the cap, so {who} had capacity: idle, it woke late. A wait of up to the poll interval ({} s) is the polling fallback of a wake-up that did not come (run with a shorter --poll-interval to confirm)",
+                settings.poll_interval_s
+            )
+        } else {
+            format!("{who} fell behind")
+        };
         out.push(format!(
-            "{} of {} windows had a p99 above {STALL_MS:.0} ms; the oldest message seen waiting was {:.2} s old ({} messages in the outbox, {} in the inbox at that sample): a loop woke late, or fell behind.",
-            s.latency.windows_over_stall,
-            s.samples,
-            s.latency.max_oldest_pending_s.unwrap_or(0.0),
-            outbox,
-            inbox
+            "{} of {} windows had a p99 above {STALL_MS:.0} ms; the oldest message seen waiting was {oldest:.2} s old ({outbox} messages in the outbox, {inbox} in the inbox at that sample): {why}.",
+            s.latency.windows_over_stall, s.samples,
         ));
     }
     if let Some(x) = samples.iter().filter_map(|x| x.oldest_xact_s).reduce(f64::max)
@@ -364,7 +433,7 @@ mod tests {
             (1..=20).map(|i| sample(i as f64 * 10.0, match i { 1 => 10, 2 | 3 => 1000, 19 | 20 => 850, _ => 950 }, 10.0, 0)).collect();
         let (start, end) = edges(&samples);
         assert_eq!((start.len(), end.len(), start[0].t, end[0].t), (2, 2, 20.0, 190.0));
-        let s = summarize(&samples, &Settings { duration_s: 200.0, ..settings() });
+        let s = summarize(&samples, &Settings { duration_s: 200.0, ..settings() }, 0.0);
         assert_eq!(s.throughput.start_msgs_per_sec, Some(100.0));
         assert_eq!(s.throughput.end_msgs_per_sec, Some(85.0));
         assert!((s.throughput.end_over_start.unwrap() - 0.85).abs() < 1e-12);
@@ -374,7 +443,7 @@ mod tests {
         assert!(s.findings.iter().any(|f| f.contains("not held back")), "{:?}", s.findings);
 
         let flat: Vec<Sample> = (1..=10).map(|i| sample(i as f64 * 10.0, 1000, 10.0, 0)).collect();
-        let s = summarize(&flat, &settings());
+        let s = summarize(&flat, &settings(), 0.0);
         assert_eq!(s.throughput.end_over_start, Some(1.0));
         assert_eq!(s.throughput.meets_target, Some(true));
         assert!(s.findings.is_empty(), "{:?}", s.findings);
@@ -387,7 +456,7 @@ mod tests {
         samples[4].oldest_pending_s = Some(0.9);
         samples[4].outbox_pending = 1500;
         samples[6].oldest_pending_s = Some(0.1);
-        let s = summarize(&samples, &settings());
+        let s = summarize(&samples, &settings(), 0.0);
         assert_eq!(s.latency.windows_over_stall, 1);
         assert_eq!(s.latency.max_oldest_pending_s, Some(0.9));
         assert_eq!(s.latency.at_oldest_waiting, Some((1500, 0)));
@@ -397,7 +466,7 @@ mod tests {
     #[test]
     fn one_sample_has_no_ratio_and_few_samples_still_have_edges() {
         let one = [sample(10.0, 100, 1.0, 0)];
-        let s = summarize(&one, &settings());
+        let s = summarize(&one, &settings(), 0.0);
         assert_eq!(s.throughput.end_over_start, None);
         assert_eq!(s.throughput.meets_target, None);
         let three: Vec<Sample> = (1..=3).map(|i| sample(i as f64, 100 * i, 1.0, 0)).collect();
@@ -405,7 +474,7 @@ mod tests {
         assert_eq!((a[0].t, b[0].t, a.len()), (2.0, 3.0, 1));
         let (a, b) = edges(&three[..2]);
         assert_eq!((a[0].t, b[0].t), (1.0, 2.0));
-        assert!(summarize(&[], &settings()).tables.is_empty());
+        assert!(summarize(&[], &settings(), 0.0).tables.is_empty());
     }
 
     #[test]
@@ -413,7 +482,7 @@ mod tests {
         // Grows while the pruner's window fills (30 s), then flat with a sawtooth.
         let plateau: Vec<Sample> =
             (1..=10).map(|i| sample(i as f64 * 10.0, 1000, if i <= 3 { i as f64 * 10.0 } else { 30.0 + (i % 2) as f64 }, 5000)).collect();
-        let s = summarize(&plateau, &settings());
+        let s = summarize(&plateau, &settings(), 0.0);
         let t = &s.tables[0];
         assert_eq!((t.first_half_max_bytes, t.second_half_max_bytes), (31_000_000, 31_000_000));
         assert_eq!(t.bounded, Some(true));
@@ -425,7 +494,7 @@ mod tests {
 
         // 10 MB more every sample, dead tuples piling up.
         let growing: Vec<Sample> = (1..=10).map(|i| sample(i as f64 * 10.0, 1000, i as f64 * 10.0, i * i * 100_000)).collect();
-        let s = summarize(&growing, &settings());
+        let s = summarize(&growing, &settings(), 0.0);
         let t = &s.tables[0];
         assert_eq!((t.first_half_max_bytes, t.second_half_max_bytes), (50_000_000, 100_000_000));
         assert_eq!(t.bounded, Some(false));
@@ -433,15 +502,60 @@ mod tests {
         let per_min = t.second_half_slope_bytes_per_min.unwrap();
         assert!((per_min - 60_000_000.0).abs() < 1.0, "{per_min}");
         let f = s.findings.join("\n");
-        assert!(f.contains("inbox kept growing") && f.contains("autovacuum is not keeping up") && f.contains("index inbox_pkey grew"), "{f}");
+        assert!(
+            f.contains("inbox grew: it held more rows at its peak (×4.00 live + dead tuples), not emptier pages")
+                && f.contains("autovacuum is not keeping up")
+                && !f.contains("index inbox_pkey grew"),
+            "{f}"
+        );
+    }
+
+    #[test]
+    fn growth_is_told_apart_more_rows_at_a_higher_rate_emptier_pages_a_bloating_index() {
+        // The same tuples in ever more bytes, the index growing faster than its table.
+        let bloat: Vec<Sample> = (1..=10)
+            .map(|i| {
+                let mut x = sample(i as f64 * 10.0, 1000, i as f64 * 10.0, 1000);
+                x.tables[0].indexes[0].bytes = i * i * 1_000_000;
+                x
+            })
+            .collect();
+        let s = summarize(&bloat, &settings(), 0.0);
+        let t = &s.tables[0];
+        assert_eq!((t.first_half_max_tuples, t.second_half_max_tuples), (2000, 2000));
+        assert_eq!((t.first_half_bytes_per_tuple, t.second_half_bytes_per_tuple), (Some(25_000.0), Some(50_000.0)));
+        let f = s.findings.join("\n");
+        assert!(f.contains("its bytes per tuple grew ×2.00 (25000 → 50000)"), "{f}");
+        assert!(f.contains("index inbox_pkey grew ×4.00 (25000000 → 100000000 bytes), more than its table (×2.00)"), "{f}");
+
+        // Twice the rate in the second half: twice the rows, the same bytes per tuple.
+        let faster: Vec<Sample> = (1..=10)
+            .map(|i| {
+                let k = if i <= 5 { 1 } else { 2 };
+                let mut x = sample(i as f64 * 10.0, 1000 * k as u64, 10.0 * k as f64, 0);
+                x.tables[0].live_tup = 1000 * k;
+                x
+            })
+            .collect();
+        let s = summarize(&faster, &settings(), 0.0);
+        assert_eq!((s.first_half_msgs_per_sec, s.second_half_msgs_per_sec), (Some(100.0), Some(200.0)));
+        assert_eq!(s.tables[0].bounded, Some(false));
+        let f = s.findings.join("\n");
+        assert!(f.contains("(×2.00 live + dead tuples), not emptier pages (bytes per tuple ×1.00)"), "{f}");
+        assert!(f.contains("the second half handled ×2.00 the messages per second of the first (200 against 100)"), "{f}");
     }
 
     #[test]
     fn boundedness_is_not_told_before_the_pruner_reaches_its_steady_state() {
         let samples: Vec<Sample> = (1..=10).map(|i| sample(i as f64 * 10.0, 1000, 10.0, 0)).collect();
-        let s = summarize(&samples, &Settings { prune_window_s: 60.0, ..settings() });
+        let s = summarize(&samples, &Settings { prune_window_s: 60.0, ..settings() }, 0.0);
         assert_eq!(s.tables[0].bounded, None);
         assert_eq!(s.tables[0].steady_after_s, 70.0);
+        // Deleted rows' space is reusable once autovacuum has run: at most once a naptime.
+        assert_eq!(steady_after_s("inbox", &settings(), 60.0), 90.0);
+        assert_eq!(steady_after_s("outbox", &settings(), 60.0), 60.0);
+        assert_eq!(summarize(&samples, &settings(), 60.0).tables[0].bounded, None);
+        assert_eq!(summarize(&samples, &settings(), 20.0).tables[0].bounded, Some(true));
     }
 
     #[test]
