@@ -33,6 +33,37 @@ pub struct Diagnostics {
     pub wal_syncs_per_sec: Option<f64>,
 }
 
+/// The queue table of a PostgreSQL-based system at the end of a scenario: how much of it
+/// is dead rows and index, and whether autovacuum / autoanalyze got to it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TableStats {
+    pub table: String,
+    pub live_rows: i64,
+    pub dead_rows: i64,
+    pub autovacuums: i64,
+    pub autoanalyzes: i64,
+    pub index_bytes: i64,
+}
+
+/// [`TableStats`] of `schema.table` in the database of `url` (the table is the one the
+/// consumers claim from).
+pub async fn table_stats(url: &str, schema: &str, table: &str) -> Option<TableStats> {
+    let pool = sqlx::PgPool::connect(url).await.ok()?;
+    let row: Option<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT n_live_tup, n_dead_tup, autovacuum_count, autoanalyze_count, pg_indexes_size(relid)
+         FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_optional(&pool)
+    .await
+    .ok()
+    .flatten();
+    pool.close().await;
+    let (live_rows, dead_rows, autovacuums, autoanalyzes, index_bytes) = row?;
+    Some(TableStats { table: format!("{schema}.{table}"), live_rows, dead_rows, autovacuums, autoanalyzes, index_bytes })
+}
+
 /// The server whose processes and counters are read.
 #[derive(Clone)]
 pub enum Server {

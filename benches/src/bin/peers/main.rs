@@ -322,6 +322,13 @@ impl Runner<'_> {
             return Err(e.context(what));
         }
         let f = probe.figures();
+        let queue_table = match system {
+            System::Ours => diag::table_stats(&conveyor_devpg::with_database(&self.cfg.postgres_url, ours::SUBSCRIBER_DB), "conveyor", "inbox").await,
+            System::Pgmq => {
+                diag::table_stats(&conveyor_devpg::with_database(&self.cfg.postgres_url, pgmq::DATABASE), "pgmq", &format!("q_{}", pgmq::QUEUE)).await
+            }
+            System::Rabbitmq => None,
+        };
         let snapshots = sampling.await.context("the sampling task failed")?;
         let diagnostics = diag::diagnostics(&snapshots, f.consumed);
         if f.consumed == 0 {
@@ -350,6 +357,7 @@ impl Runner<'_> {
             guarantee: system.guarantee().into(),
             figures: Some(f),
             diagnostics: Some(diagnostics),
+            queue_table,
             not_measured: None,
         })
     }
@@ -358,7 +366,7 @@ impl Runner<'_> {
 /// Drops the databases the scenarios made (on a private cluster they go with it anyway).
 async fn cleanup(cfg: &Config) {
     let Ok(admin) = sqlx::PgPool::connect(&cfg.postgres_url).await else { return };
-    for db in ["peers_ours_pub", "peers_ours_sub", "peers_pgmq"] {
+    for db in [ours::PUBLISHER_DB, ours::SUBSCRIBER_DB, pgmq::DATABASE] {
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&admin).await;
     }
     admin.close().await;

@@ -85,8 +85,9 @@ impl Probe {
                 let due = schedule.next;
                 schedule.next += interval;
                 tokio::select! {
-                    _ = tokio::time::sleep_until(due.into()) => {}
+                    biased;
                     _ = self.stop.cancelled() => return None,
+                    _ = tokio::time::sleep_until(due.into()) => {}
                 }
                 due.saturating_duration_since(self.base).as_micros() as i64
             }
@@ -112,6 +113,8 @@ impl Probe {
     /// Waits for `n` credits of the window; `false` when the scenario stopped meanwhile.
     async fn credit(&self, n: usize) -> bool {
         tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => false,
             permit = self.window.acquire_many(n as u32) => match permit {
                 Ok(p) => {
                     p.forget();
@@ -119,7 +122,6 @@ impl Probe {
                 }
                 Err(_) => false,
             },
-            _ = self.stop.cancelled() => false,
         }
     }
 

@@ -20,11 +20,14 @@ pub fn relay_options() -> RelayOptions {
     RelayOptions::default()
 }
 
+pub const PUBLISHER_DB: &str = "peers_ours_pub";
+pub const SUBSCRIBER_DB: &str = "peers_ours_sub";
+
 /// Fresh publisher and subscriber databases, checkpointed.
 pub async fn prepare(cfg: &Config) -> Result<(PgPool, PgPool)> {
     let conns = (cfg.producers.max(cfg.consumers) + 4) as u32;
-    let publisher = fresh_db(&cfg.postgres_url, "peers_ours_pub", conns).await.context("creating the publisher's database")?;
-    let subscriber = fresh_db(&cfg.postgres_url, "peers_ours_sub", conns).await.context("creating the subscriber's database")?;
+    let publisher = fresh_db(&cfg.postgres_url, PUBLISHER_DB, conns).await.context("creating the publisher's database")?;
+    let subscriber = fresh_db(&cfg.postgres_url, SUBSCRIBER_DB, conns).await.context("creating the subscriber's database")?;
     sqlx::raw_sql("CHECKPOINT").execute(&publisher).await?;
     Ok((publisher, subscriber))
 }

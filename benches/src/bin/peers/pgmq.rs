@@ -15,6 +15,7 @@ use crate::Config;
 use crate::measure::{Probe, drive, stamp_of};
 
 pub const QUEUE: &str = "peers_bench";
+pub const DATABASE: &str = "peers_pgmq";
 /// Seconds a read message stays invisible to other readers (far beyond any handling here).
 pub const VISIBILITY_TIMEOUT_S: i32 = 30;
 /// An empty queue is polled by the server (`read_with_poll`) every this often, for up to
@@ -27,17 +28,17 @@ pub const POLL_TIMEOUT: Duration = Duration::from_secs(1);
 /// version (the last migration its installer applied), for the report.
 pub async fn prepare(cfg: &Config) -> Result<(PgPool, PGMQueueExt, String)> {
     let admin = sqlx08::PgPool::connect(&cfg.postgres_url).await.context("connecting for pgmq")?;
-    sqlx08::query("DROP DATABASE IF EXISTS peers_pgmq WITH (FORCE)").execute(&admin).await?;
-    sqlx08::query("CREATE DATABASE peers_pgmq").execute(&admin).await?;
+    sqlx08::query(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).execute(&admin).await?;
+    sqlx08::query(&format!("CREATE DATABASE {DATABASE}")).execute(&admin).await?;
     admin.close().await;
     let pool = PgPoolOptions::new()
         .max_connections((cfg.producers + cfg.consumers + 2) as u32)
         // Like ours: no ping before every checkout (each task keeps its connection anyway).
         .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(60))
-        .connect(&conveyor_devpg::with_database(&cfg.postgres_url, "peers_pgmq"))
+        .connect(&conveyor_devpg::with_database(&cfg.postgres_url, DATABASE))
         .await
-        .context("connecting to peers_pgmq")?;
+        .with_context(|| format!("connecting to {DATABASE}"))?;
     let q = PGMQueueExt::new_with_pool(pool.clone()).await;
     q.install_sql_from_embedded().await.context("installing pgmq's embedded SQL")?;
     let version = q

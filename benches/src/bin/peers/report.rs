@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use conveyor_benchkit::{Chart, Machine, Series};
 use serde::{Deserialize, Serialize};
 
-use crate::diag::Diagnostics;
+use crate::diag::{Diagnostics, TableStats};
 use crate::measure::Figures;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -59,6 +59,9 @@ pub struct Row {
     pub figures: Option<Figures>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diagnostics: Option<Diagnostics>,
+    /// PostgreSQL-based systems: the table the consumers claim from, at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_table: Option<TableStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_measured: Option<String>,
 }
@@ -77,6 +80,7 @@ impl Row {
             guarantee: system.guarantee().into(),
             figures: None,
             diagnostics: None,
+            queue_table: None,
             not_measured: Some(why.into()),
         }
     }
@@ -395,6 +399,32 @@ pub fn markdown(r: &Report) -> String {
         }
     }
 
+    let tables: Vec<(&Row, &TableStats)> =
+        r.results.iter().filter(|x| x.mode == Mode::Saturated).filter_map(|x| x.queue_table.as_ref().map(|t| (x, t))).collect();
+    if !tables.is_empty() {
+        let _ = writeln!(s, "\n## The queue table the consumers claim from, at the end of each saturated run\n");
+        let _ = writeln!(
+            s,
+            "Dead rows and index entries left by claims and deletes stay until vacuum; autovacuum looks at a database once a minute (`autovacuum_naptime`), so on these fresh tables it may not have run at all.\n"
+        );
+        let _ = writeln!(s, "| system | batch | table | live rows | dead rows | index size | autovacuums | autoanalyzes |");
+        let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|");
+        for (row, t) in tables {
+            let _ = writeln!(
+                s,
+                "| {} | {} | `{}` | {} | {} | {:.1} MB | {} | {} |",
+                row.system.label(),
+                row.batch,
+                t.table,
+                num(t.live_rows as f64),
+                num(t.dead_rows as f64),
+                t.index_bytes as f64 / 1e6,
+                t.autovacuums,
+                t.autoanalyzes
+            );
+        }
+    }
+
     let _ = writeln!(s, "\n## How each system is driven\n");
     let _ = writeln!(
         s,
@@ -456,6 +486,7 @@ mod tests {
             mode: Mode::Saturated,
             offered_per_sec: None,
             diagnostics: None,
+            queue_table: None,
             guarantee: system.guarantee().into(),
             figures: rate.map(|r| Figures {
                 seconds: 10.0,
@@ -620,8 +651,17 @@ mod tests {
             wal_bytes_per_msg: Some(987.6),
             wal_syncs_per_sec: Some(310.0),
         });
+        r.queue_table = Some(TableStats {
+            table: "conveyor.inbox".into(),
+            live_rows: 84_061,
+            dead_rows: 84_117,
+            autovacuums: 0,
+            autoanalyzes: 0,
+            index_bytes: 12_345_678,
+        });
         let md = markdown(&report(vec![r], false));
         assert!(md.contains("| ours | 1 | 31 % | 120 % | 80 % | 5 % | 2.04 | 988 | 310 |"), "{md}");
+        assert!(md.contains("| ours | 1 | `conveyor.inbox` | 84,061 | 84,117 | 12.3 MB | 0 | 0 |"), "{md}");
     }
 
     #[test]
