@@ -394,7 +394,12 @@ fn findings(s: &Summary, samples: &[Sample], settings: &Settings) -> Vec<String>
         if why.is_empty() {
             why.push("neither the rows held, bytes per tuple, dead tuples nor one index stands out; look at the sizes over time".to_owned());
         }
-        out.push(format!("{} grew: {}.", t.name, why.join("; ")));
+        let when = if t.bounded.is_none() {
+            format!(" before its steady state (reached after {:.0} s, more than half the run)", t.steady_after_s)
+        } else {
+            String::new()
+        };
+        out.push(format!("{} grew{when}: {}.", t.name, why.join("; ")));
     }
     if s.latency.windows_over_stall > 0 {
         let (outbox, inbox) = s.latency.at_oldest_waiting.unwrap_or_default();
