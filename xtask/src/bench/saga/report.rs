@@ -187,6 +187,15 @@ fn findings(r: &Report) -> Vec<String> {
             ))
         ));
     }
+    if let Some(h) = &r.half_rate {
+        let slow: Vec<String> = h.hops.iter().filter(|hop| hop.relay_ms[1] > 100.0).map(|hop| format!("{} {:.0} ms", hop.topic, hop.relay_ms[1])).collect();
+        if !slow.is_empty() {
+            f.push(format!(
+                "Publish → subscriber's inbox at p95: {}, at a rate far below the maximum. Delays spread up to a second are what a relay that was not woken looks like: it finds the message at its next poll (every 1 s by default).",
+                slow.join(", ")
+            ));
+        }
+    }
     if let (Some(cpu), Some(per)) = (&r.cpu_at_max, &r.cpu_per_saga_at_max) {
         let busy = cpu.machine_busy.unwrap_or(0.0);
         let saturated = busy >= 0.9 * cores;

@@ -114,11 +114,10 @@ pub async fn measure(s: &Settings, admin_url: &str, pg_bin: &Path, app_bin: &Pat
     let _ = std::fs::remove_dir_all(log_dir);
     let mut opts = StackOptions::new(admin_url.to_owned(), app_bin.to_path_buf(), log_dir.to_path_buf());
     opts.db_prefix = DB_PREFIX.to_owned();
-    let stack = tokio::select! {
+    let mut stack = tokio::select! {
         st = Stack::start(opts, |line| println!("   ✓ {line}")) => st?,
         sig = signals.wait() => return Ok(Err(sig)),
     };
-    let mut stack = stack;
     let result = with_stack(s, &mut stack, pg_bin, app_bin, log_dir, signals).await;
     println!("\n== stopping the shop ==");
     let stopped = stack.stop().await;
