@@ -144,7 +144,7 @@ pub fn markdown(r: &Report) -> String {
             m,
             "- **{} size**: largest {} over the first half, {} over the second (×{}), slope over the second half {}/min: \
              bounded **{}** (second-half max ≤ first-half max × {:.2} + {}{}). Most tuples held (live + dead) {} → {}, \
-             bytes per tuple {} → {}.",
+             largest size per tuple {} → {} bytes.",
             x.name,
             mb(x.first_half_max_bytes as f64),
             mb(x.second_half_max_bytes as f64),

@@ -92,7 +92,10 @@ pub struct TableSummary {
     pub growth: Option<f64>,
     /// Slope of the total size over the second half, bytes per minute.
     pub second_half_slope_bytes_per_min: Option<f64>,
-    /// The most tuples (live + dead) held in each half, and largest size ÷ those.
+    /// The most tuples (live + dead) held in each half, and the largest size ÷ those (both
+    /// peaks of the half, not necessarily at one sample). Dead tuples stay counted until
+    /// vacuum even when page pruning already freed their space, so this can be below a
+    /// row's size; what matters is how it moves between the halves.
     pub first_half_max_tuples: i64,
     pub second_half_max_tuples: i64,
     pub first_half_bytes_per_tuple: Option<f64>,
@@ -355,7 +358,7 @@ fn findings(s: &Summary, samples: &[Sample], settings: &Settings) -> Vec<String>
                 }
             } else {
                 why.push(format!(
-                    "its bytes per tuple grew ×{density:.2} ({:.0} → {:.0}): pages or indexes hold more free space that is not reused",
+                    "its bytes per tuple grew ×{density:.2} ({:.0} → {:.0}; most tuples held ×{tuples:.2}): the same rows took more room, the space of deleted rows was reused less (or an index bloats)",
                     t.first_half_bytes_per_tuple.unwrap_or(0.0),
                     t.second_half_bytes_per_tuple.unwrap_or(0.0)
                 ));
@@ -530,7 +533,7 @@ mod tests {
         assert_eq!((t.first_half_max_tuples, t.second_half_max_tuples), (2000, 2000));
         assert_eq!((t.first_half_bytes_per_tuple, t.second_half_bytes_per_tuple), (Some(25_000.0), Some(50_000.0)));
         let f = s.findings.join("\n");
-        assert!(f.contains("its bytes per tuple grew ×2.00 (25000 → 50000)"), "{f}");
+        assert!(f.contains("its bytes per tuple grew ×2.00 (25000 → 50000; most tuples held ×1.00)"), "{f}");
         assert!(f.contains("index inbox_pkey grew ×4.00 (25000000 → 100000000 bytes), more than its table (×2.00)"), "{f}");
 
         // Twice the rate in the second half: twice the rows, the same bytes per tuple.
