@@ -128,6 +128,12 @@ async fn run(mut cli: Cli) -> Result<()> {
     if cli.batches.is_empty() || cli.batches.iter().any(|&b| b == 0 || b > 10_000) {
         bail!("--batches must be sizes from 1 to 10000");
     }
+    if let Some(w) = cli.window.filter(|&w| cli.batches.iter().any(|&b| w < b)) {
+        bail!("--window {w} is smaller than a batch: no producer could ever publish one");
+    }
+    if !(0.0..=1.0).contains(&cli.paced) {
+        bail!("--paced must be a fraction from 0 to 1");
+    }
     let cfg = Config {
         postgres_url: cli.postgres_url.clone(),
         producers: cli.producers as usize,
@@ -153,9 +159,6 @@ async fn run(mut cli: Cli) -> Result<()> {
     let synchronous_commit = show("synchronous_commit").await?;
     if fsync != "on" || synchronous_commit != "on" {
         eprintln!("peers: warning: the server runs with fsync={fsync}, synchronous_commit={synchronous_commit}: not the durable comparison");
-    }
-    if !(0.0..=1.0).contains(&cli.paced) {
-        bail!("--paced must be a fraction from 0 to 1");
     }
 
     let rabbit_url = match (&cli.amqp_url, cli.systems.contains(&System::Rabbitmq)) {
