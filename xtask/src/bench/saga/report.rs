@@ -175,8 +175,9 @@ fn findings(r: &Report) -> Vec<String> {
     {
         let slowest = h.hops.iter().max_by(|a, b| (a.relay_ms[2] + a.wait_ms[2]).total_cmp(&(b.relay_ms[2] + b.wait_ms[2])));
         f.push(format!(
-            "At {:.0} sagas/s (half the maximum) placed → confirmed took p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms (target p99 ≤ {P99_TARGET_MS:.0} ms: {}){}.",
+            "At {:.0} sagas/s ({}) placed → confirmed took p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms (target p99 ≤ {P99_TARGET_MS:.0} ms: {}){}.",
             h.rate,
+            if r.max_sustained_rate.is_some() { "half the maximum" } else { "half the lowest rate tried" },
             l.p50,
             l.p95,
             l.p99,
