@@ -136,3 +136,40 @@ async fn publishers_notify_only_when_a_relay_waits_and_no_wake_up_is_lost() {
     let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(conveyor_queue::OUTBOX_WAKE_LOCK).fetch_one(&mut *idle_relay).await.unwrap();
     assert!(taken);
 }
+
+/// A publishing transaction that stays open holds the wake lock (shared) all along. An idle
+/// relay must still be woken by the messages committed meanwhile: its listener queues for
+/// the lock, so later writers fail their shared try and notify. (A listener that only tried
+/// the lock never got it here and left the messages to the poll, 1 h in this test.)
+#[tokio::test]
+async fn an_idle_relay_is_woken_while_a_publishing_transaction_stays_open() {
+    let p = pair().await;
+    let relay = p.relay().with_options(RelayOptions { batch_size: 100, concurrency: 1, poll_interval: Duration::from_secs(3600) });
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+
+    let mut open = p.publisher.begin().await.unwrap();
+    publish_event(&mut open, &Ping { n: 1 }).await.unwrap();
+    // The relay is idle and its listener is after the lock, held by the open transaction.
+    wait_until("the idle relay's listener asks for the wake lock", Duration::from_secs(30), || async {
+        count(&p.publisher, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_%advisory_lock($1)' AND pid <> pg_backend_pid()").await >= 1
+    })
+    .await;
+
+    let ids = p.publish(2..5).await;
+    wait_until("the messages committed meanwhile reach the inbox", Duration::from_secs(30), || async {
+        count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox").await == ids.len() as i64
+    })
+    .await;
+
+    open.commit().await.unwrap();
+    wait_until("the open transaction's message follows once committed", Duration::from_secs(30), || async {
+        count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox").await == 4
+    })
+    .await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
