@@ -44,6 +44,9 @@ pub struct CeilingResult {
     /// Deadlocks PostgreSQL detected in the scratch database during the run (the run
     /// goes on: pgbench counts the script run failed, its claims go back to the queues).
     pub deadlocks: u64,
+    /// Transactions (committed and rolled back, read-only ones included) per saga
+    /// completed, from pg_stat_database.
+    pub transactions_per_saga: Option<f64>,
     pub cpu: CpuUsage,
     /// CPU per saga: PostgreSQL's, and the whole machine's (pgbench included), ms.
     pub postgres_cpu_ms_per_saga: Option<f64>,
@@ -107,8 +110,8 @@ pub async fn measure(
         step!(psql(bin_dir, &url, replay::RESET_SQL, signals).await);
         step!(psql(bin_dir, &url, &format!("VACUUM ANALYZE {}", replay::TABLES.join(", ")), signals).await);
         step!(psql(bin_dir, &url, "CHECKPOINT", signals).await);
-        let deadlocks_sql = format!("SELECT deadlocks FROM pg_stat_database WHERE datname = '{DATABASE}'");
-        let deadlocks_before = query_u64s(&step!(psql(bin_dir, &url, &deadlocks_sql, signals).await))?[0];
+        let stats_sql = format!("SELECT deadlocks, xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{DATABASE}'");
+        let before = query_u64s(&step!(psql(bin_dir, &url, &stats_sql, signals).await))?;
         let a = sampler.snapshot();
         let started = super::ramp::unix_now();
         let r = step!(pgbench(bin_dir, &url, &path, "saga_sql", batch as u32, opts.clients, opts.seconds, signals).await);
@@ -122,7 +125,11 @@ pub async fn measure(
         let samples = step!(psql(bin_dir, &url, replay::SAMPLES_SQL, signals).await);
         replay::check_samples(&samples)?;
         // pgbench's connections are gone, so their statistics are in.
-        let deadlocks = query_u64s(&step!(psql(bin_dir, &url, &deadlocks_sql, signals).await))?[0].saturating_sub(deadlocks_before);
+        let after = query_u64s(&step!(psql(bin_dir, &url, &stats_sql, signals).await))?;
+        anyhow::ensure!(before.len() == 2 && after.len() == 2, "unexpected statistics of {DATABASE}: {before:?} {after:?}");
+        let deadlocks = after[0].saturating_sub(before[0]);
+        // The psql sessions of the harness in between count a few; negligible.
+        let transactions_per_saga = Some(after[1].saturating_sub(before[1]) as f64 / sagas as f64);
         let cpu = sampler.usage(&a, &b, &labels);
         let secs = f64::from(opts.seconds);
         let (from, to) = (started + secs / 4.0, finished.max(started + secs));
@@ -145,6 +152,7 @@ pub async fn measure(
             pgbench_tps: r.tps,
             pgbench_latency_ms: r.latency_avg_ms,
             deadlocks,
+            transactions_per_saga,
             postgres_cpu_ms_per_saga: cpu.postgres.map(per_saga),
             machine_cpu_ms_per_saga: cpu.machine_busy.map(per_saga),
             cpu,

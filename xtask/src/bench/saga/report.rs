@@ -272,6 +272,18 @@ fn findings(r: &Report) -> Vec<String> {
             top.join(", ")
         ));
     }
+    if let Some(st) = r.max_sustained_rate.and_then(|m| r.steps.iter().find(|st| st.sustained && st.rate == m))
+        && !st.transactions_per_saga.is_empty()
+    {
+        let total = |t: &BTreeMap<String, f64>| t.values().sum::<f64>();
+        let replay: Vec<String> = r.ceiling.iter().filter_map(|c| c.transactions_per_saga.map(|t| format!("{t:.1} with {}", c.variant))).collect();
+        f.push(format!(
+            "Transactions per saga (all five databases, from pg_stat_database): {:.1} at the highest sustained rate{}; the replay runs {}. Every transaction is a round trip or more and, when it writes, a commit: the difference is what the engine's loops and the services add (claims that find nothing, wake-up and listener queries, the relays' separate commits, reads outside transactions).",
+            total(&st.transactions_per_saga),
+            r.half_rate.as_ref().filter(|h| !h.transactions_per_saga.is_empty()).map_or(String::new(), |h| format!(" and {:.1} at half of it", total(&h.transactions_per_saga))),
+            if replay.is_empty() { "n/a".to_owned() } else { replay.join(", ") }
+        ));
+    }
     let deadlocks: u64 = r.steps.iter().flat_map(|st| st.deadlocks.values()).sum();
     if deadlocks > 0 {
         let mut by: BTreeMap<&str, u64> = BTreeMap::new();
@@ -483,6 +495,25 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(s, "| {d} | {} | {} |", opt(g(&r.cpu_at_max), 2), opt(g(&r.cpu_at_failure), 2));
         }
     }
+    let best = r.max_sustained_rate.and_then(|m| r.steps.iter().find(|st| st.sustained && st.rate == m));
+    let tx_max = best.map(|st| &st.transactions_per_saga).filter(|t| !t.is_empty());
+    let tx_half = r.half_rate.as_ref().map(|h| &h.transactions_per_saga).filter(|t| !t.is_empty());
+    if tx_max.is_some() || tx_half.is_some() {
+        let _ = writeln!(s, "\n## Transactions per saga\n\nFrom pg_stat_database (committed and rolled back, read-only ones included; the counters lag by about a second), per order placed.\n");
+        let _ = writeln!(s, "| database | at the highest sustained rate | at half rate |\n|---|---:|---:|");
+        let mut dbs: Vec<&String> = tx_max.into_iter().chain(tx_half).flat_map(|t| t.keys()).collect();
+        dbs.sort();
+        dbs.dedup();
+        for db in dbs {
+            let g = |t: Option<&BTreeMap<String, f64>>| t.and_then(|t| t.get(db).copied());
+            let _ = writeln!(s, "| {db} | {} | {} |", opt(g(tx_max), 1), opt(g(tx_half), 1));
+        }
+        let total = |t: Option<&BTreeMap<String, f64>>| t.map(|t| t.values().sum::<f64>());
+        let _ = writeln!(s, "| **all** | {} | {} |", opt(total(tx_max), 1), opt(total(tx_half), 1));
+        for c in &r.ceiling {
+            let _ = writeln!(s, "| *replay, {}* | {} | |", c.variant, opt(c.transactions_per_saga, 1));
+        }
+    }
     let _ = writeln!(
         s,
         "\n## Settings\n\n`cargo xtask bench saga{}`: ceiling {} s × {} clients; {} s of warm-up; steps of {} s from {}/s ×{} with {} bisections (at most {}/s); {} s at half rate; at most {} requests in flight. Process logs: `{}`. Charts: saga-report.svg; every figure: saga-report.json.",
@@ -566,6 +597,7 @@ mod tests {
             drain_s: 0.5,
             cpu,
             deadlocks: BTreeMap::new(),
+            transactions_per_saga: [("orders".to_owned(), 6.0), ("stock".to_owned(), 4.0)].into(),
         }
     }
 
@@ -585,6 +617,7 @@ mod tests {
             pgbench_tps: rate / batch as f64,
             pgbench_latency_ms: Some(5.0),
             deadlocks: 0,
+            transactions_per_saga: Some(13.0),
             cpu: usage(2.0, 0.0, 1.5),
             postgres_cpu_ms_per_saga: Some(0.5),
             machine_cpu_ms_per_saga: Some(0.8),
@@ -624,6 +657,7 @@ mod tests {
                 super::super::stack::Hop { topic: "order.confirmed".into(), consumer: "notification".into(), messages: 3, relay_ms: [50.0, 150.0, 300.0], wait_ms: [9.0, 9.0, 9.0] },
             ],
             cpu: usage(1.0, 0.2, 0.4),
+            transactions_per_saga: [("orders".to_owned(), 9.0)].into(),
         };
         let shop = StackResults {
             steps: vec![step(300.0, true, usage(1.5, 0.4, 0.6)), step(400.0, true, usage(1.9, 0.5, 0.8)), step(600.0, false, usage(2.0, 0.6, 0.9))],
@@ -652,8 +686,9 @@ mod tests {
         // The notification hop comes after the confirmation: not on the saga's path.
         assert!(r.findings.iter().any(|f| f.contains("relays add up to 10.0 ms and the waits for a consumer to 2.0 ms")), "{:?}", r.findings);
         assert!(r.findings.iter().any(|f| f.contains("order.confirmed 150 ms")), "{:?}", r.findings);
+        assert!(r.findings.iter().any(|f| f.contains("10.0 at the highest sustained rate and 9.0 at half of it; the replay runs 13.0 with b1, 13.0 with b50")), "{:?}", r.findings);
         let md = markdown(&r);
-        for text in ["| shop / batched ceiling | 40% | ≥ 50% | NOT met |", "p99 ≤ 100 ms", "## CPU per process", "| order-api | 0.50 |", "failed: backlog growing"] {
+        for text in ["| shop / batched ceiling | 40% | ≥ 50% | NOT met |", "p99 ≤ 100 ms", "## CPU per process", "| order-api | 0.50 |", "failed: backlog growing", "| **all** | 10.0 | 9.0 |", "| *replay, b50* | 13.0 | |"] {
             assert!(md.contains(text), "{text} missing from:\n{md}");
         }
         let charts = charts(&r);

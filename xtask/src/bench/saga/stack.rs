@@ -42,6 +42,9 @@ pub struct Step {
     pub cpu: CpuUsage,
     /// PostgreSQL deadlocks during the step, by service database.
     pub deadlocks: BTreeMap<String, u64>,
+    /// Transactions (committed and rolled back) per saga placed in the step, by service
+    /// database, from pg_stat_database (whose counters lag by up to a second or so).
+    pub transactions_per_saga: BTreeMap<String, f64>,
 }
 
 /// Per-second points over the whole ramp (steps and the drains between them).
@@ -92,6 +95,8 @@ pub struct HalfRate {
     pub timeline: Vec<LatencyPoint>,
     pub hops: Vec<Hop>,
     pub cpu: CpuUsage,
+    /// As for a step: transactions per saga by service database.
+    pub transactions_per_saga: BTreeMap<String, f64>,
 }
 
 pub struct StackResults {
@@ -180,7 +185,7 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
     let mut series = RampSeries::default();
     while let Some(rate) = search.next() {
         let labels_before = parse_labels(&step!(psql(pg_bin, &order_db, LABELS_SQL, signals).await));
-        let deadlocks_before = step!(deadlocks(pg_bin, &order_db, signals).await);
+        let stats_before = step!(db_stats(pg_bin, &order_db, signals).await);
         let a = sampler.snapshot();
         let drive = step!(ramp::drive(&driver, rate, s.step_secs, seq, signals).await);
         let b = sampler.snapshot();
@@ -193,7 +198,7 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
         let drained = step!(drain(pg_bin, &order_db, Duration::from_secs_f64(s.drain_secs), signals).await);
         let drain_s = drain_started.elapsed().as_secs_f64();
         let read_until = ramp::unix_now();
-        let deadlocks_after = step!(deadlocks(pg_bin, &order_db, signals).await);
+        let stats_after = step!(db_stats(pg_bin, &order_db, signals).await);
         let orders = ramp::parse_order_times(&step!(psql(pg_bin, &order_db, &ramp::order_times_sql(drive.start_unix - 0.001, read_until), signals).await))?;
         let outcome = ramp::outcome(&orders, drive.start_unix, drive.end_unix);
         let mut failure = ramp::verdict(&drive, &outcome, &rules);
@@ -210,7 +215,8 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
             failure,
             drain_s,
             cpu,
-            deadlocks: deadlocks_after.iter().map(|(k, v)| (k.clone(), v.saturating_sub(deadlocks_before.get(k).copied().unwrap_or(0)))).filter(|(_, v)| *v > 0).collect(),
+            deadlocks: stats_delta(&stats_before, &stats_after, |s| s.deadlocks).into_iter().filter(|(_, v)| *v > 0).collect(),
+            transactions_per_saga: per_saga(&stats_delta(&stats_before, &stats_after, |s| s.transactions), outcome.placed),
             drive,
             outcome,
         };
@@ -237,6 +243,7 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
         search.best().map_or("the lowest rate tried: none was sustained".to_owned(), |b| format!("the highest sustained {b:.0}/s"))
     );
     let labels_before = parse_labels(&step!(psql(pg_bin, &order_db, LABELS_SQL, signals).await));
+    let stats_before = step!(db_stats(pg_bin, &order_db, signals).await);
     let a = sampler.snapshot();
     let drive = step!(ramp::drive(&driver, half_rate, s.latency_secs, seq, signals).await);
     let b = sampler.snapshot();
@@ -252,6 +259,8 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
     if let (None, Some(left)) = (&failure, drained) {
         failure = Some(format!("{left} orders still not terminal {:.0} s after the run", s.drain_secs));
     }
+    let stats_after = step!(db_stats(pg_bin, &order_db, signals).await);
+    let transactions_per_saga = per_saga(&stats_delta(&stats_before, &stats_after, |s| s.transactions), outcome.placed);
     let (latency_ms, timeline) = latencies(&orders, drive.start_unix);
     let mut hops = Vec::new();
     for (db_svc, topic) in [("stock", "order.placed"), ("payment", "stock.reserved"), ("order", "payment.captured"), ("notification", "order.confirmed")] {
@@ -270,6 +279,7 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
         timeline,
         hops,
         cpu,
+        transactions_per_saga,
         drive,
         outcome,
     };
@@ -366,13 +376,39 @@ async fn drain(pg_bin: &Path, order_db: &str, limit: Duration, signals: &mut Sig
 }
 
 /// Deadlocks so far in each of the stack's databases.
-async fn deadlocks(pg_bin: &Path, url: &str, signals: &mut Signals) -> Result<Result<BTreeMap<String, u64>, i32>> {
-    let text = step!(psql(pg_bin, url, &format!("SELECT datname, deadlocks FROM pg_stat_database WHERE datname LIKE '{DB_PREFIX}%'"), signals).await);
-    Ok(Ok(text
-        .lines()
-        .filter_map(|l| l.split_once('|'))
-        .filter_map(|(db, n)| Some((db.trim_start_matches(DB_PREFIX).to_owned(), n.parse().ok()?)))
-        .collect()))
+/// Counters of one database from pg_stat_database.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct DbStats {
+    deadlocks: u64,
+    /// Committed and rolled back.
+    transactions: u64,
+}
+
+/// The counters of each of the stack's databases so far.
+async fn db_stats(pg_bin: &Path, url: &str, signals: &mut Signals) -> Result<Result<BTreeMap<String, DbStats>, i32>> {
+    let sql = format!("SELECT datname, deadlocks, xact_commit + xact_rollback FROM pg_stat_database WHERE datname LIKE '{DB_PREFIX}%'");
+    Ok(Ok(parse_db_stats(&step!(psql(pg_bin, url, &sql, signals).await))))
+}
+
+fn parse_db_stats(text: &str) -> BTreeMap<String, DbStats> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            let [db, deadlocks, transactions] = f[..] else { return None };
+            Some((db.trim_start_matches(DB_PREFIX).to_owned(), DbStats { deadlocks: deadlocks.parse().ok()?, transactions: transactions.parse().ok()? }))
+        })
+        .collect()
+}
+
+fn stats_delta(a: &BTreeMap<String, DbStats>, b: &BTreeMap<String, DbStats>, field: impl Fn(&DbStats) -> u64) -> BTreeMap<String, u64> {
+    b.iter().map(|(db, s)| (db.clone(), field(s).saturating_sub(a.get(db).map_or(0, &field)))).collect()
+}
+
+fn per_saga(counts: &BTreeMap<String, u64>, sagas: u64) -> BTreeMap<String, f64> {
+    if sagas == 0 {
+        return BTreeMap::new();
+    }
+    counts.iter().filter(|(db, _)| db.as_str() != "catalog").map(|(db, n)| (db.clone(), *n as f64 / sagas as f64)).collect()
 }
 
 /// Placed → confirmed per order, ms, and per second of confirmation (from `origin`).
@@ -415,6 +451,17 @@ fn parse_hop(text: &str, topic: &str, consumer: &str) -> Option<Hop> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_counters_become_transactions_per_saga() {
+        let a = parse_db_stats("saga_orders|0|1000\nsaga_stock|1|500\nsaga_catalog|0|10\n");
+        let b = parse_db_stats("saga_orders|0|1500\nsaga_stock|3|700\nsaga_catalog|0|12\nbad line\n");
+        assert_eq!(b["stock"], DbStats { deadlocks: 3, transactions: 700 });
+        assert_eq!(stats_delta(&a, &b, |s| s.deadlocks)["stock"], 2);
+        let t = per_saga(&stats_delta(&a, &b, |s| s.transactions), 100);
+        assert_eq!((t["orders"], t["stock"], t.contains_key("catalog")), (5.0, 2.0, false));
+        assert!(per_saga(&BTreeMap::new(), 0).is_empty());
+    }
 
     #[test]
     fn hops_parse_from_psql() {
