@@ -13,7 +13,8 @@ use crate::{Postgres, cargo, pg_version, workspace_root};
 
 #[derive(clap::Args)]
 pub struct QueueArgs {
-    /// Smoke mode: 2 s per reference scenario and BENCH_QUICK=1 for the engine benchmarks.
+    /// Smoke mode: 2 s per reference scenario, and BENCH_QUICK=1 and the debug build for the
+    /// engine benchmarks.
     #[arg(long)]
     quick: bool,
     /// Only measure the pgbench reference (skip `cargo bench -p conveyor-benches`).
@@ -169,6 +170,7 @@ async fn queue_inner(
         );
         let mut cmd = tokio::process::Command::new(cargo());
         cmd.args(["bench", "-p", "conveyor-benches", "--no-run"])
+            .args(bench_profile(args.quick))
             .current_dir(workspace_root());
         match proc::run(cmd, signals).await? {
             Outcome::Exited(0) => {}
@@ -208,6 +210,7 @@ async fn queue_inner(
         let _ = std::fs::remove_file(&engine_json_path); // never report a stale run
         let mut cmd = tokio::process::Command::new(cargo());
         cmd.args(["bench", "-p", "conveyor-benches"])
+            .args(bench_profile(args.quick))
             .current_dir(workspace_root())
             .env("DATABASE_URL", &pg.admin_url)
             .env("BENCH_CLIENTS", clients.to_string());
@@ -277,6 +280,12 @@ async fn queue_inner(
         svg_path.display()
     );
     Ok(0)
+}
+
+/// The smoke run builds the engine benchmarks in the debug profile, which CI has built
+/// already, instead of an optimised build of the whole dependency tree.
+fn bench_profile(quick: bool) -> &'static [&'static str] {
+    if quick { &["--profile", "dev"] } else { &[] }
 }
 
 /// Run SQL with psql; returns its output (unaligned, tuples only).
