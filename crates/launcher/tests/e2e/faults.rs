@@ -85,8 +85,20 @@ async fn notifications_wait_out_a_receiver_outage_behind_an_open_circuit_and_are
     })
     .await
     .unwrap();
+    // The worker records a notification after the receiver answered: wait for the records.
+    wait_for("every delivered notification to be recorded", SAGA, || async {
+        for o in &orders {
+            if f.shop.notifications(*o).await?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await
+    .unwrap();
     for o in &orders {
         assert_eq!(f.shop.notifications(*o).await.unwrap().len(), 1);
     }
+    assert_eq!(f.shop.received().await.unwrap().0.len(), orders.len(), "each notification was received once");
     f.stop().await;
 }
