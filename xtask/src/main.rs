@@ -5,6 +5,9 @@
 //!   demo data), kept running until Ctrl-C.
 //! * `cargo xtask pg` — just a private PostgreSQL until Ctrl-C.
 //! * `cargo xtask bench queue` — the queue engine's benchmarks against a raw-SQL reference.
+//! * `cargo xtask bench saga` — the shop's highest sustained saga rate against its SQL replayed.
+//! * `cargo xtask bench peers` — one queue hop: ours, pgmq and RabbitMQ in one run.
+//! * `cargo xtask bench soak` — throughput, table size and dead tuples over a long run.
 //! * `cargo xtask load` — the goose load test against the local shop (started if none runs).
 
 mod bench;
