@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -27,7 +28,7 @@ pub struct DriveOptions {
 }
 
 /// What the driver did.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DriveReport {
     pub scheduled: u64,
     pub sent: u64,
@@ -47,7 +48,8 @@ pub struct DriveReport {
     pub end_unix: f64,
 }
 
-fn unix_now() -> f64 {
+/// Seconds since the Unix epoch, with fractions.
+pub fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
@@ -127,30 +129,11 @@ fn record(r: &mut DriveReport, done: Result<(Duration, Result<u16, String>), tok
 
 impl DriveReport {
     pub fn to_json(&self) -> Value {
-        json!({
-            "scheduled": self.scheduled, "sent": self.sent, "unsent": self.unsent, "accepted": self.accepted,
-            "rejected": self.rejected, "errors": self.errors, "first_problem": self.first_problem,
-            "max_in_flight": self.max_in_flight, "response_ms": self.response_ms,
-            "start_unix": self.start_unix, "end_unix": self.end_unix,
-        })
+        serde_json::to_value(self).expect("a drive report is plain data")
     }
 
     pub fn from_json(v: &Value) -> Result<DriveReport> {
-        let n = |k: &str| v[k].as_u64().with_context(|| format!("{k} missing from the driver's report"));
-        let f = |k: &str| v[k].as_f64().with_context(|| format!("{k} missing from the driver's report"));
-        Ok(DriveReport {
-            scheduled: n("scheduled")?,
-            sent: n("sent")?,
-            unsent: n("unsent")?,
-            accepted: n("accepted")?,
-            rejected: n("rejected")?,
-            errors: n("errors")?,
-            first_problem: v["first_problem"].as_str().map(str::to_owned),
-            max_in_flight: n("max_in_flight")? as usize,
-            response_ms: v["response_ms"].as_array().context("response_ms missing from the driver's report")?.iter().filter_map(Value::as_f64).collect(),
-            start_unix: f("start_unix")?,
-            end_unix: f("end_unix")?,
-        })
+        DriveReport::deserialize(v).context("the driver's report is not complete")
     }
 }
 
@@ -178,6 +161,7 @@ pub fn catalog_text(products: &[Uuid], customers: &[Uuid]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn reports_survive_json() {

@@ -108,7 +108,8 @@ async fn apis_and_workers_refuse_an_unmigrated_database_and_every_binary_has_hel
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("not migrated") && err.contains("-migrator"), "{name}: {err}");
     }
-    for name in conveyor_launcher::process_names().into_iter().chain(["catalog", "order", "stock", "payment", "notification"].iter().map(|s| format!("{s}-migrator"))) {
+    let tools = ["saga-driver", "peers", "soak", "conveyor-loadtest"].map(String::from);
+    for name in conveyor_launcher::process_names().into_iter().chain(["catalog", "order", "stock", "payment", "notification"].iter().map(|s| format!("{s}-migrator"))).chain(tools) {
         let out = tokio::process::Command::new(bin.join(&name)).arg("--help").output().await.unwrap();
         assert!(out.status.success(), "{name} --help failed");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{name} --help");

@@ -36,9 +36,7 @@ pub struct Drive {
     pub end_unix: f64,
 }
 
-pub fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
+pub use conveyor_launcher::drive::unix_now;
 
 /// Where and how hard the driver places orders.
 pub struct DriverSetup<'a> {
