@@ -24,7 +24,7 @@ mod wake;
 
 pub use admin::{Depth, DeadLetter, QueueTable, depth, dead_letters, oldest_pending_age, replay, replay_all};
 pub use consumer::{
-    Consumer, ConsumerOptions, Handler, HandlerError, LeaseHandler, LeaseOptions, handler_fn,
+    Consumer, ConsumerOptions, Handler, HandlerError, LeaseHandler, LeaseOptions, LockKeys, handler_fn, lock_keys_fn,
 };
 pub use error::Error;
 pub use message::{Delivery, Event, Headers, MessageId, Outgoing};
@@ -37,7 +37,7 @@ pub use retry::RetryPolicy;
 /// generic plan, since sqlx prepares them).
 #[doc(hidden)]
 pub mod sql {
-    pub use crate::consumer::{LEASE_CLAIM, LEASE_DONE, TX_CLAIM};
+    pub use crate::consumer::{LEASE_CLAIM, LEASE_DONE, LOCK_KEYS, NEXT_DUE, TX_CLAIM};
     pub use crate::admin::{DEPTH, OLDEST};
     pub use crate::prune::PRUNE;
     pub use crate::relay::CLAIM as RELAY_CLAIM;

@@ -171,6 +171,7 @@ pub(crate) struct Statement {
 
 pub(crate) const INBOX_CLAIM: Statement = Statement { name: "claim conveyor.inbox", operation: "UPDATE", table: "conveyor.inbox" };
 pub(crate) const INBOX_RECLAIM: Statement = Statement { name: "reclaim conveyor.inbox", operation: "SELECT", table: "conveyor.inbox" };
+pub(crate) const LOCK_KEYS: Statement = Statement { name: "lock keys", operation: "SELECT", table: "" };
 pub(crate) const INBOX_SETTLE: Statement = Statement { name: "settle conveyor.inbox", operation: "UPDATE", table: "conveyor.inbox" };
 pub(crate) const INBOX_RELEASE: Statement = Statement { name: "release conveyor.inbox", operation: "UPDATE", table: "conveyor.inbox" };
 pub(crate) const OUTBOX_CLAIM: Statement = Statement { name: "claim conveyor.outbox", operation: "DELETE", table: "conveyor.outbox" };

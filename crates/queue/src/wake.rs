@@ -83,6 +83,9 @@ pub(crate) struct Pacer<'a> {
     /// Names the loop in logs and in `conveyor_queue_loop_errors_total{loop}`.
     pub what: &'static str,
     pub failures: u32,
+    /// When known, how soon a message becomes claimable without any notification (a
+    /// retry's backoff ends): an idle wait ends then, if before the poll interval.
+    pub due: Option<Duration>,
 }
 
 impl Pacer<'_> {
@@ -93,7 +96,8 @@ impl Pacer<'_> {
                 if n as i64 >= self.batch_size {
                     self.wake.notify_one(); // more may wait: recruit an idle loop
                 } else if n == 0 {
-                    self.idle.wait(notified, self.poll, self.shutdown).await;
+                    let wait = self.due.map_or(self.poll, |due| due.min(self.poll));
+                    self.idle.wait(notified, wait, self.shutdown).await;
                 }
             }
             Err(e) => {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use conveyor_contracts::{Money, OrderSummary, PaymentCaptured, PaymentDeclined, StockReserved};
-use conveyor_queue::{Consumer, Delivery, HandlerError, RetryPolicy, handler_fn};
+use conveyor_queue::{Consumer, Delivery, HandlerError, RetryPolicy, handler_fn, lock_keys_fn};
 use futures::FutureExt;
 use sqlx::PgConnection;
 
@@ -22,7 +22,14 @@ pub fn subscribe(consumer: Consumer, faults: Faults) -> Consumer {
     for status in ["captured", "declined"] {
         metrics::counter!("conveyor_payments_total", "status" => status).increment(0);
     }
-    consumer.subscribe_with(handler_fn(move |conn, msg: Delivery<StockReserved>| capture(conn, msg.payload.order, faults).boxed()), CAPTURE_RETRY)
+    // A batch locks its customers' balances up front, in one order (see `LockKeys`):
+    // batches paying for the same customers queue instead of deadlocking.
+    consumer
+        .subscribe_with(handler_fn(move |conn, msg: Delivery<StockReserved>| capture(conn, msg.payload.order, faults).boxed()), CAPTURE_RETRY)
+        .lock_keys(lock_keys_fn(|_, events: &[&StockReserved]| {
+            let keys = events.iter().map(|e| format!("customer:{}", e.order.customer_id)).collect();
+            async move { Ok(keys) }.boxed()
+        }))
 }
 
 async fn capture(conn: &mut PgConnection, order: OrderSummary, faults: Faults) -> Result<(), HandlerError> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use conveyor_contracts::{OrderPlaced, OrderSummary, PaymentDeclined, Product, ProductCreated, ProductUpdated, StockRejected, StockReserved, limits};
-use conveyor_queue::{Consumer, Delivery, HandlerError, RetryPolicy, handler_fn};
+use conveyor_queue::{Consumer, Delivery, HandlerError, RetryPolicy, handler_fn, lock_keys_fn};
 use futures::FutureExt;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -24,12 +24,33 @@ pub const ORDER_PLACED_RETRY: RetryPolicy =
 pub const RELEASE_RETRY: RetryPolicy = ORDER_PLACED_RETRY;
 
 /// Adds the stock service's handlers to `consumer`.
+///
+/// Every handler that locks items names them (`lock_keys`), so the consumer locks all the
+/// items of a claimed batch at once, in one order, before its first handler runs: batches
+/// of orders for the same few products (a flash sale) queue behind each other instead of
+/// deadlocking, and a release never waits a deadlock timeout behind reservations.
 pub fn subscribe(consumer: Consumer) -> Consumer {
     consumer
         .subscribe(handler_fn(|conn, msg: Delivery<ProductCreated>| create_item(conn, msg.payload.product).boxed()))
         .subscribe(handler_fn(|conn, msg: Delivery<ProductUpdated>| create_item(conn, msg.payload.product).boxed()))
         .subscribe_with(handler_fn(|conn, msg: Delivery<OrderPlaced>| reserve(conn, msg.payload.order, msg.attempt).boxed()), ORDER_PLACED_RETRY)
         .subscribe_with(handler_fn(|conn, msg: Delivery<PaymentDeclined>| release(conn, msg.payload.order_id).boxed()), RELEASE_RETRY)
+        .lock_keys(lock_keys_fn(|_, events: &[&ProductCreated]| {
+            let keys = events.iter().map(|e| repo::item_key(e.product.id)).collect();
+            async move { Ok(keys) }.boxed()
+        }))
+        .lock_keys(lock_keys_fn(|_, events: &[&ProductUpdated]| {
+            let keys = events.iter().map(|e| repo::item_key(e.product.id)).collect();
+            async move { Ok(keys) }.boxed()
+        }))
+        .lock_keys(lock_keys_fn(|_, events: &[&OrderPlaced]| {
+            let keys = events.iter().flat_map(|e| &e.order.lines).map(|l| repo::item_key(l.product_id)).collect();
+            async move { Ok(keys) }.boxed()
+        }))
+        .lock_keys(lock_keys_fn(|conn, events: &[&PaymentDeclined]| {
+            let orders: Vec<Uuid> = events.iter().map(|e| e.order_id).collect();
+            async move { Ok(repo::reserved_products(conn, &orders).await?.into_iter().map(repo::item_key).collect()) }.boxed()
+        }))
 }
 
 /// `product.created` / `product.updated`: the item starts with the product's initial stock

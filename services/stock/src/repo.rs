@@ -91,6 +91,23 @@ pub async fn list_items(conn: &mut PgConnection, after: Option<Uuid>, limit: i64
     .await
 }
 
+/// The lock key of an item (see `conveyor_queue::LockKeys`): every handler that locks an
+/// item names it, so one batch locks all of its items up front, in one order.
+pub fn item_key(product_id: Uuid) -> String {
+    format!("item:{product_id}")
+}
+
+/// The products the `reserved` reservations of `order_ids` hold (what releasing them locks).
+pub async fn reserved_products(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT (l->>'product_id')::uuid FROM reservations AS r, jsonb_array_elements(r.lines) AS l
+         WHERE r.order_id = ANY($1) AND r.state = 'reserved'",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await
+}
+
 /// Locks the items named, always in product id order: two transactions locking
 /// overlapping sets then queue behind each other instead of deadlocking.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT", db.collection.name = "items"))]

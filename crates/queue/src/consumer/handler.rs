@@ -43,6 +43,37 @@ where
     f
 }
 
+/// Names the rows a topic's handlers lock that handlers of other messages lock too (a
+/// product's stock level, a customer's balance), as keys, for a whole claimed batch at once.
+/// The consumer locks every key of the batch (transaction-scoped advisory locks, taken in
+/// one global order in one statement) before the batch's first handler runs: two batches
+/// that touch the same hot rows then queue behind each other instead of deadlocking, however
+/// their messages are ordered. Keys are strings (`"item:<uuid>"`); only equality matters.
+/// `conn` is the batch's transaction, for keys that must be looked up (what an order
+/// reserved); the events may include copies of one message.
+pub trait LockKeys<E: Event>: Send + Sync + 'static {
+    fn keys<'c>(&'c self, conn: &'c mut PgConnection, events: &'c [&'c E]) -> BoxFuture<'c, Result<Vec<String>, HandlerError>>;
+}
+
+impl<E, F> LockKeys<E> for F
+where
+    E: Event,
+    F: for<'c> Fn(&'c mut PgConnection, &'c [&'c E]) -> BoxFuture<'c, Result<Vec<String>, HandlerError>> + Send + Sync + 'static,
+{
+    fn keys<'c>(&'c self, conn: &'c mut PgConnection, events: &'c [&'c E]) -> BoxFuture<'c, Result<Vec<String>, HandlerError>> {
+        self(conn, events)
+    }
+}
+
+/// Gives a closure the signature of [`LockKeys`] (as [`handler_fn`] does for handlers).
+pub fn lock_keys_fn<E, F>(f: F) -> F
+where
+    E: Event,
+    F: for<'c> Fn(&'c mut PgConnection, &'c [&'c E]) -> BoxFuture<'c, Result<Vec<String>, HandlerError>> + Send + Sync + 'static,
+{
+    f
+}
+
 /// A handler that calls the outside world (email, HTTP): it runs outside any transaction
 /// under a lease. If the worker dies, the lease expires and the message runs again, so the
 /// handler must be idempotent (use [`Delivery::id`] as the idempotency key).
@@ -161,6 +192,12 @@ pub(crate) trait TxDispatch: Send + Sync {
     fn call<'a>(&'a self, conn: &'a mut PgConnection, row: &'a InboxRow, attempt: i32, group: &'a str) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
+pub(crate) trait KeysDispatch: Send + Sync {
+    /// The lock keys of `rows`; a row whose payload does not decode has none (its handler
+    /// will fail it).
+    fn keys<'a>(&'a self, conn: &'a mut PgConnection, rows: &'a [&'a InboxRow]) -> BoxFuture<'a, Result<Vec<String>, HandlerError>>;
+}
+
 pub(crate) trait LeaseDispatch: Send + Sync {
     /// Runs the handler, abandoning it (a retryable failure) when it outlives `lease`.
     fn call<'a>(&'a self, row: &'a InboxRow, attempt: i32, group: &'a str, lease: Duration) -> BoxFuture<'a, Result<(), HandlerError>>;
@@ -174,6 +211,17 @@ pub(crate) struct Typed<E, H> {
 impl<E: Event, H: Handler<E>> TxDispatch for Typed<E, H> {
     fn call<'a>(&'a self, conn: &'a mut PgConnection, row: &'a InboxRow, attempt: i32, group: &'a str) -> BoxFuture<'a, Result<(), HandlerError>> {
         decode_and_run(row, attempt, group, move |msg| self.handler.handle(conn, msg)).boxed()
+    }
+}
+
+impl<E: Event, K: LockKeys<E>> KeysDispatch for Typed<E, K> {
+    fn keys<'a>(&'a self, conn: &'a mut PgConnection, rows: &'a [&'a InboxRow]) -> BoxFuture<'a, Result<Vec<String>, HandlerError>> {
+        async move {
+            let events: Vec<E> = rows.iter().filter_map(|r| serde_json::from_str(r.payload.get()).ok()).collect();
+            let refs: Vec<&E> = events.iter().collect();
+            self.handler.keys(conn, &refs).await
+        }
+        .boxed()
     }
 }
 

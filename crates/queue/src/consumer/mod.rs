@@ -22,10 +22,10 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use handler::{Handler, HandlerError, LeaseHandler, handler_fn};
-use handler::{LeaseDispatch, TxDispatch, Typed};
+pub use handler::{Handler, HandlerError, LeaseHandler, LockKeys, handler_fn, lock_keys_fn};
+use handler::{KeysDispatch, LeaseDispatch, TxDispatch, Typed};
 pub use lease::{CLAIM as LEASE_CLAIM, DONE as LEASE_DONE};
-pub use tx::CLAIM_AS_DONE as TX_CLAIM;
+pub use tx::{CLAIM_AS_DONE as TX_CLAIM, LOCK_KEYS};
 
 use crate::wake::{self, Idle, Pacer, spawn_listener};
 use crate::{Error, Event, RetryPolicy};
@@ -69,6 +69,8 @@ impl Default for LeaseOptions {
 pub(crate) struct TxSub {
     handler: Box<dyn TxDispatch>,
     retry: RetryPolicy,
+    /// The hot rows its handlers lock, locked for the whole batch first (see [`LockKeys`]).
+    keys: Option<Box<dyn KeysDispatch>>,
 }
 
 pub(crate) struct LeaseSub {
@@ -131,7 +133,17 @@ impl Consumer {
         self.check_new_topic(E::TOPIC, retry);
         self.tx_topics.push(E::TOPIC.to_owned());
         let handler = Box::new(Typed { handler, _event: PhantomData::<fn() -> E> });
-        self.tx_subs.insert(E::TOPIC.to_owned(), TxSub { handler, retry });
+        self.tx_subs.insert(E::TOPIC.to_owned(), TxSub { handler, retry, keys: None });
+        self
+    }
+
+    /// Declares the rows `E`'s (transaction-mode) handler locks that other handlers lock
+    /// too, so that each batch locks all of them up front in one global order (see
+    /// [`LockKeys`]): many messages about the same few rows (a flash sale on one product)
+    /// then never deadlock. Subscribe to `E` first.
+    pub fn lock_keys<E: Event>(mut self, keys: impl LockKeys<E>) -> Self {
+        let sub = self.tx_subs.get_mut(E::TOPIC).unwrap_or_else(|| panic!("lock_keys for {}: subscribe to it in transaction mode first", E::TOPIC));
+        sub.keys = Some(Box::new(Typed { handler: keys, _event: PhantomData::<fn() -> E> }));
         self
     }
 
@@ -216,6 +228,7 @@ impl Consumer {
             if cycle.is_err() {
                 conn = None;
             }
+            pacer.due = self.next_due(&mut conn, &cycle, &self.tx_topics).await;
             pacer.after(cycle, notified).await;
         }
     }
@@ -234,12 +247,25 @@ impl Consumer {
             if cycle.is_err() {
                 conn = None;
             }
+            pacer.due = self.next_due(&mut conn, &cycle, &self.lease_topics).await;
             pacer.after(cycle, notified).await;
         }
     }
 
+    /// After a cycle that found nothing: how long until the next of `topics`' messages
+    /// becomes claimable by itself (a retry's backoff or a lease ends), so that the loop
+    /// wakes then rather than at its next poll. No notification announces those.
+    async fn next_due(&self, conn: &mut Option<PoolConnection<Postgres>>, cycle: &Result<usize, Error>, topics: &[String]) -> Option<Duration> {
+        if !matches!(cycle, Ok(0)) {
+            return None;
+        }
+        let conn = conn.as_mut()?;
+        let secs: Option<f64> = sqlx::query_scalar(NEXT_DUE).bind(topics).fetch_one(&mut **conn).await.ok()?;
+        secs.map(|s| Duration::from_secs_f64(s.max(0.0)))
+    }
+
     fn pacer<'a>(&self, wake: &'a Notify, idle: &'a Idle, shutdown: &'a CancellationToken, what: &'static str) -> Pacer<'a> {
-        Pacer { wake, idle, poll: self.opts.poll_interval, batch_size: self.opts.batch_size, shutdown, what, failures: 0 }
+        Pacer { wake, idle, poll: self.opts.poll_interval, batch_size: self.opts.batch_size, shutdown, what, failures: 0, due: None }
     }
 
     /// The loop's own connection: a connection handed back to a sqlx pool is pinged first,
@@ -251,6 +277,12 @@ impl Consumer {
         Ok(slot.as_mut().expect("filled above"))
     }
 }
+
+/// Seconds until the earliest message of `$1`'s topics that waits for its time (backoff or
+/// lease) becomes claimable; NULL when none waits. Reads the claim index's first entries.
+pub const NEXT_DUE: &str = "\
+SELECT EXTRACT(EPOCH FROM min(visible_at) - now())::float8 FROM conveyor.inbox
+WHERE state IN ('pending', 'running') AND visible_at > now() AND topic = ANY($1)";
 
 /// The outcome of one failed attempt, ready to store.
 pub(crate) struct Failure {

@@ -23,6 +23,14 @@ UPDATE conveyor.inbox AS i SET state = 'done', attempts = i.attempts + 1, done_a
 WHERE i.message_id = ANY (ARRAY(SELECT message_id FROM c))
 RETURNING i.message_id, i.topic, i.key, i.payload, i.headers, i.attempts - 1 AS attempts, i.published_at";
 
+/// Locks a batch's keys (see [`crate::LockKeys`]): transaction-scoped advisory locks on
+/// their 64-bit hashes, each once, in ascending order, so that no two batches can each hold
+/// a lock the other waits for. (The subquery's ORDER BY keeps it from being flattened, so
+/// the locks are taken in its order.)
+pub const LOCK_KEYS: &str = "\
+SELECT pg_advisory_xact_lock(h) FROM (
+    SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest($1::text[]) AS k ORDER BY h) AS s";
+
 const RECLAIM: &str = "\
 SELECT message_id, topic, key, payload, headers, attempts, published_at FROM conveyor.inbox
 WHERE message_id = ANY($1) AND state IN ('pending', 'running') AND visible_at <= now()
@@ -65,8 +73,8 @@ impl Consumer {
         let batch = Batch::start("receive", started, Some(&self.name), rows.iter().map(|r| r.topic.as_str()));
         rows.iter().for_each(|r| batch.link(&r.headers.0));
         batch.statement(&trace::INBOX_CLAIM, started, Some(rows.len()), None);
-        let mut all_ok = true;
-        for row in &rows {
+        let mut all_ok = self.lock_batch(&mut tx, &rows, &batch).await.is_ok();
+        for row in rows.iter().take_while(|_| all_ok) {
             if self.run_tx_handler(&mut tx, row).await.is_err() {
                 all_ok = false;
                 break;
@@ -85,10 +93,25 @@ impl Consumer {
     async fn tx_cycle_isolated(&self, conn: &mut PgConnection, ids: Vec<Uuid>, batch: &Batch) -> Result<usize, Error> {
         let mut tx = conn.begin().await?;
         let rows: Vec<InboxRow> = batch.run(&trace::INBOX_RECLAIM, sqlx::query_as(RECLAIM).bind(&ids).fetch_all(&mut *tx)).await?;
+        // The batch's keys up front again; if naming them failed, each message names its
+        // own under its savepoint (and a failure there is that message's).
+        let locked = {
+            let mut savepoint = tx.begin().await?;
+            let locked = self.lock_batch(&mut savepoint, &rows, batch).await;
+            if locked.is_ok() { savepoint.commit().await? } else { savepoint.rollback().await? }
+            locked.is_ok()
+        };
         let (mut done, mut failures) = (Vec::new(), Vec::new());
         for row in &rows {
             let mut savepoint = tx.begin().await?;
-            match self.run_tx_handler(&mut savepoint, row).await {
+            let outcome = match locked {
+                true => self.run_tx_handler(&mut savepoint, row).await,
+                false => match self.lock_batch(&mut savepoint, std::slice::from_ref(row), batch).await {
+                    Ok(()) => self.run_tx_handler(&mut savepoint, row).await,
+                    Err(e) => Err(e),
+                },
+            };
+            match outcome {
                 Ok(()) => {
                     savepoint.commit().await?;
                     done.push(row);
@@ -110,6 +133,25 @@ impl Consumer {
         batch.run(&trace::COMMIT, tx.commit()).await?;
         record_done(done.iter().copied());
         Ok(rows.len())
+    }
+
+    /// Takes the lock keys every subscription of `rows` names (see [`crate::LockKeys`]),
+    /// all in one statement; nothing when no subscription names any.
+    async fn lock_batch(&self, conn: &mut PgConnection, rows: &[InboxRow], batch: &Batch) -> Result<(), super::HandlerError> {
+        let mut keys = Vec::new();
+        let mut topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        for topic in topics {
+            let Some(named) = &self.tx_subs[topic].keys else { continue };
+            let of_topic: Vec<&InboxRow> = rows.iter().filter(|r| r.topic == topic).collect();
+            keys.extend(named.keys(conn, &of_topic).await?);
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        batch.run(&trace::LOCK_KEYS, sqlx::query(LOCK_KEYS).bind(&keys).execute(&mut *conn)).await?;
+        Ok(())
     }
 
     async fn run_tx_handler(&self, conn: &mut PgConnection, row: &InboxRow) -> Result<(), super::HandlerError> {

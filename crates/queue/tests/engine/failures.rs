@@ -139,3 +139,46 @@ async fn a_panicking_handler_is_a_failed_attempt_not_a_crash() {
     assert_eq!(dead[0].message_id, ids[0]);
     assert_eq!(dead[0].errors[0]["error"], "handler panicked: handler bug");
 }
+
+/// A retry's backoff ending is announced by no notification: an idle consumer used to find
+/// it only at its next poll. It now looks up when the next waiting message is due and wakes
+/// then: with a 30 s poll, the retry after a 300 ms backoff runs within seconds.
+#[tokio::test]
+async fn an_idle_consumer_runs_a_retry_when_its_backoff_ends_not_at_the_next_poll() {
+    let p = pair().await;
+    let ids = p.publish(0..1).await;
+    p.relay_all().await;
+    let failed_at: Arc<std::sync::Mutex<Option<std::time::Instant>>> = Arc::default();
+    let f = failed_at.clone();
+    let consumer = Consumer::new(p.subscriber.clone())
+        .with_options(conveyor_queue::ConsumerOptions { poll_interval: Duration::from_secs(30), ..fast_options(2) })
+        .subscribe_with(
+            handler_fn(move |conn, msg: Delivery<Ping>| {
+                let f = f.clone();
+                async move {
+                    if msg.attempt == 1 {
+                        *f.lock().unwrap() = Some(std::time::Instant::now());
+                        return Err(HandlerError::retry(anyhow::anyhow!("first attempt fails")));
+                    }
+                    Ok(record_effect(conn, &msg).await?)
+                }
+                .boxed()
+            }),
+            RetryPolicy { max_attempts: 3, base: Duration::from_millis(300), max: Duration::from_millis(300), jitter: 0.0 },
+        );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { consumer.run(shutdown).await }
+    });
+    // Far below the 30 s poll; far above the 300 ms backoff on any machine.
+    wait_until("the retry ran", Duration::from_secs(10), || async {
+        count(&p.subscriber, "SELECT count(*) FROM effects").await == 1
+    })
+    .await;
+    let took = failed_at.lock().unwrap().expect("the first attempt ran").elapsed();
+    assert!(took >= Duration::from_millis(250), "the retry waited for its backoff ({took:?})");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_exactly_once(&p.subscriber, &ids).await;
+}
