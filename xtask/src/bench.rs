@@ -479,7 +479,8 @@ async fn reference_scenarios(
     for batch in [1u32, 100] {
         let claim = conveyor_queue::sql::TX_CLAIM
             .replace("$1", "'{bench.event}'")
-            .replace("$2", &batch.to_string());
+            .replace("$2", &batch.to_string())
+            .replace("$3", "NULL");
         let script = scripts.join(format!("engine_sql_claim_b{batch}.sql"));
         std::fs::write(&script, format!("BEGIN;\n{};\nCOMMIT;\n", claim.replace('\n', " ")))?;
         let prefill = results

@@ -14,6 +14,7 @@
 mod admin;
 mod consumer;
 mod error;
+mod floor;
 mod message;
 mod prune;
 mod publish;

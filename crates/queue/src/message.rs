@@ -85,6 +85,9 @@ pub(crate) struct InboxRow {
     /// Attempts made before this claim (tx mode) or including it (lease mode).
     pub attempts: i32,
     pub published_at: DateTime<Utc>,
+    /// Where the claim found it in the claim index (see `floor`), when the claim says.
+    #[sqlx(default)]
+    pub visible_at: Option<DateTime<Utc>>,
 }
 
 impl InboxRow {

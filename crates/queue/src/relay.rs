@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::floor::{Floor, sweep_interval};
 use crate::trace::{self, Batch};
 use crate::wake::{self, Idle, Pacer, spawn_listener, wake_cte};
 use crate::{Error, Headers};
@@ -101,11 +102,12 @@ struct OutboxRow {
     created_at: DateTime<Utc>,
 }
 
+/// `$3`: the relay's claim floor (see `floor`), the smallest id to read from.
 pub const CLAIM: &str = "\
 DELETE FROM conveyor.outbox AS o
 WHERE o.message_id = ANY (ARRAY(
     SELECT message_id FROM conveyor.outbox
-    WHERE topic = ANY($1) ORDER BY message_id LIMIT $2 FOR UPDATE SKIP LOCKED))
+    WHERE topic = ANY($1) AND message_id >= $3 ORDER BY message_id LIMIT $2 FOR UPDATE SKIP LOCKED))
 RETURNING o.message_id, o.topic, o.key, o.payload::text, o.headers::text, o.created_at";
 
 pub(crate) const DELIVER: &str = concat!(
@@ -127,6 +129,8 @@ pub struct Relay {
     topics: Arc<Vec<String>>,
     subscribers: Arc<HashMap<String, PgPool>>,
     opts: RelayOptions,
+    /// Where claims start reading the outbox's key (see `floor`).
+    floor: Arc<Floor>,
 }
 
 impl Relay {
@@ -140,7 +144,8 @@ impl Relay {
             crate::publish::validate_topic(topic)?;
         }
         let topics = routes.topics().map(str::to_owned).collect();
-        Ok(Relay { outbox, routes: Arc::new(routes), topics: Arc::new(topics), subscribers: Arc::new(subscribers), opts: RelayOptions::default() })
+        let floor = Arc::new(Floor::new(sweep_interval(RelayOptions::default().poll_interval)));
+        Ok(Relay { outbox, routes: Arc::new(routes), topics: Arc::new(topics), subscribers: Arc::new(subscribers), opts: RelayOptions::default(), floor })
     }
 
     /// A relay whose subscriber pools are opened (lazily) from configuration: `urls` maps
@@ -160,6 +165,7 @@ impl Relay {
     }
 
     pub fn with_options(mut self, opts: RelayOptions) -> Self {
+        self.floor = Arc::new(Floor::new(sweep_interval(opts.poll_interval)));
         self.opts = opts;
         self
     }
@@ -171,8 +177,12 @@ impl Relay {
 
     async fn claim_in<'a>(&'a self, mut tx: Transaction<'a, Postgres>) -> Result<Option<ClaimedBatch<'a>>, Error> {
         let started = SystemTime::now();
+        let floor = self.floor.start().map_or(Uuid::nil(), crate::floor::v7_of_micros);
         let mut rows: Vec<OutboxRow> =
-            sqlx::query_as(CLAIM).bind(&*self.topics).bind(self.opts.batch_size).fetch_all(&mut *tx).await?;
+            sqlx::query_as(CLAIM).bind(&*self.topics).bind(self.opts.batch_size).bind(floor).fetch_all(&mut *tx).await?;
+        if let Some(newest) = rows.iter().filter_map(|r| crate::floor::micros_of_v7(r.message_id)).max() {
+            self.floor.claimed(newest);
+        }
         if rows.is_empty() {
             tx.rollback().await?;
             return Ok(None);

@@ -41,13 +41,19 @@ pub(crate) struct Channel {
 pub(crate) const OUTBOX: Channel = Channel {
     name: crate::OUTBOX_CHANNEL,
     lock_key: crate::OUTBOX_WAKE_LOCK,
-    probe: "SELECT EXISTS (SELECT 1 FROM conveyor.outbox WHERE topic = ANY($1))",
+    // Only the last minute's ids (older rows are found by the relay's sweeps; see `floor`):
+    // a probe must not walk the dead entries a held xmin horizon keeps in the index. The
+    // bound is the smallest UUID v7 of a minute ago, as 32 hex digits.
+    probe: "SELECT EXISTS (SELECT 1 FROM conveyor.outbox WHERE topic = ANY($1) AND message_id >= \
+            (lpad(to_hex((extract(epoch FROM now() - interval '1 minute') * 1000)::bigint), 12, '0') || '00000000000000000000')::uuid)",
 };
 
 pub(crate) const INBOX: Channel = Channel {
     name: crate::INBOX_CHANNEL,
     lock_key: crate::INBOX_WAKE_LOCK,
-    probe: "SELECT EXISTS (SELECT 1 FROM conveyor.inbox WHERE state IN ('pending', 'running') AND visible_at <= now() AND topic = ANY($1))",
+    // Only the last minute's rows, as for the outbox.
+    probe: "SELECT EXISTS (SELECT 1 FROM conveyor.inbox WHERE state IN ('pending', 'running') AND visible_at <= now() \
+            AND visible_at > now() - interval '1 minute' AND topic = ANY($1))",
 };
 
 /// How loops and their listener meet: loops count themselves idle while they wait, and

@@ -27,6 +27,7 @@ use handler::{KeysDispatch, LeaseDispatch, TxDispatch, Typed};
 pub use lease::{CLAIM as LEASE_CLAIM, DONE as LEASE_DONE};
 pub use tx::{CLAIM_AS_DONE as TX_CLAIM, LOCK_KEYS};
 
+use crate::floor::{Floor, sweep_interval};
 use crate::wake::{self, Idle, Pacer, spawn_listener};
 use crate::{Error, Event, RetryPolicy};
 
@@ -90,6 +91,8 @@ pub struct Consumer {
     tx_topics: Vec<String>,
     lease_topics: Vec<String>,
     lease_ms: Vec<i64>,
+    /// Where transaction-mode claims start reading the claim index (see `floor`).
+    floor: Floor,
 }
 
 impl Consumer {
@@ -103,10 +106,12 @@ impl Consumer {
             tx_topics: Vec::new(),
             lease_topics: Vec::new(),
             lease_ms: Vec::new(),
+            floor: Floor::new(sweep_interval(ConsumerOptions::default().poll_interval)),
         }
     }
 
     pub fn with_options(mut self, opts: ConsumerOptions) -> Self {
+        self.floor = Floor::new(sweep_interval(opts.poll_interval));
         self.opts = opts;
         self
     }

@@ -11,17 +11,19 @@ use crate::message::InboxRow;
 use crate::trace::{self, Batch};
 
 // The fast path claims and marks done in one statement: the row lock the UPDATE takes is
-// the claim, and if a handler fails the whole transaction rolls back to `pending`.
+// the claim, and if a handler fails the whole transaction rolls back to `pending`. `$3` is
+// the consumer's claim floor (see `floor`): NULL reads the index from its start.
 // `= ANY (ARRAY(…))` rather than a join: the statement is prepared, and a generic plan,
 // which cannot see that LIMIT is small, would hash-join against a scan of the whole table.
 pub const CLAIM_AS_DONE: &str = "\
 WITH c AS (
     SELECT message_id FROM conveyor.inbox
     WHERE state IN ('pending', 'running') AND visible_at <= now() AND topic = ANY($1)
+      AND visible_at >= coalesce($3::timestamptz, '-infinity')
     ORDER BY visible_at LIMIT $2 FOR UPDATE SKIP LOCKED)
 UPDATE conveyor.inbox AS i SET state = 'done', attempts = i.attempts + 1, done_at = now()
 WHERE i.message_id = ANY (ARRAY(SELECT message_id FROM c))
-RETURNING i.message_id, i.topic, i.key, i.payload, i.headers, i.attempts - 1 AS attempts, i.published_at";
+RETURNING i.message_id, i.topic, i.key, i.payload, i.headers, i.attempts - 1 AS attempts, i.published_at, i.visible_at";
 
 /// Locks a batch's keys (see [`crate::LockKeys`]): transaction-scoped advisory locks on
 /// their 64-bit hashes, each once, in ascending order, so that no two batches can each hold
@@ -62,8 +64,12 @@ impl Consumer {
         }
         let started = SystemTime::now();
         let mut tx = conn.begin().await?;
+        let floor = self.floor.start().and_then(chrono::DateTime::from_timestamp_micros);
         let mut rows: Vec<InboxRow> =
-            sqlx::query_as(CLAIM_AS_DONE).bind(&self.tx_topics).bind(self.opts.batch_size).fetch_all(&mut *tx).await?;
+            sqlx::query_as(CLAIM_AS_DONE).bind(&self.tx_topics).bind(self.opts.batch_size).bind(floor).fetch_all(&mut *tx).await?;
+        if let Some(newest) = rows.iter().filter_map(|r| r.visible_at).max() {
+            self.floor.claimed(newest.timestamp_micros());
+        }
         rows.sort_unstable_by_key(|r| r.message_id); // publish order
         record_claim(rows.len());
         if rows.is_empty() {

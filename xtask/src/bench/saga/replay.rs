@@ -413,7 +413,7 @@ fn relay(s: &mut String, svc: &str, limit: usize) {
             }
         }
     }
-    let claim = bind(&on_queue(conveyor_queue::sql::RELAY_CLAIM, svc), &[&text_array(&topics), &limit.to_string()]);
+    let claim = bind(&on_queue(conveyor_queue::sql::RELAY_CLAIM, svc), &[&text_array(&topics), &limit.to_string(), "'00000000-0000-0000-0000-000000000000'"]);
     let mut stmt = format!(
         "WITH moved AS ({claim}),\n{}",
         wake_cte(conveyor_queue::INBOX_CHANNEL, conveyor_queue::INBOX_WAKE_LOCK)
@@ -439,7 +439,7 @@ fn relay(s: &mut String, svc: &str, limit: usize) {
 /// A transaction-mode consumer's claim with the values its handler reads, as arrays.
 fn tx_claim(svc: &str, batch: usize, select: &str) -> String {
     let claim = claim_for_gset(conveyor_queue::sql::TX_CLAIM, select);
-    format!("{} \\gset", bind(&on_queue(&claim, svc), &[&text_array(consumer_topics(svc)), &batch.to_string()]))
+    format!("{} \\gset", bind(&on_queue(&claim, svc), &[&text_array(consumer_topics(svc)), &batch.to_string(), "NULL"]))
 }
 
 /// The i-th element of a claimed array, as `ty`.
