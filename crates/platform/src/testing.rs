@@ -108,10 +108,12 @@ pub async fn deliver<E: conveyor_queue::Event>(pool: &PgPool, event: &E) -> uuid
 }
 
 /// Puts `event` into the inbox under message id `id`; a second delivery of the same id is
-/// ignored, exactly like the relay's `ON CONFLICT DO NOTHING`.
+/// ignored, exactly like the relay's: not inserted while it waits in the inbox (`ON CONFLICT
+/// DO NOTHING`) nor once it is recorded done (`conveyor.inbox_done`).
 pub async fn deliver_with_id<E: conveyor_queue::Event>(pool: &PgPool, id: uuid::Uuid, event: &E) {
     sqlx::query(
-        "INSERT INTO conveyor.inbox (message_id, topic, key, payload, published_at) VALUES ($1, $2, $3, $4, now())
+        "INSERT INTO conveyor.inbox (message_id, topic, key, payload, published_at)
+         SELECT $1, $2, $3, $4, now() WHERE NOT EXISTS (SELECT 1 FROM conveyor.inbox_done WHERE message_id = $1)
          ON CONFLICT (message_id) DO NOTHING",
     )
     .bind(id)
@@ -134,9 +136,17 @@ pub async fn outbox(pool: &PgPool) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
-/// The inbox state of message `id` (`pending`, `done`, `dead`…) and its attempts.
+/// The inbox state of message `id` (`pending`, `running`, `dead`, or `done` once it is
+/// recorded in `conveyor.inbox_done`) and its attempts.
 pub async fn inbox_state(pool: &PgPool, id: uuid::Uuid) -> (String, i32) {
-    sqlx::query_as("SELECT state, attempts FROM conveyor.inbox WHERE message_id = $1").bind(id).fetch_one(pool).await.expect("inbox row")
+    sqlx::query_as(
+        "SELECT state, attempts FROM conveyor.inbox WHERE message_id = $1
+         UNION ALL SELECT 'done', attempts FROM conveyor.inbox_done WHERE message_id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .expect("inbox row")
 }
 
 /// Runs `consumer` until a cycle finds nothing deliverable; returns how many messages were

@@ -88,6 +88,10 @@ pub(crate) struct InboxRow {
     /// Where the claim found it in the claim index (see `floor`), when the claim says.
     #[sqlx(default)]
     pub visible_at: Option<DateTime<Utc>>,
+    /// A copy of a message handled before (see the transaction-mode claim): settled without
+    /// running its handler.
+    #[sqlx(default)]
+    pub duplicate: bool,
 }
 
 impl InboxRow {

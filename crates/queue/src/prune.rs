@@ -17,8 +17,21 @@ use crate::wake::sleep_or_cancel;
 
 /// `$1`: resume after this id; `$2`: the first id published inside the window; `$3`: the
 /// window in ms; `$4`: batch size. Returns the last id it looked at (NULL: nothing left).
-/// Done rows are never updated again, so the delete takes no lock anybody waits for.
+/// Done records are never updated, so the delete takes no lock anybody waits for.
 pub const PRUNE: &str = "\
+WITH batch AS (
+    SELECT message_id FROM conveyor.inbox_done
+    WHERE message_id > $1 AND message_id < $2
+    ORDER BY message_id LIMIT $4),
+gone AS (
+    DELETE FROM conveyor.inbox_done
+    WHERE message_id = ANY (ARRAY(SELECT message_id FROM batch)) AND done_at < now() - $3 * interval '1 millisecond'
+    RETURNING 1)
+SELECT (SELECT message_id FROM batch ORDER BY message_id DESC LIMIT 1), (SELECT count(*) FROM gone)";
+
+/// Rows that workers of the previous version marked `done` in the inbox itself (during a
+/// rolling upgrade), pruned the same way (same parameters).
+const PRUNE_LEGACY: &str = "\
 WITH batch AS (
     SELECT message_id FROM conveyor.inbox
     WHERE message_id > $1 AND message_id < $2
@@ -34,20 +47,21 @@ SELECT (SELECT message_id FROM batch ORDER BY message_id DESC LIMIT 1), (SELECT 
 /// of the old prefix per transaction; returns how many it deleted.
 pub async fn prune_once(pool: &PgPool, window: Duration, batch: i64) -> Result<u64, Error> {
     let horizon = v7_floor(SystemTime::now() - window);
-    let mut after = Uuid::nil();
     let mut total = 0;
-    loop {
-        let (last, n): (Option<Uuid>, i64) =
-            sqlx::query_as(PRUNE).bind(after).bind(horizon).bind(window.as_millis() as f64).bind(batch).fetch_one(pool).await?;
-        total += n as u64;
-        match last {
-            Some(last) => after = last,
-            None => {
-                metrics::counter!("conveyor_queue_pruned_total").increment(total);
-                return Ok(total);
+    for statement in [PRUNE, PRUNE_LEGACY] {
+        let mut after = Uuid::nil();
+        loop {
+            let (last, n): (Option<Uuid>, i64) =
+                sqlx::query_as(statement).bind(after).bind(horizon).bind(window.as_millis() as f64).bind(batch).fetch_one(pool).await?;
+            total += n as u64;
+            match last {
+                Some(last) => after = last,
+                None => break,
             }
         }
     }
+    metrics::counter!("conveyor_queue_pruned_total").increment(total);
+    Ok(total)
 }
 
 /// The smallest UUID v7 of instant `t`: every id minted at or after `t` sorts above it.

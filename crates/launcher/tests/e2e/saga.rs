@@ -99,6 +99,12 @@ async fn the_same_idempotency_key_gives_one_order_and_the_same_answer() {
 #[tokio::test]
 async fn duplicate_and_replayed_deliveries_never_double_reserve_charge_or_notify() {
     let f = start("duplicates").await;
+    // Handled messages leave the inbox (only their ids are kept, in inbox_done): keep a copy
+    // of every delivery, to deliver them again below.
+    let services = [("stock", "order.placed"), ("payment", "stock.reserved"), ("order", "payment.captured"), ("notification", "order.confirmed")];
+    for (svc, _) in services {
+        capture_inbox(&f.db(svc).await).await;
+    }
     let product = f.product(1000, 10).await;
     let customer = f.customer(100_000).await;
     let order = f.shop.order_placed(customer, &[(product, 3)]).await.unwrap();
@@ -106,31 +112,31 @@ async fn duplicate_and_replayed_deliveries_never_double_reserve_charge_or_notify
     wait_for("the notification", SAGA, || async { Ok(f.shop.notifications(order).await?.len() == 1) }).await.unwrap();
 
     let key = order.to_string();
-    // A message replayed through the admin API after being declared dead.
+    // A message declared dead after it was handled, then replayed through the admin API:
+    // the consumer finds it recorded done and drops it.
     let payment_db = f.db("payment").await;
-    let original: uuid::Uuid = sqlx::query_scalar("UPDATE conveyor.inbox SET state = 'dead' WHERE topic = 'stock.reserved' AND key = $1 AND state = 'done' RETURNING message_id")
-        .bind(&key)
-        .fetch_one(&payment_db)
-        .await
-        .unwrap();
-    let (status, body) = f.shop.post("payment", &format!("/admin/dead-letters/{original}/replay"), &[], &json!(null)).await.unwrap();
-    assert_eq!(status, 200, "{body}");
-
-    wait_for("the replayed message to be handled", SAGA, || async {
-        let state: String = sqlx::query_scalar("SELECT state FROM conveyor.inbox WHERE message_id = $1").bind(original).fetch_one(&payment_db).await?;
-        Ok(state == "done")
-    })
+    let original: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at, state)
+         SELECT message_id, topic, key, payload, headers, published_at, 'dead' FROM e2e_captured WHERE topic = 'stock.reserved' AND key = $1 LIMIT 1
+         RETURNING message_id",
+    )
+    .bind(&key)
+    .fetch_one(&payment_db)
     .await
     .unwrap();
+    let (status, body) = f.shop.post("payment", &format!("/admin/dead-letters/{original}/replay"), &[], &json!(null)).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    wait_for("the replayed message to be settled", SAGA, || async { Ok(inbox_state(&payment_db, original).await? == "done") }).await.unwrap();
 
     // Then every message of this saga, delivered once more under a new id (what a publisher
-    // that re-sent would do), and once more under its own id (what a repeated relay does).
+    // that re-sent would do: the handlers' keys catch it), and once more under its own id
+    // (what a repeated relay does: the inbox_done record catches it).
     let mut copies = Vec::new();
-    for (svc, topic) in [("stock", "order.placed"), ("payment", "stock.reserved"), ("order", "payment.captured"), ("notification", "order.confirmed")] {
+    for (svc, topic) in services {
         let db = f.db(svc).await;
         let copy: uuid::Uuid = sqlx::query_scalar(
             "INSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at)
-             SELECT $3, topic, key, payload, headers, now() FROM conveyor.inbox WHERE topic = $1 AND key = $2
+             SELECT $3, topic, key, payload, headers, now() FROM e2e_captured WHERE topic = $1 AND key = $2 LIMIT 1
              RETURNING message_id",
         )
         .bind(topic)
@@ -139,28 +145,24 @@ async fn duplicate_and_replayed_deliveries_never_double_reserve_charge_or_notify
         .fetch_one(&db)
         .await
         .unwrap_or_else(|e| panic!("copying {topic} in {svc}: {e}"));
-        let repeated = sqlx::query(
+        let repeated: uuid::Uuid = sqlx::query_scalar(
             "INSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at)
-             SELECT message_id, topic, key, payload, headers, now() FROM conveyor.inbox WHERE topic = $1 AND key = $2 AND message_id <> $3
-             ON CONFLICT (message_id) DO NOTHING",
+             SELECT message_id, topic, key, payload, headers, now() FROM e2e_captured WHERE topic = $1 AND key = $2 AND message_id <> $3 LIMIT 1
+             RETURNING message_id",
         )
         .bind(topic)
         .bind(&key)
         .bind(copy)
-        .execute(&db)
+        .fetch_one(&db)
         .await
-        .unwrap();
-        assert_eq!(repeated.rows_affected(), 0, "the inbox's primary key rejects a repeated delivery");
+        .unwrap_or_else(|e| panic!("repeating {topic} in {svc}: {e}"));
         sqlx::query("SELECT pg_notify('conveyor_inbox', '')").execute(&db).await.unwrap();
-        copies.push((svc, db, copy));
+        copies.push((svc, db, [copy, repeated]));
     }
-    for (svc, db, id) in &copies {
-        wait_for(&format!("{svc} to handle message {id}"), SAGA, || async {
-            let state: String = sqlx::query_scalar("SELECT state FROM conveyor.inbox WHERE message_id = $1").bind(*id).fetch_one(db).await?;
-            Ok(state == "done")
-        })
-        .await
-        .unwrap();
+    for (svc, db, ids) in &copies {
+        for id in ids {
+            wait_for(&format!("{svc} to settle message {id}"), SAGA, || async { Ok(inbox_state(db, *id).await? == "done") }).await.unwrap();
+        }
     }
     assert_eq!(f.shop.stock(product).await.unwrap(), (7, 3), "reserved once");
     assert_eq!(f.shop.payments(order).await.unwrap().len(), 1, "charged once");
@@ -171,4 +173,31 @@ async fn duplicate_and_replayed_deliveries_never_double_reserve_charge_or_notify
     let history = f.shop.order(order).await.unwrap()["history"].as_array().unwrap().len();
     assert_eq!(history, 2, "placed, confirmed: nothing more");
     f.stop().await;
+}
+
+/// Copies every row inserted into the inbox of `db` into `e2e_captured` (a trigger), so a
+/// test can deliver a message again after it was handled and left the inbox.
+async fn capture_inbox(db: &sqlx::PgPool) {
+    sqlx::raw_sql(
+        "CREATE TABLE e2e_captured (LIKE conveyor.inbox);
+         CREATE FUNCTION e2e_capture() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO e2e_captured SELECT NEW.*; RETURN NEW; END $$;
+         CREATE TRIGGER e2e_capture AFTER INSERT ON conveyor.inbox FOR EACH ROW EXECUTE FUNCTION e2e_capture();",
+    )
+    .execute(db)
+    .await
+    .unwrap();
+}
+
+/// `pending`, `running` or `dead` while the message is in the inbox, `done` once it is
+/// recorded in inbox_done (handled, or dropped as a copy of a handled message).
+async fn inbox_state(db: &sqlx::PgPool, id: uuid::Uuid) -> sqlx::Result<String> {
+    sqlx::query_scalar(
+        "SELECT state FROM conveyor.inbox WHERE message_id = $1
+         UNION ALL SELECT 'done' FROM conveyor.inbox_done WHERE message_id = $1 AND NOT EXISTS (SELECT 1 FROM conveyor.inbox WHERE message_id = $1)",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+    .map(|s| s.unwrap_or_default())
 }

@@ -15,22 +15,34 @@ use crate::Error;
 use crate::message::InboxRow;
 use crate::trace::{self, Batch};
 
+/// Claims with a lease. A claimed copy of a message recorded done already (its delivery
+/// raced the original's completion) is deleted instead, and its handler never runs.
 pub const CLAIM: &str = "\
 WITH c AS (
     SELECT message_id FROM conveyor.inbox
     WHERE state IN ('pending', 'running') AND visible_at <= now() AND topic = ANY($1)
-    ORDER BY visible_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+    ORDER BY visible_at LIMIT $3 FOR UPDATE SKIP LOCKED),
+copies AS (
+    DELETE FROM conveyor.inbox AS i WHERE i.message_id = ANY (ARRAY(SELECT message_id FROM c))
+      AND EXISTS (SELECT 1 FROM conveyor.inbox_done AS d WHERE d.message_id = i.message_id))
 UPDATE conveyor.inbox AS i
 SET state = 'running', attempts = i.attempts + 1, visible_at = now() + l.lease_ms * interval '1 millisecond'
 FROM UNNEST($1::text[], $2::bigint[]) AS l(topic, lease_ms)
 WHERE i.message_id = ANY (ARRAY(SELECT message_id FROM c)) AND l.topic = i.topic
+  AND NOT EXISTS (SELECT 1 FROM conveyor.inbox_done AS d WHERE d.message_id = i.message_id)
 RETURNING i.message_id, i.topic, i.key, i.payload, i.headers, i.attempts, i.published_at";
 
+/// Completion, fenced by the attempt: the rows leave the inbox for `inbox_done`.
 pub const DONE: &str = "\
-UPDATE conveyor.inbox AS i SET state = 'done', done_at = now()
-FROM UNNEST($1::uuid[], $2::int[]) AS d(id, attempt)
-WHERE i.message_id = d.id AND i.attempts = d.attempt AND i.state = 'running'
-RETURNING i.message_id";
+WITH d AS (
+    DELETE FROM conveyor.inbox AS i USING UNNEST($1::uuid[], $2::int[]) AS d(id, attempt)
+    WHERE i.message_id = d.id AND i.attempts = d.attempt AND i.state = 'running'
+    RETURNING i.message_id, i.topic, i.attempts, i.published_at, i.received_at, i.errors),
+n AS (
+    INSERT INTO conveyor.inbox_done (message_id, topic, attempts, published_at, received_at, errors)
+    SELECT message_id, topic, attempts, published_at, received_at, NULLIF(errors, '[]'::jsonb) FROM d
+    ON CONFLICT (message_id) DO NOTHING)
+SELECT message_id FROM d";
 
 const FAILED: &str = "\
 UPDATE conveyor.inbox AS i SET

@@ -10,9 +10,12 @@ use crate::Error;
 use crate::message::InboxRow;
 use crate::trace::{self, Batch};
 
-// The fast path claims and marks done in one statement: the row lock the UPDATE takes is
-// the claim, and if a handler fails the whole transaction rolls back to `pending`. `$3` is
-// the consumer's claim floor (see `floor`): NULL reads the index from its start.
+// The fast path claims and completes in one statement: it deletes the rows from the inbox
+// and records them in `inbox_done`; the row lock the DELETE takes is the claim, and if a
+// handler fails the whole transaction rolls back and the rows are `pending` again. A row
+// whose id is recorded already (a copy of a message handled before: its delivery raced the
+// original's completion) is deleted and flagged `duplicate`, and its handler never runs.
+// `$3` is the consumer's claim floor (see `floor`): NULL reads the index from its start.
 // `= ANY (ARRAY(…))` rather than a join: the statement is prepared, and a generic plan,
 // which cannot see that LIMIT is small, would hash-join against a scan of the whole table.
 pub const CLAIM_AS_DONE: &str = "\
@@ -20,10 +23,17 @@ WITH c AS (
     SELECT message_id FROM conveyor.inbox
     WHERE state IN ('pending', 'running') AND visible_at <= now() AND topic = ANY($1)
       AND visible_at >= coalesce($3::timestamptz, '-infinity')
-    ORDER BY visible_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-UPDATE conveyor.inbox AS i SET state = 'done', attempts = i.attempts + 1, done_at = now()
-WHERE i.message_id = ANY (ARRAY(SELECT message_id FROM c))
-RETURNING i.message_id, i.topic, i.key, i.payload, i.headers, i.attempts - 1 AS attempts, i.published_at, i.visible_at";
+    ORDER BY visible_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+d AS (
+    DELETE FROM conveyor.inbox AS i WHERE i.message_id = ANY (ARRAY(SELECT message_id FROM c))
+    RETURNING i.message_id, i.topic, i.key, i.payload, i.headers, i.attempts, i.published_at, i.received_at, i.visible_at, i.errors),
+n AS (
+    INSERT INTO conveyor.inbox_done (message_id, topic, attempts, published_at, received_at, errors)
+    SELECT message_id, topic, attempts + 1, published_at, received_at, NULLIF(errors, '[]'::jsonb) FROM d
+    ON CONFLICT (message_id) DO NOTHING RETURNING message_id)
+SELECT d.message_id, d.topic, d.key, d.payload, d.headers, d.attempts, d.published_at, d.visible_at,
+       n.message_id IS NULL AS duplicate
+FROM d LEFT JOIN n ON n.message_id = d.message_id";
 
 /// Locks a batch's keys (see [`crate::LockKeys`]): transaction-scoped advisory locks on
 /// their 64-bit hashes, each once, in ascending order, so that no two batches can each hold
@@ -38,9 +48,15 @@ SELECT message_id, topic, key, payload, headers, attempts, published_at FROM con
 WHERE message_id = ANY($1) AND state IN ('pending', 'running') AND visible_at <= now()
 ORDER BY visible_at FOR UPDATE SKIP LOCKED";
 
-const DONE: &str = "\
-UPDATE conveyor.inbox SET state = 'done', attempts = attempts + 1, done_at = now()
-WHERE message_id = ANY($1)";
+/// The slow path records one message done under its savepoint, before its handler runs;
+/// no row back: a copy of a message handled before (see `CLAIM_AS_DONE`).
+const RECORD_DONE: &str = "\
+INSERT INTO conveyor.inbox_done (message_id, topic, attempts, published_at, received_at, errors)
+SELECT message_id, topic, attempts + 1, published_at, received_at, NULLIF(errors, '[]'::jsonb) FROM conveyor.inbox WHERE message_id = $1
+ON CONFLICT (message_id) DO NOTHING RETURNING message_id";
+
+/// The slow path's settled messages (done, or copies) leave the inbox.
+const REMOVE: &str = "DELETE FROM conveyor.inbox WHERE message_id = ANY($1)";
 
 const FAILED: &str = "\
 UPDATE conveyor.inbox AS i SET
@@ -76,6 +92,9 @@ impl Consumer {
             tx.commit().await?;
             return Ok(0);
         }
+        let claimed = rows.len();
+        record_duplicates(rows.iter().filter(|r| r.duplicate));
+        rows.retain(|r| !r.duplicate);
         let batch = Batch::start("receive", started, Some(&self.name), rows.iter().map(|r| r.topic.as_str()));
         rows.iter().for_each(|r| batch.link(&r.headers.0));
         batch.statement(&trace::INBOX_CLAIM, started, Some(rows.len()), None);
@@ -89,7 +108,7 @@ impl Consumer {
         if all_ok {
             batch.run(&trace::COMMIT, tx.commit()).await?;
             record_done(&rows);
-            return Ok(rows.len());
+            return Ok(claimed);
         }
         batch.run(&trace::ROLLBACK, tx.rollback()).await?;
         self.tx_cycle_isolated(conn, rows.iter().map(|r| r.message_id).collect(), &batch).await
@@ -107,9 +126,15 @@ impl Consumer {
             if locked.is_ok() { savepoint.commit().await? } else { savepoint.rollback().await? }
             locked.is_ok()
         };
-        let (mut done, mut failures) = (Vec::new(), Vec::new());
+        let (mut done, mut failures, mut copies) = (Vec::new(), Vec::new(), Vec::new());
         for row in &rows {
             let mut savepoint = tx.begin().await?;
+            let recorded: Option<Uuid> = sqlx::query_scalar(RECORD_DONE).bind(row.message_id).fetch_optional(&mut *savepoint).await?;
+            if recorded.is_none() {
+                savepoint.commit().await?;
+                copies.push(row);
+                continue;
+            }
             let outcome = match locked {
                 true => self.run_tx_handler(&mut savepoint, row).await,
                 false => match self.lock_batch(&mut savepoint, std::slice::from_ref(row), batch).await {
@@ -129,10 +154,12 @@ impl Consumer {
                 }
             }
         }
-        let done_ids: Vec<Uuid> = done.iter().map(|r| r.message_id).collect();
+        let mut settled_ids: Vec<Uuid> = done.iter().map(|r| r.message_id).collect();
+        settled_ids.extend(copies.iter().map(|r| r.message_id));
+        record_duplicates(copies.iter().copied());
         batch
             .run(&trace::INBOX_SETTLE, async {
-                sqlx::query(DONE).bind(&done_ids).execute(&mut *tx).await?;
+                sqlx::query(REMOVE).bind(&settled_ids).execute(&mut *tx).await?;
                 record_failures(&mut tx, &failures).await
             })
             .await?;
@@ -167,6 +194,14 @@ impl Consumer {
         metrics::histogram!("conveyor_queue_handler_duration_seconds", "topic" => row.topic.clone())
             .record(started.elapsed().as_secs_f64());
         result
+    }
+}
+
+/// Counts (and logs) the copies of handled messages a claim dropped.
+fn record_duplicates<'a>(rows: impl IntoIterator<Item = &'a InboxRow>) {
+    for r in rows {
+        tracing::info!(id = %r.message_id, topic = r.topic, "a copy of a message handled before: dropped, its handler not run");
+        metrics::counter!("conveyor_queue_consumed_total", "topic" => r.topic.clone(), "outcome" => "duplicate").increment(1);
     }
 }
 

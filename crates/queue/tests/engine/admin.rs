@@ -26,10 +26,12 @@ async fn depth_and_oldest_age_describe_what_waits() {
     assert_eq!((d[0].table, d[0].state.as_str(), d[0].count), (QueueTable::Inbox, "pending", 3));
     assert!(d[0].oldest_age_seconds.unwrap() >= 90.0);
     consumer.process_once().await.unwrap();
-    // Done rows are the dedupe record, not depth.
+    // Done messages are not depth (they left the inbox for the dedupe record).
     assert_eq!(depth(&p.subscriber).await.unwrap(), []);
     assert_eq!(oldest_pending_age(&p.subscriber).await.unwrap(), None);
     // Dead letters are.
+    p.publish(3..6).await;
+    p.relay_all().await;
     sqlx::query("UPDATE conveyor.inbox SET state = 'dead'").execute(&p.subscriber).await.unwrap();
     let d = depth(&p.subscriber).await.unwrap();
     assert_eq!((d[0].state.as_str(), d[0].count, d[0].oldest_age_seconds), ("dead", 3, None));
@@ -54,7 +56,7 @@ async fn pruning_keeps_the_dedupe_window_and_dedupe_holds_inside_it() {
     };
     let (old, late): (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = ((0..2000).map(old_id).collect(), (2000..2100).map(old_id).collect());
     sqlx::query(
-        "UPDATE conveyor.inbox i SET message_id = o.new, done_at = now() - interval '2 hours'
+        "UPDATE conveyor.inbox_done i SET message_id = o.new, done_at = now() - interval '2 hours'
          FROM UNNEST($1::uuid[], $2::uuid[]) AS o(old, new) WHERE i.message_id = o.old",
     )
     .bind(&ids[..2000])
@@ -63,20 +65,31 @@ async fn pruning_keeps_the_dedupe_window_and_dedupe_holds_inside_it() {
     .await
     .unwrap();
     sqlx::query(
-        "INSERT INTO conveyor.inbox (message_id, topic, payload, published_at, state, done_at)
-         SELECT id, 'test.ping', '{}', now() - interval '2 hours', 'done', now() FROM UNNEST($1::uuid[]) id",
+        "INSERT INTO conveyor.inbox_done (message_id, topic, attempts, published_at, received_at)
+         SELECT id, 'test.ping', 1, now() - interval '2 hours', now() - interval '2 hours' FROM UNNEST($1::uuid[]) id",
     )
     .bind(&late)
     .execute(&p.subscriber)
     .await
     .unwrap();
+    // Rows a worker of the previous version marked done in the inbox itself are pruned too.
+    let legacy: Vec<uuid::Uuid> = (2100..2110).map(old_id).collect();
+    sqlx::query(
+        "INSERT INTO conveyor.inbox (message_id, topic, payload, published_at, state, done_at)
+         SELECT id, 'test.ping', '{}', now() - interval '2 hours', 'done', now() - interval '2 hours' FROM UNNEST($1::uuid[]) id",
+    )
+    .bind(&legacy)
+    .execute(&p.subscriber)
+    .await
+    .unwrap();
     // Small batches: 2000 rows take several short transactions.
-    assert_eq!(prune_once(&p.subscriber, Duration::from_secs(3600), 300).await.unwrap(), 2000);
+    assert_eq!(prune_once(&p.subscriber, Duration::from_secs(3600), 300).await.unwrap(), 2010);
     assert_eq!(prune_once(&p.subscriber, Duration::from_secs(3600), 300).await.unwrap(), 0);
     let left: Vec<uuid::Uuid> =
-        sqlx::query_scalar("SELECT message_id FROM conveyor.inbox ORDER BY message_id").fetch_all(&p.subscriber).await.unwrap();
+        sqlx::query_scalar("SELECT message_id FROM conveyor.inbox_done ORDER BY message_id").fetch_all(&p.subscriber).await.unwrap();
     assert_eq!(left, [&late[..], &ids[2000..]].concat());
-    sqlx::query("DELETE FROM conveyor.inbox WHERE message_id = ANY($1)").bind(&late).execute(&p.subscriber).await.unwrap();
+    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox").await, 0);
+    sqlx::query("DELETE FROM conveyor.inbox_done WHERE message_id = ANY($1)").bind(&late).execute(&p.subscriber).await.unwrap();
 
     // A repeated delivery of a message inside the window (a relay that repeats a batch) is
     // rejected: put the outbox rows back and relay them again.
@@ -89,7 +102,8 @@ async fn pruning_keeps_the_dedupe_window_and_dedupe_holds_inside_it() {
     .unwrap();
     p.relay_all().await;
     assert_eq!(consumer.process_once().await.unwrap(), 0);
-    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox").await, 500);
+    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox").await, 0, "a message recorded done is not delivered again");
+    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox_done").await, 500);
     assert_eq!(count(&p.subscriber, "SELECT count(*) FROM effects").await, 2500);
 }
 
@@ -98,10 +112,11 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
     let p = pair().await;
     p.publish(0..3000).await;
     sqlx::raw_sql(
-        "INSERT INTO conveyor.inbox (message_id, topic, payload, published_at, state, done_at)
-         SELECT gen_random_uuid(), 'test.ping', '{}', now(), CASE WHEN g % 2 = 0 THEN 'done' ELSE 'pending' END,
-                CASE WHEN g % 2 = 0 THEN now() END
-         FROM generate_series(1, 20000) g;
+        "INSERT INTO conveyor.inbox (message_id, topic, payload, published_at)
+         SELECT gen_random_uuid(), 'test.ping', '{}', now() FROM generate_series(1, 10000) g;
+         INSERT INTO conveyor.inbox_done (message_id, topic, attempts, published_at, received_at)
+         SELECT gen_random_uuid(), 'test.ping', 1, now(), now() FROM generate_series(1, 20000) g;
+         ANALYZE conveyor.inbox_done;
          INSERT INTO conveyor.outbox (message_id, topic, payload) SELECT gen_random_uuid(), 'test.ping', '{}' FROM generate_series(1, 3000);
          ANALYZE conveyor.inbox; ANALYZE conveyor.outbox",
     )
@@ -118,11 +133,12 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
         (&p.subscriber, sql::LEASE_CLAIM, "('{test.ping}', '{1000}', 10)", "inbox_claim_idx"),
         (&p.subscriber, sql::LEASE_DONE, "('{00000000-0000-0000-0000-000000000000}', '{1}')", "inbox_pkey"),
         (&p.subscriber, sql::NEXT_DUE, "('{test.ping}')", "inbox_claim_idx"),
-        (&p.subscriber, sql::PRUNE, "('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff', 3600000, 1000)", "inbox_pkey"),
+        (&p.subscriber, sql::PRUNE, "('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff', 3600000, 1000)", "inbox_done_pkey"),
         (&p.publisher, sql::RELAY_CLAIM, "('{test.ping}', 100, '00000000-0000-0000-0000-000000000000')", "outbox_pkey"),
-        // Scraped for metrics every few seconds: never a walk over the done rows.
-        (&p.subscriber, sql::DEPTH, "", "inbox_claim_idx"),
-        (&p.subscriber, sql::OLDEST, "", "inbox_claim_idx"),
+        // Scraped for metrics every few seconds: counts what waits (the inbox holds nothing
+        // else now: a scan of it is a count of its rows), never the dedupe record.
+        (&p.subscriber, sql::DEPTH, "", ""),
+        (&p.subscriber, sql::OLDEST, "", ""),
     ];
     for (i, (pool, statement, args, index)) in cases.into_iter().enumerate() {
         let mut conn = pool.acquire().await.unwrap();
@@ -132,9 +148,9 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE s{i}{args}"))).fetch_all(&mut *conn).await.unwrap();
         let plan = plan.join("\n");
         assert!(plan.contains(index), "{statement}\n{plan}");
-        // The outbox holds only what waits (every row counts for depth); the inbox holds
-        // the dedupe record too, and must never be walked whole.
-        let scans_inbox = plan.contains("Seq Scan on inbox");
+        // The outbox and the inbox hold only what waits (every row counts for depth); the
+        // claims still read their index only, and inbox_done is never walked whole.
+        let scans_inbox = plan.contains("Seq Scan on inbox_done") || (plan.contains("Seq Scan on inbox") && ![sql::DEPTH, sql::OLDEST].contains(&statement));
         let scans_outbox_to_claim = plan.contains("Seq Scan on outbox") && statement != sql::DEPTH;
         assert!(!scans_inbox && !scans_outbox_to_claim, "a statement that scans its table:\n{statement}\n{plan}");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DEALLOCATE s{i}; RESET plan_cache_mode"))).execute(&mut *conn).await.unwrap();
@@ -159,7 +175,7 @@ async fn the_queue_schema_keeps_its_own_migration_history_beside_a_services() {
     service.run(&pool).await.unwrap();
     let queue_history = count(&pool, "SELECT count(*) FROM conveyor._sqlx_migrations").await;
     let service_history = count(&pool, "SELECT count(*) FROM public._sqlx_migrations").await;
-    assert_eq!((queue_history, service_history), (1, 1));
+    assert_eq!((queue_history, service_history), (2, 1));
     assert_eq!(count(&pool, "SELECT count(*) FROM conveyor.inbox").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM orders").await, 0);
 }

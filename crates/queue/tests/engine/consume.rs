@@ -40,7 +40,7 @@ async fn eight_consumers_and_ten_thousand_messages_have_every_effect_exactly_onc
 
     let ids = p.publish(0..10_000).await;
     wait_until("all 10,000 messages are done", Duration::from_secs(300), || async {
-        count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox WHERE state = 'done'").await == 10_000
+        count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox_done").await == 10_000
     })
     .await;
     stop.cancel();
@@ -49,7 +49,7 @@ async fn eight_consumers_and_ten_thousand_messages_have_every_effect_exactly_onc
 
     assert_exactly_once(&p.subscriber, &ids).await;
     assert_eq!(count(&p.publisher, "SELECT count(*) FROM conveyor.outbox").await, 0);
-    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox WHERE state <> 'done'").await, 0);
+    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox").await, 0);
     // Every 33rd message failed once and then succeeded: its effect of the failed attempt
     // was rolled back (exactly one effect, from attempt 2).
     let retried = count(&p.subscriber, "SELECT count(*) FROM effects WHERE n % 33 = 0 AND attempt = 2").await;
@@ -72,7 +72,7 @@ async fn one_failing_message_does_not_undo_the_rest_of_its_batch() {
             .boxed()
         }));
     assert_eq!(consumer.process_once().await.unwrap(), 10);
-    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox WHERE state = 'done'").await, 9);
+    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox_done").await, 9);
     assert_eq!(count(&p.subscriber, "SELECT count(*) FROM effects").await, 9, "the failed handler's writes are rolled back");
     let (state, attempts, errors): (String, i32, serde_json::Value) =
         sqlx::query_as("SELECT state, attempts, errors FROM conveyor.inbox WHERE message_id = $1")
@@ -122,4 +122,42 @@ async fn an_idle_consumer_is_woken_by_notify_not_by_polling() {
         })
         .await;
     }
+}
+
+/// A copy of a handled message that reaches the inbox anyway — a relay's repeated insert
+/// that raced the original's completion, so that the relay's check of `inbox_done` missed
+/// it — is dropped when claimed, in either mode, and its handler never runs.
+#[tokio::test]
+async fn a_copy_of_a_handled_message_is_dropped_at_its_claim_without_running_its_handler() {
+    let p = pair().await;
+    let ids = p.publish(0..4).await;
+    p.relay_all().await;
+    let tx_consumer = Consumer::new(p.subscriber.clone())
+        .subscribe(handler_fn(|conn, msg: Delivery<Ping>| async move { Ok(record_effect(conn, &msg).await?) }.boxed()));
+    assert_eq!(tx_consumer.process_once().await.unwrap(), 4);
+    // The race, made by hand: the same ids straight into the inbox, past the relay's check.
+    let copy = |ids: &[uuid::Uuid]| {
+        sqlx::query(
+            "INSERT INTO conveyor.inbox (message_id, topic, payload, published_at) SELECT id, 'test.ping', '{\"n\": 0}', now() FROM UNNEST($1::uuid[]) id",
+        )
+        .bind(ids.to_vec())
+    };
+    copy(&ids).execute(&p.subscriber).await.unwrap();
+    assert_eq!(tx_consumer.process_once().await.unwrap(), 4, "claimed and settled");
+    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox").await, 0);
+    assert_exactly_once(&p.subscriber, &ids).await;
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let lease_consumer = Consumer::new(p.subscriber.clone()).subscribe_leased(
+        move |_: Delivery<Ping>| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        },
+        conveyor_queue::LeaseOptions::default(),
+    );
+    copy(&ids).execute(&p.subscriber).await.unwrap();
+    lease_consumer.process_once().await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "no lease handler runs for a copy");
+    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox").await, 0);
 }

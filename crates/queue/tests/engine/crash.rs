@@ -94,11 +94,11 @@ async fn killed_transaction_consumer_loses_nothing_and_its_work_is_taken_at_once
         .subscribe(handler_fn(|conn, msg: Delivery<Ping>| async move { Ok(record_effect(conn, &msg).await?) }.boxed()));
     wait_until("the killed worker's batch is handled", Duration::from_secs(30), || async {
         consumer.process_once().await.unwrap();
-        count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox WHERE state = 'done'").await == 20
+        count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox_done").await == 20
     })
     .await;
     assert_exactly_once(&p.subscriber, &ids).await;
-    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox WHERE attempts <> 1").await, 0);
+    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox_done WHERE attempts <> 1").await, 0);
 }
 
 #[tokio::test]
@@ -145,11 +145,11 @@ async fn killed_lease_consumer_loses_nothing_and_its_work_is_taken_after_the_lea
     assert_eq!(consumer.process_once().await.unwrap(), 0, "claimed while the lease held");
     wait_until("the killed worker's leases expire and its batch is handled", Duration::from_secs(30), || async {
         consumer.process_once().await.unwrap();
-        count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox WHERE state = 'done'").await == 20
+        count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox_done").await == 20
     })
     .await;
     assert_exactly_once(&p.subscriber, &ids).await;
-    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox WHERE attempts = 2").await, 20, "one lost attempt, one that finished");
+    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox_done WHERE attempts = 2").await, 20, "one lost attempt, one that finished");
 }
 
 #[tokio::test]

@@ -52,7 +52,7 @@ async fn a_handler_that_always_fails_ends_dead_with_every_error_and_replay_runs_
     assert_eq!(consumer.process_once().await.unwrap(), 1);
     assert_exactly_once(&p.subscriber, &ids).await;
     let (state, errors): (String, serde_json::Value) =
-        sqlx::query_as("SELECT state, errors FROM conveyor.inbox WHERE message_id = $1").bind(ids[0]).fetch_one(&p.subscriber).await.unwrap();
+        sqlx::query_as("SELECT 'done', errors FROM conveyor.inbox_done WHERE message_id = $1").bind(ids[0]).fetch_one(&p.subscriber).await.unwrap();
     assert_eq!(state, "done");
     assert_eq!(errors.as_array().unwrap().len(), 3, "the history of the failed attempts is kept");
 }

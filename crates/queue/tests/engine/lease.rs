@@ -26,7 +26,7 @@ async fn leased_messages_are_handled_outside_the_claim_and_completed() {
     let consumer = Consumer::new(p.subscriber.clone()).subscribe_leased(recording(p.subscriber.clone()), LeaseOptions::default());
     assert_eq!(consumer.process_once().await.unwrap(), 20);
     assert_exactly_once(&p.subscriber, &ids).await;
-    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox WHERE state = 'done' AND attempts = 1").await, 20);
+    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox_done WHERE attempts = 1").await, 20);
 }
 
 #[tokio::test]

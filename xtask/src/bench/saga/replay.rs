@@ -262,12 +262,16 @@ fn wake_cte(channel: &str, key: i64) -> String {
     format!("wake AS (SELECT CASE WHEN pg_try_advisory_xact_lock_shared({key}) THEN NULL ELSE pg_notify('{channel}', '') END)")
 }
 
-/// A consumer's claim (the engine's `WITH c AS (…) UPDATE … RETURNING …`) turned into one
-/// row for pgbench's `\gset`: `n` messages and the arrays `select` builds from `claimed`.
+/// A consumer's claim turned into one row for pgbench's `\gset`: `n` messages and the
+/// arrays `select` builds from `claimed`. The engine's claims are CTEs ending in one
+/// statement — `UPDATE … RETURNING …` (lease mode) or `SELECT … FROM d …` (transaction
+/// mode) —, which becomes the CTE `claimed`.
 pub fn claim_for_gset(claim: &str, select: &str) -> String {
-    const MARK: &str = ")\nUPDATE conveyor.inbox AS i";
-    let at = claim.find(MARK).unwrap_or_else(|| panic!("the engine's claim changed shape; update the saga replay:\n{claim}"));
-    format!("{})\n, claimed AS (UPDATE conveyor.inbox AS i{})\nSELECT count(*) AS n, {select}\nFROM claimed", &claim[..at], &claim[at + MARK.len()..])
+    let at = [")\nUPDATE conveyor.inbox AS i", ")\nSELECT d."]
+        .iter()
+        .find_map(|mark| claim.find(mark))
+        .unwrap_or_else(|| panic!("the engine's claim changed shape; update the saga replay:\n{claim}"));
+    format!("{})\n, claimed AS ({})\nSELECT count(*) AS n, {select}\nFROM claimed", &claim[..at], &claim[at + 2..])
 }
 
 /// A text[] literal for topic lists.
@@ -423,9 +427,11 @@ fn relay(s: &mut String, svc: &str, limit: usize) {
             "INSERT INTO {}.inbox (message_id, topic, key, payload, headers, published_at)\n\
              SELECT m.message_id, m.topic, m.key, m.payload::json, m.headers::json, m.created_at\n\
              FROM moved AS m CROSS JOIN wake WHERE m.topic = ANY({})\n\
+             AND NOT EXISTS (SELECT 1 FROM {}.inbox_done AS d WHERE d.message_id = m.message_id)\n\
              ON CONFLICT (message_id) DO NOTHING",
             queue_schema(sub),
-            text_array(ts)
+            text_array(ts),
+            queue_schema(sub)
         )
     };
     let (last, rest) = per_sub.split_last().expect("every publisher of the saga has subscribers");
@@ -571,7 +577,8 @@ pub fn setup_sql(migrations: &[(String, String)], queue_migration: &str, product
 
 /// What a run leaves behind, cleared before each variant.
 pub const RESET_SQL: &str = "TRUNCATE orders, order_lines, order_status_history, idempotency_keys, reservations, movements, payments, ledger, notifications, \
-     q_order.outbox, q_order.inbox, q_stock.outbox, q_stock.inbox, q_payment.outbox, q_payment.inbox, q_notification.outbox, q_notification.inbox;\n\
+     q_order.outbox, q_order.inbox, q_stock.outbox, q_stock.inbox, q_payment.outbox, q_payment.inbox, q_notification.outbox, q_notification.inbox, \
+     q_order.inbox_done, q_stock.inbox_done, q_payment.inbox_done, q_notification.inbox_done;\n\
      UPDATE items SET available = 1000000000, reserved = 0;\n\
      UPDATE customers SET balance_minor = 1000000000000000;";
 
@@ -579,7 +586,8 @@ pub const RESET_SQL: &str = "TRUNCATE orders, order_lines, order_status_history,
 pub const TABLES: &[&str] = &[
     "orders", "order_lines", "order_status_history", "idempotency_keys", "products", "items", "reservations", "movements", "customers",
     "payments", "ledger", "notifications", "templates", "q_order.outbox", "q_order.inbox", "q_stock.outbox", "q_stock.inbox",
-    "q_payment.outbox", "q_payment.inbox", "q_notification.outbox", "q_notification.inbox",
+    "q_payment.outbox", "q_payment.inbox", "q_notification.outbox", "q_notification.inbox", "q_order.inbox_done", "q_stock.inbox_done",
+    "q_payment.inbox_done", "q_notification.inbox_done",
 ];
 
 /// Counts after a run: orders placed, confirmed, sagas notified (complete), and messages
@@ -587,8 +595,8 @@ pub const TABLES: &[&str] = &[
 pub const COUNTS_SQL: &str = "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM orders WHERE status = 'confirmed'), \
      (SELECT count(*) FROM notifications), \
      (SELECT count(*) FROM q_order.outbox) + (SELECT count(*) FROM q_stock.outbox) + (SELECT count(*) FROM q_payment.outbox) \
-     + (SELECT count(*) FROM q_stock.inbox WHERE state <> 'done') + (SELECT count(*) FROM q_payment.inbox WHERE state <> 'done') \
-     + (SELECT count(*) FROM q_order.inbox WHERE state <> 'done') + (SELECT count(*) FROM q_notification.inbox WHERE state <> 'done')";
+     + (SELECT count(*) FROM q_stock.inbox) + (SELECT count(*) FROM q_payment.inbox) \
+     + (SELECT count(*) FROM q_order.inbox) + (SELECT count(*) FROM q_notification.inbox)";
 
 /// Sagas completed (notifications recorded) and orders confirmed in `[from, to)`, unix seconds.
 pub fn rates_sql(from: f64, to: f64) -> String {
@@ -713,7 +721,7 @@ mod tests {
         for claim in [conveyor_queue::sql::TX_CLAIM, conveyor_queue::sql::LEASE_CLAIM] {
             let q = claim_for_gset(claim, "array_agg(message_id) AS ids");
             assert!(q.starts_with("WITH c AS ("), "{q}");
-            assert!(q.contains(", claimed AS (UPDATE conveyor.inbox AS i"), "{q}");
+            assert!(q.contains(", claimed AS (UPDATE conveyor.inbox AS i") || q.contains(", claimed AS (SELECT d.message_id"), "{q}");
             assert!(q.ends_with("SELECT count(*) AS n, array_agg(message_id) AS ids\nFROM claimed"), "{q}");
             assert_eq!(q.matches('(').count(), q.matches(')').count(), "{q}");
         }
