@@ -428,7 +428,7 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "\n## How each system is driven\n");
     let _ = writeln!(
         s,
-        "- **ours**: a producer publishes its batch into the outbox in one transaction; the relay ({}) moves it into the subscriber's inbox (another database of the same server); a transaction-mode consumer claims up to a batch, runs the handler and marks the messages done in one transaction: {}.",
+        "- **ours**: a producer publishes its batch into the outbox with one statement (its own transaction, as pgmq's `send`; in a service the publish joins the transaction of the state change); the relay ({}) moves it into the subscriber's inbox (another database of the same server; the outbox side commits asynchronously, since a lost delete only means a redelivery the inbox drops); a transaction-mode consumer claims up to a batch — deleting it from the inbox and recording it in `inbox_done` —, runs the handler and commits, all in one transaction: {}.",
         st.ours_relay,
         System::Ours.guarantee()
     );
