@@ -38,7 +38,7 @@ pub use retry::RetryPolicy;
 /// generic plan, since sqlx prepares them).
 #[doc(hidden)]
 pub mod sql {
-    pub use crate::consumer::{LEASE_CLAIM, LEASE_DONE, LOCK_KEYS, NEXT_DUE, TX_CLAIM};
+    pub use crate::consumer::{LEASE_CLAIM, LEASE_DONE, LOCK_KEYS, TX_CLAIM};
     pub use crate::admin::{DEPTH, OLDEST};
     pub use crate::prune::PRUNE;
     pub use crate::relay::CLAIM as RELAY_CLAIM;

@@ -154,6 +154,7 @@ impl Consumer {
                 .bind(failures.iter().map(|(_, f)| f.counted).collect::<Vec<_>>())
                 .fetch_all(&mut *conn)
                 .await?;
+            self.retries.scheduled(failures.iter().map(|(_, f)| f).filter(|f| recorded.contains(&f.id)));
             settled.extend(recorded);
         }
         let stale: Vec<&InboxRow> = done.iter().map(|(r, _)| *r).chain(failures.iter().map(|(r, _)| *r)).filter(|r| !settled.contains(&r.message_id)).collect();

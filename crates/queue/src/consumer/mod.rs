@@ -93,6 +93,35 @@ pub struct Consumer {
     lease_ms: Vec<i64>,
     /// Where transaction-mode claims start reading the claim index (see `floor`).
     floor: Floor,
+    /// When the retries this consumer scheduled come due, so an idle loop wakes then.
+    retries: RetryClock,
+}
+
+/// The times at which messages this consumer failed become claimable again. No notification
+/// announces the end of a backoff: without this an idle loop would find the retry only at
+/// its next poll (a second by default). Retries scheduled by other processes are found by
+/// the poll.
+#[derive(Default)]
+pub(crate) struct RetryClock {
+    due: std::sync::Mutex<Vec<std::time::Instant>>,
+}
+
+impl RetryClock {
+    /// Notes failures recorded just now: each is claimable after its delay.
+    pub fn scheduled<'a>(&self, failures: impl IntoIterator<Item = &'a Failure>) {
+        let now = std::time::Instant::now();
+        let mut due = self.due.lock().expect("retry clock");
+        // A little after the end of the backoff: the database stamped it before this ran.
+        due.extend(failures.into_iter().filter(|f| !f.dead).map(|f| now + Duration::from_millis(f.delay_ms.max(0) as u64 + 2)));
+    }
+
+    /// How long until the next retry comes due, forgetting those that have.
+    pub fn next_due(&self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        let mut due = self.due.lock().expect("retry clock");
+        due.retain(|t| *t > now);
+        due.iter().min().map(|t| *t - now)
+    }
 }
 
 impl Consumer {
@@ -107,6 +136,7 @@ impl Consumer {
             lease_topics: Vec::new(),
             lease_ms: Vec::new(),
             floor: Floor::new(sweep_interval(ConsumerOptions::default().poll_interval)),
+            retries: RetryClock::default(),
         }
     }
 
@@ -233,7 +263,7 @@ impl Consumer {
             if cycle.is_err() {
                 conn = None;
             }
-            pacer.due = self.next_due(&mut conn, &cycle, &self.tx_topics).await;
+            pacer.due = self.retries.next_due();
             pacer.after(cycle, notified).await;
         }
     }
@@ -252,21 +282,9 @@ impl Consumer {
             if cycle.is_err() {
                 conn = None;
             }
-            pacer.due = self.next_due(&mut conn, &cycle, &self.lease_topics).await;
+            pacer.due = self.retries.next_due();
             pacer.after(cycle, notified).await;
         }
-    }
-
-    /// After a cycle that found nothing: how long until the next of `topics`' messages
-    /// becomes claimable by itself (a retry's backoff or a lease ends), so that the loop
-    /// wakes then rather than at its next poll. No notification announces those.
-    async fn next_due(&self, conn: &mut Option<PoolConnection<Postgres>>, cycle: &Result<usize, Error>, topics: &[String]) -> Option<Duration> {
-        if !matches!(cycle, Ok(0)) {
-            return None;
-        }
-        let conn = conn.as_mut()?;
-        let secs: Option<f64> = sqlx::query_scalar(NEXT_DUE).bind(topics).fetch_one(&mut **conn).await.ok()?;
-        secs.map(|s| Duration::from_secs_f64(s.max(0.0)))
     }
 
     fn pacer<'a>(&self, wake: &'a Notify, idle: &'a Idle, shutdown: &'a CancellationToken, what: &'static str) -> Pacer<'a> {
@@ -282,12 +300,6 @@ impl Consumer {
         Ok(slot.as_mut().expect("filled above"))
     }
 }
-
-/// Seconds until the earliest message of `$1`'s topics that waits for its time (backoff or
-/// lease) becomes claimable; NULL when none waits. Reads the claim index's first entries.
-pub const NEXT_DUE: &str = "\
-SELECT EXTRACT(EPOCH FROM min(visible_at) - now())::float8 FROM conveyor.inbox
-WHERE state IN ('pending', 'running') AND visible_at > now() AND topic = ANY($1)";
 
 /// The outcome of one failed attempt, ready to store.
 pub(crate) struct Failure {

@@ -164,6 +164,7 @@ impl Consumer {
             })
             .await?;
         batch.run(&trace::COMMIT, tx.commit()).await?;
+        self.retries.scheduled(&failures);
         record_done(done.iter().copied());
         Ok(rows.len())
     }

@@ -132,7 +132,6 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
         (&p.subscriber, sql::TX_CLAIM, "('{test.ping}', 10, now())", "inbox_claim_idx"),
         (&p.subscriber, sql::LEASE_CLAIM, "('{test.ping}', '{1000}', 10)", "inbox_claim_idx"),
         (&p.subscriber, sql::LEASE_DONE, "('{00000000-0000-0000-0000-000000000000}', '{1}')", "inbox_pkey"),
-        (&p.subscriber, sql::NEXT_DUE, "('{test.ping}')", "inbox_claim_idx"),
         (&p.subscriber, sql::PRUNE, "('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff', 3600000, 1000)", "inbox_done_pkey"),
         (&p.publisher, sql::RELAY_CLAIM, "('{test.ping}', 100, '00000000-0000-0000-0000-000000000000')", "outbox_pkey"),
         // Scraped for metrics every few seconds: counts what waits (the inbox holds nothing
