@@ -1,5 +1,6 @@
-//! Pruning: done inbox rows are kept for the dedupe window (a repeated delivery inside it
-//! is rejected by the primary key), then deleted in small batches. A row goes once it was
+//! Pruning: the records of handled messages (`conveyor.inbox_done`) are kept for the dedupe
+//! window (a repeated delivery inside it is not inserted, or dropped at its claim), then
+//! deleted in small batches. A row goes once it was
 //! both published and done longer than the window ago. Message ids are UUID v7, so the
 //! rows published before the window are a prefix of the primary key: each batch is its
 //! own short transaction that walks that prefix from where the last one stopped, so pruning never scans the table, never blocks a consumer and never holds
