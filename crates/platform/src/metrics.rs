@@ -46,7 +46,7 @@ pub fn register_topics<'a>(queue: &str, topics: impl IntoIterator<Item = &'a str
         }
         if inbox {
             seen_dead.insert(topic.to_owned());
-            for outcome in ["done", "retried", "dead", "snoozed"] {
+            for outcome in ["done", "retried", "dead", "snoozed", "duplicate"] {
                 metrics::counter!("conveyor_queue_consumed_total", "topic" => topic.to_owned(), "outcome" => outcome).increment(0);
             }
             metrics::counter!("conveyor_queue_stale_completions_total", "topic" => topic.to_owned()).increment(0);
