@@ -15,7 +15,7 @@ use conveyor_benches::{BenchEvent, EngineResults, Figure, Latency, fresh_db};
 use conveyor_devpg::{ClusterOptions, PgCluster};
 use sqlx::Connection;
 use conveyor_queue::{
-    Consumer, ConsumerOptions, Delivery, Event, Outgoing, Relay, RelayOptions, Routes, handler_fn, publish_all,
+    Consumer, ConsumerOptions, Delivery, Event, HandlerError, Outgoing, Relay, RelayOptions, RetryPolicy, Routes, handler_fn, publish_all,
 };
 use criterion::{BenchmarkId, Criterion, Throughput};
 use futures::FutureExt;
@@ -270,6 +270,69 @@ fn wakeup_latency(b: &Arc<Bench>, samples: usize) -> Latency {
     })
 }
 
+/// How late a retry runs: a message fails its first attempt with a fixed 200 ms backoff,
+/// every loop idle and polling far away; the second attempt's start minus the end of the
+/// backoff the database recorded (`visible_at`). Same machine, same clock.
+fn retry_lateness(b: &Arc<Bench>, samples: usize) -> Latency {
+    b.rt.block_on(async {
+        b.truncate().await;
+        let (retried_tx, mut retried_rx) = tokio::sync::mpsc::unbounded_channel::<chrono::DateTime<chrono::Utc>>();
+        let backoff = RetryPolicy { max_attempts: 3, base: Duration::from_millis(200), max: Duration::from_millis(200), jitter: 0.0 };
+        let consumer = Arc::new(
+            Consumer::new(b.subscriber.clone())
+                .with_options(ConsumerOptions { concurrency: 2, poll_interval: Duration::from_secs(600), ..Default::default() })
+                .subscribe_with(
+                    handler_fn(move |_, msg: Delivery<BenchEvent>| {
+                        if msg.attempt > 1 {
+                            let _ = retried_tx.send(chrono::Utc::now());
+                        }
+                        let first = msg.attempt == 1;
+                        async move { if first { Err(HandlerError::retry(anyhow::anyhow!("first attempt fails"))) } else { Ok(()) } }.boxed()
+                    }),
+                    backoff,
+                ),
+        );
+        let stop = CancellationToken::new();
+        let (c, s) = (consumer.clone(), stop.clone());
+        let running = tokio::spawn(async move { c.run(s).await });
+        let mut ms = Vec::with_capacity(samples);
+        for i in 0..samples + 3 {
+            let id = uuid::Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO conveyor.inbox (message_id, topic, payload, published_at) VALUES ($1, $2, $3, now()); ",
+            )
+            .bind(id)
+            .bind(<BenchEvent as conveyor_queue::Event>::TOPIC)
+            .bind(sqlx::types::Json(BenchEvent::sample(i as i64)))
+            .execute(&b.subscriber)
+            .await
+            .unwrap();
+            sqlx::query("SELECT pg_notify('conveyor_inbox', '')").execute(&b.subscriber).await.unwrap();
+            // The first attempt's failure is recorded with the end of its backoff.
+            let due: chrono::DateTime<chrono::Utc> = loop {
+                let row: Option<chrono::DateTime<chrono::Utc>> =
+                    sqlx::query_scalar("SELECT visible_at FROM conveyor.inbox WHERE message_id = $1 AND attempts = 1 AND state = 'pending'")
+                        .bind(id)
+                        .fetch_optional(&b.subscriber)
+                        .await
+                        .unwrap();
+                if let Some(t) = row {
+                    break t;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
+            let ran = tokio::time::timeout(Duration::from_secs(30), retried_rx.recv()).await.expect("no retry in 30 s").unwrap();
+            if i >= 3 {
+                ms.push((ran - due).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            }
+        }
+        stop.cancel();
+        let _ = running.await;
+        let p = Percentiles::of(&ms).expect("retry samples");
+        Latency { p50: p.p50, p95: p.p95, p99: p.p99, samples: ms.len() }
+    })
+}
+
 fn main() {
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
     let clients: usize = std::env::var("BENCH_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
@@ -306,6 +369,7 @@ fn main() {
     bench_relay(&mut c, &b);
     bench_claim_complete(&mut c, &b);
     let wakeup = wakeup_latency(&b, if quick { 30 } else { 200 });
+    let retry = retry_lateness(&b, if quick { 10 } else { 100 });
     c.final_summary();
 
     let tally = b.tally.lock().unwrap();
@@ -317,12 +381,14 @@ fn main() {
             }
         }
     }
-    let out = EngineResults { clients, results, wakeup_ms: wakeup };
+    let out = EngineResults { clients, results, wakeup_ms: wakeup, retry_lateness_ms: retry };
     println!("\nengine throughput ({clients} clients), messages/s:");
     for f in &out.results {
         println!("  {:<15} batch {:>3}: {:>10.0}", f.name, f.batch, f.msgs_per_sec);
     }
     println!("idle wake-up, publish -> handler start: p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms ({} samples)", out.wakeup_ms.p50, out.wakeup_ms.p95, out.wakeup_ms.p99, out.wakeup_ms.samples);
+    let r = &out.retry_lateness_ms;
+    println!("retry, end of backoff -> handler start: p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max target 50 ms ({} samples)", r.p50, r.p95, r.p99, r.samples);
     let path = results_dir().expect("bench-results directory").join("queue-engine.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap()).unwrap();
     println!("wrote {}", path.display());

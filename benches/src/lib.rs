@@ -1,5 +1,7 @@
 //! Shared setup of the queue benchmarks: databases, payloads, result files.
 
+pub mod pgmq;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,12 @@ impl BenchEvent {
             channel: "web".into(),
         }
     }
+
+    /// The `n` this event was made from by [`BenchEvent::sample`] (a benchmark stamps its
+    /// messages with it).
+    pub fn number(&self) -> Option<i64> {
+        i64::from_str_radix(self.order_id.rsplit('-').next()?, 16).ok()
+    }
 }
 
 #[cfg(test)]
@@ -48,6 +56,7 @@ mod tests {
     fn the_sample_is_about_as_big_as_the_reference_payload() {
         let len = serde_json::to_string(&super::BenchEvent::sample(42)).unwrap().len();
         assert!((200..=240).contains(&len), "{len} bytes");
+        assert_eq!(super::BenchEvent::sample(1_234_567_890).number(), Some(1_234_567_890));
     }
 }
 
@@ -90,4 +99,7 @@ pub struct EngineResults {
     pub clients: usize,
     pub results: Vec<Figure>,
     pub wakeup_ms: Latency,
+    /// How late an idle consumer claims a message whose backoff ended: handler start −
+    /// the end of the backoff (`visible_at`), ms.
+    pub retry_lateness_ms: Latency,
 }

@@ -1,50 +1,58 @@
-//! The queue soak: the engine end to end (publish in transactions → outbox → relay → inbox
-//! → transaction-mode consumers → pruner) for a long time, sampled every few seconds:
-//! throughput, publish → handled latency, backlog, and the size, dead tuples and autovacuum
-//! runs of the queue tables. Writes `<target>/bench-results/soak-report.{json,md,svg}`.
+//! The queue soak: a queue end to end (ours: publish in transactions → outbox → relay →
+//! inbox → transaction-mode consumers → pruner; pgmq: send → read → delete) for a long time
+//! at the same schedule, one system after the other, sampled every few seconds: throughput,
+//! publish → handled latency, backlog, the queue tables' size, dead tuples and autovacuum
+//! runs, and what each claim costs. With `--hold-xmin` a snapshot holds the xmin horizon
+//! back through the middle of each run. Writes `<target>/bench-results/soak-report.{json,md,svg}`.
 //!
 //! `cargo xtask bench soak` builds and runs it against a private durable PostgreSQL; run it
-//! by hand with `--database-url` (an admin URL: it creates the databases `soak_pub` and
-//! `soak_sub` there, dropping any left from an earlier run).
+//! by hand with `--database-url` (an admin URL: it creates the databases `soak_pub`,
+//! `soak_sub` and `soak_pgmq` there, dropping any left from an earlier run, and drops each
+//! after its run).
 
 #[path = "../soak/mod.rs"]
 mod soak;
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use conveyor_benches::{BenchEvent, fresh_db};
-use conveyor_benchkit::{Machine, results_dir, unix_now};
-use conveyor_queue::{Consumer, ConsumerOptions, Event, Pruner, Relay, RelayOptions, Routes, handler_fn};
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use conveyor_benchkit::{Machine, Percentiles, results_dir, unix_now};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
 
-use soak::load::{self, Load, Pace};
-use soak::report::{self, Consistency, Report};
-use soak::{Sample, Settings, mb, parse_duration, stats, thousands};
+use soak::report::{self, Consistency, Report, Run};
+use soak::system::ClaimIndex;
+use soak::{HoldPlan, HoldTargets, Sample, Settings, System, parse_duration, stats};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "soak",
     about = "Soak the queue engine end to end and record throughput, latency, table sizes and dead tuples over time",
-    long_about = "Soak the queue engine end to end: producers publish BenchEvent messages (~220 bytes) in transactions \
-into the outbox of database soak_pub; the relay moves them into the inbox of database soak_sub; transaction-mode \
-consumers handle them and mark them done; the pruner deletes done rows after --prune-window. Every \
---sample-interval it records throughput, publish -> handled latency, the backlog, and each queue table's size, \
-live and dead tuples and autovacuum runs. Writes <target>/bench-results/soak-report.{json,md,svg} and prints \
-the report. Ctrl-C ends the run early and still writes the report."
+    long_about = "Soak the queue engine end to end, and pgmq through the same schedule: producers publish BenchEvent \
+messages (~220 bytes) in transactions. Ours: into the outbox of database soak_pub; the relay moves them into the inbox \
+of database soak_sub; transaction-mode consumers handle them and mark them done; the pruner deletes done rows after \
+--prune-window. pgmq: into one queue of database soak_pgmq; consumers read, handle and delete them. Every \
+--sample-interval it records throughput, publish -> handled latency, the backlog, each queue table's size, live and \
+dead tuples and autovacuum runs, the claim indexes' scans, and a probe of one claim. --hold-xmin holds a REPEATABLE \
+READ snapshot in every queue database through the middle of each run. Writes \
+<target>/bench-results/soak-report.{json,md,svg} and prints the report. Ctrl-C ends the run early and still writes \
+the report."
 )]
 struct Args {
     /// Admin URL of the PostgreSQL server; databases soak_pub and soak_sub are (re)created on it.
     #[arg(long, env = "DATABASE_URL", required_unless_present = "rerender")]
     database_url: Option<String>,
-    /// How long the load runs, e.g. 30m, 5m, 90s [default: 30m; 12s with --quick].
+    /// How long the load runs per system, e.g. 30m, 5m, 90s [default: 30m; 9s with --quick].
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Hold the xmin horizon back for this long, centred in each run: one connection per
+    /// queue database keeps a REPEATABLE READ snapshot open, e.g. 10m [default: none; 3s
+    /// with --quick]. Each side of it must be at least two --sample-interval.
+    #[arg(long, value_parser = parse_duration)]
+    hold_xmin: Option<Duration>,
+    /// The systems to run, one after the other, each on fresh databases.
+    #[arg(long, value_delimiter = ',', default_value = "ours,pgmq")]
+    systems: Vec<System>,
     /// Time between samples [default: 5s; 1s with --quick].
     #[arg(long, value_parser = parse_duration)]
     sample_interval: Option<Duration>,
@@ -110,10 +118,23 @@ struct Args {
 impl Args {
     fn settings(&self) -> Result<Settings> {
         let pick = |v: Option<Duration>, full: u64, quick: u64| v.unwrap_or(Duration::from_secs(if self.quick { quick } else { full }));
-        let duration = pick(self.duration, 30 * 60, 12);
+        let duration = pick(self.duration, 30 * 60, 9);
         let sample = pick(self.sample_interval, 5, 1);
         if sample.is_zero() || duration < sample * 2 {
             bail!("--duration ({duration:?}) must be at least two --sample-interval ({sample:?})");
+        }
+        let hold = match self.hold_xmin.or(self.quick.then_some(Duration::from_secs(3))) {
+            Some(h) => Some(HoldPlan::centred(duration, h, sample).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let mut systems = Vec::new();
+        for s in &self.systems {
+            if !systems.contains(s) {
+                systems.push(*s);
+            }
+        }
+        if systems.is_empty() {
+            bail!("--systems must name at least one of ours, pgmq");
         }
         if self.producers == 0 || self.publish_batch == 0 || self.consumers == 0 || self.relays == 0 {
             bail!("--producers, --publish-batch, --consumers and --relays must be at least 1");
@@ -151,6 +172,9 @@ impl Args {
             target_end_start_ratio: 0.90,
             quick: self.quick,
             server: self.server.clone(),
+            systems,
+            hold,
+            hold_targets: HoldTargets::default(),
         })
     }
 }
@@ -158,7 +182,10 @@ impl Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        // Not sqlx's slow-statement notes: pgmq's long poll and DROP DATABASE are slow by design.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,sqlx::query=error,sqlx::postgres::notice=error".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -183,20 +210,36 @@ fn signals() -> Result<impl Future<Output = i32>> {
     })
 }
 
-async fn stats_pool(url: &str) -> Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(2)
-        .test_before_acquire(false)
-        .connect(url)
-        .await
-        .context("connecting the sampler")
-}
-
 /// `--rerender`: the summary and files of an earlier run, computed again.
 fn rerender(path: &std::path::Path) -> Result<u8> {
-    /// A report without its summary (which may come from an older version).
-    #[derive(serde::Deserialize)]
-    struct Measured {
+    let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
+    let m: Measured = serde_json::from_str(&text).with_context(|| format!("{} is not a soak report", path.display()))?;
+    let (generated_unix, machine, postgres, settings, interrupted, runs) = match m {
+        Measured::Systems { generated_unix, machine, postgres, settings, interrupted, runs } => (generated_unix, machine, postgres, settings, interrupted, runs),
+        Measured::OursOnly { generated_unix, machine, postgres, settings, interrupted, consistency, samples } => {
+            let run = MeasuredRun { system: System::Ours, version: None, claim_indexes: Vec::new(), interrupted, consistency, phase_latency_ms: Vec::new(), samples };
+            (generated_unix, machine, postgres, settings, interrupted, vec![run])
+        }
+    };
+    let naptime = postgres.naptime_s().unwrap_or(60.0);
+    let runs = runs
+        .into_iter()
+        .map(|x| Run::new(x.system, x.version, x.claim_indexes, x.interrupted, x.consistency, x.phase_latency_ms, x.samples, &settings, naptime))
+        .collect();
+    let report = Report { generated_unix, machine, postgres, settings, interrupted, runs };
+    let written = report::write(&results_dir()?, &report)?;
+    println!("{}", written.markdown);
+    println!("soak: report written to {}, {} and {}", written.json.display(), written.md.display(), written.svg.display());
+    Ok(0)
+}
+
+/// A report as measured, without what is computed from it (which may come from an older
+/// version): one run per system, or (older reports) ours' alone at the top level.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Measured {
+    Systems { generated_unix: u64, machine: Machine, postgres: stats::ServerInfo, settings: Settings, interrupted: bool, runs: Vec<MeasuredRun> },
+    OursOnly {
         generated_unix: u64,
         machine: Machine,
         postgres: stats::ServerInfo,
@@ -204,23 +247,19 @@ fn rerender(path: &std::path::Path) -> Result<u8> {
         interrupted: bool,
         consistency: Consistency,
         samples: Vec<Sample>,
-    }
-    let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
-    let m: Measured = serde_json::from_str(&text).with_context(|| format!("{} is not a soak report", path.display()))?;
-    let report = Report {
-        generated_unix: m.generated_unix,
-        summary: soak::summary::summarize(&m.samples, &m.settings, m.postgres.naptime_s().unwrap_or(60.0)),
-        machine: m.machine,
-        postgres: m.postgres,
-        settings: m.settings,
-        interrupted: m.interrupted,
-        consistency: m.consistency,
-        samples: m.samples,
-    };
-    let written = report::write(&results_dir()?, &report)?;
-    println!("{}", written.markdown);
-    println!("soak: report written to {}, {} and {}", written.json.display(), written.md.display(), written.svg.display());
-    Ok(0)
+    },
+}
+
+#[derive(serde::Deserialize)]
+struct MeasuredRun {
+    system: System,
+    version: Option<String>,
+    claim_indexes: Vec<ClaimIndex>,
+    interrupted: bool,
+    consistency: Consistency,
+    #[serde(default)]
+    phase_latency_ms: Vec<Option<Percentiles>>,
+    samples: Vec<Sample>,
 }
 
 async fn run(args: Args) -> Result<u8> {
@@ -234,200 +273,51 @@ async fn run(args: Args) -> Result<u8> {
     let results = results_dir()?;
 
     println!(
-        "soak: {:.0} s, {} producers × {} msg/tx ({}), relay {} × batch {}, consumers {} × batch {}, prune window {} s every {} s; sample every {} s",
+        "soak: {:.0} s per system ({}), {} producers × {} msg/tx ({}), consumers {} × batch {}; ours: relay {} × batch {}, prune window {} s every {} s; sample every {} s{}",
         cfg.duration_s,
+        cfg.systems.iter().map(|s| s.label()).collect::<Vec<_>>().join(", "),
         cfg.producers,
         cfg.publish_batch,
-        cfg.rate.map(|r| format!("{} msgs/s offered", thousands(r))).unwrap_or_else(|| format!("closed loop, cap {}", thousands(cfg.max_pending as f64))),
-        cfg.relays,
-        cfg.relay_batch,
+        cfg.rate.map(|r| format!("{} msgs/s offered", soak::thousands(r))).unwrap_or_else(|| format!("closed loop, cap {}", soak::thousands(cfg.max_pending as f64))),
         cfg.consumers,
         cfg.consumer_batch,
+        cfg.relays,
+        cfg.relay_batch,
         cfg.prune_window_s,
         cfg.prune_interval_s,
-        cfg.sample_interval_s
+        cfg.sample_interval_s,
+        cfg.hold.map(|h| format!("; xmin held from {:.0} s to {:.0} s", h.start_s, h.end_s)).unwrap_or_default()
     );
-    let conns = |n: usize| n as u32 + 4;
-    let publisher = fresh_db(&database_url, "soak_pub", conns(cfg.producers + cfg.relays))
-        .await
-        .context("creating database soak_pub (the publisher, with the outbox)")?;
-    let subscriber = fresh_db(&database_url, "soak_sub", conns(cfg.consumers + cfg.relays))
-        .await
-        .context("creating database soak_sub (the subscriber, with the inbox)")?;
-    let pub_stats = stats_pool(&conveyor_devpg::with_database(&database_url, "soak_pub")).await?;
-    let sub_stats = stats_pool(&conveyor_devpg::with_database(&database_url, "soak_sub")).await?;
-    let server = stats::server_info(&sub_stats).await?;
-
-    // The engine, as a publishing and a subscribing service's workers run it.
-    let engine_stop = CancellationToken::new();
-    let start = Instant::now();
-    let load = Load::new(start, cfg.max_pending);
-    let relay = Relay::new(
-        publisher.clone(),
-        Routes::new().route(BenchEvent::TOPIC, ["sub"]),
-        HashMap::from([("sub".to_owned(), subscriber.clone())]),
-    )?
-    .with_options(RelayOptions { batch_size: cfg.relay_batch, concurrency: cfg.relays, poll_interval: args.poll_interval });
-    let consumer = Consumer::new(subscriber.clone())
-        .named("soak")
-        .with_options(ConsumerOptions {
-            concurrency: cfg.consumers,
-            batch_size: cfg.consumer_batch,
-            poll_interval: args.poll_interval,
-            ..Default::default()
-        })
-        .subscribe(handler_fn(load::handler(load.clone())));
-    let mut pruner = Pruner::new(subscriber.clone());
-    pruner.window = Duration::from_secs_f64(cfg.prune_window_s);
-    pruner.interval = Duration::from_secs_f64(cfg.prune_interval_s);
-    pruner.batch = cfg.prune_batch;
-    let engine = [
-        tokio::spawn({
-            let s = engine_stop.clone();
-            async move { relay.run(s).await.context("relay") }
-        }),
-        tokio::spawn({
-            let s = engine_stop.clone();
-            async move { consumer.run(s).await.context("consumer") }
-        }),
-        tokio::spawn({
-            let s = engine_stop.clone();
-            async move { pruner.run(s).await.context("pruner") }
-        }),
-    ];
-
-    // The load.
-    let load_stop = CancellationToken::new();
-    let pace = match cfg.rate {
-        None => Pace::FullSpeed,
-        Some(rate) => Pace::Every(Duration::from_secs_f64(cfg.producers as f64 * cfg.publish_batch as f64 / rate)),
+    let admin = stats::pool(&database_url).await?;
+    let mut postgres = stats::server_info(&admin).await?;
+    admin.close().await;
+    let opts = soak::run::Options {
+        admin_url: database_url,
+        poll_interval: args.poll_interval,
+        drain_timeout: args.drain_timeout,
+        naptime_s: postgres.naptime_s().unwrap_or(60.0),
     };
-    let producers: Vec<_> = (0..cfg.producers)
-        .map(|id| tokio::spawn(load::producer(load.clone(), publisher.clone(), id, cfg.publish_batch, pace, load_stop.clone())))
-        .collect();
-
-    // Sampling until the end, or a signal.
-    let end = start + Duration::from_secs_f64(cfg.duration_s);
-    let interval = Duration::from_secs_f64(cfg.sample_interval_s);
-    let mut samples: Vec<Sample> = Vec::new();
+    let mut runs = Vec::new();
     let mut interrupted = None;
-    let (mut prev_at, mut prev) = (start, load.totals());
-    let mut prev_wal = stats::wal_position(&sub_stats).await?;
-    let mut next = (start + interval).min(end);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next.into()) => {}
-            sig = &mut signal => { interrupted = Some(sig); break; }
-        }
-        let now = Instant::now();
-        let latency = load.take_window(now);
-        let totals = load.totals();
-        let window_s = (now - prev_at).as_secs_f64();
-        let (outbox_pending, inbox_pending, inbox_dead, oldest) = stats::depth(&pub_stats, &sub_stats).await?;
-        let wal = stats::wal_position(&sub_stats).await?;
-        let (autovacuum_workers, oldest_xact_s) = stats::activity(&sub_stats).await?;
-        let tables = vec![stats::table(&pub_stats, "outbox").await?, stats::table(&sub_stats, "inbox").await?];
-        let s = Sample {
-            t: (now - start).as_secs_f64(),
-            window_s,
-            published: totals.published - prev.published,
-            consumed: totals.handled - prev.handled,
-            published_per_sec: (totals.published - prev.published) as f64 / window_s,
-            consumed_per_sec: (totals.handled - prev.handled) as f64 / window_s,
-            latency_ms: latency,
-            backlog: load.backlog(),
-            producers_paused: ((totals.paused_us - prev.paused_us) as f64 / 1e6 / window_s / cfg.producers as f64).min(1.0),
-            outbox_pending,
-            inbox_pending,
-            inbox_dead,
-            oldest_pending_s: oldest,
-            wal_bytes: wal - prev_wal,
-            autovacuum_workers,
-            oldest_xact_s,
-            tables,
-        };
-        print_progress(&s, cfg.duration_s);
-        samples.push(s);
-        (prev_at, prev, prev_wal) = (now, totals, wal);
-        if next >= end {
+    for &system in &cfg.systems {
+        println!("\n== soak: {} ==", system.label());
+        let (run, sig, options) = soak::run::soak(system, &cfg, &opts, signal.as_mut()).await?;
+        postgres.table_options.extend(options);
+        runs.push(run);
+        if sig.is_some() {
+            interrupted = sig;
             break;
         }
-        next = (next + interval).min(end);
     }
 
-    // Stop the load, let the engine handle what is in flight, then stop the engine.
-    load_stop.cancel();
-    for p in producers {
-        p.await.context("a producer panicked")?;
-    }
-    let drain_limit = if interrupted.is_some() { Duration::from_secs(3) } else { args.drain_timeout };
-    println!("soak: load stopped; waiting for {} messages in flight (at most {:?})", load.backlog(), drain_limit);
-    let left = load.drain(drain_limit).await;
-    engine_stop.cancel();
-    for task in engine {
-        task.await.context("an engine task panicked")??;
-    }
-    let totals = load.totals();
-    let (outbox_after, inbox_pending_after, dead_after, _) = stats::depth(&pub_stats, &sub_stats).await?;
-    let consistency = Consistency {
-        published: totals.published,
-        handled: totals.handled,
-        left_after_drain: left,
-        outbox_after,
-        inbox_pending_after,
-        dead_after,
-        publish_errors: totals.publish_errors,
-        missed_offers: totals.missed,
-    };
-
-    let summary = soak::summary::summarize(&samples, &cfg, server.naptime_s().unwrap_or(60.0));
-    let report = Report {
-        generated_unix: unix_now(),
-        machine: Machine::detect(),
-        postgres: server,
-        settings: cfg,
-        interrupted: interrupted.is_some(),
-        summary,
-        consistency,
-        samples,
-    };
+    let report = Report { generated_unix: unix_now(), machine: Machine::detect(), postgres, settings: cfg, interrupted: interrupted.is_some(), runs };
     let written = report::write(&results, &report)?;
     println!("\n{}", written.markdown);
-    println!(
-        "soak: report written to {}, {} and {}",
-        written.json.display(),
-        written.md.display(),
-        written.svg.display()
-    );
-    for pool in [publisher, subscriber, pub_stats, sub_stats] {
-        pool.close().await;
-    }
+    println!("soak: report written to {}, {} and {}", written.json.display(), written.md.display(), written.svg.display());
     Ok(match interrupted {
         Some(sig) => 128 + sig as u8,
         None => 0,
     })
-}
-
-/// One line per sample, so that a long run shows it is alive.
-fn print_progress(s: &Sample, duration_s: f64) {
-    let table = |name: &str| {
-        s.table(name)
-            .map(|t| format!("{name} {} dead {} av {}", mb(t.total_bytes as f64), thousands(t.dead_tup as f64), t.autovacuum_count))
-            .unwrap_or_default()
-    };
-    println!(
-        "[{:>6.0}s/{:.0}s] handled {:>7}/s published {:>7}/s  p50 {} p99 {}  backlog {:>6}  | {} | {} | WAL {:.1} MB/s",
-        s.t,
-        duration_s,
-        thousands(s.consumed_per_sec),
-        thousands(s.published_per_sec),
-        s.latency_ms.map(|l| format!("{:.1} ms", l.p50)).unwrap_or_else(|| "n/a".into()),
-        s.latency_ms.map(|l| format!("{:.1} ms", l.p99)).unwrap_or_else(|| "n/a".into()),
-        s.backlog,
-        table("inbox"),
-        table("outbox"),
-        s.wal_bytes / s.window_s.max(1e-9) / 1e6
-    );
 }
 
 #[cfg(test)]
@@ -440,10 +330,26 @@ mod tests {
         Args::command().debug_assert();
         let full = Args::try_parse_from(["soak", "--database-url", "postgres://x/y"]).unwrap().settings().unwrap();
         assert_eq!((full.duration_s, full.sample_interval_s, full.prune_window_s, full.prune_interval_s), (1800.0, 5.0, 60.0, 30.0));
+        assert_eq!((full.systems.as_slice(), full.hold), ([System::Ours, System::Pgmq].as_slice(), None));
         let quick = Args::try_parse_from(["soak", "--database-url", "postgres://x/y", "--quick", "--duration", "20s"]).unwrap().settings().unwrap();
         assert_eq!((quick.duration_s, quick.sample_interval_s, quick.prune_window_s), (20.0, 1.0, 3.0));
+        assert_eq!(quick.hold, Some(HoldPlan { start_s: 8.5, end_s: 11.5 }), "--quick holds for 3 s, centred");
+        let quick = Args::try_parse_from(["soak", "--database-url", "u", "--quick"]).unwrap().settings().unwrap();
+        assert_eq!((quick.duration_s, quick.hold), (9.0, Some(HoldPlan { start_s: 3.0, end_s: 6.0 })));
         let bad = Args::try_parse_from(["soak", "--database-url", "postgres://x/y", "--duration", "5s"]).unwrap().settings();
         assert!(bad.unwrap_err().to_string().contains("at least two --sample-interval"));
         assert!(Args::try_parse_from(["soak", "--database-url", "u", "--duration", "5 minutes"]).is_err());
+    }
+
+    #[test]
+    fn the_hold_and_the_systems_are_parsed_and_checked() {
+        let parse = |extra: &[&str]| Args::try_parse_from(["soak", "--database-url", "u"].iter().chain(extra)).unwrap().settings();
+        let cfg = parse(&["--duration", "20m", "--hold-xmin", "10m", "--systems", "pgmq"]).unwrap();
+        assert_eq!((cfg.hold, cfg.systems), (Some(HoldPlan { start_s: 300.0, end_s: 900.0 }), vec![System::Pgmq]));
+        assert_eq!(parse(&["--systems", "ours,ours"]).unwrap().systems, [System::Ours]);
+        let e = parse(&["--duration", "3m", "--hold-xmin", "175s"]).unwrap_err().to_string();
+        assert!(e.contains("--hold-xmin 175 s is too long for --duration 180 s"), "{e}");
+        assert!(Args::try_parse_from(["soak", "--database-url", "u", "--systems", "rabbitmq"]).is_err());
+        assert!(Args::try_parse_from(["soak", "--database-url", "u", "--hold-xmin", "ten minutes"]).is_err());
     }
 }

@@ -1,16 +1,16 @@
-//! The load: producers that publish in transactions as a service does, the handler, and
-//! the counters both share (throughput, backlog, latency of the current window).
+//! The load: producers that publish in transactions as a service does (through a system's
+//! [`Sink`]), the handlers' side, and the counters both share (throughput, backlog, latency
+//! of the current window and of the current phase).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conveyor_benchkit::{Percentiles, Timeline};
-use conveyor_queue::{Delivery, HandlerError, Outgoing, publish_all};
+use conveyor_queue::{Delivery, HandlerError};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use sqlx::pool::PoolConnection;
-use sqlx::{Connection, PgConnection, PgPool, Postgres};
+use sqlx::PgConnection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +23,8 @@ pub const SENT_HEADER: &str = "soak-sent-us";
 /// Bucket width of the per-window timeline: wider than any window, so that one bucket
 /// holds it all (a fresh timeline per window keeps memory flat over a long run).
 const WINDOW: Duration = Duration::from_secs(3600);
+/// The same for a phase: wider than any run.
+const PHASE: Duration = Duration::from_secs(100 * 24 * 3600);
 
 /// What producers and handlers share.
 pub struct Load {
@@ -37,8 +39,10 @@ pub struct Load {
     missed: AtomicU64,
     /// Microseconds producers spent paused at the cap (summed over producers).
     paused_us: AtomicU64,
-    /// Messages handled in the current sample window, with their latencies.
+    /// Messages handled in the current sample window, and in the current phase (before,
+    /// during or after a hold), with their latencies.
     window: Mutex<Timeline>,
+    phase: Mutex<Timeline>,
     /// A producer waits at the cap, or the end of the run waits for the backlog to drain.
     waiting: AtomicBool,
     room: Notify,
@@ -67,6 +71,7 @@ impl Load {
             missed: AtomicU64::new(0),
             paused_us: AtomicU64::new(0),
             window: Mutex::new(Timeline::new(start, WINDOW)),
+            phase: Mutex::new(Timeline::new(start, PHASE)),
             waiting: AtomicBool::new(false),
             room: Notify::new(),
         })
@@ -93,12 +98,29 @@ impl Load {
         std::mem::replace(&mut *w, Timeline::new(now, WINDOW)).latency()
     }
 
-    /// Records one handled message (called by the handler, inside its transaction).
-    fn handled_one(&self, sent_us: Option<u64>) {
+    /// Ends the current phase: the latencies of every message handled in it.
+    pub fn take_phase(&self, now: Instant) -> Option<Percentiles> {
+        let mut p = self.phase.lock().expect("phase lock");
+        std::mem::replace(&mut *p, Timeline::new(now, PHASE)).latency()
+    }
+
+    /// The producers' clock: microseconds since the load started (what a message is
+    /// stamped with when its transaction begins).
+    pub fn clock_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// Records one handled message, stamped `sent_us` by its producer (called by the
+    /// handler, inside its transaction).
+    pub fn handled_one(&self, sent_us: Option<u64>) {
         let now = Instant::now();
         let now_us = now.duration_since(self.start).as_micros() as u64;
         match sent_us {
-            Some(sent) => self.window.lock().expect("window lock").record(now, now_us.saturating_sub(sent) as f64 / 1000.0),
+            Some(sent) => {
+                let ms = now_us.saturating_sub(sent) as f64 / 1000.0;
+                self.window.lock().expect("window lock").record(now, ms);
+                self.phase.lock().expect("phase lock").record(now, ms);
+            }
             None => self.window.lock().expect("window lock").count(now, 1),
         }
         self.handled.fetch_add(1, Ordering::SeqCst);
@@ -171,11 +193,18 @@ pub enum Pace {
     Every(Duration),
 }
 
-/// One producer: publishes `batch` messages per transaction (BEGIN; INSERT into the
-/// outbox; COMMIT — what a service's request does) on a connection it keeps, until `stop`.
-pub async fn producer(load: Arc<Load>, pool: PgPool, id: usize, batch: usize, pace: Pace, stop: CancellationToken) {
+/// How a system publishes: one transaction of `batch` messages, numbered from `seq`,
+/// stamped with the producer's clock `sent_us` (what the handler measures latency from).
+pub trait Sink: Send + 'static {
+    fn publish(&mut self, seq: i64, batch: usize, sent_us: u64) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Forgets the connection after a failure (it may be broken).
+    fn reset(&mut self);
+}
+
+/// One producer: publishes `batch` messages per transaction (BEGIN; INSERT; COMMIT — what a
+/// service's request does) through `sink`, until `stop`.
+pub async fn producer(load: Arc<Load>, mut sink: Box<dyn Sink>, id: usize, batch: usize, pace: Pace, stop: CancellationToken) {
     let mut seq = (id as i64) << 40;
-    let mut conn: Option<PoolConnection<Postgres>> = None;
     let mut due = tokio::time::Instant::now();
     let mut failures = 0u32;
     while !stop.is_cancelled() {
@@ -197,31 +226,15 @@ pub async fn producer(load: Arc<Load>, pool: PgPool, id: usize, batch: usize, pa
                 _ = stop.cancelled() => return,
             }
         }
-        let sent = load.start.elapsed().as_micros().to_string();
-        let msgs: Vec<Outgoing> = (0..batch)
-            .map(|_| {
-                seq += 1;
-                Outgoing::event(&BenchEvent::sample(seq)).expect("the bench event serialises").with_header(SENT_HEADER, sent.clone())
-            })
-            .collect();
-        let result = async {
-            if conn.is_none() {
-                conn = Some(pool.acquire().await?);
-            }
-            let c = conn.as_mut().expect("filled above");
-            let mut tx = c.begin().await?;
-            publish_all(&mut tx, &msgs).await?;
-            tx.commit().await?;
-            anyhow::Ok(())
-        }
-        .await;
-        match result {
+        let first = seq + 1;
+        seq += batch as i64;
+        match sink.publish(first, batch, load.clock_us()).await {
             Ok(()) => {
                 failures = 0;
                 load.published.fetch_add(batch as u64, Ordering::SeqCst);
             }
             Err(e) => {
-                conn = None; // it may be broken
+                sink.reset();
                 failures += 1;
                 let n = load.publish_errors.fetch_add(1, Ordering::SeqCst) + 1;
                 if n <= 10 || n.is_power_of_two() {
@@ -265,6 +278,9 @@ mod tests {
         assert_eq!(load.backlog(), 18);
         let w = load.take_window(Instant::now()).expect("one latency");
         assert_eq!(w.count, 1);
+        let p = load.take_phase(Instant::now()).expect("one latency in the phase");
+        assert_eq!(p.count, 1);
+        assert!(load.take_phase(Instant::now()).is_none(), "a new phase starts empty");
     }
 
     #[tokio::test]

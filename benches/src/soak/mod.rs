@@ -1,21 +1,38 @@
-//! The soak run (`cargo xtask bench soak`): the queue engine end to end for a long time,
-//! sampled every few seconds, to show whether throughput stays flat and the queue tables'
-//! size bounded.
+//! The soak run (`cargo xtask bench soak`): a queue end to end for a long time, sampled
+//! every few seconds, to show whether throughput stays flat and the queue tables' size
+//! bounded — and, with `--hold-xmin`, what a transaction holding the xmin horizon does to it.
 //!
-//! - [`load`]: producers publishing in transactions, the handler, the counters they share;
-//! - [`stats`]: what is read from PostgreSQL at every sample (sizes, tuples, autovacuum, WAL);
-//! - [`summary`]: the figures the report is judged by (pure, unit-tested);
-//! - [`report`]: the JSON, Markdown and SVG files.
+//! - [`system`]: the systems soaked (ours, pgmq) and what the run needs of each, started by
+//!   [`ours`] and [`pgmq`];
+//! - [`load`]: producers publishing in transactions, the counters they share with the handlers;
+//! - [`hold`]: the held snapshot and when it is held; [`probe`]: the claim-cost probes;
+//! - [`stats`]: what is read from PostgreSQL at every sample (sizes, tuples, index scans, WAL);
+//! - [`run`]: one system's run, sample by sample;
+//! - [`summary`] and [`phases`]: the figures the report is judged by (pure, unit-tested);
+//! - [`report`], [`report_hold`] and [`report_time`]: the JSON, Markdown and SVG files.
 
+pub mod hold;
 pub mod load;
+pub mod ours;
+pub mod pgmq;
+pub mod phases;
+pub mod probe;
 pub mod report;
+pub mod report_hold;
+pub mod report_time;
+pub mod run;
 pub mod stats;
 pub mod summary;
+pub mod system;
 
 use std::time::Duration;
 
 use conveyor_benchkit::Percentiles;
 use serde::{Deserialize, Serialize};
+
+pub use hold::HoldPlan;
+pub use phases::HoldTargets;
+pub use system::System;
 
 /// Everything a run was configured with, as the report records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +66,19 @@ pub struct Settings {
     pub quick: bool,
     /// Where PostgreSQL came from ("private durable cluster", "DATABASE_URL").
     pub server: String,
+    /// The systems run, one after the other, each on fresh databases (older reports: ours).
+    #[serde(default = "ours_only")]
+    pub systems: Vec<System>,
+    /// When a snapshot holds the xmin horizon back (`--hold-xmin`); `None`: never.
+    #[serde(default)]
+    pub hold: Option<HoldPlan>,
+    /// What a held horizon may cost (see [`phases`]).
+    #[serde(default)]
+    pub hold_targets: HoldTargets,
+}
+
+fn ours_only() -> Vec<System> {
+    vec![System::Ours]
 }
 
 /// One sample: the window that ended `t` seconds after the start.
@@ -69,13 +99,12 @@ pub struct Sample {
     pub backlog: i64,
     /// Share of the window the producers spent paused at `max_pending` (0..1).
     pub producers_paused: f64,
-    /// Waiting in the publisher's outbox / pending or running in the subscriber's inbox /
-    /// dead there (`conveyor_queue::depth`).
+    /// Where the backlog waits: rows in the publisher's outbox (its inserts less its deletes,
+    /// from the statistics counters, which lag up to about a second), and the rest of the
+    /// backlog (relayed, not yet handled; pgmq: its whole backlog). The sampler counts no
+    /// rows: under a held horizon a count walks every dead entry (see [`stats`]).
     pub outbox_pending: i64,
     pub inbox_pending: i64,
-    pub inbox_dead: i64,
-    /// Age of the oldest waiting message, outbox or inbox (`conveyor_queue::oldest_pending_age`).
-    pub oldest_pending_s: Option<f64>,
     /// WAL written in the window (the whole cluster).
     pub wal_bytes: f64,
     /// Autovacuum workers running at the sample.
@@ -83,6 +112,16 @@ pub struct Sample {
     /// Age of the oldest open transaction on the server, seconds (what holds back vacuum).
     pub oldest_xact_s: Option<f64>,
     pub tables: Vec<TableStats>,
+    /// The held snapshot was open for the whole window (`--hold-xmin`).
+    #[serde(default)]
+    pub held: bool,
+    /// `age(backend_xmin)` of the holding connections at the end of a held window (the
+    /// youngest of them): transactions the horizon is held back by. Checked set every time.
+    #[serde(default)]
+    pub hold_xmin_age: Option<i64>,
+    /// The claim probes at this sample (see [`probe`]).
+    #[serde(default)]
+    pub probes: Vec<ProbeReading>,
 }
 
 /// One queue table at one sample.
@@ -114,11 +153,37 @@ pub struct TableStats {
 pub struct IndexSize {
     pub name: String,
     pub bytes: i64,
+    /// Since the database was created (`pg_stat_user_indexes`): index scans, and the index
+    /// entries they returned (`idx_tup_read`; entries pointing to dead rows count, entries
+    /// a scan already marked dead and skipped do not).
+    #[serde(default)]
+    pub scans: i64,
+    #[serde(default)]
+    pub entries_read: i64,
+}
+
+/// One run of a claim probe: the system's claim statement in a rolled-back transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeReading {
+    pub name: String,
+    /// Index entries the statement read (every index of the claimed table).
+    pub entries_read: i64,
+    /// Rows it claimed (then handed back).
+    pub rows: i64,
+    pub ms: f64,
 }
 
 impl Sample {
     pub fn table(&self, name: &str) -> Option<&TableStats> {
         self.tables.iter().find(|t| t.name == name)
+    }
+
+    pub fn index(&self, table: &str, index: &str) -> Option<&IndexSize> {
+        self.table(table)?.indexes.iter().find(|i| i.name == index)
+    }
+
+    pub fn probe(&self, name: &str) -> Option<&ProbeReading> {
+        self.probes.iter().find(|p| p.name == name)
     }
 }
 
@@ -201,6 +266,9 @@ pub(crate) mod fixtures {
             target_end_start_ratio: 0.9,
             quick: false,
             server: "test".into(),
+            systems: vec![System::Ours],
+            hold: None,
+            hold_targets: HoldTargets::default(),
         }
     }
 
@@ -219,8 +287,6 @@ pub(crate) mod fixtures {
             producers_paused: 0.0,
             outbox_pending: 0,
             inbox_pending: 0,
-            inbox_dead: 0,
-            oldest_pending_s: None,
             wal_bytes: consumed as f64 * 1000.0,
             autovacuum_workers: 0,
             oldest_xact_s: Some(0.01),
@@ -229,7 +295,7 @@ pub(crate) mod fixtures {
                 total_bytes: bytes,
                 table_bytes: bytes * 3 / 4,
                 index_bytes: bytes / 4,
-                indexes: vec![IndexSize { name: "inbox_pkey".into(), bytes: bytes / 4 }],
+                indexes: vec![IndexSize { name: "inbox_pkey".into(), bytes: bytes / 4, scans: 0, entries_read: 0 }],
                 live_tup: 1000,
                 dead_tup: dead,
                 autovacuum_count: (t / 20.0) as i64,
@@ -239,6 +305,9 @@ pub(crate) mod fixtures {
                 tup_upd: 0,
                 tup_del: 0,
             }],
+            held: false,
+            hold_xmin_age: None,
+            probes: Vec::new(),
         }
     }
 }

@@ -1,18 +1,23 @@
 //! The soak's result files: `soak-report.json` (everything), `soak-report.md` (what a person
-//! reads) and `soak-report.svg` (throughput, latency, sizes, dead tuples and backlog over time).
+//! reads) and `soak-report.svg` (throughput, latency, claim cost, sizes, dead tuples and
+//! backlog over time, every system on the same charts). The hold's section is in
+//! [`super::report_hold`].
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use conveyor_benchkit::{Chart, Machine, Series, write_json, write_svg};
+use conveyor_benchkit::{Machine, Percentiles, write_json, write_svg};
 use serde::{Deserialize, Serialize};
 
+use super::phases::HoldSummary;
 use super::stats::ServerInfo;
 use super::summary::Summary;
+use super::system::{ClaimIndex, System};
 use super::{Sample, Settings, mb, thousands};
 
-/// Did every message get through? Checked after the load stopped and the backlog drained.
+/// Did every message get through? Checked after the load stopped and the backlog drained
+/// (pgmq: the rows left in its queue table count as the inbox's; it has no outbox).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Consistency {
     pub published: u64,
@@ -43,9 +48,58 @@ pub struct Report {
     pub settings: Settings,
     /// Set when a signal ended the run early (the report covers what ran).
     pub interrupted: bool,
+    /// One per system, in the order they ran.
+    pub runs: Vec<Run>,
+}
+
+/// One system's run under the schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub system: System,
+    /// pgmq's version; `None` for ours.
+    pub version: Option<String>,
+    /// The indexes its claims read, whose counters the report shows.
+    pub claim_indexes: Vec<ClaimIndex>,
+    pub interrupted: bool,
     pub summary: Summary,
+    /// The held horizon's figures (`--hold-xmin`).
+    pub hold: Option<HoldSummary>,
     pub consistency: Consistency,
+    /// Publish → handled over each whole phase (before, during and after the hold).
+    pub phase_latency_ms: Vec<Option<Percentiles>>,
     pub samples: Vec<Sample>,
+}
+
+impl Run {
+    /// A run with its summary and hold figures computed from its samples
+    /// (`naptime_s`: the server's autovacuum_naptime).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        system: System,
+        version: Option<String>,
+        claim_indexes: Vec<ClaimIndex>,
+        interrupted: bool,
+        consistency: Consistency,
+        phase_latency_ms: Vec<Option<Percentiles>>,
+        samples: Vec<Sample>,
+        cfg: &Settings,
+        naptime_s: f64,
+    ) -> Run {
+        let summary = super::summary::summarize(&samples, cfg, naptime_s);
+        // Caught up: back to the backlog before the hold, or within one consumer batch.
+        let hold = cfg
+            .hold
+            .map(|plan| super::phases::summarize(&samples, &plan, cfg.hold_targets, &phase_latency_ms, &claim_indexes, cfg.consumer_batch));
+        Run { system, version, claim_indexes, interrupted, summary, hold, consistency, phase_latency_ms, samples }
+    }
+
+    /// "pgmq 1.11.0", "ours".
+    pub fn name(&self) -> String {
+        match &self.version {
+            Some(v) => format!("{} {v}", self.system.label()),
+            None => self.system.label().to_owned(),
+        }
+    }
 }
 
 pub struct Written {
@@ -63,11 +117,11 @@ pub fn write(dir: &Path, report: &Report) -> Result<Written> {
     write_json(&json, report)?;
     let markdown = markdown(report);
     std::fs::write(&md, &markdown).map_err(|e| anyhow::anyhow!("could not write {}: {e}", md.display()))?;
-    write_svg(&svg, &charts(&report.samples))?;
+    write_svg(&svg, &super::report_time::charts(report))?;
     Ok(Written { json, md, svg, markdown })
 }
 
-fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+pub(super) fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map(f).unwrap_or_else(|| "n/a".to_owned())
 }
 
@@ -81,49 +135,65 @@ fn verdict(v: Option<bool>, yes: &str, no: &str) -> String {
 
 /// The report for people.
 pub fn markdown(r: &Report) -> String {
-    let (s, cfg) = (&r.summary, &r.settings);
+    let cfg = &r.settings;
     let mut m = String::new();
     let _ = writeln!(m, "# Queue soak report\n");
     if cfg.quick {
         let _ = writeln!(m, "**QUICK smoke run: checks the harness end to end; its figures are not a measurement.**\n");
     }
     if r.interrupted {
-        let _ = writeln!(m, "**Interrupted: the run stopped early; the figures cover the {:.0} s that ran.**\n", s.duration_s);
+        let _ = writeln!(m, "**Interrupted: the run stopped early; the figures cover what ran.**\n");
     }
     let load = match cfg.rate {
         Some(rate) => format!("fixed offered rate {} msgs/s", thousands(rate)),
         None => format!("closed loop at full speed, producers paused above {} messages in flight", thousands(cfg.max_pending as f64)),
     };
+    let names: Vec<String> = r.runs.iter().map(Run::name).collect();
     let _ = writeln!(
         m,
-        "{:.0} s ({:.1} min) on {}; {} ({}).\n",
-        s.duration_s,
-        s.duration_s / 60.0,
+        "{:.0} s ({:.1} min) per system ({}, one after the other, each on fresh databases) on {}; {} ({}).\n",
+        cfg.duration_s,
+        cfg.duration_s / 60.0,
+        names.join(", "),
         r.machine.describe(),
         r.postgres.version.split(" on ").next().unwrap_or(&r.postgres.version),
         cfg.server
     );
     let _ = writeln!(
         m,
-        "The engine end to end: {} producers publishing {} ~220-byte message(s) per transaction into the outbox ({load}); \
-         {} relay loop(s) (batch {}) into the subscriber's inbox in another database; {} transaction-mode consumer loops \
-         (batch {}) marking them done; idle loops poll every {} s; the pruner deleting done rows after a {} s window every {} s \
-         (batch {}; production: 1 h every 30 s). Sampled every {} s.\n",
-        cfg.producers,
-        cfg.publish_batch,
-        cfg.relays,
-        cfg.relay_batch,
-        cfg.consumers,
-        cfg.consumer_batch,
-        cfg.poll_interval_s,
-        cfg.prune_window_s,
-        cfg.prune_interval_s,
-        cfg.prune_batch,
-        cfg.sample_interval_s
+        "The same load for each: {} producers publishing {} ~220-byte message(s) per transaction ({load}); {} consumer loops \
+         (batch {}). Sampled every {} s.\n",
+        cfg.producers, cfg.publish_batch, cfg.consumers, cfg.consumer_batch, cfg.sample_interval_s
     );
+    for run in &r.runs {
+        let extra = match run.system {
+            System::Ours => format!(
+                " {} relay loop(s) (batch {}); idle loops poll every {} s; the pruner deletes done rows after a {} s window every {} s \
+                 (batch {}; production: 1 h every 30 s).",
+                cfg.relays, cfg.relay_batch, cfg.poll_interval_s, cfg.prune_window_s, cfg.prune_interval_s, cfg.prune_batch
+            ),
+            System::Pgmq => String::new(),
+        };
+        let _ = writeln!(m, "- **{}**: {}.{extra}", run.name(), run.system.path());
+    }
+    if cfg.hold.is_some() {
+        super::report_hold::section(&mut m, r);
+    }
+    for run in &r.runs {
+        run_section(&mut m, r, run);
+    }
+    m
+}
 
+/// One system's verdicts, tables, latency and samples over time.
+fn run_section(m: &mut String, r: &Report, run: &Run) {
+    let (s, cfg) = (&run.summary, &r.settings);
+    let _ = writeln!(m, "\n## {}\n", run.name());
+    if run.interrupted {
+        let _ = writeln!(m, "**Interrupted: the figures cover the {:.0} s that ran.**\n", s.duration_s);
+    }
     let t = &s.throughput;
-    let _ = writeln!(m, "## Verdict\n");
+    let _ = writeln!(m, "### Verdict\n");
     let _ = writeln!(
         m,
         "- **Throughput** (handled): {} msgs/s over t = {:.0}–{:.0} s, {} msgs/s over t = {:.0}–{:.0} s: end ÷ start = **{}** \
@@ -170,7 +240,7 @@ pub fn markdown(r: &Report) -> String {
         opt(s.first_half_msgs_per_sec, thousands),
         opt(s.second_half_msgs_per_sec, thousands)
     );
-    let c = &r.consistency;
+    let c = &run.consistency;
     let _ = writeln!(
         m,
         "- **Every message through**: {} published, {} handled; after the drain {} in flight, outbox {}, inbox pending {}, dead {}: **{}**.{}",
@@ -193,7 +263,7 @@ pub fn markdown(r: &Report) -> String {
         }
     }
 
-    let _ = writeln!(m, "\n## Queue tables\n");
+    let _ = writeln!(m, "\n### Queue tables\n");
     let _ = writeln!(m, "| table | max size | final size (table + indexes) | dead tuples max / final | live tuples max / final | autovacuums |");
     let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|");
     for x in &s.tables {
@@ -241,7 +311,7 @@ pub fn markdown(r: &Report) -> String {
 
     let l = &s.latency;
     let ms = |v: f64| format!("{v:.1} ms");
-    let _ = writeln!(m, "\n## Latency and cost\n");
+    let _ = writeln!(m, "\n### Latency and cost\n");
     let _ = writeln!(
         m,
         "- Publish (producer's BEGIN) → handled, mean of the per-window percentiles: p50 {} → {}, p99 {} → {} (start → end); worst window p99 {}.",
@@ -253,11 +323,11 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         m,
-        "- Windows with a p99 above {:.0} ms: {} of {}; oldest message seen waiting: {}.",
+        "- Windows with a p99 above {:.0} ms: {} of {}; the longest a message waited: {}.",
         super::summary::STALL_MS,
         l.windows_over_stall,
         s.samples,
-        opt(l.max_oldest_pending_s, |v| format!("{v:.2} s"))
+        opt(l.max_wait_s, |v| format!("{v:.2} s"))
     );
     let _ = writeln!(
         m,
@@ -268,136 +338,16 @@ pub fn markdown(r: &Report) -> String {
     let settings: Vec<String> = r.postgres.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let _ = writeln!(m, "- Server settings: {}.", settings.join(", "));
     for (table, o) in &r.postgres.table_options {
-        let _ = writeln!(m, "- conveyor.{table} options: {}.", if o.is_empty() { "none".to_owned() } else { o.join(", ") });
-    }
-
-    let _ = writeln!(m, "\n## Over time\n");
-    let _ = writeln!(m, "| t (s) | handled/s | published/s | p50 / p99 ms | backlog | outbox | inbox | inbox dead tuples | autovacuums outbox / inbox | WAL MB/s |");
-    let _ = writeln!(m, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let step = r.samples.len().div_ceil(24).max(1);
-    for (i, x) in r.samples.iter().enumerate() {
-        if i % step != 0 && i + 1 != r.samples.len() {
-            continue;
+        // Keys are schema-qualified (older reports: ours' bare names).
+        let (schema, name) = table.split_once('.').unwrap_or(("conveyor", table));
+        if s.tables.iter().any(|t| t.name == name) {
+            let _ = writeln!(m, "- {schema}.{name} options: {}.", if o.is_empty() { "none".to_owned() } else { o.join(", ") });
         }
-        let size = |n: &str| x.table(n).map(|t| mb(t.total_bytes as f64)).unwrap_or_default();
-        let av = |n: &str| x.table(n).map(|t| t.autovacuum_count).unwrap_or(0);
-        let _ = writeln!(
-            m,
-            "| {:.0} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.1} |",
-            x.t,
-            thousands(x.consumed_per_sec),
-            thousands(x.published_per_sec),
-            x.latency_ms.map(|p| format!("{:.1} / {:.1}", p.p50, p.p99)).unwrap_or_else(|| "n/a".into()),
-            x.backlog,
-            size("outbox"),
-            size("inbox"),
-            x.table("inbox").map(|t| thousands(t.dead_tup as f64)).unwrap_or_default(),
-            av("outbox"),
-            av("inbox"),
-            x.wal_bytes / x.window_s.max(1e-9) / 1e6
-        );
     }
-    m
-}
 
-fn charts(samples: &[Sample]) -> Vec<Chart> {
-    let pts = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<(f64, f64)> { samples.iter().filter_map(|s| f(s).map(|y| (s.t, y))).collect() };
-    let table = |name: &'static str, f: fn(&super::TableStats) -> f64| move |s: &Sample| s.table(name).map(f);
-    vec![
-        Chart::new("Throughput", "time (s)", "msgs/s")
-            .line(Series::new("handled", pts(&|s| Some(s.consumed_per_sec))))
-            .line(Series::new("published", pts(&|s| Some(s.published_per_sec)))),
-        Chart::new("Publish → handled latency per window", "time (s)", "ms")
-            .line(Series::new("p50", pts(&|s| s.latency_ms.map(|l| l.p50))))
-            .line(Series::new("p95", pts(&|s| s.latency_ms.map(|l| l.p95))))
-            .line(Series::new("p99", pts(&|s| s.latency_ms.map(|l| l.p99)))),
-        Chart::new("Queue table size (pg_total_relation_size)", "time (s)", "MB")
-            .line(Series::new("inbox total", pts(&table("inbox", |t| t.total_bytes as f64 / 1e6))))
-            .line(Series::new("inbox table", pts(&table("inbox", |t| t.table_bytes as f64 / 1e6))))
-            .line(Series::new("inbox indexes", pts(&table("inbox", |t| t.index_bytes as f64 / 1e6))))
-            .line(Series::new("outbox total", pts(&table("outbox", |t| t.total_bytes as f64 / 1e6)))),
-        Chart::new("Tuples (pg_stat_user_tables)", "time (s)", "tuples")
-            .line(Series::new("inbox dead", pts(&table("inbox", |t| t.dead_tup as f64))))
-            .line(Series::new("outbox dead", pts(&table("outbox", |t| t.dead_tup as f64))))
-            .line(Series::new("inbox live", pts(&table("inbox", |t| t.live_tup as f64)))),
-        Chart::new("Waiting messages", "time (s)", "messages")
-            .line(Series::new("outbox", pts(&|s| Some(s.outbox_pending as f64))))
-            .line(Series::new("inbox pending", pts(&|s| Some(s.inbox_pending as f64)))),
-    ]
+    super::report_time::over_time(m, run);
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::soak::fixtures::{sample, settings};
-    use crate::soak::summary::summarize;
-
-    fn report(samples: Vec<Sample>) -> Report {
-        let cfg = settings();
-        Report {
-            generated_unix: 0,
-            machine: Machine::detect(),
-            postgres: ServerInfo {
-                version: "PostgreSQL 15.18 on x86_64-pc-linux-gnu".into(),
-                settings: [("autovacuum_naptime".to_owned(), "60 (s)".to_owned())].into(),
-                table_options: [("inbox".to_owned(), vec!["fillfactor=90".to_owned()])].into(),
-            },
-            summary: summarize(&samples, &cfg, 0.0),
-            settings: cfg,
-            interrupted: false,
-            consistency: Consistency {
-                published: 10_000,
-                handled: 10_000,
-                left_after_drain: 0,
-                outbox_after: 0,
-                inbox_pending_after: 0,
-                dead_after: 0,
-                publish_errors: 0,
-                missed_offers: 0,
-            },
-            samples,
-        }
-    }
-
-    #[test]
-    fn the_markdown_states_the_verdicts_and_the_files_are_written() {
-        let r = report((1..=10).map(|i| sample(i as f64 * 10.0, 1000, 10.0, 100)).collect());
-        let md = markdown(&r);
-        for text in [
-            "end ÷ start = **1.000** (target ≥ 0.90: **met**)",
-            "**inbox size**: largest 10.0 MB over the first half, 10.0 MB over the second (×1.00)",
-            "bounded **yes**",
-            "**Every message through**: 10,000 published, 10,000 handled",
-            "Autovacuum ran 5 on the inbox in 100 s. autovacuum_naptime = 60 (s)",
-            "| inbox.inbox_pkey | 2.5 MB | 2.5 MB | 2.5 MB |",
-            "conveyor.inbox options: fillfactor=90.",
-            "PostgreSQL 15.18 (test)",
-        ] {
-            assert!(md.contains(text), "{text:?} missing from:\n{md}");
-        }
-        assert!(!md.contains("QUICK") && !md.contains("Interrupted"));
-        assert_eq!(r.postgres.naptime_s(), Some(60.0));
-
-        let dir = std::env::temp_dir().join(format!("soak-report-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let w = write(&dir, &r).unwrap();
-        let back: Report = serde_json::from_str(&std::fs::read_to_string(&w.json).unwrap()).unwrap();
-        assert_eq!(back.samples.len(), 10);
-        let svg = std::fs::read_to_string(&w.svg).unwrap();
-        for title in ["Throughput", "latency", "Queue table size", "Tuples", "Waiting messages"] {
-            assert!(svg.contains(title), "{title} missing from the SVG");
-        }
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn a_missed_target_and_a_lost_message_say_so() {
-        let mut samples: Vec<Sample> = (1..=10).map(|i| sample(i as f64 * 10.0, 1000, 10.0, 100)).collect();
-        samples[9].consumed = 500;
-        let mut r = report(samples);
-        r.consistency.inbox_pending_after = 3;
-        r.interrupted = true;
-        let md = markdown(&r);
-        assert!(md.contains("**MISSED**") && md.contains(": **NO**.") && md.contains("Interrupted"), "{md}");
-    }
-}
+#[path = "report_tests.rs"]
+mod tests;

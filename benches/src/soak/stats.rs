@@ -1,15 +1,24 @@
 //! What the sampler reads from PostgreSQL: the size of each queue table and its indexes,
-//! live and dead tuples, autovacuum runs, the depth the engine's admin API reports, WAL,
-//! and what could hold vacuum back. Every query reads catalogs and statistics views, or
-//! what `conveyor_queue::depth` reads, so sampling costs the server little.
+//! live and dead tuples, autovacuum runs, index scans and the entries they read, WAL, and
+//! what could hold vacuum back. Every query reads catalogs and statistics views only. None
+//! counts rows: under a held xmin horizon a count (the engine's `depth`, say) walks every
+//! dead index entry of the hold, which would load the server the run measures and add its
+//! own reads to the claim indexes' counters. The exact depth is read once, after the drain.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 
+use super::system::Watched;
 use super::{IndexSize, TableStats};
+
+/// The sampler's pool on one database (two connections: samples and probes).
+pub async fn pool(url: &str) -> Result<PgPool> {
+    PgPoolOptions::new().max_connections(2).test_before_acquire(false).connect(url).await.context("connecting the sampler")
+}
 
 const TABLE: &str = "\
 SELECT pg_total_relation_size(s.relid), pg_table_size(s.relid), pg_indexes_size(s.relid),
@@ -17,32 +26,34 @@ SELECT pg_total_relation_size(s.relid), pg_table_size(s.relid), pg_indexes_size(
        extract(epoch FROM now() - s.last_autovacuum)::float8,
        s.n_tup_ins, s.n_tup_upd, s.n_tup_del
 FROM pg_stat_user_tables s
-WHERE s.schemaname = 'conveyor' AND s.relname = $1";
+WHERE s.schemaname = $1 AND s.relname = $2";
 
 const INDEXES: &str = "\
-SELECT indexrelname::text, pg_relation_size(indexrelid)
-FROM pg_stat_user_indexes WHERE schemaname = 'conveyor' AND relname = $1 ORDER BY indexrelname";
+SELECT indexrelname::text, pg_relation_size(indexrelid), idx_scan, idx_tup_read
+FROM pg_stat_user_indexes WHERE schemaname = $1 AND relname = $2 ORDER BY indexrelname";
 
 type TableRow = (i64, i64, i64, i64, i64, i64, i64, Option<f64>, i64, i64, i64);
 
-/// Size, tuples and autovacuum figures of `conveyor.{table}` in `pool`'s database.
-pub async fn table(pool: &PgPool, table: &str) -> Result<TableStats> {
+/// Size, tuples, autovacuum figures and index scans of a watched table, in `pool`'s database.
+pub async fn table(pool: &PgPool, w: &Watched) -> Result<TableStats> {
     let (total, heap, indexes, live, dead, av, aa, last_av, ins, upd, del): TableRow = sqlx::query_as(TABLE)
-        .bind(table)
+        .bind(&w.schema)
+        .bind(&w.table)
         .fetch_one(pool)
         .await
-        .with_context(|| format!("reading the statistics of conveyor.{table}"))?;
-    let index_rows: Vec<(String, i64)> = sqlx::query_as(INDEXES)
-        .bind(table)
+        .with_context(|| format!("reading the statistics of {}.{}", w.schema, w.table))?;
+    let index_rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(INDEXES)
+        .bind(&w.schema)
+        .bind(&w.table)
         .fetch_all(pool)
         .await
-        .with_context(|| format!("reading the index sizes of conveyor.{table}"))?;
+        .with_context(|| format!("reading the indexes of {}.{}", w.schema, w.table))?;
     Ok(TableStats {
-        name: table.to_owned(),
+        name: w.label.clone(),
         total_bytes: total,
         table_bytes: heap,
         index_bytes: indexes,
-        indexes: index_rows.into_iter().map(|(name, bytes)| IndexSize { name, bytes }).collect(),
+        indexes: index_rows.into_iter().map(|(name, bytes, scans, entries_read)| IndexSize { name, bytes, scans, entries_read }).collect(),
         live_tup: live,
         dead_tup: dead,
         autovacuum_count: av,
@@ -74,30 +85,6 @@ pub async fn activity(pool: &PgPool) -> Result<(i64, Option<f64>)> {
     .context("reading pg_stat_activity")
 }
 
-/// Waiting messages as the engine's admin API counts them: `(outbox, inbox pending or
-/// running, inbox dead, age of the oldest waiting message in seconds)`.
-pub async fn depth(publisher: &PgPool, subscriber: &PgPool) -> Result<(i64, i64, i64, Option<f64>)> {
-    let (mut outbox, mut pending, mut dead) = (0, 0, 0);
-    for d in conveyor_queue::depth(publisher).await.context("depth of the publisher")? {
-        if d.table == conveyor_queue::QueueTable::Outbox {
-            outbox += d.count;
-        }
-    }
-    for d in conveyor_queue::depth(subscriber).await.context("depth of the subscriber")? {
-        match (d.table, d.state.as_str()) {
-            (conveyor_queue::QueueTable::Inbox, "dead") => dead += d.count,
-            (conveyor_queue::QueueTable::Inbox, _) => pending += d.count,
-            _ => {}
-        }
-    }
-    let ages = [
-        conveyor_queue::oldest_pending_age(publisher).await.context("oldest outbox message")?,
-        conveyor_queue::oldest_pending_age(subscriber).await.context("oldest inbox message")?,
-    ];
-    let oldest = ages.into_iter().flatten().max().map(|d| d.as_secs_f64());
-    Ok((outbox, pending, dead, oldest))
-}
-
 /// The server and the settings that decide how vacuum keeps up, for the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerInfo {
@@ -105,7 +92,8 @@ pub struct ServerInfo {
     pub version: String,
     /// Vacuum, WAL and checkpoint settings (`pg_settings`, with units).
     pub settings: BTreeMap<String, String>,
-    /// Per-table storage options of the queue tables (`reloptions`, from the migration).
+    /// Per-table storage options of the queue tables (`reloptions`: ours from its
+    /// migration, pgmq's as it creates them), by schema-qualified name.
     pub table_options: BTreeMap<String, Vec<String>>,
 }
 
@@ -158,16 +146,18 @@ pub async fn server_info(pool: &PgPool) -> Result<ServerInfo> {
             (name, value)
         })
         .collect();
-    let opts: Vec<(String, Option<Vec<String>>)> = sqlx::query_as(
-        "SELECT c.relname::text, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'conveyor' AND c.relkind = 'r' AND c.relname IN ('outbox', 'inbox') ORDER BY 1",
+    Ok(ServerInfo { version, settings, table_options: BTreeMap::new() })
+}
+
+/// The storage options of a watched table (`schema.table`, options).
+pub async fn table_options(pool: &PgPool, w: &Watched) -> Result<(String, Vec<String>)> {
+    let opts: Option<Vec<String>> = sqlx::query_scalar(
+        "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
     )
-    .fetch_all(pool)
+    .bind(&w.schema)
+    .bind(&w.table)
+    .fetch_one(pool)
     .await
-    .context("reading the queue tables' storage options")?;
-    Ok(ServerInfo {
-        version,
-        settings,
-        table_options: opts.into_iter().map(|(t, o)| (t, o.unwrap_or_default())).collect(),
-    })
+    .with_context(|| format!("reading the storage options of {}.{}", w.schema, w.table))?;
+    Ok((format!("{}.{}", w.schema, w.table), opts.unwrap_or_default()))
 }

@@ -62,7 +62,7 @@ pub struct Throughput {
 }
 
 /// Mean over the samples of each span of the per-window p50 and p99, in ms; and the
-/// stalls: windows whose p99 exceeded [`STALL_MS`], and the oldest message seen waiting.
+/// stalls: windows whose p99 exceeded [`STALL_MS`], and the longest a message waited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LatencyDrift {
     pub start_p50_ms: Option<f64>,
@@ -71,8 +71,10 @@ pub struct LatencyDrift {
     pub end_p99_ms: Option<f64>,
     pub max_p99_ms: Option<f64>,
     pub windows_over_stall: usize,
-    pub max_oldest_pending_s: Option<f64>,
-    /// Where messages waited at the sample that saw the oldest one: `(outbox, inbox)`.
+    /// The longest publish → handled of any message, in seconds (the windows' maximum).
+    #[serde(default)]
+    pub max_wait_s: Option<f64>,
+    /// Where the backlog waited at the end of that window: `(outbox, inbox)`.
     pub at_oldest_waiting: Option<(i64, i64)>,
 }
 
@@ -169,7 +171,12 @@ pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
     Some(sxy / sxx)
 }
 
-fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+/// The longest publish → handled of a window, in seconds.
+fn wait_s(s: &Sample) -> Option<f64> {
+    s.latency_ms.map(|l| l.max / 1000.0)
+}
+
+pub(crate) fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     let v: Vec<f64> = v.collect();
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
@@ -220,11 +227,11 @@ pub fn summarize(samples: &[Sample], settings: &Settings, vacuum_every_s: f64) -
         end_p99_ms: p(end, |l| l.p99),
         max_p99_ms: samples.iter().filter_map(|s| s.latency_ms.map(|l| l.p99)).reduce(f64::max),
         windows_over_stall: samples.iter().filter(|s| s.latency_ms.is_some_and(|l| l.p99 > STALL_MS)).count(),
-        max_oldest_pending_s: samples.iter().filter_map(|s| s.oldest_pending_s).reduce(f64::max),
+        max_wait_s: samples.iter().filter_map(wait_s).reduce(f64::max),
         at_oldest_waiting: samples
             .iter()
-            .filter(|s| s.oldest_pending_s.is_some())
-            .max_by(|a, b| a.oldest_pending_s.partial_cmp(&b.oldest_pending_s).unwrap_or(std::cmp::Ordering::Equal))
+            .filter(|s| wait_s(s).is_some())
+            .max_by(|a, b| wait_s(a).partial_cmp(&wait_s(b)).unwrap_or(std::cmp::Ordering::Equal))
             .map(|s| (s.outbox_pending, s.inbox_pending)),
     };
 
@@ -365,8 +372,13 @@ fn findings(s: &Summary, samples: &[Sample], settings: &Settings) -> Vec<String>
             }
         }
         if t.second_half_max_dead_tup > t.first_half_max_dead_tup.saturating_mul(2).max(10_000) {
+            let why_dead = if settings.hold.is_some() {
+                "while the --hold-xmin snapshot was open vacuum could remove none of them"
+            } else {
+                "autovacuum is not keeping up"
+            };
             why.push(format!(
-                "dead tuples peaked at {} in the second half against {} in the first: autovacuum is not keeping up ({} runs in {:.0} s)",
+                "dead tuples peaked at {} in the second half against {} in the first: {why_dead} ({} runs in {:.0} s)",
                 t.second_half_max_dead_tup, t.first_half_max_dead_tup, t.autovacuums, s.duration_s
             ));
         }
@@ -397,6 +409,9 @@ fn findings(s: &Summary, samples: &[Sample], settings: &Settings) -> Vec<String>
         if why.is_empty() {
             why.push("neither the rows held, bytes per tuple, dead tuples nor one index stands out; look at the sizes over time".to_owned());
         }
+        if settings.hold.is_some() {
+            why.push("the --hold-xmin snapshot kept the space of every row deleted or updated while it was open from being reused, and a table does not give back what it grew by".to_owned());
+        }
         let when = if t.bounded.is_none() {
             format!(" before its steady state (reached after {:.0} s, more than half the run)", t.steady_after_s)
         } else {
@@ -406,9 +421,11 @@ fn findings(s: &Summary, samples: &[Sample], settings: &Settings) -> Vec<String>
     }
     if s.latency.windows_over_stall > 0 {
         let (outbox, inbox) = s.latency.at_oldest_waiting.unwrap_or_default();
-        let oldest = s.latency.max_oldest_pending_s.unwrap_or(0.0);
-        let who = if outbox >= inbox { "the relay" } else { "the consumers" };
-        let why = if s.producers_paused < 0.05 && oldest <= settings.poll_interval_s * 1.5 {
+        let oldest = s.latency.max_wait_s.unwrap_or(0.0);
+        // pgmq has no relay (and its readers long-poll instead of waiting for a wake-up).
+        let relayed = samples.first().is_some_and(|x| x.table("outbox").is_some());
+        let who = if relayed && outbox >= inbox { "the relay" } else { "the consumers" };
+        let why = if relayed && s.producers_paused < 0.05 && oldest <= settings.poll_interval_s * 1.5 {
             format!(
                 "the backlog stayed far below the cap, so {who} had capacity: idle, it woke late. A wait of up to the poll interval ({} s) is the polling fallback of a wake-up that did not come (run with a shorter --poll-interval to confirm)",
                 settings.poll_interval_s
@@ -417,14 +434,15 @@ fn findings(s: &Summary, samples: &[Sample], settings: &Settings) -> Vec<String>
             format!("{who} fell behind")
         };
         out.push(format!(
-            "{} of {} windows had a p99 above {STALL_MS:.0} ms; the oldest message seen waiting was {oldest:.2} s old ({outbox} messages in the outbox, {inbox} in the inbox at that sample): {why}.",
+            "{} of {} windows had a p99 above {STALL_MS:.0} ms; the longest a message waited was {oldest:.2} s ({outbox} messages in the outbox, {inbox} in the inbox at the end of that window): {why}.",
             s.latency.windows_over_stall, s.samples,
         ));
     }
     if let Some(x) = samples.iter().filter_map(|x| x.oldest_xact_s).reduce(f64::max)
         && x > 60.0
     {
-        out.push(format!("A transaction stayed open {x:.0} s: it holds back vacuum's horizon while it lasts."));
+        let why = if settings.hold.is_some() { " (the --hold-xmin snapshot, on purpose: see the hold's figures)" } else { "" };
+        out.push(format!("A transaction stayed open {x:.0} s{why}: it holds back vacuum's horizon while it lasts."));
     }
     out
 }
@@ -461,14 +479,16 @@ mod tests {
     fn stalled_windows_are_counted_and_located() {
         let mut samples: Vec<Sample> = (1..=10).map(|i| sample(i as f64 * 10.0, 1000, 10.0, 0)).collect();
         samples[4].latency_ms = conveyor_benchkit::Percentiles::of(&[5.0, 900.0]);
-        samples[4].oldest_pending_s = Some(0.9);
         samples[4].outbox_pending = 1500;
-        samples[6].oldest_pending_s = Some(0.1);
+        samples[4].tables[0].name = "outbox".into();
         let s = summarize(&samples, &settings(), 0.0);
         assert_eq!(s.latency.windows_over_stall, 1);
-        assert_eq!(s.latency.max_oldest_pending_s, Some(0.9));
+        assert_eq!(s.latency.max_wait_s, Some(0.9));
         assert_eq!(s.latency.at_oldest_waiting, Some((1500, 0)));
-        assert!(s.findings.iter().any(|f| f.starts_with("1 of 10 windows had a p99 above 500 ms") && f.contains("1500 messages in the outbox")), "{:?}", s.findings);
+        let f = s.findings.join("\n");
+        assert!(f.contains("1 of 10 windows had a p99 above 500 ms") && f.contains("1500 messages in the outbox"), "{f}");
+        // Without a relay (pgmq) the wait is the consumers'.
+        assert!(f.contains("the consumers fell behind"), "{f}");
     }
 
     #[test]

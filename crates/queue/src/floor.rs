@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 /// the inserting transaction starts (`now()`, or the id minted before the publishing
 /// transaction), so a row can commit behind positions claimed already; the relay's inserts
 /// take milliseconds, and anything later is found by the next sweep.
-pub(crate) const MARGIN: Duration = Duration::from_millis(500);
+pub const MARGIN: Duration = Duration::from_millis(250);
 
 /// How often a claimer reads its claim index from the start: every five poll intervals
 /// (5 s by default), the longest a row handed back by a crashed claimer of another process
@@ -94,7 +94,7 @@ mod tests {
         assert_eq!(f.start(), None, "nothing claimed yet: from the beginning");
         f.claimed(10_000_000);
         f.claimed(9_000_000);
-        assert_eq!(f.start(), Some(10_000_000 - 500_000), "never moves back");
+        assert_eq!(f.start(), Some(10_000_000 - 250_000), "never moves back");
         let sweeping = Floor::new(Duration::ZERO);
         sweeping.claimed(10_000_000);
         assert_eq!(sweeping.start(), None, "a due sweep starts from the beginning");

@@ -1,6 +1,7 @@
 //! `cargo xtask bench soak`: the queue engine end to end for a long time (default 30 min),
-//! recording throughput, latency, the queue tables' size and dead tuples over time, to show
-//! whether throughput stays flat and bloat bounded. The measuring is done by the binary
+//! and pgmq through the same schedule, recording throughput, latency, the queue tables' size
+//! and dead tuples over time, to show whether throughput stays flat and bloat bounded; with
+//! `--hold-xmin`, through a held xmin horizon in the middle of each run. The measuring is done by the binary
 //! `soak` of `conveyor-benches` (`benches/src/bin/soak.rs`); this builds it, gives it a
 //! private durable PostgreSQL (or DATABASE_URL's server), runs it and stops everything on
 //! every path, Ctrl-C included (the binary then still writes the report of what ran).
@@ -16,13 +17,21 @@ use crate::{Postgres, cargo, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Smoke mode (about 15–20 s): a 12 s run sampled every second, a 3 s done-retention
-    /// pruned every second, debug build. Checks the harness end to end, never a speed.
+    /// Smoke mode (about half a minute): per system a 9 s run sampled every second with the
+    /// xmin held from 3 s to 6 s, a 3 s done-retention pruned every second, debug build.
+    /// Checks the harness end to end, never a speed.
     #[arg(long)]
     pub quick: bool,
-    /// How long the load runs, e.g. 30m, 5m, 90s [default: 30m; 12s with --quick].
+    /// How long the load runs per system, e.g. 30m, 5m, 90s [default: 30m; 9s with --quick].
     #[arg(long)]
     pub duration: Option<String>,
+    /// Hold the xmin horizon back for this long, centred in each run (a REPEATABLE READ
+    /// snapshot in every queue database), e.g. 10m [default: none; 3s with --quick].
+    #[arg(long)]
+    pub hold_xmin: Option<String>,
+    /// The systems to run one after the other, e.g. ours or ours,pgmq [default: ours,pgmq].
+    #[arg(long)]
+    pub systems: Option<String>,
     /// A fixed offered rate in messages/s instead of the closed loop at full speed.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -52,6 +61,8 @@ impl Args {
             }
         };
         opt("--duration", self.duration.clone());
+        opt("--hold-xmin", self.hold_xmin.clone());
+        opt("--systems", self.systems.clone());
         opt("--rate", self.rate.map(|r| r.to_string()));
         opt("--producers", self.producers.map(|n| n.to_string()));
         opt("--consumers", self.consumers.map(|n| n.to_string()));
@@ -121,11 +132,17 @@ mod tests {
 
     #[test]
     fn options_reach_the_soak_binary() {
-        let cli = Cli::try_parse_from(["soak", "--duration", "5m", "--rate", "2000", "--producers", "8", "--", "--prune-window", "2m"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "soak", "--duration", "20m", "--hold-xmin", "10m", "--systems", "ours,pgmq", "--rate", "800", "--producers", "8", "--", "--prune-window", "2m",
+        ])
+        .unwrap();
         let got: Vec<String> = cli.args.soak_args("DATABASE_URL").into_iter().map(|s| s.into_string().unwrap()).collect();
         assert_eq!(
             got,
-            ["--server", "DATABASE_URL", "--duration", "5m", "--rate", "2000", "--producers", "8", "--prune-window", "2m"]
+            [
+                "--server", "DATABASE_URL", "--duration", "20m", "--hold-xmin", "10m", "--systems", "ours,pgmq", "--rate", "800", "--producers", "8",
+                "--prune-window", "2m"
+            ]
         );
         let quick = Cli::try_parse_from(["soak", "--quick"]).unwrap();
         let got: Vec<String> = quick.args.soak_args("private durable cluster").into_iter().map(|s| s.into_string().unwrap()).collect();
