@@ -7,7 +7,8 @@
 //! * `cargo xtask bench queue` — the queue engine's benchmarks against a raw-SQL reference.
 //! * `cargo xtask bench saga` — the shop's highest sustained saga rate against its SQL replayed.
 //! * `cargo xtask bench peers` — one queue hop: ours, pgmq and RabbitMQ in one run.
-//! * `cargo xtask bench soak` — throughput, table size and dead tuples over a long run.
+//! * `cargo xtask bench soak` — throughput, table size and dead tuples over a long run, ours
+//!   and pgmq, optionally while a snapshot holds the xmin horizon back.
 //! * `cargo xtask load` — the goose load test against the local shop (started if none runs).
 
 mod bench;
@@ -86,7 +87,8 @@ enum BenchCmd {
     Saga(bench::saga::Args),
     /// Our queue hop next to pgmq and RabbitMQ, in one run on one machine.
     Peers(bench::peers::Args),
-    /// A long run of the queue recording throughput, table sizes and dead tuples over time.
+    /// A long run of the queue recording throughput, table sizes and dead tuples over time,
+    /// ours and pgmq one after the other, optionally with the xmin horizon held (--hold-xmin).
     Soak(bench::soak::Args),
 }
 
