@@ -23,8 +23,13 @@ pub struct DriveOptions {
     /// Requests in flight at most; a scheduled order beyond it is counted unsent (not
     /// delayed: the schedule never shifts).
     pub max_in_flight: usize,
-    /// Seeds the choice of product and customer (one line of quantity 1, both uniform).
+    /// Seeds the choice of customer and lines (see [`pick`]).
     pub seed: u64,
+    /// Lines per order: 1 to this many (uniform), each for another product as far as there
+    /// are products (the order API refuses a product in two lines). 1: one line.
+    pub max_lines: u32,
+    /// Units per line: 1 to this many (uniform). 1: one unit.
+    pub max_quantity: u32,
 }
 
 /// What the driver did.
@@ -60,6 +65,31 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The customer and the lines (product index, quantity) of the `n`th order of a run, chosen
+/// from the seed alone, so a run can be repeated. The customer and the first product come
+/// from one draw, as they always did: with one line of one unit the orders are those of a
+/// driver without lines or quantities. Further products are drawn and, when taken already,
+/// moved to the next free index.
+pub fn pick(opts: &DriveOptions, n: u64, customers: usize, products: usize) -> (usize, Vec<(usize, i64)>) {
+    let first = splitmix64(opts.seed.wrapping_add(n));
+    let customer = (first % customers as u64) as usize;
+    let mut state = first;
+    let mut next = |bound: u64| {
+        state = splitmix64(state);
+        state % bound.max(1)
+    };
+    let count = (1 + next(opts.max_lines.into()) as usize).min(products);
+    let mut lines: Vec<(usize, i64)> = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut product = if i == 0 { ((first >> 32) % products as u64) as usize } else { next(products as u64) as usize };
+        while lines.iter().any(|(p, _)| *p == product) {
+            product = (product + 1) % products;
+        }
+        lines.push((product, 1 + next(opts.max_quantity.into()) as i64));
+    }
+    (customer, lines)
+}
+
 /// Places orders for `products` × `customers` as `opts` says; returns once every request
 /// sent has its answer.
 pub async fn drive(shop: &Shop, products: &[Uuid], customers: &[Uuid], opts: &DriveOptions) -> DriveReport {
@@ -85,14 +115,14 @@ pub async fn drive(shop: &Shop, products: &[Uuid], customers: &[Uuid], opts: &Dr
                 r.unsent += 1;
                 continue;
             }
-            let pick = splitmix64(opts.seed.wrapping_add(handled));
-            let customer = customers[(pick % customers.len() as u64) as usize];
-            let product = products[((pick >> 32) % products.len() as u64) as usize];
+            let (customer, lines) = pick(opts, handled, customers.len(), products.len());
+            let customer = customers[customer];
+            let lines: Vec<(Uuid, i64)> = lines.into_iter().map(|(p, q)| (products[p], q)).collect();
             let shop = shop.clone();
             set.spawn(async move {
                 let key = Uuid::now_v7().to_string();
                 let t = Instant::now();
-                let answer = shop.place_order(&key, customer, &[(product, 1)]).await;
+                let answer = shop.place_order(&key, customer, &lines).await;
                 (t.elapsed(), answer.map(|(status, _)| status).map_err(|e| format!("{e:#}")))
             });
             r.sent += 1;
@@ -180,6 +210,48 @@ mod tests {
         };
         assert_eq!(DriveReport::from_json(&r.to_json()).unwrap(), r);
         assert!(DriveReport::from_json(&json!({"sent": 1})).is_err());
+    }
+
+    fn opts(seed: u64, max_lines: u32, max_quantity: u32) -> DriveOptions {
+        DriveOptions { rate: 1.0, duration: Duration::from_secs(1), max_in_flight: 1, seed, max_lines, max_quantity }
+    }
+
+    #[test]
+    fn one_line_of_one_unit_is_the_pick_it_always_was() {
+        for n in 1..500 {
+            let old = splitmix64(7u64.wrapping_add(n));
+            let expected = ((old % 30) as usize, vec![(((old >> 32) % 1000) as usize, 1)]);
+            assert_eq!(pick(&opts(7, 1, 1), n, 30, 1000), expected);
+        }
+    }
+
+    #[test]
+    fn lines_are_distinct_products_within_the_bounds() {
+        let (mut counts, mut quantities) = ([0u32; 4], [0u32; 5]);
+        for n in 1..2000 {
+            let (customer, lines) = pick(&opts(3, 3, 4), n, 10, 5);
+            assert!(customer < 10);
+            assert!((1..=3).contains(&lines.len()), "{lines:?}");
+            counts[lines.len()] += 1;
+            let mut products: Vec<usize> = lines.iter().map(|(p, _)| *p).collect();
+            products.sort();
+            products.dedup();
+            assert_eq!(products.len(), lines.len(), "a product in two lines: {lines:?}");
+            for (p, q) in &lines {
+                assert!(*p < 5 && (1..=4).contains(q), "{lines:?}");
+                quantities[*q as usize] += 1;
+            }
+            assert_eq!(pick(&opts(3, 3, 4), n, 10, 5), (customer, lines), "the same seed, the same order");
+        }
+        // Every count and quantity comes up, about uniformly.
+        assert!(counts[1..].iter().all(|c| *c > 500), "{counts:?}");
+        assert!(quantities[1..].iter().all(|q| *q > 700), "{quantities:?}");
+        // More lines than products: one line per product.
+        for n in 1..100 {
+            let (_, lines) = pick(&opts(5, 50, 1), n, 1, 2);
+            assert!(lines.len() <= 2 && lines.iter().all(|(p, q)| *p < 2 && *q == 1));
+        }
+        assert!((1..100).any(|n| pick(&opts(5, 50, 1), n, 1, 2).1.len() == 2));
     }
 
     #[test]

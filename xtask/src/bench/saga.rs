@@ -12,10 +12,15 @@
 //!    `POST /orders` at rising rates (`ramp`) until a step no longer keeps up, then a little
 //!    bisection; per-process CPU from /proc for every step (`cpu`).
 //! 4. Latency at half the highest sustained rate, from the order database's timestamps.
-//! 5. The report (`report`): saga-report.{json,md,svg} in target/bench-results/.
+//! 5. Hot products (`hot`), a flash sale: a few fresh products with limited stock, orders
+//!    of several lines and units over only those, at the highest sustained rate; ended
+//!    orders per second, latency to the end, deadlocks, units sold against the stock, and
+//!    releases still pending, from the databases.
+//! 6. The report (`report`): saga-report.{json,md,svg} in target/bench-results/.
 
 mod ceiling;
 mod cpu;
+mod hot;
 mod ramp;
 mod replay;
 mod report;
@@ -35,9 +40,9 @@ use crate::{Postgres, pg_version, workspace_root};
 #[derive(clap::Args)]
 pub struct Args {
     /// Smoke mode for CI: the debug build, 2 s of pgbench per variant with 2 clients, 1 s of
-    /// warm-up, at most two 3 s rate steps (20 and 40 orders/s), 3 s at half rate, 20
-    /// products and customers. Checks the harness end to end and writes the result files;
-    /// never a speed.
+    /// warm-up, at most two 3 s rate steps (20 and 40 orders/s), 3 s at half rate, 3 s of
+    /// hot products, 20 products and customers. Checks the harness end to end and writes
+    /// the result files; never a speed.
     #[arg(long)]
     pub quick: bool,
     /// Which build of the shop to run (default: release; debug with --quick).
@@ -85,6 +90,27 @@ pub struct Args {
     /// How long to wait after a step for every saga to end.
     #[arg(long, default_value_t = 60.0)]
     pub drain_secs: f64,
+    /// Skip the hot-products phase (the flash sale after the latency run).
+    #[arg(long)]
+    pub no_hot: bool,
+    /// Products of the hot phase: fresh ones with limited stock; every order of the phase
+    /// has 1–3 lines of 1–4 units over only these, at the highest sustained rate (or the
+    /// first rate, if none was sustained).
+    #[arg(long, default_value_t = 5)]
+    pub hot_products: u32,
+    /// Units of stock each hot product starts with. Default: about half of what the phase's
+    /// orders will ask of each (rate × seconds × 5 units per order ÷ products ÷ 2), so that
+    /// the sale sells out part-way through.
+    #[arg(long)]
+    pub hot_stock: Option<i64>,
+    /// Seconds of hot-products orders.
+    #[arg(long, default_value_t = 30.0)]
+    pub hot_secs: f64,
+    /// Share of the hot phase's orders placed by customers with an empty balance: their
+    /// payments are declined and their reservations released while the sale goes on (the
+    /// releases that must not wait behind reservations). 0: every customer can pay.
+    #[arg(long, default_value_t = 0.1)]
+    pub hot_decline_share: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -112,6 +138,12 @@ pub struct Settings {
     pub customers: u32,
     pub max_in_flight: usize,
     pub drain_secs: f64,
+    /// The hot-products phase runs.
+    pub hot: bool,
+    pub hot_products: u32,
+    pub hot_stock: Option<i64>,
+    pub hot_secs: f64,
+    pub hot_decline_share: f64,
 }
 
 impl Settings {
@@ -132,6 +164,11 @@ impl Settings {
             customers: a.customers,
             max_in_flight: a.max_in_flight,
             drain_secs: a.drain_secs,
+            hot: !a.no_hot,
+            hot_products: a.hot_products,
+            hot_stock: a.hot_stock,
+            hot_secs: a.hot_secs,
+            hot_decline_share: a.hot_decline_share,
         };
         if !a.quick {
             return s;
@@ -151,6 +188,7 @@ impl Settings {
             products: 20,
             customers: 20,
             drain_secs: 30.0,
+            hot_secs: 3.0,
             ..s
         }
     }
@@ -161,6 +199,13 @@ pub async fn run(args: Args, signals: &mut Signals) -> Result<i32> {
     anyhow::ensure!(s.step_secs >= 1.0 && s.latency_secs >= 1.0, "--step-secs and --latency-secs must be at least 1");
     anyhow::ensure!(s.factor > 1.0 && s.start_rate >= 1.0, "--factor must be above 1 and --start-rate at least 1");
     anyhow::ensure!(s.products >= 1 && s.customers >= 1 && s.ceiling_clients >= 1, "--products, --customers and --ceiling-clients must be at least 1");
+    anyhow::ensure!(s.hot_products >= 1 && s.hot_secs >= 1.0, "--hot-products and --hot-secs must be at least 1");
+    anyhow::ensure!((0.0..=0.9).contains(&s.hot_decline_share), "--hot-decline-share must be from 0 to 0.9");
+    anyhow::ensure!(
+        s.hot_stock.is_none_or(|n| (1..=conveyor_contracts::limits::MAX_STOCK).contains(&n)),
+        "--hot-stock must be from 1 to {}",
+        conveyor_contracts::limits::MAX_STOCK
+    );
     let release = s.build == Build::Release;
     println!("xtask: building the binaries (cargo build --workspace --bins{})", if release { " --release" } else { "" });
     let built = std::time::Instant::now();
@@ -265,9 +310,13 @@ mod tests {
     fn quick_is_short_and_runs_the_debug_build() {
         let s = Settings::from_args(&Cli::parse_from(["x", "--quick"]).args);
         assert_eq!((s.build, s.ceiling_secs, s.bisections), (Build::Debug, 2, 0));
-        assert!(s.step_secs * 2.0 + s.latency_secs <= 10.0);
+        assert!(s.step_secs * 2.0 + s.latency_secs + s.hot_secs <= 13.0);
+        assert!(s.hot);
         let full = Settings::from_args(&Cli::parse_from(["x"]).args);
         assert_eq!(full.build, Build::Release);
+        assert_eq!((full.hot, full.hot_products, full.hot_stock, full.hot_secs), (true, 5, None, 30.0));
+        let cold = Settings::from_args(&Cli::parse_from(["x", "--quick", "--no-hot", "--hot-stock", "7"]).args);
+        assert_eq!((cold.hot, cold.hot_stock), (false, Some(7)));
         let debug = Settings::from_args(&Cli::parse_from(["x", "--build", "debug", "--step-secs", "5"]).args);
         assert_eq!((debug.build, debug.step_secs), (Build::Debug, 5.0));
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use conveyor_contracts::limits;
 use conveyor_launcher::Shop;
 use conveyor_launcher::drive::{DriveOptions, drive, parse_catalog};
 
@@ -31,9 +32,17 @@ struct Cli {
     /// Requests in flight at most; beyond, a scheduled order is not sent (counted unsent).
     #[arg(long, default_value_t = 1024)]
     max_in_flight: usize,
-    /// Seeds the choice of product and customer.
+    /// Seeds the choice of customer, products and quantities (the same seed places the
+    /// same orders).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Lines per order: 1 to this many, uniformly, each for another product of the catalog
+    /// (as far as it has products).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=limits::MAX_LINES as i64))]
+    max_lines: u32,
+    /// Units per line: 1 to this many, uniformly.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(limits::MAX_QUANTITY)))]
+    max_quantity: u32,
 }
 
 #[tokio::main]
@@ -49,6 +58,8 @@ async fn main() -> Result<()> {
         duration: Duration::try_from_secs_f64(cli.seconds).context("--seconds must be a duration in seconds")?,
         max_in_flight: cli.max_in_flight,
         seed: cli.seed,
+        max_lines: cli.max_lines,
+        max_quantity: cli.max_quantity,
     };
     let api = BTreeMap::from([("order".to_owned(), cli.order_api)]);
     let shop = Shop::new(reqwest::Client::new(), api, String::new());

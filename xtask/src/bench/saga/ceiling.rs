@@ -122,10 +122,15 @@ pub async fn measure(
         let counts = query_u64s(&step!(psql(bin_dir, &url, replay::COUNTS_SQL, signals).await))?;
         let [placed, confirmed, sagas, left] = counts[..] else { anyhow::bail!("unexpected counts from the replay: {counts:?}") };
         anyhow::ensure!(sagas > 0, "the saga replay ({variant}) completed no saga in {} s; see {}", opts.seconds, path.display());
-        let samples = step!(psql(bin_dir, &url, replay::SAMPLES_SQL, signals).await);
-        replay::check_samples(&samples)?;
         // pgbench's connections are gone, so their statistics are in.
         let after = query_u64s(&step!(psql(bin_dir, &url, &stats_sql, signals).await))?;
+        // Handled messages leave the inboxes: after the measured run, one more second with
+        // triggers keeping a copy of a message per inbox, to check what the replay sends.
+        step!(psql(bin_dir, &url, replay::CAPTURE_SQL, signals).await);
+        step!(pgbench(bin_dir, &url, &path, "saga_sql_samples", batch as u32, 1, 1, signals).await);
+        let samples = step!(psql(bin_dir, &url, replay::SAMPLES_SQL, signals).await);
+        step!(psql(bin_dir, &url, replay::UNCAPTURE_SQL, signals).await);
+        replay::check_samples(&samples)?;
         anyhow::ensure!(before.len() == 2 && after.len() == 2, "unexpected statistics of {DATABASE}: {before:?} {after:?}");
         let deadlocks = after[0].saturating_sub(before[0]);
         // The psql sessions of the harness in between count a few; negligible.

@@ -46,6 +46,10 @@ pub struct DriverSetup<'a> {
     /// Its products and customers (`conveyor_launcher::drive::catalog_text`).
     pub catalog: &'a Path,
     pub max_in_flight: usize,
+    /// Each order has 1 to `max_lines` lines of 1 to `max_quantity` units (1 and 1: one
+    /// unit of one product).
+    pub max_lines: u32,
+    pub max_quantity: u32,
 }
 
 /// Places orders at `rate` per second for `seconds`, open loop, with the `saga-driver`
@@ -55,6 +59,7 @@ pub async fn drive(d: &DriverSetup<'_>, rate: f64, seconds: f64, seed: u64, sign
     let mut cmd = tokio::process::Command::new(d.binary);
     cmd.arg("--order-api").arg(d.order_api).arg("--catalog").arg(d.catalog);
     cmd.args(["--rate", &rate.to_string(), "--seconds", &seconds.to_string(), "--max-in-flight", &d.max_in_flight.to_string(), "--seed", &seed.to_string()]);
+    cmd.args(["--max-lines", &d.max_lines.to_string(), "--max-quantity", &d.max_quantity.to_string()]);
     let out = match proc::capture(cmd, signals).await? {
         Ok(out) => out,
         Err(sig) => return Ok(Err(sig)),
@@ -122,7 +127,9 @@ pub struct Outcome {
     pub placed: u64,
     /// Confirmed in the second half of the step (the first half lets the pipeline fill).
     pub confirmed_second_half: u64,
-    /// Cancelled at any time (should stay 0: stock and balances are ample).
+    /// Confirmed or cancelled in the second half of the step.
+    pub terminal_second_half: u64,
+    /// Cancelled at any time (in the ramp it should stay 0: stock and balances are ample).
     pub cancelled: u64,
     /// Placed but not terminal at the end of the step, and half-way through it.
     pub backlog_end: u64,
@@ -131,26 +138,44 @@ pub struct Outcome {
 
 pub fn outcome(orders: &[OrderTimes], start: f64, end: f64) -> Outcome {
     let backlog_at = |t: f64| orders.iter().filter(|o| o.placed <= t && o.terminal.is_none_or(|x| x > t)).count() as u64;
+    let second_half = |o: &&OrderTimes| o.terminal.is_some_and(|t| t >= (start + end) / 2.0 && t < end);
     Outcome {
         placed: orders.len() as u64,
-        confirmed_second_half: orders.iter().filter(|o| o.confirmed && o.terminal.is_some_and(|t| t >= (start + end) / 2.0 && t < end)).count() as u64,
+        confirmed_second_half: orders.iter().filter(second_half).filter(|o| o.confirmed).count() as u64,
+        terminal_second_half: orders.iter().filter(second_half).count() as u64,
         cancelled: orders.iter().filter(|o| o.terminal.is_some() && !o.confirmed).count() as u64,
         backlog_end: backlog_at(end),
         backlog_mid: backlog_at((start + end) / 2.0),
     }
 }
 
-/// Per-second series from `from` until the second that holds `to`: placed/s, confirmed/s
-/// and the backlog at each second's end, `t` (the second's end) in seconds from `origin`.
-pub fn series(orders: &[OrderTimes], origin: f64, from: f64, to: f64) -> Vec<(f64, f64, f64, f64)> {
+/// One second of a series: orders placed, confirmed and ended (confirmed or cancelled) in
+/// it, and the backlog at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Second {
+    /// The second's end, in seconds from the series' origin.
+    pub t: f64,
+    pub placed: f64,
+    pub confirmed: f64,
+    pub terminal: f64,
+    pub backlog: f64,
+}
+
+/// Per-second series from `from` until the second that holds `to`, `t` in seconds from
+/// `origin`.
+pub fn series(orders: &[OrderTimes], origin: f64, from: f64, to: f64) -> Vec<Second> {
     let mut out = Vec::new();
     let mut t = from;
     while t < to {
         let end = t + 1.0;
-        let placed = orders.iter().filter(|o| o.placed >= t && o.placed < end).count() as f64;
-        let confirmed = orders.iter().filter(|o| o.confirmed && o.terminal.is_some_and(|x| x >= t && x < end)).count() as f64;
-        let backlog = orders.iter().filter(|o| o.placed < end && o.terminal.is_none_or(|x| x >= end)).count() as f64;
-        out.push((end - origin, placed, confirmed, backlog));
+        let ended = |o: &&OrderTimes| o.terminal.is_some_and(|x| x >= t && x < end);
+        out.push(Second {
+            t: end - origin,
+            placed: orders.iter().filter(|o| o.placed >= t && o.placed < end).count() as f64,
+            confirmed: orders.iter().filter(ended).filter(|o| o.confirmed).count() as f64,
+            terminal: orders.iter().filter(ended).count() as f64,
+            backlog: orders.iter().filter(|o| o.placed < end && o.terminal.is_none_or(|x| x >= end)).count() as f64,
+        });
         t = end;
     }
     out
@@ -167,11 +192,15 @@ pub struct Rules {
     pub backlog_floor: u64,
     /// The backlog may grow by at most this many seconds' worth over the second half.
     pub max_growth_secs: f64,
+    /// Cancelled orders count as ended like confirmed ones (the hot phase: a sale that
+    /// sells out cancels orders, rightly); otherwise one cancelled order fails the step
+    /// (the ramp: stock and balances are ample).
+    pub cancelled_ends_well: bool,
 }
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules { min_confirmed_share: 0.95, max_backlog_secs: 1.0, backlog_floor: 20, max_growth_secs: 0.25 }
+        Rules { min_confirmed_share: 0.95, max_backlog_secs: 1.0, backlog_floor: 20, max_growth_secs: 0.25, cancelled_ends_well: false }
     }
 }
 
@@ -183,13 +212,14 @@ pub fn verdict(d: &Drive, o: &Outcome, rules: &Rules) -> Option<String> {
     if d.rejected + d.errors > 0 {
         return Some(format!("{} orders refused, {} failed: {}", d.rejected, d.errors, d.first_problem.as_deref().unwrap_or("?")));
     }
-    if o.cancelled > 0 {
+    if o.cancelled > 0 && !rules.cancelled_ends_well {
         return Some(format!("{} orders cancelled (stock and balances should be ample)", o.cancelled));
     }
-    let confirmed = o.confirmed_second_half as f64 / (d.seconds / 2.0);
-    let share = confirmed / d.rate.max(1e-9);
+    let (what, ended) = if rules.cancelled_ends_well { ("ended", o.terminal_second_half) } else { ("confirmed", o.confirmed_second_half) };
+    let per_sec = ended as f64 / (d.seconds / 2.0);
+    let share = per_sec / d.rate.max(1e-9);
     if share < rules.min_confirmed_share {
-        return Some(format!("confirmed {confirmed:.0}/s, {:.0}% of the offered {:.0}/s", share * 100.0, d.rate));
+        return Some(format!("{what} {per_sec:.0}/s, {:.0}% of the offered {:.0}/s", share * 100.0, d.rate));
     }
     let max_backlog = ((d.rate * rules.max_backlog_secs) as u64).max(rules.backlog_floor);
     if o.backlog_end > max_backlog {
@@ -260,16 +290,16 @@ mod tests {
 
     #[test]
     fn a_step_that_keeps_up_is_sustained() {
-        let o = Outcome { placed: 1000, confirmed_second_half: 495, cancelled: 0, backlog_end: 12, backlog_mid: 10 };
+        let o = Outcome { placed: 1000, confirmed_second_half: 495, terminal_second_half: 495, cancelled: 0, backlog_end: 12, backlog_mid: 10 };
         assert_eq!(verdict(&drive(100.0), &o, &Rules::default()), None);
     }
 
     #[test]
     fn steps_fail_for_each_reason() {
         let r = Rules::default();
-        let ok = Outcome { placed: 1000, confirmed_second_half: 495, cancelled: 0, backlog_end: 12, backlog_mid: 10 };
-        let slow = Outcome { confirmed_second_half: 450, ..ok };
-        assert!(verdict(&drive(100.0), &slow, &r).unwrap().contains("90%"));
+        let ok = Outcome { placed: 1000, confirmed_second_half: 495, terminal_second_half: 495, cancelled: 0, backlog_end: 12, backlog_mid: 10 };
+        let slow = Outcome { confirmed_second_half: 450, terminal_second_half: 450, ..ok };
+        assert!(verdict(&drive(100.0), &slow, &r).unwrap().contains("confirmed 90/s, 90%"));
         let deep = Outcome { backlog_end: 150, ..ok };
         assert!(verdict(&drive(100.0), &deep, &r).unwrap().contains("backlog 150"));
         let growing = Outcome { backlog_end: 90, backlog_mid: 20, ..ok };
@@ -281,8 +311,21 @@ mod tests {
         let refused = Drive { rejected: 1, first_problem: Some("POST /orders answered 503".into()), ..drive(100.0) };
         assert!(verdict(&refused, &ok, &r).unwrap().contains("503"));
         // A low rate may keep a few orders in flight: the floor.
-        let low = Outcome { placed: 50, confirmed_second_half: 25, cancelled: 0, backlog_end: 15, backlog_mid: 14 };
+        let low = Outcome { placed: 50, confirmed_second_half: 25, terminal_second_half: 25, cancelled: 0, backlog_end: 15, backlog_mid: 14 };
         assert_eq!(verdict(&drive(5.0), &low, &r), None);
+    }
+
+    #[test]
+    fn a_sale_counts_cancelled_orders_as_ended() {
+        let sale = Rules { cancelled_ends_well: true, ..Rules::default() };
+        // Sold out half-way: few confirmations in the second half, many cancellations.
+        let sold_out = Outcome { placed: 1000, confirmed_second_half: 40, terminal_second_half: 496, cancelled: 480, backlog_end: 12, backlog_mid: 10 };
+        assert_eq!(verdict(&drive(100.0), &sold_out, &sale), None);
+        assert!(verdict(&drive(100.0), &sold_out, &Rules::default()).unwrap().contains("480 orders cancelled"));
+        let slow = Outcome { terminal_second_half: 400, ..sold_out };
+        assert!(verdict(&drive(100.0), &slow, &sale).unwrap().contains("ended 80/s, 80%"));
+        let growing = Outcome { backlog_end: 90, backlog_mid: 20, ..sold_out };
+        assert!(verdict(&drive(100.0), &growing, &sale).unwrap().contains("growing"));
     }
 
     fn search() -> Search {
@@ -334,11 +377,13 @@ mod tests {
     #[test]
     fn outcomes_and_series_come_from_the_order_times() {
         let o = |placed: f64, terminal: Option<f64>| OrderTimes { placed, terminal, confirmed: true };
-        let orders = [o(100.1, Some(100.2)), o(100.5, Some(101.5)), o(101.2, None), o(101.9, Some(102.5))];
+        let cancelled = OrderTimes { placed: 100.6, terminal: Some(101.6), confirmed: false };
+        let orders = [o(100.1, Some(100.2)), o(100.5, Some(101.5)), o(101.2, None), o(101.9, Some(102.5)), cancelled];
         let out = outcome(&orders, 100.0, 102.0);
-        assert_eq!(out, Outcome { placed: 4, confirmed_second_half: 1, cancelled: 0, backlog_end: 2, backlog_mid: 1 });
+        assert_eq!(out, Outcome { placed: 5, confirmed_second_half: 1, terminal_second_half: 2, cancelled: 1, backlog_end: 2, backlog_mid: 2 });
         let s = series(&orders, 100.0, 100.0, 101.5);
-        assert_eq!(s, vec![(1.0, 2.0, 1.0, 1.0), (2.0, 2.0, 1.0, 2.0)]);
+        let second = |t, placed, confirmed, terminal, backlog| Second { t, placed, confirmed, terminal, backlog };
+        assert_eq!(s, vec![second(1.0, 3.0, 1.0, 1.0, 2.0), second(2.0, 2.0, 1.0, 2.0, 2.0)]);
         let parsed = parse_order_times("100.5|101.25|confirmed\n101|||\n").unwrap_err();
         assert!(parsed.to_string().contains("unexpected line"));
         let parsed = parse_order_times("100.5|101.25|confirmed\n101||placed\n").unwrap();

@@ -455,13 +455,14 @@ fn nth(array: &str, ty: &str, i: usize) -> String {
 
 fn stock(s: &mut String, batch: usize) {
     let _ = writeln!(s, "-- == stock-worker: order.placed, a batch in one transaction (services/stock/src/handlers.rs reserve) ==\nBEGIN;");
-    let select = "array_agg(message_id) AS ids, array_agg(payload->'order'->>'order_id') AS oids, \
+    let select = "array_agg(payload::text) AS payloads, array_agg(payload->'order'->>'order_id') AS oids, \
                   array_agg(payload->'order'->'lines'->0->>'product_id') AS pids, array_agg(payload->'order'->'lines'->0->>'quantity') AS qtys";
     let _ = writeln!(s, "{}", tx_claim(service::STOCK, batch, select));
     for i in 1..=batch {
         let (oid, pid, qty) = (nth("oids", "uuid", i), nth("pids", "uuid", i), nth("qtys", "bigint", i));
         let lines = format!("jsonb_build_array(jsonb_build_object('product_id', {pid}, 'quantity', {qty}))");
-        let reserved = format!("(SELECT payload::text FROM q_stock.inbox WHERE message_id = {})", nth("ids", "uuid", i));
+        // stock.reserved carries the order as order.placed did: the claimed payload itself.
+        let reserved = nth("payloads", "text", i);
         let _ = writeln!(s, "\\if :n >= {i}");
         put(s, i == 1, &RESERVATION_EXISTS, &bind(RESERVATION_EXISTS.text, &[&oid]), ";");
         put(s, i == 1, &LOCK_ITEMS, &bind(LOCK_ITEMS.text, &[&format!("ARRAY[{pid}]")]), ";");
@@ -607,8 +608,27 @@ pub fn rates_sql(from: f64, to: f64) -> String {
 }
 
 /// One message of each kind the replay wrote, to check it reads as the contract's type.
-pub const SAMPLES_SQL: &str = "SELECT (SELECT payload::text FROM q_stock.inbox LIMIT 1), (SELECT payload::text FROM q_payment.inbox LIMIT 1), \
-     (SELECT payload::text FROM q_order.inbox LIMIT 1), (SELECT payload::text FROM q_notification.inbox LIMIT 1)";
+pub const SAMPLES_SQL: &str = "SELECT (SELECT payload FROM replay_samples WHERE inbox = 'q_stock.inbox'), \
+     (SELECT payload FROM replay_samples WHERE inbox = 'q_payment.inbox'), \
+     (SELECT payload FROM replay_samples WHERE inbox = 'q_order.inbox'), (SELECT payload FROM replay_samples WHERE inbox = 'q_notification.inbox')";
+
+/// Keeps the first message inserted into each inbox in `replay_samples` (for
+/// [`SAMPLES_SQL`]: handled messages leave the inbox), until [`UNCAPTURE_SQL`].
+pub const CAPTURE_SQL: &str = "DROP TABLE IF EXISTS replay_samples; CREATE TABLE replay_samples (inbox text PRIMARY KEY, payload text NOT NULL);
+CREATE OR REPLACE FUNCTION replay_sample() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO replay_samples VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, NEW.payload::text) ON CONFLICT DO NOTHING;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER replay_sample AFTER INSERT ON q_stock.inbox FOR EACH ROW EXECUTE FUNCTION replay_sample();
+CREATE TRIGGER replay_sample AFTER INSERT ON q_payment.inbox FOR EACH ROW EXECUTE FUNCTION replay_sample();
+CREATE TRIGGER replay_sample AFTER INSERT ON q_order.inbox FOR EACH ROW EXECUTE FUNCTION replay_sample();
+CREATE TRIGGER replay_sample AFTER INSERT ON q_notification.inbox FOR EACH ROW EXECUTE FUNCTION replay_sample();";
+
+/// Removes what [`CAPTURE_SQL`] made.
+pub const UNCAPTURE_SQL: &str = "DROP TRIGGER replay_sample ON q_stock.inbox; DROP TRIGGER replay_sample ON q_payment.inbox;
+DROP TRIGGER replay_sample ON q_order.inbox; DROP TRIGGER replay_sample ON q_notification.inbox;
+DROP FUNCTION replay_sample(); DROP TABLE replay_samples;";
 
 /// Checks that the replay's messages are what the services would read: each parses as
 /// its contract's event. `samples` as [`SAMPLES_SQL`] returns them, `|`-separated.
@@ -743,7 +763,7 @@ mod tests {
             assert_eq!(s.matches("BEGIN;").count(), s.matches("COMMIT;").count());
             assert!(!s.contains('$'), "a parameter was left unbound");
             // Every pgbench variable used is one the script sets.
-            let known = ["p", "c", "n", "ids", "oids", "pids", "qtys", "cids", "totals", "atts"];
+            let known = ["p", "c", "n", "ids", "oids", "pids", "qtys", "cids", "totals", "atts", "payloads"];
             let prefixed = ["k_", "p_", "o_", "l_"];
             let bytes = s.as_bytes();
             for (i, _) in s.match_indices(':') {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::Settings;
 use super::ceiling::CeilingResult;
 use super::cpu::CpuUsage;
+use super::hot::{self, Hot};
 use super::ramp::{Rules, Search};
 use super::stack::{HalfRate, RampSeries, StackResults, Step};
 
@@ -42,6 +43,9 @@ pub struct Report {
     pub cpu_at_failure: Option<CpuUsage>,
     pub cpu_per_saga_at_max: Option<CpuPerSaga>,
     pub findings: Vec<String>,
+    /// The hot-products phase (a flash sale), unless `--no-hot`; or why it failed to run.
+    pub hot: Option<Hot>,
+    pub hot_error: Option<String>,
     pub ramp_series: RampSeries,
     pub search: Search,
     pub logs: PathBuf,
@@ -126,6 +130,8 @@ pub fn build(s: &Settings, machine: Machine, postgres: String, server: String, c
         cpu_at_failure: fail_step.map(|st| st.cpu.clone()),
         cpu_per_saga_at_max,
         findings: Vec::new(),
+        hot: shop.hot,
+        hot_error: shop.hot_error,
         ramp_series: shop.series,
         half_rate: shop.half,
         steps: shop.steps,
@@ -137,15 +143,15 @@ pub fn build(s: &Settings, machine: Machine, postgres: String, server: String, c
     r
 }
 
-fn pct(v: f64) -> String {
+pub(super) fn pct(v: f64) -> String {
     format!("{:.0}%", v * 100.0)
 }
 
-fn opt(v: Option<f64>, digits: usize) -> String {
+pub(super) fn opt(v: Option<f64>, digits: usize) -> String {
     v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "n/a".into())
 }
 
-fn met(v: Option<bool>) -> &'static str {
+pub(super) fn met(v: Option<bool>) -> &'static str {
     match v {
         Some(true) => "met",
         Some(false) => "NOT met",
@@ -305,6 +311,28 @@ fn findings(r: &Report) -> Vec<String> {
     if replay_deadlocks > 0 {
         f.push(format!("The replay hit {replay_deadlocks} deadlocks (same per-message locking in batches); pgbench counts those script runs as failed and goes on."));
     }
+    if let Some(h) = &r.hot {
+        let t = &h.targets;
+        let missed: Vec<&str> = [(t.rate_met != Some(true), "the rate"), (t.p99_met != Some(true), "the latency"), (!t.deadlocks_met, "no deadlock"), (!t.sold_met, "the units sold"), (!t.releases_met, "the releases")]
+            .into_iter()
+            .filter_map(|(missed, what)| missed.then_some(what))
+            .collect();
+        f.push(format!(
+            "Hot products ({} products, {:.0} orders/s): {} ended/s over the second half, placed → ended p99 {} ms, {} deadlocks, {} of {} units sold, {} cancelled orders holding units: {}.",
+            h.products.len(),
+            h.rate,
+            format_args!("{:.0}", h.ended_per_sec),
+            opt(t.p99_ms, 0),
+            t.deadlocks,
+            h.items.iter().map(|i| i.sold).sum::<i64>(),
+            h.items.iter().map(|i| i.stock).sum::<i64>(),
+            h.orders.stuck_releases,
+            if missed.is_empty() { "every target met".to_owned() } else { format!("NOT met: {}", missed.join(", ")) }
+        ));
+    }
+    if let Some(e) = &r.hot_error {
+        f.push(format!("The hot-products phase could not run: {e}."));
+    }
     f
 }
 
@@ -338,6 +366,23 @@ pub fn markdown(r: &Report) -> String {
             opt(l.map(|l| l.p99), 1),
             opt(l.map(|l| l.max), 1),
             met(r.targets.p99_met)
+        );
+    }
+    if let Some(h) = &r.hot {
+        let _ = writeln!(
+            s,
+            "| hot products ({} products, 1–{} lines × 1–{} units): rate ÷ spread rate, p99, deadlocks, units, releases | {}, {} ms, {}, {}, {} stuck | ≥ {}, ≤ {:.0} ms, 0, ≤ stock, 0 | {} |",
+            h.products.len(),
+            h.max_lines,
+            h.max_quantity,
+            h.targets.rate_ratio.map_or("n/a".into(), pct),
+            opt(h.targets.p99_ms, 0),
+            h.targets.deadlocks,
+            if h.targets.sold_met { "exact" } else { "WRONG" },
+            h.orders.stuck_releases,
+            pct(h.targets.rate_ratio_min),
+            h.targets.p99_ms_max,
+            if h.targets.all_met { "met" } else { "NOT met" }
         );
     }
     let _ = writeln!(s, "\n## What the numbers say\n");
@@ -457,6 +502,10 @@ pub fn markdown(r: &Report) -> String {
         }
     }
 
+    if let Some(h) = &r.hot {
+        s.push_str(&hot::report::markdown(h, r.seeded_products));
+    }
+
     if r.cpu_at_max.is_some() || r.cpu_at_failure.is_some() {
         let _ = writeln!(s, "\n## CPU per process\n");
         let max_rate = r.max_sustained_rate.unwrap_or(0.0);
@@ -520,7 +569,7 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## Settings\n\n`cargo xtask bench saga{}`: ceiling {} s × {} clients; {} s of warm-up; steps of {} s from {}/s ×{} with {} bisections (at most {}/s); {} s at half rate; at most {} requests in flight. Process logs: `{}`. Charts: saga-report.svg; every figure: saga-report.json.",
+        "\n## Settings\n\n`cargo xtask bench saga{}`: ceiling {} s × {} clients; {} s of warm-up; steps of {} s from {}/s ×{} with {} bisections (at most {}/s); {} s at half rate; {}; at most {} requests in flight. Process logs: `{}`. Charts: saga-report.svg; every figure: saga-report.json.",
         if r.quick { " --quick" } else { "" },
         r.settings.ceiling_secs,
         r.settings.ceiling_clients,
@@ -531,6 +580,17 @@ pub fn markdown(r: &Report) -> String {
         r.settings.bisections,
         r.settings.max_rate,
         r.settings.latency_secs,
+        if r.settings.hot {
+            format!(
+                "hot products: {} for {} s with {} units each, {} of the orders by customers who cannot pay",
+                r.settings.hot_products,
+                r.settings.hot_secs,
+                r.hot.as_ref().map_or_else(|| r.settings.hot_stock.map_or("default".to_owned(), |n| n.to_string()), |h| h.stock.to_string()),
+                pct(r.settings.hot_decline_share)
+            )
+        } else {
+            "no hot products (--no-hot)".to_owned()
+        },
         r.settings.max_in_flight,
         r.logs.display()
     );
@@ -566,6 +626,9 @@ pub fn charts(r: &Report) -> Vec<Chart> {
         cpu = cpu.line(Series::new(n.clone(), series));
     }
     out.push(cpu);
+    if let Some(h) = &r.hot {
+        out.push(hot::report::chart(h));
+    }
     out
 }
 
@@ -646,6 +709,11 @@ mod tests {
             customers: 1000,
             max_in_flight: 1024,
             drain_secs: 60.0,
+            hot: true,
+            hot_products: 5,
+            hot_stock: None,
+            hot_secs: 30.0,
+            hot_decline_share: 0.1,
         };
         let half = HalfRate {
             rate: 200.0,
@@ -668,6 +736,8 @@ mod tests {
             series: RampSeries { t: vec![1.0, 2.0], offered: vec![300.0, 300.0], placed: vec![299.0, 301.0], confirmed: vec![290.0, 300.0], backlog: vec![10.0, 9.0] },
             search: Search { start: 300.0, factor: 1.5, precision: 0.1, max_bisections: 0, max_rate: 1e9, tried: vec![(300.0, true), (400.0, true), (600.0, false)] },
             half: Some(half),
+            hot: Some(super::super::hot::sample()),
+            hot_error: None,
             seeded: (1000, 1000),
             log_dir: PathBuf::from("logs"),
         };
@@ -695,8 +765,22 @@ mod tests {
         for text in ["| shop / batched ceiling | 40% | ≥ 50% | NOT met |", "p99 ≤ 100 ms", "## CPU per process", "| order-api | 0.50 |", "failed: backlog growing", "| **all** | 10.0 | 9.0 |", "| *replay, b50* | 13.0 | |"] {
             assert!(md.contains(text), "{text} missing from:\n{md}");
         }
+        for text in [
+            "## Hot products (a flash sale)",
+            "| hot rate ÷ spread rate | 100% (sustained at the spread rate, 20/s; no higher rate is tried) | ≥ 80% | met |",
+            "p50 80.0 / p99 420.0 / max 420.0 ms | p99 ≤ 1000 ms | met |",
+            "500 units sold of 500 in stock (950 asked); every item adds up",
+            "30 payments declined, 30 released; 0 cancelled orders still hold units; 0 declines waiting in stock's inbox, 0 dead; declined → released p50 40.0 / p99 45.0 / max 45.0 ms",
+            "| **all** | | | **met** |",
+            "placed 14.5 s into the phase",
+            "| 100%, 420 ms, 0, exact, 0 stuck | ≥ 80%, ≤ 1000 ms, 0, ≤ stock, 0 | met |",
+            "hot products: 5 for 30 s with 100 units each, 10% of the orders",
+        ] {
+            assert!(md.contains(text), "{text} missing from:\n{md}");
+        }
+        assert!(r.findings.iter().any(|f| f.contains("Hot products (5 products, 20 orders/s): 20 ended/s") && f.contains("every target met")), "{:?}", r.findings);
         let charts = charts(&r);
-        assert_eq!(charts.len(), 4);
+        assert_eq!(charts.len(), 5);
         assert!(charts[3].series.iter().any(|s| s.name == "order-api" && s.points.len() == 3));
         serde_json::to_string(&r).unwrap();
     }

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::cpu::{CpuUsage, Sampler};
+use super::hot::{self, Hot, Shopfront};
 use super::ramp::{self, Drive, DriverSetup, Outcome, Rules, Search};
 use super::{Settings, LABELS_SQL, parse_labels, query_u64s};
 use crate::bench::psql;
@@ -104,6 +105,9 @@ pub struct StackResults {
     pub series: RampSeries,
     pub search: Search,
     pub half: Option<HalfRate>,
+    /// The hot-products phase, unless `--no-hot`; or why it could not run.
+    pub hot: Option<Hot>,
+    pub hot_error: Option<String>,
     pub seeded: (usize, usize),
     pub log_dir: std::path::PathBuf,
 }
@@ -143,7 +147,7 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
     let catalog = log_dir.join("saga-driver-catalog.txt");
     std::fs::write(&catalog, conveyor_launcher::drive::catalog_text(&products, &customers)).with_context(|| format!("writing {}", catalog.display()))?;
     let (driver_bin, order_api) = (app_bin.join("saga-driver"), stack.api["order"].clone());
-    let driver = DriverSetup { binary: &driver_bin, order_api: &order_api, catalog: &catalog, max_in_flight: s.max_in_flight };
+    let driver = DriverSetup { binary: &driver_bin, order_api: &order_api, catalog: &catalog, max_in_flight: s.max_in_flight, max_lines: 1, max_quantity: 1 };
 
     let order_db = stack.databases["order"].clone();
     let processes: Vec<(String, u32)> = process_names().into_iter().filter_map(|n| stack.pid(&n).map(|p| (n, p))).collect();
@@ -221,14 +225,14 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
             outcome,
         };
         println!("{}", progress_line(steps.len() + 1, &step));
-        for (t, placed, confirmed, backlog) in ramp::series(&orders, t0, step.drive.start_unix, read_until) {
+        for sec in ramp::series(&orders, t0, step.drive.start_unix, read_until) {
             // The second ending at t offered `rate` if it began before the step's end.
-            let offered = if t - 1.0 + t0 < step.drive.end_unix { rate } else { 0.0 };
-            series.t.push(t);
+            let offered = if sec.t - 1.0 + t0 < step.drive.end_unix { rate } else { 0.0 };
+            series.t.push(sec.t);
             series.offered.push(offered);
-            series.placed.push(placed);
-            series.confirmed.push(confirmed);
-            series.backlog.push(backlog);
+            series.placed.push(sec.placed);
+            series.confirmed.push(sec.confirmed);
+            series.backlog.push(sec.backlog);
         }
         search.tried.push((rate, step.sustained));
         steps.push(step);
@@ -246,6 +250,7 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
     let stats_before = step!(db_stats(pg_bin, &order_db, signals).await);
     let a = sampler.snapshot();
     let drive = step!(ramp::drive(&driver, half_rate, s.latency_secs, seq, signals).await);
+    seq += drive.scheduled;
     let b = sampler.snapshot();
     stack.check_running()?;
     let mut labels = parse_labels(&step!(psql(pg_bin, &order_db, LABELS_SQL, signals).await));
@@ -296,7 +301,24 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
         ),
         None => println!("   no order was confirmed at {:.0} orders/s", half.rate),
     }
-    Ok(Ok(StackResults { steps, series, search, half: Some(half), seeded: (products.len(), customers.len()), log_dir: log_dir.to_path_buf() }))
+    let (mut hot, mut hot_error) = (None, None);
+    if s.hot {
+        // At the highest rate sustained with orders spread over the catalog; with none, at
+        // the first rate (the ratio to the spread rate is then not measured).
+        let rate = search.best().unwrap_or(s.start_rate);
+        let front = Shopfront { shop: &shop, pg_bin, databases: &stack.databases, driver_bin: &driver_bin, order_api: &order_api, log_dir, customers: &customers };
+        match hot::run(s, &front, search.best(), rate, seq, signals).await {
+            Ok(Ok(h)) => hot = Some(h),
+            Ok(Err(sig)) => return Ok(Err(sig)),
+            // The ramp's results stay worth a report.
+            Err(e) => {
+                println!("   ✗ the hot-products phase failed: {e:#}");
+                hot_error = Some(format!("{e:#}"));
+            }
+        }
+        stack.check_running()?;
+    }
+    Ok(Ok(StackResults { steps, series, search, half: Some(half), hot, hot_error, seeded: (products.len(), customers.len()), log_dir: log_dir.to_path_buf() }))
 }
 
 fn progress_line(n: usize, st: &Step) -> String {
@@ -339,7 +361,7 @@ async fn seed(shop: &Shop, products: usize, customers: usize) -> Result<(Vec<Uui
 }
 
 /// `f(1..=n)`, 16 at a time, results in completion order.
-async fn parallel<T, F, Fut>(n: usize, f: F, shop: &Shop) -> Result<Vec<T>>
+pub(super) async fn parallel<T, F, Fut>(n: usize, f: F, shop: &Shop) -> Result<Vec<T>>
 where
     T: Send + 'static,
     F: Fn(usize, Shop) -> Fut,
@@ -361,7 +383,7 @@ where
 }
 
 /// Waits until no order is `placed` (every saga ended); `Some(left)` when `limit` passed first.
-async fn drain(pg_bin: &Path, order_db: &str, limit: Duration, signals: &mut Signals) -> Result<Result<Option<u64>, i32>> {
+pub(super) async fn drain(pg_bin: &Path, order_db: &str, limit: Duration, signals: &mut Signals) -> Result<Result<Option<u64>, i32>> {
     let deadline = Instant::now() + limit;
     loop {
         let left = query_u64s(&step!(psql(pg_bin, order_db, "SELECT count(*) FROM orders WHERE status = 'placed'", signals).await))?[0];
@@ -375,17 +397,16 @@ async fn drain(pg_bin: &Path, order_db: &str, limit: Duration, signals: &mut Sig
     }
 }
 
-/// Deadlocks so far in each of the stack's databases.
 /// Counters of one database from pg_stat_database.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct DbStats {
-    deadlocks: u64,
+pub(super) struct DbStats {
+    pub deadlocks: u64,
     /// Committed and rolled back.
-    transactions: u64,
+    pub transactions: u64,
 }
 
 /// The counters of each of the stack's databases so far.
-async fn db_stats(pg_bin: &Path, url: &str, signals: &mut Signals) -> Result<Result<BTreeMap<String, DbStats>, i32>> {
+pub(super) async fn db_stats(pg_bin: &Path, url: &str, signals: &mut Signals) -> Result<Result<BTreeMap<String, DbStats>, i32>> {
     let sql = format!("SELECT datname, deadlocks, xact_commit + xact_rollback FROM pg_stat_database WHERE datname LIKE '{DB_PREFIX}%'");
     Ok(Ok(parse_db_stats(&step!(psql(pg_bin, url, &sql, signals).await))))
 }
@@ -400,7 +421,7 @@ fn parse_db_stats(text: &str) -> BTreeMap<String, DbStats> {
         .collect()
 }
 
-fn stats_delta(a: &BTreeMap<String, DbStats>, b: &BTreeMap<String, DbStats>, field: impl Fn(&DbStats) -> u64) -> BTreeMap<String, u64> {
+pub(super) fn stats_delta(a: &BTreeMap<String, DbStats>, b: &BTreeMap<String, DbStats>, field: impl Fn(&DbStats) -> u64) -> BTreeMap<String, u64> {
     b.iter().map(|(db, s)| (db.clone(), field(s).saturating_sub(a.get(db).map_or(0, &field)))).collect()
 }
 
@@ -432,7 +453,7 @@ fn hop_sql(topic: &str, from: f64, to: f64) -> String {
         "SELECT count(*), \
          percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM received_at - published_at) * 1000), \
          percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM done_at - received_at) * 1000) \
-         FROM conveyor.inbox WHERE topic = '{topic}' AND state = 'done' \
+         FROM conveyor.inbox_done WHERE topic = '{topic}' \
          AND published_at >= to_timestamp({from}) AND published_at < to_timestamp({to} + 2)"
     )
 }
