@@ -107,13 +107,12 @@ pub async fn deliver<E: conveyor_queue::Event>(pool: &PgPool, event: &E) -> uuid
     id
 }
 
-/// Puts `event` into the inbox under message id `id`; a second delivery of the same id is
-/// ignored, exactly like the relay's: not inserted while it waits in the inbox (`ON CONFLICT
-/// DO NOTHING`) nor once it is recorded done (`conveyor.inbox_done`).
+/// Puts `event` into the inbox under message id `id`, exactly as the relay does: a second
+/// delivery of the same id is not inserted while the first waits in the inbox (`ON CONFLICT
+/// DO NOTHING`), and dropped at its claim once the first is recorded done.
 pub async fn deliver_with_id<E: conveyor_queue::Event>(pool: &PgPool, id: uuid::Uuid, event: &E) {
     sqlx::query(
-        "INSERT INTO conveyor.inbox (message_id, topic, key, payload, published_at)
-         SELECT $1, $2, $3, $4, now() WHERE NOT EXISTS (SELECT 1 FROM conveyor.inbox_done WHERE message_id = $1)
+        "INSERT INTO conveyor.inbox (message_id, topic, key, payload, published_at) VALUES ($1, $2, $3, $4, now())
          ON CONFLICT (message_id) DO NOTHING",
     )
     .bind(id)

@@ -5,10 +5,11 @@
 -- claimed table held an hour of history next to the few rows that wait. Now the claim
 -- deletes the row and records the message here, in the same transaction: an insert-only
 -- table of small rows (no payload), pruned along its UUID v7 key. The inbox holds only
--- what waits, runs or is dead, and a repeated delivery is caught twice over: the relay
--- does not insert a message recorded here, and a copy that slips in anyway (its insert
--- raced the original's completion) conflicts on this primary key when it is claimed and is
--- dropped without running its handler.
+-- what waits, runs or is dead. A repeated delivery is caught by the inbox's primary key
+-- while the original waits, and once the original is done its copy conflicts on this
+-- primary key when it is claimed and is dropped without running its handler. (The relay
+-- does not look here: an anti-join in its hot insert, planned once while this table was
+-- empty, walked all of it on every batch.)
 CREATE TABLE conveyor.inbox_done (
     message_id   uuid        PRIMARY KEY,
     topic        text        NOT NULL,

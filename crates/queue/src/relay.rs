@@ -125,7 +125,6 @@ SELECT m.message_id, m.topic, m.key, m.payload::json, m.headers::json, m.publish
 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
        AS m(message_id, topic, key, payload, headers, published_at)
 CROSS JOIN wake
-WHERE NOT EXISTS (SELECT 1 FROM conveyor.inbox_done AS d WHERE d.message_id = m.message_id)
 ON CONFLICT (message_id) DO NOTHING"
 );
 

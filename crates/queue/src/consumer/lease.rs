@@ -72,7 +72,10 @@ impl Consumer {
             return Ok(0);
         }
         let started = SystemTime::now();
+        // Planned at every claim (not a cached generic plan): its look-ups in inbox_done must
+        // use the key however that table has grown since the connection first prepared it.
         let rows: Vec<InboxRow> = sqlx::query_as(CLAIM)
+            .persistent(false)
             .bind(&self.lease_topics)
             .bind(&self.lease_ms)
             .bind(self.opts.batch_size)
