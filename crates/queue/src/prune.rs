@@ -16,33 +16,32 @@ use tokio_util::sync::CancellationToken;
 use crate::Error;
 use crate::wake::sleep_or_cancel;
 
-/// `$1`: resume after this id; `$2`: the first id published inside the window; `$3`: the
-/// window in ms; `$4`: batch size. Returns the last id it looked at (NULL: nothing left).
-/// Done records are never updated, so the delete takes no lock anybody waits for.
-pub const PRUNE: &str = "\
-WITH batch AS (
-    SELECT message_id FROM conveyor.inbox_done
+/// The pruning statement for `$table`, whose rows go once `$done` holds: `$1`: resume after
+/// this id; `$2`: the first id published inside the window; `$3`: the window in ms; `$4`:
+/// batch size. Returns the last id it looked at (NULL: nothing left). The rows it deletes
+/// are never updated again, so the delete takes no lock anybody waits for.
+macro_rules! prune_sql {
+    ($table:literal, $done:literal) => {
+        concat!(
+            "WITH batch AS (
+    SELECT message_id FROM ", $table, "
     WHERE message_id > $1 AND message_id < $2
     ORDER BY message_id LIMIT $4),
 gone AS (
-    DELETE FROM conveyor.inbox_done
-    WHERE message_id = ANY (ARRAY(SELECT message_id FROM batch)) AND done_at < now() - $3 * interval '1 millisecond'
+    DELETE FROM ", $table, "
+    WHERE message_id = ANY (ARRAY(SELECT message_id FROM batch)) AND ", $done, " AND done_at < now() - $3 * interval '1 millisecond'
     RETURNING 1)
-SELECT (SELECT message_id FROM batch ORDER BY message_id DESC LIMIT 1), (SELECT count(*) FROM gone)";
+SELECT (SELECT message_id FROM batch ORDER BY message_id DESC LIMIT 1), (SELECT count(*) FROM gone)"
+        )
+    };
+}
+
+/// The records of handled messages.
+pub const PRUNE: &str = prune_sql!("conveyor.inbox_done", "true");
 
 /// Rows that workers of the previous version marked `done` in the inbox itself (during a
-/// rolling upgrade), pruned the same way (same parameters).
-const PRUNE_LEGACY: &str = "\
-WITH batch AS (
-    SELECT message_id FROM conveyor.inbox
-    WHERE message_id > $1 AND message_id < $2
-    ORDER BY message_id LIMIT $4),
-gone AS (
-    DELETE FROM conveyor.inbox
-    WHERE message_id = ANY (ARRAY(SELECT message_id FROM batch))
-      AND state = 'done' AND done_at < now() - $3 * interval '1 millisecond'
-    RETURNING 1)
-SELECT (SELECT message_id FROM batch ORDER BY message_id DESC LIMIT 1), (SELECT count(*) FROM gone)";
+/// rolling upgrade).
+const PRUNE_LEGACY: &str = prune_sql!("conveyor.inbox", "state = 'done'");
 
 /// Deletes done rows published and done more than `window` ago, looking at `batch` rows
 /// of the old prefix per transaction; returns how many it deleted.
