@@ -775,7 +775,7 @@ fn render_markdown(r: &Report) -> String {
                     let _ = writeln!(s, "not reported by the engine benchmark");
                 }
             }
-            let _ = writeln!(s, "\n## Retries on time (end of backoff → handler start, idle consumer, 1 s poll far away)\n");
+            let _ = writeln!(s, "\n## Retries on time (end of backoff → handler start, idle consumer, its poll 10 minutes away)\n");
             match &e.retry_lateness_ms {
                 Some(w) => {
                     let _ = writeln!(
