@@ -8,6 +8,14 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+/// `a ÷ b`, when both are known and `b` is positive.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
 /// The benchmark message: the same ~220-byte order event as the raw-SQL reference's payload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchEvent {

@@ -16,6 +16,7 @@
 //!   counters give the same per index scan (every scan: sweeps and wake-up probes too).
 
 use conveyor_benchkit::Percentiles;
+use conveyor_benches::ratio;
 use serde::{Deserialize, Serialize};
 
 use super::summary::{mean, rate};
@@ -171,12 +172,6 @@ pub struct HoldSummary {
     pub max_xmin_age: Option<i64>,
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
-}
 
 /// Index entries read per scan and scans per second over `range`, from the counters at its
 /// last sample less those at the sample before it.

@@ -61,7 +61,7 @@ pub async fn run(pool: &PgPool, p: &Probe) -> Result<ProbeReading> {
             sqlx::query(conveyor_queue::sql::TX_CLAIM).bind(topics).bind(batch).bind(Some(floor)).fetch_all(&mut *tx).await
         }
         ProbeKind::RelayClaim { topics, batch } => {
-            sqlx::query(conveyor_queue::sql::RELAY_CLAIM).bind(topics).bind(batch).bind(v7_floor(floor_at)).fetch_all(&mut *tx).await
+            sqlx::query(conveyor_queue::sql::RELAY_CLAIM).bind(topics).bind(batch).bind(conveyor_queue::sql::v7_floor(floor_at)).fetch_all(&mut *tx).await
         }
         ProbeKind::PgmqRead { queue, batch } => {
             sqlx::query("SELECT msg_id FROM pgmq.read($1, $2, $3)").bind(queue).bind(PGMQ_VT_S).bind(*batch as i32).fetch_all(&mut *tx).await
@@ -87,27 +87,4 @@ async fn entries_read(conn: &mut PgConnection, p: &Probe) -> Result<i64> {
     .fetch_one(conn)
     .await
     .context("reading the transaction's index statistics")
-}
-
-/// The smallest UUID v7 of an instant: where the relay's claim floor starts reading the
-/// outbox's key.
-fn v7_floor(at: SystemTime) -> uuid::Uuid {
-    let ms = at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let mut bytes = [0u8; 16];
-    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    uuid::Uuid::from_bytes(bytes)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_relay_floor_is_the_smallest_v7_of_its_millisecond() {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(0x0190_f3c2_7d4e);
-        let floor = v7_floor(at);
-        assert_eq!(floor.to_string(), "0190f3c2-7d4e-0000-0000-000000000000");
-        let later = uuid::Uuid::now_v7();
-        assert!(v7_floor(SystemTime::now() - Duration::from_secs(1)) < later);
-    }
 }

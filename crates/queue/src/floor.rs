@@ -68,12 +68,9 @@ impl Floor {
     }
 }
 
-/// The smallest UUID v7 of an instant (microseconds since the epoch; v7 keeps milliseconds).
+/// The smallest UUID v7 of an instant given in microseconds since the epoch.
 pub(crate) fn v7_of_micros(micros: i64) -> uuid::Uuid {
-    let ms = (micros.max(0) / 1000) as u64;
-    let mut bytes = [0u8; 16];
-    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    uuid::Uuid::from_bytes(bytes)
+    crate::prune::v7_floor(std::time::UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64))
 }
 
 /// The instant a UUID v7 was minted, in microseconds since the epoch (`None` for another

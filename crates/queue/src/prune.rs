@@ -65,7 +65,7 @@ pub async fn prune_once(pool: &PgPool, window: Duration, batch: i64) -> Result<u
 }
 
 /// The smallest UUID v7 of instant `t`: every id minted at or after `t` sorts above it.
-pub(crate) fn v7_floor(t: SystemTime) -> Uuid {
+pub fn v7_floor(t: SystemTime) -> Uuid {
     let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     let mut bytes = [0u8; 16];
     bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);

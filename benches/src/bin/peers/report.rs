@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use conveyor_benches::ratio;
 use conveyor_benchkit::{Chart, Machine, Series};
 use serde::{Deserialize, Serialize};
 
@@ -155,13 +156,6 @@ pub struct Report {
     pub results: Vec<Row>,
     pub comparisons: Vec<Comparison>,
     pub targets: Vec<Target>,
-}
-
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
 }
 
 /// The comparisons of the saturated runs (one per batch size, in the order first measured)
