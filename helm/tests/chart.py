@@ -32,7 +32,21 @@ CRD_API_VERSIONS = ["keda.sh/v1alpha1", "monitoring.coreos.com/v1"]
 
 SERVICES = ["catalog", "order", "stock", "payment", "notification"]
 
+# Each service database's roles (docs/databases.md).
+ROLES = ["migrator", "runtime", "relay"]
+
 WEBHOOK = "http://receiver.mail.svc:8080/hooks/conveyor"
+
+# The identity provider every install must name (docs/security.md): an issuer and its public
+# keys, here inline (an Ed25519 public key, RFC 8037's example) or at a jwks_uri.
+ISSUER = "https://id.example.test/realms/shop"
+JWKS = json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "test-1", "alg": "EdDSA", "use": "sig",
+                             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]})
+JWKS_URL = "https://id.example.test/realms/shop/protocol/openid-connect/certs"
+
+# What every values set starts from, and what a test rendering values of its own merges in
+# (merge(REQUIRED, {...})): without it the chart refuses to render.
+REQUIRED: dict[str, Any] = {"auth": {"issuer": ISSUER, "jwks": JWKS}}
 
 
 def load_yaml(path: Path) -> Any:
@@ -83,13 +97,24 @@ FEATURES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"otel": {"endpoint": ""}},
     ),
     "existing-secrets": (
-        {"services": {s: {"database": {"existingSecret": f"{s}-db", "existingSecretKey": "url"}} for s in SERVICES}},
-        {"services": {s: {"database": {"existingSecret": ""}} for s in SERVICES}},
+        {"services": {s: {"database": {"roles": {r: {"existingSecret": f"{s}-db-{r}", "existingSecretKey": "url"} for r in ROLES}}}
+                      for s in SERVICES}},
+        {"services": {s: {"database": {"roles": {r: {"existingSecret": ""} for r in ROLES}}} for s in SERVICES}},
     ),
     "service-account": ({"serviceAccount": {"create": True}}, {"serviceAccount": {"create": False}}),
     "webhook": (
         {"services": {"notification": {"delivery": {"webhookUrl": WEBHOOK}}}},
         {"services": {"notification": {"delivery": {"webhookUrl": ""}}}},
+    ),
+    # The keys at the provider's jwks_uri, or in a ConfigMap of the user's, instead of inline.
+    "jwks-url": ({"auth": {"jwks": "", "jwksUrl": JWKS_URL}}, {"auth": {"jwksUrl": ""}}),
+    "jwks-configmap": (
+        {"auth": {"jwks": "", "existingJwksConfigMap": "idp-jwks", "existingJwksConfigMapKey": "keys.json"}},
+        {"auth": {"existingJwksConfigMap": ""}},
+    ),
+    "lookup-token": (
+        {"auth": {"lookupToken": {"existingSecret": "order-api-token", "key": "token"}}},
+        {"auth": {"lookupToken": {"existingSecret": ""}}},
     ),
 }
 
@@ -108,32 +133,36 @@ def merge(base: dict[str, Any], *overs: dict[str, Any]) -> dict[str, Any]:
 
 def value_sets() -> dict[str, dict[str, Any]]:
     """Every values set the chart is rendered with: the defaults, the examples, everything on,
-    everything off, and each optional feature switched on and off alone."""
+    everything off, and each optional feature switched on and off alone. All but the examples
+    (which name a provider of their own) start from REQUIRED."""
     sets: dict[str, dict[str, Any]] = {
-        "default": {},
+        "default": merge(REQUIRED),
         "example-production": load_yaml(EXAMPLES / "values-production.yaml"),
         "example-demo": load_yaml(EXAMPLES / "values-demo.yaml"),
     }
-    # KEDA's two triggers exclude each other: "all on" is rendered once with each.
-    all_on = merge(*[on for name, (on, _) in FEATURES.items() if name != "keda-prometheus"])
+    # KEDA's two triggers exclude each other, and so do the JWKS's sources: "all on" is
+    # rendered once with each trigger, with the keys at a URL.
+    all_on = merge(REQUIRED, *[on for name, (on, _) in FEATURES.items() if name not in ("keda-prometheus", "jwks-configmap")])
     sets["all-on"] = all_on
     sets["all-on-keda-prometheus"] = merge(all_on, FEATURES["keda-prometheus"][0])
-    sets["all-off"] = merge(*[off for _, (_, off) in FEATURES.items()])
+    sets["all-off"] = merge(REQUIRED, *[off for _, (_, off) in FEATURES.items()])
     for name, (on, off) in FEATURES.items():
-        sets[f"{name}-on"] = on
-        sets[f"{name}-off"] = off
+        sets[f"{name}-on"] = merge(REQUIRED, on)
+        sets[f"{name}-off"] = merge(REQUIRED, off)
     # Per-service overrides, including false and 0 (which a naive merge would drop).
-    sets["per-service-overrides"] = {
+    sets["per-service-overrides"] = merge(REQUIRED, {
         "services": {
             "order": {"api": {"autoscaling": {"enabled": False}, "replicas": 0, "service": {"port": 8082}},
-                      "worker": {"keda": {"enabled": True, "maxReplicaCount": 3}, "concurrency": 16}},
+                      "worker": {"keda": {"enabled": True, "maxReplicaCount": 3}, "concurrency": 16},
+                      "database": {"roles": {"runtime": {"password": "p@ss word+/"}, "migrator": {"password": "owner:pw"}}}},
             "payment": {"faults": {"declineRate": 0.25, "errorRate": 0.1, "latency": "200ms"},
                         "worker": {"autoscaling": {"enabled": False}, "replicas": 3}},
-            "catalog": {"database": {"url": "postgres://catalog:s3cr%40t@db.example:5433/catalog"},
+            "catalog": {"database": {"roles": {"runtime": {"url": "postgres://catalog:s3cr%40t@db.example:5433/catalog"}}},
                         "migrator": {"backoffLimit": 0}},
+            "stock": {"database": {"roles": {"runtime": {"username": "shop_stock"}, "relay": {"username": "shop_stock_inbox"}}}},
         },
-        "database": {"host": "db.internal", "password": "p@ss word+/", "params": "connect_timeout=5"},
-    }
+        "database": {"host": "db.internal", "params": "connect_timeout=5"},
+    })
     return sets
 
 

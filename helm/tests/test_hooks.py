@@ -1,11 +1,14 @@
 """The migrators: a Job per service, run as pre-install/pre-upgrade hooks ordered by weight and
-deleted when they succeeded, with their DATABASE_URL from a Secret that exists when they run."""
+deleted when they succeeded, connecting as the migrator role (from a Secret that exists when
+they run) and told which roles to grant."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
-from chart import SERVICES, VALUE_SETS, by_kind, contract, env_of, rendered_documents
+from chart import REQUIRED, SERVICES, VALUE_SETS, by_kind, contract, env_of, merge, rendered_documents
 
 HOOK = "helm.sh/hook"
 WEIGHT = "helm.sh/hook-weight"
@@ -33,7 +36,12 @@ def test_a_migrator_hook_per_service(name):
         assert pod["restartPolicy"] == "Never"
         (container,) = pod["containers"]
         assert container["command"] == [f"{contract()['binDir']}/{binaries[svc]}"]
-        assert "DATABASE_URL" in env_of(container)
+        env = env_of(container)
+        assert "DATABASE_URL" in env
+        roles = VALUE_SETS[name].get("services", {}).get(svc, {}).get("database", {}).get("roles", {})
+        assert env["RUNTIME_ROLE"] == (roles.get("runtime", {}).get("username") or f"{svc}_runtime")
+        receives = any(svc in s["subscribers"] for s in contract()["services"])
+        assert ("RELAY_ROLES" in env) == receives, svc
         assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "migrator"
     # Ordered by weight, in saga order, one after the other.
     assert weights == sorted(weights) and len(set(weights)) == len(weights)
@@ -52,7 +60,7 @@ def test_migrators_read_a_secret_that_exists_before_them(name):
     }
     for svc, job in migrator_jobs(docs).items():
         ref = env_of(job["spec"]["template"]["spec"]["containers"][0])["DATABASE_URL"]["secretKeyRef"]
-        existing = values.get("services", {}).get(svc, {}).get("database", {}).get("existingSecret")
+        existing = values.get("services", {}).get(svc, {}).get("database", {}).get("roles", {}).get("migrator", {}).get("existingSecret")
         if existing:
             assert ref["name"] == existing
             continue
@@ -71,14 +79,15 @@ def test_no_api_or_worker_is_a_hook():
 
 
 def test_demo_postgres_exists_before_the_migrators():
-    docs = rendered_documents({"postgres": {"enabled": True}})
+    docs = rendered_documents(merge(REQUIRED, {"postgres": {"enabled": True}}))
     (sts,) = by_kind(docs, "StatefulSet")
     ann = sts["metadata"]["annotations"]
     assert ann[HOOK] == "pre-install" and int(ann[WEIGHT]) < -10
     for job in migrator_jobs(docs).values():
         init = job["spec"]["template"]["spec"]["initContainers"]
         assert init[0]["name"] == "wait-for-postgres"
-    init_sql = [c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-postgres-init")]
-    sql = init_sql[0]["data"]["create-databases.sql"]
-    for db in ["catalog", "orders", "stock", "payment", "notification"]:
-        assert f'CREATE DATABASE "{db}";' in sql
+    (init,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"].endswith("-postgres-init")]
+    assert init["metadata"]["annotations"][HOOK] == "pre-install" and int(init["metadata"]["annotations"][WEIGHT]) < -10
+    sql = base64.b64decode(init["data"]["create-databases.sql"]).decode()
+    for svc, db in [("catalog", "catalog"), ("order", "orders"), ("stock", "stock"), ("payment", "payment"), ("notification", "notification")]:
+        assert f'CREATE DATABASE "{db}" OWNER "{svc}_migrator";' in sql

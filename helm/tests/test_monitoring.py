@@ -8,7 +8,7 @@ import os
 
 import yaml
 
-from chart import CHART, REPO, by_kind, rendered_documents
+from chart import CHART, REPO, REQUIRED, by_kind, rendered_documents
 
 DASHBOARDS = REPO / "grafana" / "dashboards"
 RULES = REPO / "prometheus" / "rules"
@@ -22,7 +22,7 @@ def test_files_are_symlinks_into_grafana_and_prometheus():
 
 
 def test_dashboards_are_the_files_of_grafana_byte_for_byte():
-    docs = rendered_documents({"dashboards": {"enabled": True}})
+    docs = rendered_documents(REQUIRED | {"dashboards": {"enabled": True}})
     rendered = {}
     for cm in by_kind(docs, "ConfigMap"):
         if cm["metadata"]["labels"].get("grafana_dashboard") == "1":
@@ -39,7 +39,7 @@ def test_dashboards_are_the_files_of_grafana_byte_for_byte():
 
 
 def test_dashboard_labels_and_namespace_are_configurable():
-    docs = rendered_documents({"dashboards": {"enabled": True, "namespace": "monitoring", "label": "dash",
+    docs = rendered_documents(REQUIRED | {"dashboards": {"enabled": True, "namespace": "monitoring", "label": "dash",
                                               "labelValue": "yes", "folderAnnotation": ""}})
     cms = [c for c in by_kind(docs, "ConfigMap") if "dash" in c["metadata"]["labels"]]
     assert cms and all(c["metadata"]["namespace"] == "monitoring" for c in cms)
@@ -48,7 +48,7 @@ def test_dashboard_labels_and_namespace_are_configurable():
 
 
 def test_prometheus_rules_are_the_files_of_prometheus():
-    docs = rendered_documents({"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}})
+    docs = rendered_documents(REQUIRED | {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}})
     rules = by_kind(docs, "PrometheusRule")
     files = sorted(list(RULES.glob("*.yml")) + list(RULES.glob("*.yaml")))
     assert files, "prometheus/rules has no rule file"
@@ -62,7 +62,7 @@ def test_prometheus_rules_are_the_files_of_prometheus():
 
 
 def test_service_monitor_matches_kube_prometheus_stack_and_the_rules_labels():
-    docs = rendered_documents({"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}})
+    docs = rendered_documents(REQUIRED | {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}})
     (sm,) = by_kind(docs, "ServiceMonitor")
     assert sm["metadata"]["labels"]["release"] == "kps"
     (endpoint,) = sm["spec"]["endpoints"]
@@ -90,7 +90,7 @@ def test_packaged_chart_carries_the_files_not_the_links(tmp_path):
     archive = helm.package(CHART, destination=tmp_path)
     with helm.Chart.load_archive(open(archive, "rb").read()) as chart:
         files = {f["name"] for f in chart.files}
-        rendered = chart.render({"dashboards": {"enabled": True}, "prometheusRule": {"enabled": True}},
+        rendered = chart.render(REQUIRED | {"dashboards": {"enabled": True}, "prometheusRule": {"enabled": True}},
                                 name="shop", namespace="conveyor")
     for path in DASHBOARDS.glob("*.json"):
         assert f"files/dashboards/{path.name}" in files

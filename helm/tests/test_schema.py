@@ -39,7 +39,11 @@ BAD = {
     "rate above 1": {"services": {"payment": {"faults": {"declineRate": 1.5}}}},
     "bad duration": {"worker": {"pollInterval": "soon"}},
     "bad KEDA trigger": {"worker": {"keda": {"trigger": "rabbitmq"}}},
-    "not a postgres URL": {"services": {"stock": {"database": {"url": "mysql://x/stock"}}}},
+    "not a postgres URL": {"services": {"stock": {"database": {"roles": {"runtime": {"url": "mysql://x/stock"}}}}}},
+    "one user for every service (before roles)": {"database": {"username": "conveyor", "password": "x"}},
+    "a service-wide URL (before roles)": {"services": {"stock": {"database": {"url": "postgres://x/stock"}}}},
+    "unknown database role": {"services": {"stock": {"database": {"roles": {"admin": {"username": "postgres"}}}}}},
+    "role name that needs quoting": {"services": {"stock": {"database": {"roles": {"runtime": {"username": "Stock-Runtime"}}}}}},
     "non-OTEL variable in otel.env": {"otel": {"env": {"PATH": "/bin"}}},
     "bad label value type": {"commonLabels": {"team": {"a": 1}}},
 }

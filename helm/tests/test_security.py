@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from chart import VALUE_SETS, contract, pod_specs, rendered_documents
+from chart import REQUIRED, VALUE_SETS, contract, pod_specs, rendered_documents
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
@@ -51,7 +51,7 @@ def test_every_workload_has_probes_and_resources(name):
 
 def test_probes_use_the_health_endpoints_on_the_served_port():
     health = contract()["health"]
-    for ident, spec in pod_specs(rendered_documents({})):
+    for ident, spec in pod_specs(rendered_documents(REQUIRED)):
         if ident.startswith("Job/"):
             continue
         c = spec["containers"][0]
@@ -63,7 +63,7 @@ def test_probes_use_the_health_endpoints_on_the_served_port():
 
 def test_writable_paths_are_emptydirs():
     paths = contract()["writablePaths"]
-    for ident, spec in pod_specs(rendered_documents({})):
+    for ident, spec in pod_specs(rendered_documents(REQUIRED)):
         volumes = {v["name"]: v for v in spec["volumes"]}
         mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
         for path in paths:

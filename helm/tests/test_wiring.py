@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 from urllib.parse import unquote, urlsplit
 
-from chart import NAMESPACE, SERVICES, VALUE_SETS, WEBHOOK, by_kind, contract, env_of, merge, rendered_documents
+from chart import NAMESPACE, REQUIRED, SERVICES, VALUE_SETS, WEBHOOK, by_kind, contract, env_of, merge, rendered_documents
 
 
 def deployment(docs, svc, component):
@@ -47,11 +47,11 @@ def test_every_process_gets_its_settings():
 
 def test_no_otel_endpoint_no_export():
     for svc in SERVICES:
-        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in container_env(rendered_documents({}), svc, "api")
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in container_env(rendered_documents(REQUIRED), svc, "api")
 
 
 def test_workers_subscribers_come_from_the_subscribers_secrets():
-    docs = rendered_documents({})
+    docs = rendered_documents(REQUIRED)
     for entry in contract()["services"]:
         env = container_env(docs, entry["name"], "worker")
         if not entry["subscribers"]:
@@ -61,7 +61,7 @@ def test_workers_subscribers_come_from_the_subscribers_secrets():
         assert env["SUBSCRIBERS"] == expected
         for sub in entry["subscribers"]:
             ref = env[f"SUBSCRIBER_URL_{sub.upper()}"]["secretKeyRef"]
-            assert ref == {"name": f"shop-conveyor-{sub}-db", "key": "DATABASE_URL"}
+            assert ref == {"name": f"shop-conveyor-{sub}-db-relay", "key": "DATABASE_URL"}
         # $(VAR) expands only variables defined before it.
         names = [e["name"] for e in deployment(docs, entry["name"], "worker")["spec"]["template"]["spec"]["containers"][0]["env"]]
         assert all(names.index(f"SUBSCRIBER_URL_{s.upper()}") < names.index("SUBSCRIBERS") for s in entry["subscribers"])
@@ -71,8 +71,10 @@ def test_existing_secrets_are_used_everywhere():
     docs = rendered_documents(VALUE_SETS["existing-secrets-on"])
     assert not by_kind(docs, "Secret")
     env = container_env(docs, "payment", "worker")
-    assert env["DATABASE_URL"]["secretKeyRef"] == {"name": "payment-db", "key": "url"}
-    assert env["SUBSCRIBER_URL_STOCK"]["secretKeyRef"] == {"name": "stock-db", "key": "url"}
+    assert env["DATABASE_URL"]["secretKeyRef"] == {"name": "payment-db-runtime", "key": "url"}
+    assert env["SUBSCRIBER_URL_STOCK"]["secretKeyRef"] == {"name": "stock-db-relay", "key": "url"}
+    (job,) = [j for j in by_kind(docs, "Job") if j["metadata"]["labels"]["conveyor/service"] == "payment"]
+    assert env_of(job["spec"]["template"]["spec"]["containers"][0])["DATABASE_URL"]["secretKeyRef"] == {"name": "payment-db-migrator", "key": "url"}
 
 
 def test_database_urls_are_built_and_escaped():
@@ -80,26 +82,49 @@ def test_database_urls_are_built_and_escaped():
     url = secret_value(docs, "shop-conveyor-order-db", "DATABASE_URL")
     parts = urlsplit(url)
     assert parts.scheme == "postgres" and parts.hostname == "db.internal" and parts.port == 5432
-    assert unquote(parts.password) == "p@ss word+/" and parts.path == "/orders" and parts.query == "connect_timeout=5"
-    # The migrator's hook Secret carries the same URL.
-    assert secret_value(docs, "shop-conveyor-order-db-migrate", "DATABASE_URL") == url
+    assert parts.username == "order_runtime" and unquote(parts.password) == "p@ss word+/"
+    assert parts.path == "/orders" and parts.query == "connect_timeout=5"
+    # The migrator's hook Secret carries the migrator role's URL, its password escaped too.
+    migrator = urlsplit(secret_value(docs, "shop-conveyor-order-db-migrate", "DATABASE_URL"))
+    assert migrator.username == "order_migrator" and unquote(migrator.password) == "owner:pw" and migrator.path == "/orders"
+    # A role without a password gets a URL without one (e.g. for a server that trusts the pod).
+    relay = urlsplit(secret_value(docs, "shop-conveyor-order-db-relay", "DATABASE_URL"))
+    assert relay.username == "order_relay" and relay.password is None
     # An explicit URL wins.
     assert secret_value(docs, "shop-conveyor-catalog-db", "DATABASE_URL") == "postgres://catalog:s3cr%40t@db.example:5433/catalog"
+    # A username of your own is the URL's user and the role the migrator grants to.
+    assert urlsplit(secret_value(docs, "shop-conveyor-stock-db", "DATABASE_URL")).username == "shop_stock"
+    (job,) = [j for j in by_kind(docs, "Job") if j["metadata"]["labels"]["conveyor/service"] == "stock"]
+    job_env = env_of(job["spec"]["template"]["spec"]["containers"][0])
+    assert (job_env["RUNTIME_ROLE"], job_env["RELAY_ROLES"]) == ("shop_stock", "shop_stock_inbox")
 
 
-def test_demo_postgres_urls_point_at_it():
-    docs = rendered_documents({"postgres": {"enabled": True, "auth": {"password": "demo pw"}}})
-    url = urlsplit(secret_value(docs, "shop-conveyor-stock-db", "DATABASE_URL"))
-    assert url.hostname == "shop-conveyor-postgres" and unquote(url.password) == "demo pw"
+def test_demo_postgres_creates_the_roles_the_urls_name():
+    docs = rendered_documents(merge(REQUIRED, {"postgres": {"enabled": True, "auth": {"password": "demo pw"}}}))
     assert secret_value(docs, "shop-conveyor-postgres", "password") == "demo pw"
+    sql = secret_value(docs, "shop-conveyor-postgres-init", "create-databases.sql")
+    passwords = set()
+    for name in ["shop-conveyor-stock-db", "shop-conveyor-stock-db-relay", "shop-conveyor-stock-db-migrate"]:
+        url = urlsplit(secret_value(docs, name, "DATABASE_URL"))
+        assert url.hostname == "shop-conveyor-postgres" and url.path == "/stock"
+        # Each role its own password, derived from the admin's (so upgrades keep it).
+        assert len(url.password) == 32 and url.password not in passwords
+        passwords.add(url.password)
+        assert f"CREATE ROLE \"{url.username}\" LOGIN PASSWORD '{url.password}';" in sql
+    assert 'CREATE DATABASE "stock" OWNER "stock_migrator";' in sql
+    assert "catalog_relay" not in sql, "nobody delivers to catalog"
+    again = rendered_documents(merge(REQUIRED, {"postgres": {"enabled": True, "auth": {"password": "demo pw"}}}))
+    assert secret_value(again, "shop-conveyor-stock-db", "DATABASE_URL") == secret_value(docs, "shop-conveyor-stock-db", "DATABASE_URL")
 
 
 def test_demo_postgres_generated_password_is_the_same_everywhere():
-    docs = rendered_documents({"postgres": {"enabled": True}})
+    docs = rendered_documents(merge(REQUIRED, {"postgres": {"enabled": True}}))
     password = secret_value(docs, "shop-conveyor-postgres", "password")
     assert len(password) == 32
+    sql = secret_value(docs, "shop-conveyor-postgres-init", "create-databases.sql")
     for svc in SERVICES:
-        assert unquote(urlsplit(secret_value(docs, f"shop-conveyor-{svc}-db", "DATABASE_URL")).password) == password
+        url = urlsplit(secret_value(docs, f"shop-conveyor-{svc}-db", "DATABASE_URL"))
+        assert f"CREATE ROLE \"{svc}_runtime\" LOGIN PASSWORD '{url.password}';" in sql
 
 
 def test_per_service_overrides_win_even_when_false_or_zero():
@@ -157,7 +182,7 @@ def test_keda_scales_each_worker_on_its_own_queue():
 
 
 def test_api_hpa_and_pdb_per_service():
-    docs = rendered_documents({})
+    docs = rendered_documents(REQUIRED)
     for svc in SERVICES:
         name = f"shop-conveyor-{svc}-api"
         (hpa,) = [h for h in by_kind(docs, "HorizontalPodAutoscaler") if h["metadata"]["name"] == name]
@@ -200,7 +225,7 @@ def test_network_policies_allow_what_the_saga_needs():
 
 
 def test_otel_resource_names_the_pod_and_keeps_the_binaries_defaults():
-    docs = rendered_documents({})
+    docs = rendered_documents(REQUIRED)
     env = container_env(docs, "stock", "worker")
     attrs = env["OTEL_RESOURCE_ATTRIBUTES"].split(",")
     assert "k8s.pod.name=$(POD_NAME)" in attrs and "k8s.deployment.name=shop-conveyor-stock-worker" in attrs

@@ -7,7 +7,7 @@
 //! (the order's 201 answer → the poll that sees `confirmed`/`cancelled`) is recorded both in
 //! goose's report (as `SAGA order placed → …`) and, exactly, in `summary.json`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -52,6 +52,9 @@ pub struct Options {
     pub summary_file: PathBuf,
     /// How many rich customers to create on payment-api before the run.
     pub customers: usize,
+    /// The issuer the shop trusts (`issuer.json` in the log directory of `cargo xtask up`):
+    /// the load test signs an operator's token (to prepare) and each buyer's own.
+    pub issuer_file: PathBuf,
     /// Goose's own options (users, increase rate, run time, report files, …).
     pub goose_args: Vec<String>,
 }
@@ -64,6 +67,7 @@ pub const FLAGS: &[(&str, &str, &str)] = &[
     ("--payment", "CONVEYOR_PAYMENT_URL", "http://127.0.0.1:8084"),
     ("--summary-file", "CONVEYOR_LOADTEST_SUMMARY", "target/loadtest/summary.json"),
     ("--customers", "CONVEYOR_LOADTEST_CUSTOMERS", "20"),
+    ("--issuer", "CONVEYOR_ISSUER_FILE", ""),
 ];
 
 pub const DEFAULT_REPORT: &str = "target/loadtest/report.html";
@@ -110,6 +114,7 @@ impl Options {
             targets: Targets { catalog: trim(get("--catalog")), order: trim(get("--order")), stock: trim(get("--stock")), payment: trim(get("--payment")) },
             summary_file: get("--summary-file").into(),
             customers: get("--customers").parse().context("--customers: not a number")?,
+            issuer_file: Some(get("--issuer")).filter(|f| !f.is_empty()).context("--issuer is required: the issuer file of the shop's stack (`issuer.json` in its log directory; `cargo xtask up` prints it)")?.into(),
             goose_args,
         })
     }
@@ -123,6 +128,8 @@ struct Shared {
     buyers: Vec<Uuid>,
     /// Whose orders get listed: the buyers and Bob.
     listed: Vec<Uuid>,
+    /// `Bearer <token>` of each buyer and listed customer: each acts as themself.
+    tokens: HashMap<Uuid, String>,
     /// Sagas ended per second, with their latencies in milliseconds.
     sagas: Mutex<Timeline>,
     confirmed: AtomicU64,
@@ -191,7 +198,11 @@ pub async fn run(opts: Options) -> Result<Value> {
 /// Reads the products, tops up their stock, creates the rich customers.
 async fn prepare(opts: &Options) -> Result<Shared> {
     let t = &opts.targets;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let issuer = conveyor_platform::auth::DevIssuer::load(&opts.issuer_file)?;
+    // Preparing (restocking, creating customers) is an operator's work.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", issuer.operator()).parse()?);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).default_headers(headers).build()?;
     let page: Value = http.get(format!("{}/products?limit=100", t.catalog)).send().await.with_context(|| format!("catalog-api at {}", t.catalog))?.error_for_status()?.json().await?;
     let products: Vec<Uuid> = page["items"].as_array().into_iter().flatten().filter_map(|p| p["id"].as_str()?.parse().ok()).collect();
     if products.is_empty() {
@@ -237,11 +248,13 @@ async fn prepare(opts: &Options) -> Result<Shared> {
     }
     let mut listed = buyers.clone();
     listed.push(conveyor_launcher::demo::BOB);
+    let tokens = listed.iter().map(|id| (*id, format!("Bearer {}", issuer.customer(*id)))).collect();
     Ok(Shared {
         t: t.clone(),
         products: orderable,
         buyers,
         listed,
+        tokens,
         sagas: Mutex::new(Timeline::new(Instant::now(), Duration::from_secs(1))),
         confirmed: AtomicU64::new(0),
         cancelled: AtomicU64::new(0),
@@ -254,28 +267,33 @@ fn pick(from: &[Uuid]) -> Uuid {
     *from.choose(&mut rand::rng()).expect("never empty")
 }
 
-async fn get(user: &mut GooseUser, url: &str, name: &str) -> Result<GooseResponse, Box<TransactionError>> {
-    user.request(GooseRequest::builder().method(GooseMethod::Get).path(url).name(name).build()).await
+/// A GET, with `auth` (`Bearer …`) when the route needs a token.
+async fn get(user: &mut GooseUser, url: &str, name: &str, auth: Option<&str>) -> Result<GooseResponse, Box<TransactionError>> {
+    let mut request = GooseRequest::builder().method(GooseMethod::Get).path(url).name(name);
+    if let Some(auth) = auth {
+        request = request.set_request_builder(user.get_request_builder(&GooseMethod::Get, url)?.header("Authorization", auth));
+    }
+    user.request(request.build()).await
 }
 
 async fn browse(user: &mut GooseUser) -> TransactionResult {
     let s = shared();
-    get(user, &format!("{}/products?limit=20", s.t.catalog), "catalog /products?limit=20").await?;
+    get(user, &format!("{}/products?limit=20", s.t.catalog), "catalog /products?limit=20", None).await?;
     Ok(())
 }
 
 async fn view_product(user: &mut GooseUser) -> TransactionResult {
     let s = shared();
     let id = pick(&s.products);
-    get(user, &format!("{}/products/{id}", s.t.catalog), "catalog /products/{id}").await?;
-    get(user, &format!("{}/items/{id}", s.t.stock), "stock /items/{id}").await?;
+    get(user, &format!("{}/products/{id}", s.t.catalog), "catalog /products/{id}", None).await?;
+    get(user, &format!("{}/items/{id}", s.t.stock), "stock /items/{id}", None).await?;
     Ok(())
 }
 
 async fn list_orders(user: &mut GooseUser) -> TransactionResult {
     let s = shared();
     let id = pick(&s.listed);
-    get(user, &format!("{}/customers/{id}/orders", s.t.order), "order /customers/{id}/orders").await?;
+    get(user, &format!("{}/customers/{id}/orders", s.t.order), "order /customers/{id}/orders", Some(&s.tokens[&id])).await?;
     Ok(())
 }
 
@@ -284,7 +302,8 @@ async fn place_order(user: &mut GooseUser) -> TransactionResult {
     let (customer, product) = (pick(&s.buyers), pick(&s.products));
     let url = format!("{}/orders", s.t.order);
     let body = json!({"customer_id": customer, "lines": [{"product_id": product, "quantity": 1}]});
-    let builder = user.get_request_builder(&GooseMethod::Post, &url)?.header("Idempotency-Key", Uuid::now_v7().to_string()).json(&body);
+    let auth = &s.tokens[&customer];
+    let builder = user.get_request_builder(&GooseMethod::Post, &url)?.header("Idempotency-Key", Uuid::now_v7().to_string()).header("Authorization", auth).json(&body);
     let request = GooseRequest::builder().method(GooseMethod::Post).path(url.as_str()).name("order /orders").expect_status_code(201).set_request_builder(builder).build();
     let response = user.request(request).await?;
     // A failed POST is in goose's metrics already; only an accepted order has a saga.
@@ -296,7 +315,7 @@ async fn place_order(user: &mut GooseUser) -> TransactionResult {
     let Some(id) = answer.json::<Value>().await.ok().and_then(|v| v["id"].as_str().map(str::to_owned)) else { return Ok(()) };
     let order_url = format!("{}/orders/{id}", s.t.order);
     loop {
-        let response = get(user, &order_url, "order /orders/{id}").await?;
+        let response = get(user, &order_url, "order /orders/{id}", Some(auth)).await?;
         let order = match response.response {
             Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
             _ => None,
@@ -490,12 +509,21 @@ mod tests {
 
     #[test]
     fn splits_our_flags_from_goose_flags() {
-        let args = ["--order", "http://h:1/", "--users", "3", "--stock=http://s:2", "--run-time", "5s", "--customers", "2"];
+        let args = ["--order", "http://h:1/", "--users", "3", "--stock=http://s:2", "--run-time", "5s", "--customers", "2", "--issuer", "/x/issuer.json"];
         let o = Options::from_args(args.map(String::from)).unwrap();
         assert_eq!(o.targets.order, "http://h:1");
         assert_eq!(o.targets.stock, "http://s:2");
         assert_eq!(o.customers, 2);
+        assert_eq!(o.issuer_file, PathBuf::from("/x/issuer.json"));
         assert_eq!(o.goose_args, ["--users", "3", "--run-time", "5s"]);
         GooseConfiguration::parse_args_default(&o.goose_args).unwrap();
+    }
+
+    #[test]
+    fn the_issuer_is_required() {
+        // SAFETY: no other test of this binary reads the variable.
+        unsafe { std::env::remove_var("CONVEYOR_ISSUER_FILE") };
+        let err = Options::from_args(["--order", "http://h:1"].map(String::from)).unwrap_err();
+        assert!(format!("{err:#}").contains("--issuer is required"), "{err:#}");
     }
 }

@@ -32,6 +32,8 @@ async fn smoke_run_against_a_fresh_stack() {
                 .arg(&summary)
                 .arg("--report-file")
                 .arg(&report)
+                .arg("--issuer")
+                .arg(stack.issuer_file())
                 .args(["--customers", "4", "--users", "4", "--increase-rate", "4", "--run-time", "3s", "--quiet"])
                 .status()
                 .await

@@ -54,7 +54,9 @@ pub async fn load(args: LoadArgs, signals: &mut Signals) -> Result<i32> {
         println!("xtask: a shop answers on 127.0.0.1:{order_port}: load-testing it (APIs on --base-port {} + 1..5)", args.base_port);
         let api = |i: u16| format!("http://127.0.0.1:{}", args.base_port + i);
         let urls = [api(1), api(2), api(3), api(4)];
-        return run_and_check(&args, &urls, signals).await;
+        let issuer = workspace_root().join("target").join("conveyor-up").join("issuer.json");
+        anyhow::ensure!(issuer.is_file(), "no {}: the load test signs its tokens with the running shop's issuer, which `cargo xtask up` writes there", issuer.display());
+        return run_and_check(&args, &urls, &issuer, signals).await;
     }
     println!("xtask: no shop answers on 127.0.0.1:{order_port}: starting one");
     let Some(pg) = Postgres::acquire(ClusterOptions { name: "load".into(), ..Default::default() }, signals).await? else {
@@ -89,7 +91,7 @@ async fn with_own_stack(args: &LoadArgs, pg: &Postgres, signals: &mut Signals) -
         Ok(d) => {
             println!("  ✓ demo data loaded: {} products, {} customers; logs in {}", d.products.len(), d.customers.len(), log_dir.display());
             let urls = ["catalog", "order", "stock", "payment"].map(|s| stack.api[s].clone());
-            run_and_check(args, &urls, signals).await
+            run_and_check(args, &urls, &stack.issuer_file(), signals).await
         }
         Err(e) => Err(e),
     };
@@ -102,7 +104,7 @@ async fn with_own_stack(args: &LoadArgs, pg: &Postgres, signals: &mut Signals) -
 
 /// Runs conveyor-loadtest against catalog, order, stock and payment `urls`; with --smoke,
 /// checks what it wrote.
-async fn run_and_check(args: &LoadArgs, urls: &[String; 4], signals: &mut Signals) -> Result<i32> {
+async fn run_and_check(args: &LoadArgs, urls: &[String; 4], issuer: &std::path::Path, signals: &mut Signals) -> Result<i32> {
     let out_dir = workspace_root().join("target").join("loadtest");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let (report, summary) = (out_dir.join("report.html"), out_dir.join("summary.json"));
@@ -115,7 +117,7 @@ async fn run_and_check(args: &LoadArgs, urls: &[String; 4], signals: &mut Signal
     for (flag, url) in ["--catalog", "--order", "--stock", "--payment"].iter().zip(urls) {
         cmd.args([*flag, url.as_str()]);
     }
-    cmd.arg("--summary-file").arg(&summary).arg("--report-file").arg(&report);
+    cmd.arg("--summary-file").arg(&summary).arg("--report-file").arg(&report).arg("--issuer").arg(issuer);
     cmd.args(["--users", &users.to_string(), "--increase-rate", &rate, "--run-time", &time]);
     cmd.args(&args.args).current_dir(workspace_root());
     println!("xtask: running conveyor-loadtest: {users} users, {rate} started per second, for {time}");

@@ -10,8 +10,11 @@
 //! * `cargo xtask bench soak` — throughput, table size and dead tuples over a long run, ours
 //!   and pgmq, optionally while a snapshot holds the xmin horizon back.
 //! * `cargo xtask load` — the goose load test against the local shop (started if none runs).
+//! * `cargo xtask fuzz` — schemathesis against every API's OpenAPI document, on a shop of its own.
 
+mod apt;
 mod bench;
+mod fuzz;
 mod load;
 mod proc;
 mod up;
@@ -67,6 +70,13 @@ enum Cmd {
     /// PostgreSQL or DATABASE_URL's server, demo data) and stops it afterwards. Writes
     /// target/loadtest/report.html, target/loadtest/summary.json and summary.svg.
     Load(load::LoadArgs),
+    /// Fuzz every API with schemathesis against its /openapi.json: no 5xx, and every answer
+    /// (errors included: application/problem+json) as documented.
+    ///
+    /// Starts a shop of its own (private PostgreSQL or DATABASE_URL's server, demo data) and
+    /// calls as an operator; installs schemathesis (pinned in xtask/fuzz-requirements.txt)
+    /// into target/fuzz-venv when missing. Reports in target/conveyor-fuzz/.
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -112,6 +122,7 @@ fn main() -> ExitCode {
             Cmd::Up(args) => up::up(args, &mut signals).await,
             Cmd::Pg { durable } => cmd_pg(durable, &mut signals).await,
             Cmd::Load(args) => load::load(args, &mut signals).await,
+            Cmd::Fuzz(args) => fuzz::fuzz(args, &mut signals).await,
             Cmd::Bench { what } => match what {
                 BenchCmd::Queue(args) => bench::queue(args, &mut signals).await,
                 BenchCmd::Saga(args) => bench::saga::run(args, &mut signals).await,
@@ -258,7 +269,14 @@ pub fn pg_version(bin_dir: &Path) -> String {
         .unwrap_or_else(|| "PostgreSQL".to_string())
 }
 
+/// What the tests use from outside the workspace besides PostgreSQL: a real Prometheus (the
+/// e2e test of the rules and dashboards' queries) and Chromium (the /docs page test).
+const TEST_PROGRAMS: &[(&str, &str)] = &[("prometheus", "prometheus"), ("promtool", "prometheus"), ("chromium", "chromium")];
+
 async fn cmd_test(args: Vec<String>, signals: &mut Signals) -> Result<i32> {
+    if let Err(code) = apt::require("cargo xtask test", TEST_PROGRAMS, signals).await? {
+        return Ok(code);
+    }
     let Some(pg) = Postgres::acquire(
         ClusterOptions {
             name: "test".into(),

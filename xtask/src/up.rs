@@ -4,6 +4,7 @@
 //! and a Prometheus scraping all of it when `prometheus` is installed — until Ctrl-C, which
 //! stops everything.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -89,8 +90,15 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
         println!("  customer {id}  {name} (balance {}.{:02} EUR)", balance / 100, balance % 100);
     }
     println!();
+    let tokens = write_tokens(&stack)?;
+    println!("Bearer tokens of this run (valid 24 h), also in {}:", tokens.display());
+    for (var, token) in token_vars(&stack) {
+        println!("  export {var}={token}");
+    }
+    println!();
     let lamp = demo.products[0].1;
-    println!("Try: curl -s -X POST {}/orders -H 'content-type: application/json' -H 'Idempotency-Key: my-first-order' \\", stack.api["order"]);
+    println!("Try: source {}", tokens.display());
+    println!("     curl -s -X POST {}/orders -H \"Authorization: Bearer $ALICE_TOKEN\" -H 'content-type: application/json' -H 'Idempotency-Key: my-first-order' \\", stack.api["order"]);
     println!("       -d '{{\"customer_id\":\"{}\",\"lines\":[{{\"product_id\":\"{lamp}\",\"quantity\":2}}]}}'", demo::ALICE);
     println!();
     let code = if args.no_wait {
@@ -113,6 +121,26 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
     stack.stop().await?;
     println!("xtask: stopped");
     Ok(code)
+}
+
+/// The tokens a person trying the shop needs: Alice's, Bob's and an operator's.
+fn token_vars(stack: &conveyor_launcher::Stack) -> Vec<(&'static str, String)> {
+    vec![("ALICE_TOKEN", stack.issuer.customer(demo::ALICE)), ("BOB_TOKEN", stack.issuer.customer(demo::BOB)), ("OPERATOR_TOKEN", stack.issuer.operator())]
+}
+
+/// `target/conveyor-up/tokens.env` (to `source`), and `target/conveyor-up/issuer.json`, the
+/// issuer of the running shop, for `cargo xtask load` against it. Both readable by their
+/// owner only.
+fn write_tokens(stack: &conveyor_launcher::Stack) -> Result<PathBuf> {
+    let dir = workspace_root().join("target").join("conveyor-up");
+    stack.issuer.save(&dir.join("issuer.json"))?;
+    let path = dir.join("tokens.env");
+    let text: String = token_vars(stack).into_iter().map(|(var, token)| format!("export {var}={token}\n")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true).mode(0o600);
+    std::io::Write::write_all(&mut options.open(&path).with_context(|| format!("creating {}", path.display()))?, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// One order through the whole saga: placed, confirmed, notified.

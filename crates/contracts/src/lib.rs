@@ -61,6 +61,9 @@ pub mod limits {
     pub const MAX_BALANCE_MINOR: i64 = 1_000_000_000_000_000;
     /// Characters of a product name.
     pub const MAX_NAME_CHARS: usize = 200;
+    /// Characters of a cancellation's detail: the order service clips what other services
+    /// say to this, so one bad message cannot bloat every row and event that carries it.
+    pub const MAX_DETAIL_CHARS: usize = 1_000;
     /// Items per page of any list.
     pub const MAX_PAGE: i64 = 100;
 }
@@ -84,5 +87,14 @@ mod tests {
         }
         assert_eq!(subscribers_of(service::PAYMENT), vec![service::ORDER, service::STOCK]);
         assert!(subscribers_of(service::NOTIFICATION).is_empty());
+    }
+
+    #[test]
+    fn events_decode_with_fields_they_do_not_know_at_any_depth() {
+        let payload = r#"{"product": {"id": "0190f0e2-7c3f-7d4e-8f00-000000000000", "name": "Lamp",
+            "price": {"amount_minor": 2599, "currency": "EUR", "added_later": true}, "initial_stock": 7,
+            "version": 1, "updated_at": "2026-01-01T00:00:00Z", "colour": "red"}, "source": "catalog"}"#;
+        let event: ProductCreated = serde_json::from_str(payload).unwrap();
+        assert_eq!((event.product.price.amount_minor, event.product.version), (2599, 1));
     }
 }

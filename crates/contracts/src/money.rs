@@ -80,6 +80,7 @@ impl utoipa::ToSchema for Currency {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Money {
     /// Minor units (e.g. cents), never negative.
+    #[schema(minimum = 0)]
     pub amount_minor: i64,
     pub currency: Currency,
 }
@@ -141,5 +142,13 @@ mod tests {
         assert_eq!(Money::zero(eur).add_times(Money::new(i64::MAX, eur).unwrap(), 2), Err(MoneyError::Overflow));
         assert!(matches!(Money::zero(eur).add_times(Money::new(1, usd).unwrap(), 1), Err(MoneyError::Mismatch(..))));
         assert_eq!(Money::new(-1, eur), Err(MoneyError::Negative(-1)));
+    }
+
+    #[test]
+    fn money_in_an_event_takes_fields_added_later() {
+        // A request is strict at every depth (the platform's `Json` refuses `price.extra`);
+        // an event is not: a field a newer publisher adds must not stop an older consumer.
+        let m: Money = serde_json::from_str(r#"{"amount_minor": 5, "currency": "EUR", "tax_minor": 1}"#).unwrap();
+        assert_eq!(m, Money::new(5, "EUR".parse().unwrap()).unwrap());
     }
 }

@@ -1,10 +1,14 @@
 //! A private, throw-away PostgreSQL cluster for every run.
 //!
 //! [`PgCluster::start`] runs `initdb` into a fresh temporary directory, starts the server on
-//! a free loopback port with trust authentication and stops it again (and deletes the data
-//! directory) when the cluster is dropped, when [`PgCluster::stop`] is called, or — for
-//! clusters kept in a `static` that is never dropped — when the process exits normally
-//! (an `atexit` hook stops every cluster this process started).
+//! a free loopback port (only the `postgres` admin logs in without a password) and stops it
+//! again (and deletes the data directory) when the cluster is dropped, when
+//! [`PgCluster::stop`] is called, or — for clusters kept in a `static` that is never
+//! dropped — when the process exits normally (an `atexit` hook stops every cluster this
+//! process started).
+//!
+//! [`provision_database`] creates a service's database with its own migrator, runtime and
+//! relay roles, which log in with their passwords, as in a real deployment.
 //!
 //! [`test_db`] gives every test a fresh database: on the server named by `DATABASE_URL` when
 //! that is set (it must be an admin URL), otherwise on one private cluster per test process.
@@ -24,8 +28,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+mod roles;
+pub use roles::{DatabaseRoles, ProvisionedDatabase, provision_database, with_user};
+
 /// Prefix of every temp directory this crate creates (`/tmp/conveyor-pg-{name}-{pid}-{rand}`).
 const DIR_PREFIX: &str = "conveyor-pg-";
+
+/// Client authentication of a private cluster: `postgres` without a password, any other
+/// role with its password (SCRAM), on the socket and on loopback TCP.
+const PG_HBA: &str = "\
+# conveyor-devpg
+local all         postgres                trust
+local all         all                     scram-sha-256
+host  all         postgres  127.0.0.1/32  trust
+host  all         postgres  ::1/128       trust
+host  all         all       127.0.0.1/32  scram-sha-256
+host  all         all       ::1/128       scram-sha-256
+local replication postgres                trust
+host  replication postgres  127.0.0.1/32  trust
+";
 
 /// How a private cluster is set up.
 #[derive(Debug, Clone)]
@@ -352,6 +373,9 @@ impl PgCluster {
             initdb.arg("--no-sync");
         }
         run_checked(initdb, "initdb")?;
+        // The admin is trusted; every other role logs in with its password, as it would on
+        // a real server (see `provision_database`).
+        fs::write(data.join("pg_hba.conf"), PG_HBA).context("could not write pg_hba.conf")?;
 
         let mut conf = String::from("\n# conveyor-devpg\n");
         conf.push_str("listen_addresses = '127.0.0.1'\n");

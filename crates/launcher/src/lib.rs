@@ -1,7 +1,9 @@
 //! The whole shop as real processes — the binaries we ship — for `cargo xtask up` and the
-//! end-to-end tests: one database per service, every migrator run to completion, then
-//! every API and worker and a webhook receiver for notifications, each with its log file;
-//! processes can be killed (SIGKILL, like a crash) and started again.
+//! end-to-end tests: one database per service with its own roles (least privilege, as in a
+//! deployment: the migrator's owns the schema, the runtime's has DML only, the relay's may
+//! only insert into the inbox), every migrator run to completion, then every API and worker
+//! and a webhook receiver for notifications, each with its log file; processes can be
+//! killed (SIGKILL, like a crash) and started again.
 
 pub mod demo;
 pub mod drive;
@@ -96,8 +98,14 @@ pub struct Stack {
     pub worker: BTreeMap<String, String>,
     /// Base URL of the webhook receiver.
     pub sink: String,
-    /// Each service's database URL, by service name.
+    /// The admin's URL of each service's database, by service name: for checks no API
+    /// exposes. The processes connect with the roles in `roles`.
     pub databases: BTreeMap<String, String>,
+    /// Each service's database as provisioned: its roles and their URLs, by service name.
+    pub roles: BTreeMap<String, conveyor_devpg::ProvisionedDatabase>,
+    /// The identity provider of this stack: the APIs trust its keys (`jwks.json` in the log
+    /// directory); it mints the tokens of customers and operators.
+    pub issuer: conveyor_platform::auth::DevIssuer,
     specs: BTreeMap<String, Spec>,
     procs: BTreeMap<String, Proc>,
     http: reqwest::Client,
@@ -114,11 +122,14 @@ impl Stack {
                 bail!("{} not found: build the binaries first (`cargo build --workspace --bins`), or set CONVEYOR_BIN_DIR", path.display());
             }
         }
-        let mut databases = BTreeMap::new();
+        let mut roles = BTreeMap::new();
         for svc in service::ALL {
             let name = format!("{}{}", opts.db_prefix, database_name(svc));
-            databases.insert(svc.to_owned(), conveyor_devpg::create_database(&opts.admin_url, &name).await?);
+            let receives = service::ALL.iter().any(|p| conveyor_contracts::subscribers_of(p).contains(&svc));
+            let wanted = conveyor_devpg::DatabaseRoles::for_service(&opts.db_prefix, svc, receives);
+            roles.insert(svc.to_owned(), conveyor_devpg::provision_database(&opts.admin_url, &name, &wanted).await?);
         }
+        let databases: BTreeMap<String, String> = roles.iter().map(|(svc, db)| (svc.clone(), db.admin.clone())).collect();
         status(&format!("databases ready: {}", databases.keys().map(|s| database_name(s)).collect::<Vec<_>>().join(", ")));
 
         let migrations = service::ALL.iter().map(|svc| {
@@ -126,7 +137,7 @@ impl Stack {
                 name: format!("{svc}-migrator"),
                 program: opts.bin_dir.join(format!("{svc}-migrator")),
                 args: vec![],
-                env: common_env(&opts, &databases[*svc]),
+                env: migrator_env(&opts, &roles[*svc]),
                 log: opts.log_dir.join(format!("{svc}-migrator.log")),
                 ready_url: None,
             };
@@ -149,6 +160,17 @@ impl Stack {
         let sink_port = port(10)?;
         let sink = format!("http://127.0.0.1:{sink_port}");
 
+        // A signing key of this run's own: its public half for the APIs (`jwks.json`), the
+        // whole for local processes that mint tokens (`issuer.json`, owner-only), and the
+        // notification worker's token for the order API.
+        let issuer = conveyor_platform::auth::DevIssuer::generate()?;
+        let jwks = opts.log_dir.join("jwks.json");
+        issuer.write_jwks(&jwks)?;
+        issuer.save(&opts.log_dir.join("issuer.json"))?;
+        let lookup_token = opts.log_dir.join("notification-worker.token");
+        std::fs::write(&lookup_token, issuer.token("notification-worker", &[conveyor_platform::auth::OPERATOR_ROLE], Duration::from_secs(30 * 24 * 3600)))
+            .with_context(|| format!("writing {}", lookup_token.display()))?;
+
         let mut specs = BTreeMap::new();
         specs.insert(
             "webhook-sink".to_owned(),
@@ -169,16 +191,21 @@ impl Stack {
         for svc in service::ALL {
             for role in ["api", "worker"] {
                 let name = format!("{svc}-{role}");
-                let mut env = common_env(&opts, &databases[svc]);
+                let mut env = common_env(&opts, &roles[svc].runtime);
                 env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{}", listen[&name])));
+                if role == "api" {
+                    env.extend(issuer.env(&jwks));
+                }
                 let mut args = Vec::new();
                 if role == "worker" {
-                    let subs: Vec<String> = conveyor_contracts::subscribers_of(svc).iter().map(|s| format!("{s}={}", databases[*s])).collect();
+                    let relay_url = |s: &str| roles[s].relay.clone().expect("a subscriber has a relay role");
+                    let subs: Vec<String> = conveyor_contracts::subscribers_of(svc).iter().map(|s| format!("{s}={}", relay_url(s))).collect();
                     if !subs.is_empty() {
                         env.push(("SUBSCRIBERS".into(), subs.join(",")));
                     }
                     if svc == service::NOTIFICATION {
                         args.extend(["--webhook-url".into(), format!("{sink}/notifications"), "--order-api-url".into(), api[service::ORDER].clone()]);
+                        env.push(("ORDER_API_TOKEN_FILE".into(), lookup_token.display().to_string()));
                     }
                 }
                 args.extend(opts.extra_args.get(&name).cloned().unwrap_or_default());
@@ -189,7 +216,7 @@ impl Stack {
         }
 
         let http = reqwest::Client::new();
-        let mut stack = Stack { opts, api, worker, sink, databases, specs, procs: BTreeMap::new(), http };
+        let mut stack = Stack { opts, api, worker, sink, databases, roles, issuer, specs, procs: BTreeMap::new(), http };
         for name in process_names() {
             let proc = stack.specs[&name].spawn()?;
             stack.procs.insert(name, proc);
@@ -202,9 +229,15 @@ impl Stack {
         Ok(stack)
     }
 
+    /// The file of this stack's issuer, private key included (see `DevIssuer::load`), for a
+    /// local process that mints tokens.
+    pub fn issuer_file(&self) -> PathBuf {
+        self.opts.log_dir.join("issuer.json")
+    }
+
     /// A client of this stack's APIs.
     pub fn shop(&self) -> Shop {
-        Shop::new(self.http.clone(), self.api.clone(), self.sink.clone())
+        Shop::new(self.http.clone(), self.api.clone(), self.sink.clone(), self.issuer.clone())
     }
 
     /// The pid of a running process of the stack (`order-api`, `stock-worker`, …), e.g. to
@@ -276,6 +309,14 @@ impl Stack {
         }
         Ok(())
     }
+}
+
+/// A migrator connects as the database's owner and grants the service's other roles.
+fn migrator_env(opts: &StackOptions, db: &conveyor_devpg::ProvisionedDatabase) -> Vec<(String, String)> {
+    let mut env = vec![("RUNTIME_ROLE".into(), db.roles.runtime.clone())];
+    env.extend(db.roles.relay.clone().map(|relay| ("RELAY_ROLES".into(), relay)));
+    env.extend(common_env(opts, &db.migrator));
+    env
 }
 
 fn common_env(opts: &StackOptions, database_url: &str) -> Vec<(String, String)> {

@@ -1,18 +1,27 @@
 //! A small client of the shop's APIs: what the demo, the end-to-end tests and a curious
 //! person do over HTTP.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use conveyor_platform::auth::DevIssuer;
+use reqwest::header::AUTHORIZATION;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+/// Calls as an operator, except that orders are placed by their customer (each with a token
+/// of their own, signed by the stack's issuer).
 #[derive(Clone)]
 pub struct Shop {
     http: reqwest::Client,
     api: BTreeMap<String, String>,
     pub sink: String,
+    issuer: DevIssuer,
+    operator: String,
+    /// Each customer's `Authorization` value, signed once.
+    customers: Arc<Mutex<HashMap<Uuid, String>>>,
 }
 
 /// How an order ended.
@@ -24,8 +33,20 @@ pub enum Terminal {
 }
 
 impl Shop {
-    pub fn new(http: reqwest::Client, api: BTreeMap<String, String>, sink: String) -> Self {
-        Shop { http, api, sink }
+    pub fn new(http: reqwest::Client, api: BTreeMap<String, String>, sink: String, issuer: DevIssuer) -> Self {
+        let operator = format!("Bearer {}", issuer.operator());
+        Shop { http, api, sink, issuer, operator, customers: Arc::default() }
+    }
+
+    /// `Bearer <token>` of `customer`.
+    pub fn customer_auth(&self, customer: Uuid) -> String {
+        let mut cache = self.customers.lock().unwrap_or_else(|e| e.into_inner());
+        cache.entry(customer).or_insert_with(|| format!("Bearer {}", self.issuer.customer(customer))).clone()
+    }
+
+    /// The issuer whose tokens the stack's APIs trust.
+    pub fn issuer(&self) -> &DevIssuer {
+        &self.issuer
     }
 
     pub fn url(&self, service: &str, path: &str) -> String {
@@ -35,7 +56,7 @@ impl Shop {
     /// GET a JSON document; `None` on 404.
     pub async fn get(&self, service: &str, path: &str) -> Result<Option<Value>> {
         let url = self.url(service, path);
-        let resp = self.http.get(&url).timeout(Duration::from_secs(10)).send().await.with_context(|| format!("GET {url}"))?;
+        let resp = self.http.get(&url).header(AUTHORIZATION, &self.operator).timeout(Duration::from_secs(10)).send().await.with_context(|| format!("GET {url}"))?;
         if resp.status() == 404 {
             return Ok(None);
         }
@@ -51,10 +72,14 @@ impl Shop {
     }
 
     /// Any method with a JSON body and extra headers; the status and the JSON answer (or
-    /// the text, as a JSON string, when the answer is not JSON).
+    /// the text, as a JSON string, when the answer is not JSON). As an operator unless
+    /// `headers` has an `Authorization` of its own.
     pub async fn send(&self, method: reqwest::Method, service: &str, path: &str, headers: &[(&str, &str)], body: &Value) -> Result<(u16, Value)> {
         let url = self.url(service, path);
         let mut req = self.http.request(method.clone(), &url).timeout(Duration::from_secs(10)).json(body);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+            req = req.header(AUTHORIZATION, &self.operator);
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -82,10 +107,12 @@ impl Shop {
         id_of(&self.post_ok("payment", "/customers", &body).await?)
     }
 
-    /// `POST /orders` with an idempotency key; the status and answer as they came.
+    /// `POST /orders` with an idempotency key, as the customer; the status and answer as
+    /// they came.
     pub async fn place_order(&self, key: &str, customer: Uuid, lines: &[(Uuid, i64)]) -> Result<(u16, Value)> {
         let lines: Vec<Value> = lines.iter().map(|(p, q)| json!({"product_id": p, "quantity": q})).collect();
-        self.post("order", "/orders", &[("Idempotency-Key", key)], &json!({"customer_id": customer, "lines": lines})).await
+        let auth = self.customer_auth(customer);
+        self.post("order", "/orders", &[("Idempotency-Key", key), ("Authorization", &auth)], &json!({"customer_id": customer, "lines": lines})).await
     }
 
     /// Places an order that must be accepted; its id.

@@ -51,6 +51,8 @@ pub struct ApiArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -86,6 +88,21 @@ pub struct RelayArgs {
     /// entries with commas in the environment variable).
     #[arg(long = "subscriber", env = "SUBSCRIBERS", value_delimiter = ',', value_parser = conveyor_queue::parse_subscriber, hide_env_values = true)]
     pub subscribers: Vec<(String, String)>,
+}
+
+/// Who a migrator grants privileges to in its database (see `grants`). The roles exist
+/// beforehand: whoever provisions the databases creates them (docs/databases.md).
+#[derive(Debug, Clone, Default, Args)]
+pub struct GrantArgs {
+    /// The role the service's APIs and workers connect as: DML on the service's and the
+    /// queue's tables, nothing else. Naming a role here or below also closes the database to
+    /// everyone else; naming none grants nothing (PostgreSQL's defaults: anyone may connect).
+    #[arg(long, env = "RUNTIME_ROLE")]
+    pub runtime_role: Option<String>,
+    /// A role other services' relays deliver into this database's inbox with: INSERT on the
+    /// inbox, nothing else (repeat the flag, or separate roles with commas).
+    #[arg(long = "relay-role", env = "RELAY_ROLES", value_delimiter = ',')]
+    pub relay_roles: Vec<String>,
 }
 
 /// `250ms`, `3s`, `2m`, `1h`, or a bare number of seconds.

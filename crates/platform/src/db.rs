@@ -9,7 +9,7 @@ pub use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use crate::config::DbArgs;
+use crate::config::{DbArgs, GrantArgs};
 
 /// A pool on the service's database. Connections are not pinged when handed out (sqlx
 /// would spend a round trip per checkout); a broken one fails its query and is replaced.
@@ -77,13 +77,18 @@ async fn missing(pool: &PgPool, table: &str, migrator: &Migrator) -> anyhow::Res
 }
 
 /// What a `<svc>-migrator` does: apply the queue schema and the service's migrations to
-/// its database, then return. Safe to run again (applied migrations are skipped) and by
-/// several processes at once (sqlx takes an advisory lock).
-pub async fn migrate(db: &DbArgs, service: &str, migrator: &Migrator) -> anyhow::Result<()> {
+/// its database, grant the roles in `grants` their privileges (see [`crate::grants`]), then
+/// return. Safe to run again (applied migrations are skipped, grants repeated) and by
+/// several processes at once (sqlx takes an advisory lock, and so do the grants).
+pub async fn migrate(db: &DbArgs, grants: &GrantArgs, service: &str, migrator: &Migrator) -> anyhow::Result<()> {
     let pool = connect(db).await?;
     conveyor_queue::migrate(&pool).await.context("applying the queue schema")?;
     migrator.run(&pool).await.with_context(|| format!("applying the {service} migrations"))?;
     require_migrated(&pool, service, migrator).await?;
+    crate::grants::apply(&pool, grants).await?;
+    if grants.runtime_role.is_some() || !grants.relay_roles.is_empty() {
+        tracing::info!(service, runtime = ?grants.runtime_role, relay = ?grants.relay_roles, "privileges granted");
+    }
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM public._sqlx_migrations WHERE success").fetch_one(&pool).await?;
     tracing::info!(service, applied, database = redact(&db.database_url), "database is migrated");
     pool.close().await;

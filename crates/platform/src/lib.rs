@@ -1,24 +1,28 @@
 //! What every Conveyor binary shares, used the same way by every service:
 //!
+//! - [`auth`]: bearer tokens (JWT against a JWKS), the caller they name, a local issuer;
 //! - [`config`]: command-line flags with environment fallbacks (clap), grouped so that each
 //!   binary flattens the groups it needs;
 //! - [`telemetry`]: logs (JSON or text, with trace ids), OpenTelemetry traces (from the
 //!   `OTEL_*` variables) and the Prometheus recorder;
 //! - [`db`]: pools, the "is this database migrated?" check, and the migrator's body;
+//! - [`grants`]: the privileges a migrator gives the runtime and relay roles;
 //! - [`http`]: the API server (health, metrics, OpenAPI document and docs page, admin routes,
 //!   `application/problem+json` errors, body limits) and the extractors handlers use;
 //! - [`worker`]: the worker process (consumers, relay, pruner, health and metrics);
 //! - [`shutdown`]: SIGINT/SIGTERM as a cancellation token.
 
+pub mod auth;
 pub mod config;
 pub mod db;
+pub mod grants;
 pub mod http;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;
 
-pub use config::{ApiArgs, DbArgs, HttpArgs, LogArgs, RelayArgs, WorkerArgs};
+pub use config::{ApiArgs, DbArgs, GrantArgs, HttpArgs, LogArgs, RelayArgs, WorkerArgs};
 pub use http::{ApiError, ApiResult, Json, Path, Query};
 
 use sqlx::PgPool;
@@ -59,10 +63,10 @@ where
     ran
 }
 
-/// The whole body of an `<svc>-migrator` binary.
-pub async fn run_migrator(service: &'static str, process: &'static str, db: DbArgs, log: LogArgs, migrator: &Migrator) -> anyhow::Result<()> {
+/// The whole body of an `<svc>-migrator` binary: migrate, then grant (see [`grants`]).
+pub async fn run_migrator(service: &'static str, process: &'static str, db: DbArgs, grants: GrantArgs, log: LogArgs, migrator: &Migrator) -> anyhow::Result<()> {
     telemetry::init(service, process, &log);
-    let migrated = db::migrate(&db, service, migrator).await;
+    let migrated = db::migrate(&db, &grants, service, migrator).await;
     telemetry::shutdown().await;
     migrated
 }

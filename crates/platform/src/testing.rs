@@ -11,6 +11,8 @@ use sqlx::migrate::Migrator;
 use tower::ServiceExt;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::auth::{DevIssuer, Verifier};
+
 /// A new database (see `conveyor_devpg::test_db`) with the queue schema and `migrator`'s.
 pub async fn migrated_db(migrator: &Migrator) -> PgPool {
     let db = conveyor_devpg::test_db().await;
@@ -20,9 +22,15 @@ pub async fn migrated_db(migrator: &Migrator) -> PgPool {
     pool
 }
 
-/// A service's API as `serve_api` serves it, for requests without a socket.
+/// A service's API as `serve_api` serves it, for requests without a socket, trusting the
+/// tokens of its own [`DevIssuer`]. Requests carry an operator's token unless the API was
+/// made to speak as someone else ([`TestApi::as_customer`], [`TestApi::anonymous`]).
+#[derive(Clone)]
 pub struct TestApi {
     pub router: Router,
+    pub issuer: DevIssuer,
+    /// The bearer token sent with every request; `None`: none.
+    pub token: Option<String>,
 }
 
 /// A response: status, headers, and the body parsed as JSON (`Null` when empty or not JSON;
@@ -57,7 +65,25 @@ impl TestApi {
         S: Clone + Send + Sync + 'static,
         PgPool: FromRef<S>,
     {
-        TestApi { router: crate::http::api_router(service, 64 * 1024, pool, api, state) }
+        let issuer = DevIssuer::generate().expect("a signing key");
+        let router = crate::http::with_verifier(crate::http::api_router(service, 64 * 1024, pool, api, state), Verifier::trusting(&issuer));
+        let token = Some(issuer.operator());
+        TestApi { router, issuer, token }
+    }
+
+    /// The same API, called by customer `id`.
+    pub fn as_customer(&self, id: uuid::Uuid) -> TestApi {
+        TestApi { token: Some(self.issuer.customer(id)), ..self.clone() }
+    }
+
+    /// The same API, called by an operator (the default).
+    pub fn as_operator(&self) -> TestApi {
+        TestApi { token: Some(self.issuer.operator()), ..self.clone() }
+    }
+
+    /// The same API, called with no token.
+    pub fn anonymous(&self) -> TestApi {
+        TestApi { token: None, ..self.clone() }
     }
 
     /// Sends `body` (raw text, sent as JSON) with extra `headers`.
@@ -65,6 +91,11 @@ impl TestApi {
         let mut req = Request::builder().method(method).uri(uri);
         if body.is_some() && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
             req = req.header("content-type", "application/json");
+        }
+        if let Some(token) = &self.token
+            && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            req = req.header("authorization", format!("Bearer {token}"));
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -113,7 +144,7 @@ pub async fn deliver<E: conveyor_queue::Event>(pool: &PgPool, event: &E) -> uuid
 pub async fn deliver_with_id<E: conveyor_queue::Event>(pool: &PgPool, id: uuid::Uuid, event: &E) {
     sqlx::query(
         "INSERT INTO conveyor.inbox (message_id, topic, key, payload, published_at) VALUES ($1, $2, $3, $4, now())
-         ON CONFLICT (message_id) DO NOTHING",
+         ON CONFLICT DO NOTHING",
     )
     .bind(id)
     .bind(E::TOPIC)

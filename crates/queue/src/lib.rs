@@ -15,6 +15,7 @@ mod admin;
 mod consumer;
 mod error;
 mod floor;
+mod grants;
 mod message;
 mod prune;
 mod publish;
@@ -28,6 +29,7 @@ pub use consumer::{
     Consumer, ConsumerOptions, Handler, HandlerError, LeaseHandler, LeaseOptions, LockKeys, handler_fn, lock_keys_fn,
 };
 pub use error::Error;
+pub use grants::{DELIVERY_COLUMNS, quote_ident, relay_grants};
 pub use message::{Delivery, Event, Headers, MessageId, Outgoing};
 pub use prune::{Pruner, prune_once};
 pub use publish::{publish, publish_all, publish_event};

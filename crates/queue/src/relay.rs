@@ -63,7 +63,8 @@ impl Routes {
 /// Parses a subscriber's database as configuration gives it: `name=postgres://…` (for a
 /// clap argument such as `--subscriber stock=postgres://…`, use it as `value_parser`).
 pub fn parse_subscriber(s: &str) -> Result<(String, String), String> {
-    let (name, url) = s.split_once('=').ok_or_else(|| format!("expected NAME=URL, got {s:?}"))?;
+    // The value is never echoed: it may carry a password.
+    let (name, url) = s.split_once('=').ok_or_else(|| "expected NAME=URL (e.g. stock=postgres://…), got no '='".to_owned())?;
     let name = name.trim();
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(format!("subscriber name {name:?} must be letters, digits, '-' or '_'"));
@@ -117,6 +118,10 @@ WHERE o.message_id = ANY (ARRAY(
     WHERE topic = ANY($1) AND message_id >= $3 ORDER BY message_id LIMIT $2 FOR UPDATE SKIP LOCKED))
 RETURNING o.message_id, o.topic, o.key, o.payload::text, o.headers::text, o.created_at";
 
+/// The one statement a relay runs in a subscriber's database. The conflict has no target
+/// (the inbox's only unique key is the message id): with `ON CONFLICT (message_id)`
+/// PostgreSQL would require SELECT on that column, and the role a relay delivers with has
+/// INSERT on these six columns and nothing else (see `grants`).
 pub(crate) const DELIVER: &str = concat!(
     "WITH ",
     wake_cte!("conveyor_inbox", 7165066987023786497),
@@ -125,7 +130,7 @@ SELECT m.message_id, m.topic, m.key, m.payload::json, m.headers::json, m.publish
 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
        AS m(message_id, topic, key, payload, headers, published_at)
 CROSS JOIN wake
-ON CONFLICT (message_id) DO NOTHING"
+ON CONFLICT DO NOTHING"
 );
 
 /// Copies a service's outbox into its subscribers' inboxes.

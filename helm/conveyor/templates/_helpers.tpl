@@ -118,29 +118,94 @@ over it, as YAML. Takes (dict "root" $ "service" "catalog" "part" "api").
 {{- toYaml $merged }}
 {{- end }}
 
-{{/* Name of the Secret holding a service's DATABASE_URL (the chart's or an existing one). */}}
-{{- define "conveyor.dbSecretName" -}}
-{{- $db := (get .root.Values.services .service).database }}
-{{- if $db.existingSecret }}
-{{- $db.existingSecret }}
+{{/*
+A service's database roles (docs/databases.md): "migrator" owns the database and its schema
+and runs the migrator Job; "runtime" is what the service's API and worker connect as (DML
+only); "relay" is what the workers of the services that deliver to this one write its inbox
+with (INSERT only; a service nobody delivers to has none). The helpers below take
+(dict "root" $ "service" "catalog" "role" "runtime").
+*/}}
+
+{{/* The role's name: services.<svc>.database.roles.<role>.username, else <svc>_<role>. */}}
+{{- define "conveyor.roleName" -}}
+{{- $r := get (get .root.Values.services .service).database.roles .role }}
+{{- default (printf "%s_%s" .service .role) $r.username }}
+{{- end }}
+
+{{/* Non-empty when some worker delivers to the service (it then has a relay role). Takes (dict "root" $ "service" "catalog"). */}}
+{{- define "conveyor.receives" -}}
+{{- $contract := include "conveyor.contract" .root | fromYaml }}
+{{- range $contract.services }}{{ if has $.service .subscribers }}yes{{ end }}{{ end }}
+{{- end }}
+
+{{/*
+Name of the Secret holding a role's URL: the role's existingSecret, else the chart's:
+<svc>-db (runtime), <svc>-db-relay (relay), <svc>-db-migrate (migrator; a hook, because on the
+first install regular resources do not exist yet when pre-install hooks run).
+*/}}
+{{- define "conveyor.roleSecretName" -}}
+{{- $r := get (get .root.Values.services .service).database.roles .role }}
+{{- if $r.existingSecret }}
+{{- $r.existingSecret }}
 {{- else }}
-{{- printf "%s-%s-db" (include "conveyor.fullname" .root) .service }}
+{{- printf "%s-%s-%s" (include "conveyor.fullname" .root) .service (get (dict "runtime" "db" "relay" "db-relay" "migrator" "db-migrate") .role) }}
 {{- end }}
 {{- end }}
 
-{{- define "conveyor.dbSecretKey" -}}
-{{- $db := (get .root.Values.services .service).database }}
-{{- if $db.existingSecret }}{{ $db.existingSecretKey }}{{ else }}DATABASE_URL{{ end }}
+{{- define "conveyor.roleSecretKey" -}}
+{{- $r := get (get .root.Values.services .service).database.roles .role }}
+{{- if $r.existingSecret }}{{ $r.existingSecretKey }}{{ else }}DATABASE_URL{{ end }}
 {{- end }}
 
-{{/* Name of the Secret the migrator reads (its own hook Secret, or the existing one). */}}
-{{- define "conveyor.migratorSecretName" -}}
-{{- $db := (get .root.Values.services .service).database }}
-{{- if $db.existingSecret }}
-{{- $db.existingSecret }}
-{{- else }}
-{{- printf "%s-%s-db-migrate" (include "conveyor.fullname" .root) .service }}
+{{/*
+A role's password: its password value, else (with the demo PostgreSQL) one derived from the
+demo server's admin password, so it stays the same across upgrades as that one does.
+*/}}
+{{- define "conveyor.rolePassword" -}}
+{{- $r := get (get .root.Values.services .service).database.roles .role }}
+{{- if $r.password }}
+{{- $r.password }}
+{{- else if .root.Values.postgres.enabled }}
+{{- printf "%s/%s" (include "conveyor.postgresPassword" .root) (include "conveyor.roleName" .) | sha256sum | trunc 32 }}
 {{- end }}
+{{- end }}
+
+{{/* A role's URL when the chart makes its Secret: its url, else built from its name and password. */}}
+{{- define "conveyor.roleUrl" -}}
+{{- $root := .root }}
+{{- $db := (get $root.Values.services .service).database }}
+{{- $r := get $db.roles .role }}
+{{- if $r.url }}
+{{- $r.url }}
+{{- else }}
+{{- $auth := include "conveyor.urlEscape" (include "conveyor.roleName" .) }}
+{{- with include "conveyor.rolePassword" . }}
+{{- $auth = printf "%s:%s" $auth (include "conveyor.urlEscape" .) }}
+{{- end }}
+{{- if $root.Values.postgres.enabled }}
+{{- printf "postgres://%s@%s:5432/%s" $auth (include "conveyor.postgresHost" $root) $db.name }}
+{{- else }}
+{{- $d := $root.Values.database }}
+{{- printf "postgres://%s@%s:%d/%s" $auth $d.host (int $d.port) $db.name }}
+{{- with $d.params }}?{{ . }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A pod annotation that changes when a URL the chart makes for `roles` changes (a list of
+(dict "service" … "role" …)), so pods restart on a new password; empty when the chart makes
+none of them. Takes (dict "root" $ "roles" <list>).
+*/}}
+{{- define "conveyor.urlsChecksum" -}}
+{{- $urls := list }}
+{{- range .roles }}
+{{- $ctx := dict "root" $.root "service" .service "role" .role }}
+{{- if not (get (get (get $.root.Values.services .service).database.roles .role) "existingSecret") }}
+{{- $urls = append $urls (include "conveyor.roleUrl" $ctx) }}
+{{- end }}
+{{- end }}
+{{- with $urls }}checksum/database-urls: {{ join "\n" . | sha256sum }}{{ end }}
 {{- end }}
 
 {{- define "conveyor.postgresHost" -}}
@@ -172,25 +237,6 @@ The demo PostgreSQL's password: postgres.auth.password, else the one in its exis
 {{/* URL-encodes one part of a URL's user information (urlquery turns spaces into "+"). */}}
 {{- define "conveyor.urlEscape" -}}
 {{- urlquery . | replace "+" "%20" }}
-{{- end }}
-
-{{/* A service's DATABASE_URL when the chart makes its Secret. Takes (dict "root" $ "service" "catalog"). */}}
-{{- define "conveyor.databaseUrl" -}}
-{{- $root := .root }}
-{{- $db := (get $root.Values.services .service).database }}
-{{- if $db.url }}
-{{- $db.url }}
-{{- else if $root.Values.postgres.enabled }}
-{{- printf "postgres://%s:%s@%s:5432/%s" (include "conveyor.urlEscape" $root.Values.postgres.auth.username) (include "conveyor.urlEscape" (include "conveyor.postgresPassword" $root)) (include "conveyor.postgresHost" $root) $db.name }}
-{{- else }}
-{{- $d := $root.Values.database }}
-{{- $auth := include "conveyor.urlEscape" $d.username }}
-{{- if $d.password }}
-{{- $auth = printf "%s:%s" $auth (include "conveyor.urlEscape" $d.password) }}
-{{- end }}
-{{- printf "postgres://%s@%s:%d/%s" $auth $d.host (int $d.port) $db.name }}
-{{- with $d.params }}?{{ . }}{{ end }}
-{{- end }}
 {{- end }}
 
 {{/* The pod securityContext every pod of the chart runs with. */}}
@@ -244,8 +290,8 @@ Environment every API and worker shares. Takes (dict "root" $ "service" "catalog
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
-      name: {{ include "conveyor.dbSecretName" . }}
-      key: {{ include "conveyor.dbSecretKey" . }}
+      name: {{ include "conveyor.roleSecretName" (dict "root" $root "service" .service "role" "runtime") }}
+      key: {{ include "conveyor.roleSecretKey" (dict "root" $root "service" .service "role" "runtime") }}
 - name: DB_MAX_CONNECTIONS
   value: {{ .part.dbMaxConnections | quote }}
 - name: LISTEN_ADDR
@@ -366,4 +412,94 @@ spec:
   behavior:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/*
+Bearer tokens (docs/security.md; values `auth`). "conveyor.authCheck" fails the render unless
+auth.issuer and exactly one source of keys are given, and checks an inline JWKS: a JSON Web Key
+Set of public keys (it goes into a ConfigMap, which is no place for private key material).
+*/}}
+{{- define "conveyor.authCheck" -}}
+{{- $auth := .Values.auth }}
+{{- $_ := required "auth.issuer is required: the `iss` of the tokens the APIs accept, i.e. your identity provider's issuer (docs/security.md)" $auth.issuer }}
+{{- $sources := list }}
+{{- if $auth.jwksUrl }}{{ $sources = append $sources "auth.jwksUrl" }}{{ end }}
+{{- if $auth.jwks }}{{ $sources = append $sources "auth.jwks" }}{{ end }}
+{{- if $auth.existingJwksConfigMap }}{{ $sources = append $sources "auth.existingJwksConfigMap" }}{{ end }}
+{{- if not $sources }}
+{{- fail "the APIs need the identity provider's public keys: set auth.jwksUrl (its jwks_uri), auth.jwks (a JWKS document) or auth.existingJwksConfigMap (docs/security.md)" }}
+{{- end }}
+{{- if gt (len $sources) 1 }}
+{{- fail (printf "give the identity provider's keys one way, not %s" (join " and " $sources)) }}
+{{- end }}
+{{- with $auth.jwks }}
+{{- $doc := fromJson . }}
+{{- if or (hasKey $doc "Error") (not (kindIs "slice" (get $doc "keys"))) (empty (get $doc "keys")) }}
+{{- fail "auth.jwks is not a JSON Web Key Set: expected a JSON document {\"keys\": [...]} with at least one key" }}
+{{- end }}
+{{- range $i, $key := get $doc "keys" }}
+{{- if not (kindIs "map" $key) }}
+{{- fail (printf "auth.jwks: key %d is not a JSON object" $i) }}
+{{- end }}
+{{- range $member := list "d" "p" "q" "dp" "dq" "qi" "oth" "k" }}
+{{- if hasKey $key $member }}
+{{- fail (printf "auth.jwks: key %d has the private or symmetric member %q; give the public keys only" $i $member) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Where the APIs find the JWKS when it is a file: the mounted ConfigMap (the chart's or yours). */}}
+{{- define "conveyor.jwksDir" -}}/etc/conveyor/jwks{{- end }}
+
+{{- define "conveyor.jwksConfigMapName" -}}
+{{- default (printf "%s-jwks" (include "conveyor.fullname" .)) .Values.auth.existingJwksConfigMap }}
+{{- end }}
+
+{{/* AUTH_* variables of every API. */}}
+{{- define "conveyor.authEnv" -}}
+{{- $auth := .Values.auth -}}
+- name: AUTH_JWKS
+  value: {{ default (printf "%s/jwks.json" (include "conveyor.jwksDir" .)) $auth.jwksUrl | quote }}
+- name: AUTH_ISSUER
+  value: {{ $auth.issuer | quote }}
+- name: AUTH_AUDIENCE
+  value: {{ $auth.audience | quote }}
+- name: AUTH_LEEWAY
+  value: {{ $auth.leeway | quote }}
+- name: AUTH_OPERATOR_ROLE
+  value: {{ $auth.operatorRole | quote }}
+{{- end }}
+
+{{/* The JWKS volume of every API (none with auth.jwksUrl). */}}
+{{- define "conveyor.jwksVolume" -}}
+{{- if not .Values.auth.jwksUrl -}}
+- name: jwks
+  configMap:
+    name: {{ include "conveyor.jwksConfigMapName" . }}
+    items:
+      - key: {{ ternary .Values.auth.existingJwksConfigMapKey "jwks.json" (not (empty .Values.auth.existingJwksConfigMap)) }}
+        path: jwks.json
+{{- end }}
+{{- end }}
+
+{{- define "conveyor.jwksMount" -}}
+{{- if not .Values.auth.jwksUrl -}}
+- name: jwks
+  mountPath: {{ include "conveyor.jwksDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Where notification-worker finds its token for order-api (auth.lookupToken). */}}
+{{- define "conveyor.lookupTokenDir" -}}/var/run/secrets/conveyor/order-api-token{{- end }}
+
+{{/*
+The port of a URL: its explicit one, else 443 for https and 80 otherwise (NetworkPolicies).
+*/}}
+{{- define "conveyor.urlPort" -}}
+{{- $url := urlParse . }}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" }}
+{{- default (ternary "443" "80" (eq $url.scheme "https")) $port }}
 {{- end }}

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use chrono::{DateTime, Utc};
 use conveyor_contracts::{Money, ProductCreated, ProductUpdated, limits};
+use conveyor_platform::auth::{AuthErrors, Operator};
 use conveyor_platform::http::{Page, PageQuery, Problem};
 use conveyor_platform::{ApiError, ApiResult, Json, Path, Query};
 use serde::{Deserialize, Serialize};
@@ -15,8 +16,11 @@ use uuid::Uuid;
 
 use crate::repo::{self, ProductRow};
 
+/// What `/openapi.json` and `/docs` say this API is.
+const DESCRIPTION: &str = "The catalog: products with a name, a price and the stock they start with. Every change is published (`product.created`, `product.updated`); stock and order keep their own copies from those events.";
+
 pub fn router() -> OpenApiRouter<PgPool> {
-    OpenApiRouter::new().routes(routes!(create_product, list_products)).routes(routes!(get_product, update_product))
+    conveyor_platform::http::api_routes(DESCRIPTION).routes(routes!(create_product, list_products)).routes(routes!(get_product, update_product))
 }
 
 /// A product to create.
@@ -24,10 +28,12 @@ pub fn router() -> OpenApiRouter<PgPool> {
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
     /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Unit price; 0 to 10^12 minor units.
     pub price: Money,
     /// Units the stock service starts with (default 100).
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub initial_stock: Option<i64>,
 }
 
@@ -35,6 +41,8 @@ pub struct NewProduct {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
+    /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     pub price: Option<Money>,
 }
@@ -81,13 +89,13 @@ fn parse_price(price: Money) -> ApiResult<Money> {
     Ok(price)
 }
 
-/// Creates a product and publishes `product.created`.
-#[utoipa::path(post, path = "/products", tag = "products", request_body = NewProduct,
-    responses(
+/// Creates a product and publishes `product.created`. Operators only.
+#[utoipa::path(post, path = "/products", tag = "products", request_body = NewProduct, security(("bearer" = [])),
+    responses(AuthErrors,
         (status = 201, body = ProductView, description = "created; `Location` names it"),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
-async fn create_product(State(pool): State<PgPool>, Json(req): Json<NewProduct>) -> ApiResult<(StatusCode, [(header::HeaderName, String); 1], Json<ProductView>)> {
+async fn create_product(_: Operator, State(pool): State<PgPool>, Json(req): Json<NewProduct>) -> ApiResult<(StatusCode, [(header::HeaderName, String); 1], Json<ProductView>)> {
     let name = parse_name(&req.name)?;
     let price = parse_price(req.price)?;
     let initial_stock = req.initial_stock.unwrap_or(100);
@@ -123,13 +131,13 @@ async fn get_product(State(pool): State<PgPool>, Path(id): Path<Uuid>) -> ApiRes
     Ok(Json(row.into()))
 }
 
-/// Changes a product's name or price and publishes `product.updated`.
-#[utoipa::path(patch, path = "/products/{id}", tag = "products", params(("id" = Uuid, Path)), request_body = ProductPatch,
-    responses(
+/// Changes a product's name or price and publishes `product.updated`. Operators only.
+#[utoipa::path(patch, path = "/products/{id}", tag = "products", params(("id" = Uuid, Path)), request_body = ProductPatch, security(("bearer" = [])),
+    responses(AuthErrors,
         (status = 200, body = ProductView),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
-async fn update_product(State(pool): State<PgPool>, Path(id): Path<Uuid>, Json(req): Json<ProductPatch>) -> ApiResult<Json<ProductView>> {
+async fn update_product(_: Operator, State(pool): State<PgPool>, Path(id): Path<Uuid>, Json(req): Json<ProductPatch>) -> ApiResult<Json<ProductView>> {
     let name = req.name.as_deref().map(parse_name).transpose()?;
     let price = req.price.map(parse_price).transpose()?;
     if name.is_none() && price.is_none() {

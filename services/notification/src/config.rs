@@ -18,6 +18,11 @@ pub struct NotifierArgs {
     /// Base URL of the order API, asked for `GET /orders/{id}` (product names, status).
     #[arg(long, env = "ORDER_API_URL", value_parser = parse_http_url)]
     pub order_api_url: Url,
+    /// A file holding the bearer token (an operator's) the lookup presents to the order API;
+    /// read at each lookup, so it may be rotated in place (a mounted Secret). Without it the
+    /// order API refuses the lookup and notifications are rendered from the event alone.
+    #[arg(long, env = "ORDER_API_TOKEN_FILE")]
+    pub order_api_token_file: Option<std::path::PathBuf>,
     /// How long the order lookup may take before the event's own data is used instead.
     #[arg(long, env = "NOTIFICATION_LOOKUP_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
     pub lookup_timeout: Duration,

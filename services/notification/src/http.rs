@@ -2,6 +2,7 @@
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
+use conveyor_platform::auth::{AuthErrors, Caller, Operator};
 use conveyor_platform::http::Problem;
 use conveyor_platform::{ApiError, ApiResult, Json, Path};
 use serde::{Deserialize, Serialize};
@@ -20,8 +21,11 @@ pub const MAX_SUBJECT_CHARS: usize = 200;
 /// Characters of a body template.
 pub const MAX_BODY_CHARS: usize = 10_000;
 
+/// What `/openapi.json` and `/docs` say this API is.
+const DESCRIPTION: &str = "Notifications: what was sent for an order, and the templates (minijinja) rendered for `order.confirmed` and `order.cancelled` and delivered by webhook.";
+
 pub fn router() -> OpenApiRouter<PgPool> {
-    OpenApiRouter::new().routes(routes!(list_notifications)).routes(routes!(list_templates)).routes(routes!(get_template, put_template))
+    conveyor_platform::http::api_routes(DESCRIPTION).routes(routes!(list_notifications)).routes(routes!(list_templates)).routes(routes!(get_template, put_template))
 }
 
 /// A template in minijinja syntax. Variables: `order_id`, `customer_id`, `event_type`,
@@ -43,13 +47,22 @@ impl From<TemplateRow> for TemplateView {
     }
 }
 
-/// A template's new text; both parts are replaced.
+/// A template's new text; both parts are replaced. Templates run in a sandbox: text,
+/// `{{ expression }}`, `{% if %}`, and `{% for %}` over a variable (`lines`); the filters
+/// `upper`, `lower`, `title`, `capitalize`, `trim`, `length`, `default`, `first`, `last`,
+/// `round`, `escape`, `replace`; the tests `defined`, `undefined`, `none`, `odd`, `even`.
+/// No functions (`debug`, `range`, …), `set`, `with`, macros, `include`, `filter` blocks,
+/// and no `~`, `+`, `*`, `**`. Each part must render, for the largest order the contracts
+/// allow, within 50,000 steps of work (fuel) and to at most 1,000 (subject) or 100,000
+/// (body) characters.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateUpdate {
     /// One line, 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub subject: String,
     /// 1 to 10,000 characters.
+    #[schema(min_length = 1, max_length = 10_000)]
     pub body: String,
 }
 
@@ -90,47 +103,52 @@ impl From<NotificationRow> for NotificationView {
 
 /// The notifications delivered for an order (none yet is an empty list, not a 404: this
 /// service does not know which orders exist).
-#[utoipa::path(get, path = "/orders/{order_id}/notifications", tag = "notifications", params(("order_id" = Uuid, Path)),
-    responses((status = 200, body = Vec<NotificationView>), (status = 400, body = Problem, content_type = "application/problem+json")))]
-async fn list_notifications(State(pool): State<PgPool>, Path(order_id): Path<Uuid>) -> ApiResult<Json<Vec<NotificationView>>> {
+/// The order's customer sees them, and operators.
+#[utoipa::path(get, path = "/orders/{order_id}/notifications", tag = "notifications", params(("order_id" = Uuid, Path)), security(("bearer" = [])),
+    responses((status = 200, body = Vec<NotificationView>), (status = 400, body = Problem, content_type = "application/problem+json"), AuthErrors))]
+async fn list_notifications(caller: Caller, State(pool): State<PgPool>, Path(order_id): Path<Uuid>) -> ApiResult<Json<Vec<NotificationView>>> {
     let mut conn = pool.acquire().await?;
     let rows = repo::notifications_of(&mut conn, order_id).await?;
+    for row in &rows {
+        caller.require_customer(row.customer_id)?;
+    }
     Ok(Json(rows.into_iter().map(Into::into).collect()))
 }
 
-/// Every template.
-#[utoipa::path(get, path = "/templates", tag = "templates", responses((status = 200, body = Vec<TemplateView>)))]
-async fn list_templates(State(pool): State<PgPool>) -> ApiResult<Json<Vec<TemplateView>>> {
+/// Every template. Operators only.
+#[utoipa::path(get, path = "/templates", tag = "templates", security(("bearer" = [])), responses((status = 200, body = Vec<TemplateView>), AuthErrors))]
+async fn list_templates(_: Operator, State(pool): State<PgPool>) -> ApiResult<Json<Vec<TemplateView>>> {
     let mut conn = pool.acquire().await?;
     Ok(Json(repo::templates(&mut conn).await?.into_iter().map(Into::into).collect()))
 }
 
-/// The template of one event type.
-#[utoipa::path(get, path = "/templates/{event_type}", tag = "templates", params(("event_type" = String, Path, description = "`order.confirmed` or `order.cancelled`")),
-    responses((status = 200, body = TemplateView), (status = 404, body = Problem, content_type = "application/problem+json")))]
-async fn get_template(State(pool): State<PgPool>, Path(event_type): Path<String>) -> ApiResult<Json<TemplateView>> {
+/// The template of one event type. Operators only.
+#[utoipa::path(get, path = "/templates/{event_type}", tag = "templates", params(("event_type" = String, Path, description = "`order.confirmed` or `order.cancelled`")), security(("bearer" = [])),
+    responses((status = 200, body = TemplateView), (status = 404, body = Problem, content_type = "application/problem+json"), AuthErrors))]
+async fn get_template(_: Operator, State(pool): State<PgPool>, Path(event_type): Path<String>) -> ApiResult<Json<TemplateView>> {
     let event_type = parse_event_type(&event_type)?;
     let mut conn = pool.acquire().await?;
     let row = repo::template(&mut conn, event_type).await?.ok_or_else(|| ApiError::NotFound(format!("no template is stored for {event_type}")))?;
     Ok(Json(row.into()))
 }
 
-/// Replaces the template of one event type. Both parts must parse and render for a sample
-/// event of that type (an unknown variable is refused here, not when a customer is due a
-/// notification).
+/// Replaces the template of one event type. Both parts must parse, stay within the sandbox
+/// and render for sample events of that type, the largest order included, within the
+/// limits of work and output (an unknown variable or a template too costly is refused
+/// here, not when a customer is due a notification). Operators only.
 #[utoipa::path(put, path = "/templates/{event_type}", tag = "templates", request_body = TemplateUpdate,
-    params(("event_type" = String, Path, description = "`order.confirmed` or `order.cancelled`")),
-    responses(
+    params(("event_type" = String, Path, description = "`order.confirmed` or `order.cancelled`")), security(("bearer" = [])),
+    responses(AuthErrors,
         (status = 200, body = TemplateView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
-async fn put_template(State(pool): State<PgPool>, Path(event_type): Path<String>, Json(req): Json<TemplateUpdate>) -> ApiResult<Json<TemplateView>> {
+async fn put_template(_: Operator, State(pool): State<PgPool>, Path(event_type): Path<String>, Json(req): Json<TemplateUpdate>) -> ApiResult<Json<TemplateView>> {
     let event_type = parse_event_type(&event_type)?;
     check_text("subject", &req.subject, MAX_SUBJECT_CHARS, false)?;
     check_text("body", &req.body, MAX_BODY_CHARS, true)?;
-    for (what, source) in [("subject", &req.subject), ("body", &req.body)] {
-        if let Some(problem) = render::check(what, source, event_type) {
+    for (part, source) in [(render::Part::Subject, &req.subject), (render::Part::Body, &req.body)] {
+        if let Some(problem) = render::check(part, source, event_type) {
             return Err(ApiError::Unprocessable(problem));
         }
     }

@@ -8,6 +8,8 @@ use reqwest::Url;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use conveyor_platform::auth::TokenFile;
+
 use crate::breaker::Breaker;
 use crate::render::{DataSource, Vars};
 
@@ -27,13 +29,14 @@ struct LineView {
 pub struct OrderLookup {
     client: reqwest::Client,
     base: Url,
+    token: Option<TokenFile>,
     timeout: Duration,
     breaker: Breaker,
 }
 
 impl OrderLookup {
-    pub fn new(client: reqwest::Client, base: Url, timeout: Duration, breaker: Breaker) -> Self {
-        OrderLookup { client, base, timeout, breaker }
+    pub fn new(client: reqwest::Client, base: Url, token: Option<TokenFile>, timeout: Duration, breaker: Breaker) -> Self {
+        OrderLookup { client, base, token, timeout, breaker }
     }
 
     /// Adds what the order API says to `vars` (names, status; `data_source = lookup`), or
@@ -52,9 +55,13 @@ impl OrderLookup {
     }
 
     async fn fetch(&self, order_id: Uuid) -> anyhow::Result<OrderView> {
-        let permit = self.breaker.permit().map_err(|wait| anyhow!("the order API's circuit breaker is open (for {wait:?} more)"))?;
         let url = format!("{}/orders/{order_id}", self.base.as_str().trim_end_matches('/'));
-        let response = match conveyor_platform::http::client::send(self.client.get(&url).timeout(self.timeout)).await {
+        let mut request = self.client.get(&url).timeout(self.timeout);
+        if let Some(token) = &self.token {
+            request = request.header(reqwest::header::AUTHORIZATION, token.bearer().await?);
+        }
+        let permit = self.breaker.permit().map_err(|wait| anyhow!("the order API's circuit breaker is open (for {wait:?} more)"))?;
+        let response = match conveyor_platform::http::client::send(request).await {
             Ok(r) => r,
             Err(e) => {
                 permit.failed();

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, anyhow};
 use chrono::Utc;
 use conveyor_contracts::{CancelReason, OrderCancelled, OrderConfirmed, OrderSummary};
+use conveyor_platform::auth::TokenFile;
 use conveyor_queue::{Consumer, Delivery, HandlerError};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -77,7 +78,7 @@ impl Notifier {
         let breaker = |target| Breaker::new(target, args.breaker_failures, args.breaker_cooldown);
         Ok(Notifier {
             pool,
-            lookup: OrderLookup::new(client.clone(), args.order_api_url.clone(), args.lookup_timeout, breaker("order-api")),
+            lookup: OrderLookup::new(client.clone(), args.order_api_url.clone(), args.order_api_token_file.clone().map(TokenFile), args.lookup_timeout, breaker("order-api")),
             webhook: Webhook::new(client, args.webhook_url.clone(), args.webhook_timeout, breaker("webhook")),
             in_flight: Mutex::new(HashSet::new()),
         })
@@ -127,8 +128,8 @@ impl Notifier {
 
         let mut vars = Vars::from_event(event_type, &event.order, event.reason, event.detail);
         self.lookup.enrich(&mut vars).await;
-        let subject = render::render(&template.subject, &vars).map_err(|e| HandlerError::permanent(anyhow!("the {event_type} subject template failed: {e}")))?;
-        let body = render::render(&template.body, &vars).map_err(|e| HandlerError::permanent(anyhow!("the {event_type} body template failed: {e}")))?;
+        let subject = render::render_part(render::Part::Subject, &template.subject, &vars).map_err(|e| HandlerError::permanent(anyhow!("the {event_type} subject template failed: {e}")))?;
+        let body = render::render_part(render::Part::Body, &template.body, &vars).map_err(|e| HandlerError::permanent(anyhow!("the {event_type} body template failed: {e}")))?;
 
         let key = format!("{order_id}:{event_type}");
         let id = Uuid::new_v5(&ID_NAMESPACE, key.as_bytes());

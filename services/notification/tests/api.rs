@@ -54,7 +54,7 @@ async fn bad_templates_get_a_problem_and_change_nothing() {
         (json!({"subject": "Hi", "body": "x".repeat(10_001)}), 422, "body must have 1 to 10000 characters"),
         (json!({"subject": "Hi", "body": ""}), 422, "body must have 1 to 10000"),
         (json!({"subject": "Two\nlines", "body": ok_body}), 422, "subject must not contain line breaks"),
-        (json!({"subject": "Hi", "body": "nul \u{0} byte"}), 422, "body must not contain control characters"),
+        (json!({"subject": "Hi", "body": "nul \u{0} byte"}), 400, "body: the string contains the control character U+0000 (NUL)"),
         (json!({"subject": "Hi"}), 422, "missing field `body`"),
         (json!({"subject": 5, "body": ok_body}), 422, "invalid type"),
         (json!({"subject": "Hi", "body": ok_body, "from": "me"}), 422, "unknown field"),
@@ -75,6 +75,40 @@ async fn bad_templates_get_a_problem_and_change_nothing() {
     api.get("/templates/nonsense").await.problem(404);
     api.send(axum::http::Method::DELETE, "/templates/order.confirmed", &[], None).await.problem(405);
     assert_eq!(stored(&pool).await, seeded, "nothing was written");
+}
+
+/// Issue 14: a control character in a path, query or JSON string is a 400 with a detail,
+/// never a 500 — except the line breaks and tabs a body may hold; a nested object where text
+/// is expected, or a nested unknown field, is a 422 naming it; nothing is written.
+#[tokio::test]
+async fn control_characters_and_loose_nested_objects_get_a_problem_and_write_nothing() {
+    let (api, pool) = api().await;
+    let seeded = stored(&pool).await;
+    let put = |body: serde_json::Value| api.put("/templates/order.confirmed", body);
+    for (body, needle) in [
+        (json!({"subject": "Hi\u{1b}[31m", "body": "x"}), "subject: the string contains the control character U+001B (ESC)"),
+        (json!({"subject": "Hi", "body": "tab\tand\u{b}vertical tab"}), "body: the string contains the control character U+000B (VT)"),
+        (json!({"subject": "Hi", "body": "x", "\u{0}": 1}), "U+0000 (NUL)"),
+    ] {
+        assert!(put(body.clone()).await.problem(400).contains(needle), "{body}");
+    }
+    for (body, needle) in [
+        (json!({"subject": {"text": "Hi"}, "body": "x"}), "subject: invalid type: map"),
+        (json!({"subject": ["Hi"], "body": "x"}), "subject: invalid type: sequence"),
+        (json!({"subject": "Hi", "body": "x", "meta": {"a": 1}}), "unknown field `meta`"),
+    ] {
+        assert!(put(body.clone()).await.problem(422).contains(needle), "{body}");
+    }
+    assert!(api.get("/templates/order.confirmed%00").await.problem(400).contains("path parameter `event_type` contains the control character U+0000 (NUL)"));
+    assert!(api.put("/templates/%0A", json!({"subject": "Hi", "body": "x"})).await.problem(400).contains("U+000A (LF)"));
+    assert!(api.get("/admin/dead-letters?topic=order.confirmed%00").await.problem(400).contains("query parameter `topic`"));
+    assert_eq!(stored(&pool).await, seeded, "nothing was written");
+
+    // Line breaks and tabs in a body are text, not control: stored as sent.
+    let body = "Total {{ total }}\r\n\tThank you\n";
+    let ok = put(json!({"subject": "Order {{ order_id }}", "body": body})).await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert!(stored(&pool).await.iter().any(|(t, _, b)| t == "order.confirmed" && b == body));
 }
 
 #[tokio::test]
@@ -106,6 +140,8 @@ async fn notifications_are_listed_per_order() {
 async fn the_api_is_documented() {
     let (api, _pool) = api().await;
     let doc = api.get("/openapi.json").await;
+    assert_eq!(doc.json["info"]["title"], "Conveyor notification API");
+    assert!(doc.json["info"]["description"].as_str().is_some_and(|d| d.starts_with("Notifications")), "{}", doc.json["info"]);
     for path in ["/orders/{order_id}/notifications", "/templates", "/templates/{event_type}", "/admin/queue"] {
         assert!(doc.json["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }

@@ -45,6 +45,7 @@ fn args(webhook: &str, order_api: &str) -> NotifierArgs {
     NotifierArgs {
         webhook_url: webhook.parse().unwrap(),
         order_api_url: order_api.parse().unwrap(),
+        order_api_token_file: Some(token_file()),
         lookup_timeout: Duration::from_millis(300),
         webhook_timeout: Duration::from_secs(1),
         breaker_failures: 2,
@@ -60,6 +61,15 @@ fn consumer(pool: &PgPool, args: &NotifierArgs) -> Consumer {
     Arc::new(Notifier::new(pool.clone(), args).unwrap()).subscribe(Consumer::new(pool.clone()), args)
 }
 
+/// The token the lookup presents: the stand-in order API's `/ok` answers only to it.
+const LOOKUP_TOKEN: &str = "lookup-token";
+
+fn token_file() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("conveyor-lookup-token-{}", Uuid::now_v7()));
+    std::fs::write(&path, format!("{LOOKUP_TOKEN}\n")).unwrap();
+    path
+}
+
 /// An address nothing listens on (for now).
 async fn closed_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
@@ -72,14 +82,18 @@ async fn start_sink(listener: TcpListener) -> (Arc<Sink>, String) {
     (sink, url)
 }
 
-/// A stand-in order API: `/ok` knows the lamp's name, `/slow` never answers in time,
+/// A stand-in order API: `/ok` knows the lamp's name (when asked with the lookup's token:
+/// a 401 otherwise, as the real API answers), `/slow` never answers in time,
 /// `/broken` fails, `/garbage` answers something that is not an order.
 async fn start_order_api() -> String {
     let app = Router::new()
         .route(
             "/ok/orders/{id}",
-            get(|Path(id): Path<Uuid>| async move {
-                axum::Json(json!({"id": id, "status": "confirmed", "lines": [{"product_id": LAMP, "name": "Desk lamp", "quantity": 2}], "history": []}))
+            get(|Path(id): Path<Uuid>, headers: axum::http::HeaderMap| async move {
+                if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {LOOKUP_TOKEN}")) {
+                    return (StatusCode::UNAUTHORIZED, axum::Json(json!({"detail": "no token"})));
+                }
+                (StatusCode::OK, axum::Json(json!({"id": id, "status": "confirmed", "lines": [{"product_id": LAMP, "name": "Desk lamp", "quantity": 2}], "history": []})))
             }),
         )
         .route("/slow/orders/{id}", get(|| tokio::time::sleep(Duration::from_secs(10))))

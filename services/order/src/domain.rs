@@ -16,6 +16,7 @@ use uuid::Uuid;
 pub struct PlaceOrder {
     pub customer_id: Uuid,
     /// 1 to 50 lines, each product at most once.
+    #[schema(min_items = 1, max_items = 50)]
     pub lines: Vec<LineRequest>,
 }
 
@@ -25,6 +26,7 @@ pub struct LineRequest {
     pub product_id: Uuid,
     /// 1 to 10,000 units. Read as i64 so that an absurd number gets a range message
     /// rather than a type error.
+    #[schema(minimum = 1, maximum = 10_000)]
     pub quantity: i64,
 }
 

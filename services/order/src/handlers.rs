@@ -16,10 +16,6 @@ use uuid::Uuid;
 use crate::domain::{self, OrderStatus};
 use crate::repo;
 
-/// Cancellation details come from other services; a bound keeps one bad message from
-/// bloating every row and event that carries it.
-const MAX_DETAIL_CHARS: usize = 1000;
-
 /// Subscribes this service's handlers to `consumer`.
 pub fn subscribe(consumer: Consumer) -> Consumer {
     // Every outcome's series exists from the start, so rates see the first orders.
@@ -121,5 +117,5 @@ async fn settle(conn: &mut PgConnection, order_id: Uuid, outcome: Outcome) -> Re
 }
 
 fn clip(s: &str) -> String {
-    s.chars().take(MAX_DETAIL_CHARS).collect()
+    s.chars().take(conveyor_contracts::limits::MAX_DETAIL_CHARS).collect()
 }

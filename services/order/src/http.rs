@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use conveyor_contracts::OrderPlaced;
+use conveyor_platform::auth::{AuthErrors, Caller};
 use conveyor_platform::http::{Page, PageQuery, Problem};
 use conveyor_platform::{ApiError, ApiResult, Json, Path, Query};
 use sqlx::{PgConnection, PgPool};
@@ -19,9 +20,12 @@ use crate::domain::{self, PlaceOrder};
 use crate::repo;
 use crate::views::{self, OrderView, ProductView};
 
+/// What `/openapi.json` and `/docs` say this API is.
+const DESCRIPTION: &str = "Orders: place one (idempotently, with an `Idempotency-Key`), read one, list a customer's, and see the local copy of a product that prices them. An order is confirmed or cancelled once stock and payment have answered.";
+
 pub fn router() -> OpenApiRouter<PgPool> {
     metrics::counter!("conveyor_orders_placed_total").increment(0);
-    OpenApiRouter::new()
+    conveyor_platform::http::api_routes(DESCRIPTION)
         .routes(routes!(place_order))
         .routes(routes!(get_order))
         .routes(routes!(customer_orders))
@@ -47,15 +51,18 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
 
 /// Places an order priced from the local copy of the catalog and publishes `order.placed`.
 /// The same `Idempotency-Key` with the same request returns the first response and
-/// creates nothing; with a different request it is a 409.
+/// creates nothing; with a different request it is a 409. Only the customer themself may
+/// place their order: the token's subject must be the body's `customer_id`.
 #[utoipa::path(post, path = "/orders", tag = "orders", request_body = PlaceOrder,
     params(("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters, unique per order attempt")),
-    responses(
+    security(("bearer" = [])),
+    responses(AuthErrors,
         (status = 201, body = OrderView, description = "placed (or the replay of the first response); `Location` names it"),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "no or a malformed Idempotency-Key, or a body that is not JSON"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "the key was used with another request"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "a rule is broken: lines, quantities, unknown products, currencies")))]
-async fn place_order(State(pool): State<PgPool>, IdempotencyKey(key): IdempotencyKey, Json(req): Json<PlaceOrder>) -> ApiResult<Response> {
+async fn place_order(caller: Caller, State(pool): State<PgPool>, IdempotencyKey(key): IdempotencyKey, Json(req): Json<PlaceOrder>) -> ApiResult<Response> {
+    caller.require_self(req.customer_id)?;
     let order = req.validate()?;
     let request = req.canonical();
     let id = Uuid::now_v7();
@@ -105,24 +112,26 @@ fn created(id: Uuid, status: StatusCode, body: serde_json::Value) -> Response {
     (status, [(header::LOCATION, format!("/orders/{id}"))], Json(body)).into_response()
 }
 
-/// One order with its lines and history.
-#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = Uuid, Path)),
-    responses(
+/// One order with its lines and history: its customer's, or any for an operator.
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = Uuid, Path)), security(("bearer" = [])),
+    responses(AuthErrors,
         (status = 200, body = OrderView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
-async fn get_order(State(pool): State<PgPool>, Path(id): Path<Uuid>) -> ApiResult<Json<OrderView>> {
+async fn get_order(caller: Caller, State(pool): State<PgPool>, Path(id): Path<Uuid>) -> ApiResult<Json<OrderView>> {
     let mut conn = pool.acquire().await?;
     let row = repo::get_order(&mut conn, id).await?.ok_or_else(|| ApiError::NotFound(format!("no order with id {id}")))?;
+    caller.require_customer(row.customer_id)?;
     let view = views::load(&mut conn, vec![row]).await?.pop().expect("one order in, one view out");
     Ok(Json(view))
 }
 
 /// A customer's orders, newest first, a page at a time (`after` = the `next` of the
-/// previous page).
-#[utoipa::path(get, path = "/customers/{customer_id}/orders", tag = "orders", params(("customer_id" = Uuid, Path), PageQuery),
-    responses((status = 200, body = Page<OrderView>), (status = 400, body = Problem, content_type = "application/problem+json")))]
-async fn customer_orders(State(pool): State<PgPool>, Path(customer_id): Path<Uuid>, Query(page): Query<PageQuery>) -> ApiResult<Json<Page<OrderView>>> {
+/// previous page). The customer's own, or anyone's for an operator.
+#[utoipa::path(get, path = "/customers/{customer_id}/orders", tag = "orders", params(("customer_id" = Uuid, Path), PageQuery), security(("bearer" = [])),
+    responses((status = 200, body = Page<OrderView>), (status = 400, body = Problem, content_type = "application/problem+json"), AuthErrors))]
+async fn customer_orders(caller: Caller, State(pool): State<PgPool>, Path(customer_id): Path<Uuid>, Query(page): Query<PageQuery>) -> ApiResult<Json<Page<OrderView>>> {
+    caller.require_customer(customer_id)?;
     let limit = page.limit()?;
     let mut conn = pool.acquire().await?;
     let rows = repo::customer_orders(&mut conn, customer_id, page.after, limit + 1).await?;

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use chrono::{DateTime, Utc};
 use conveyor_contracts::{Currency, Money, limits};
+use conveyor_platform::auth::{AuthErrors, Caller, Operator};
 use conveyor_platform::http::Problem;
 use conveyor_platform::{ApiError, ApiResult, Json, Path};
 use serde::{Deserialize, Serialize};
@@ -15,8 +16,11 @@ use uuid::Uuid;
 
 use crate::repo::{self, CustomerRow, PaymentRow};
 
+/// What `/openapi.json` and `/docs` say this API is.
+const DESCRIPTION: &str = "Payments: customers and their balances (never below zero), top-ups, and the payments captured or declined for an order.";
+
 pub fn router() -> OpenApiRouter<PgPool> {
-    OpenApiRouter::new().routes(routes!(create_customer)).routes(routes!(get_customer)).routes(routes!(top_up)).routes(routes!(order_payments))
+    conveyor_platform::http::api_routes(DESCRIPTION).routes(routes!(create_customer)).routes(routes!(get_customer)).routes(routes!(top_up)).routes(routes!(order_payments))
 }
 
 /// A customer to create.
@@ -26,10 +30,12 @@ pub struct NewCustomer {
     /// Chosen by the client if it likes (e.g. to match another system); new otherwise.
     pub id: Option<Uuid>,
     /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// The one currency the customer pays in.
     pub currency: Currency,
     /// Opening balance in minor units, 0 (the default) to 10^15.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub balance_minor: Option<i64>,
 }
 
@@ -38,6 +44,7 @@ pub struct NewCustomer {
 #[serde(deny_unknown_fields)]
 pub struct TopUp {
     /// Minor units, at least 1; the balance must stay within 10^15.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub amount_minor: i64,
 }
 
@@ -106,14 +113,15 @@ fn parse_name(name: &str) -> ApiResult<String> {
     Ok(name.to_owned())
 }
 
-/// Creates a customer with an opening balance.
-#[utoipa::path(post, path = "/customers", tag = "customers", request_body = NewCustomer,
-    responses(
+/// Creates a customer with an opening balance. Operators only.
+#[utoipa::path(post, path = "/customers", tag = "customers", request_body = NewCustomer, security(("bearer" = [])),
+    responses(AuthErrors,
         (status = 201, body = CustomerView, description = "created; `Location` names it"),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "a customer with this id exists"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn create_customer(
+    _: Operator,
     State(pool): State<PgPool>,
     Json(req): Json<NewCustomer>,
 ) -> ApiResult<(StatusCode, [(header::HeaderName, String); 1], Json<CustomerView>)> {
@@ -132,26 +140,28 @@ async fn create_customer(
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/customers/{id}"))], Json(row.into())))
 }
 
-/// One customer and its balance.
-#[utoipa::path(get, path = "/customers/{id}", tag = "customers", params(("id" = Uuid, Path)),
-    responses(
+/// One customer and its balance: the customer's own, or any for an operator.
+#[utoipa::path(get, path = "/customers/{id}", tag = "customers", params(("id" = Uuid, Path)), security(("bearer" = [])),
+    responses(AuthErrors,
         (status = 200, body = CustomerView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
-async fn get_customer(State(pool): State<PgPool>, Path(id): Path<Uuid>) -> ApiResult<Json<CustomerView>> {
+async fn get_customer(caller: Caller, State(pool): State<PgPool>, Path(id): Path<Uuid>) -> ApiResult<Json<CustomerView>> {
+    caller.require_customer(id)?;
     let mut conn = pool.acquire().await?;
     let row = repo::get_customer(&mut conn, id).await?.ok_or_else(|| customer_not_found(id))?;
     Ok(Json(row.into()))
 }
 
-/// Adds money to a customer's balance; answers the customer with its new balance.
-#[utoipa::path(post, path = "/customers/{id}/top-up", tag = "customers", params(("id" = Uuid, Path)), request_body = TopUp,
-    responses(
+/// Adds money to a customer's balance; answers the customer with its new balance. Operators
+/// only.
+#[utoipa::path(post, path = "/customers/{id}/top-up", tag = "customers", params(("id" = Uuid, Path)), request_body = TopUp, security(("bearer" = [])),
+    responses(AuthErrors,
         (status = 200, body = CustomerView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
-async fn top_up(State(pool): State<PgPool>, Path(id): Path<Uuid>, Json(req): Json<TopUp>) -> ApiResult<Json<CustomerView>> {
+async fn top_up(_: Operator, State(pool): State<PgPool>, Path(id): Path<Uuid>, Json(req): Json<TopUp>) -> ApiResult<Json<CustomerView>> {
     let amount = req.amount_minor;
     if !(1..=limits::MAX_BALANCE_MINOR).contains(&amount) {
         return Err(ApiError::Unprocessable(format!("amount_minor must be between 1 and {}, not {amount}", limits::MAX_BALANCE_MINOR)));
@@ -172,12 +182,16 @@ async fn top_up(State(pool): State<PgPool>, Path(id): Path<Uuid>, Json(req): Jso
     Ok(Json(row.into()))
 }
 
-/// The payments of an order: none yet, or the one that captured or declined it.
-#[utoipa::path(get, path = "/orders/{order_id}/payments", tag = "payments", params(("order_id" = Uuid, Path)),
-    responses((status = 200, body = Vec<PaymentView>), (status = 400, body = Problem, content_type = "application/problem+json")))]
-async fn order_payments(State(pool): State<PgPool>, Path(order_id): Path<Uuid>) -> ApiResult<Json<Vec<PaymentView>>> {
+/// The payments of an order: none yet, or the one that captured or declined it. The
+/// order's customer sees them, and operators.
+#[utoipa::path(get, path = "/orders/{order_id}/payments", tag = "payments", params(("order_id" = Uuid, Path)), security(("bearer" = [])),
+    responses((status = 200, body = Vec<PaymentView>), (status = 400, body = Problem, content_type = "application/problem+json"), AuthErrors))]
+async fn order_payments(caller: Caller, State(pool): State<PgPool>, Path(order_id): Path<Uuid>) -> ApiResult<Json<Vec<PaymentView>>> {
     let mut conn = pool.acquire().await?;
     let rows = repo::payments_of_order(&mut conn, order_id).await?;
+    for row in &rows {
+        caller.require_customer(row.customer_id)?;
+    }
     Ok(Json(rows.into_iter().map(Into::into).collect()))
 }
 

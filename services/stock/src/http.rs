@@ -3,6 +3,7 @@
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use conveyor_contracts::limits;
+use conveyor_platform::auth::{AuthErrors, Operator};
 use conveyor_platform::http::{Page, PageQuery, Problem};
 use conveyor_platform::{ApiError, ApiResult, Json, Path, Query};
 use serde::{Deserialize, Serialize};
@@ -14,8 +15,11 @@ use uuid::Uuid;
 
 use crate::repo::{self, ItemRow, ReservationRow, ReservedLine};
 
+/// What `/openapi.json` and `/docs` say this API is.
+const DESCRIPTION: &str = "Stock: the levels of each product's item, restocking, and the reservation each order holds (all its lines or none).";
+
 pub fn router() -> OpenApiRouter<PgPool> {
-    OpenApiRouter::new().routes(routes!(list_items)).routes(routes!(get_item)).routes(routes!(restock)).routes(routes!(get_reservation))
+    conveyor_platform::http::api_routes(DESCRIPTION).routes(routes!(list_items)).routes(routes!(get_item)).routes(routes!(restock)).routes(routes!(get_reservation))
 }
 
 /// An item's stock levels.
@@ -40,6 +44,7 @@ impl From<ItemRow> for ItemView {
 #[serde(deny_unknown_fields)]
 pub struct Restock {
     /// 1 to 10^9; the item's units on hand (available + reserved) must stay within 10^9.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub quantity: i64,
 }
 
@@ -93,14 +98,14 @@ async fn get_item(State(pool): State<PgPool>, Path(product_id): Path<Uuid>) -> A
     Ok(Json(row.into()))
 }
 
-/// Adds units to an item's available stock; answers its new levels.
-#[utoipa::path(post, path = "/items/{product_id}/restock", tag = "items", params(("product_id" = Uuid, Path)), request_body = Restock,
-    responses(
+/// Adds units to an item's available stock; answers its new levels. Operators only.
+#[utoipa::path(post, path = "/items/{product_id}/restock", tag = "items", params(("product_id" = Uuid, Path)), request_body = Restock, security(("bearer" = [])),
+    responses(AuthErrors,
         (status = 200, body = ItemView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
-async fn restock(State(pool): State<PgPool>, Path(product_id): Path<Uuid>, Json(req): Json<Restock>) -> ApiResult<Json<ItemView>> {
+async fn restock(_: Operator, State(pool): State<PgPool>, Path(product_id): Path<Uuid>, Json(req): Json<Restock>) -> ApiResult<Json<ItemView>> {
     let quantity = req.quantity;
     if !(1..=limits::MAX_STOCK).contains(&quantity) {
         return Err(ApiError::Unprocessable(format!("quantity must be between 1 and {}, not {quantity}", limits::MAX_STOCK)));
@@ -121,13 +126,14 @@ async fn restock(State(pool): State<PgPool>, Path(product_id): Path<Uuid>, Json(
     Ok(Json(row.into()))
 }
 
-/// What stock did with an order: reserved, rejected (and why) or released.
-#[utoipa::path(get, path = "/reservations/{order_id}", tag = "reservations", params(("order_id" = Uuid, Path)),
-    responses(
+/// What stock did with an order: reserved, rejected (and why) or released. Operators only
+/// (stock does not know whose order it is; a customer sees the outcome on the order).
+#[utoipa::path(get, path = "/reservations/{order_id}", tag = "reservations", params(("order_id" = Uuid, Path)), security(("bearer" = [])),
+    responses(AuthErrors,
         (status = 200, body = ReservationView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
-async fn get_reservation(State(pool): State<PgPool>, Path(order_id): Path<Uuid>) -> ApiResult<Json<ReservationView>> {
+async fn get_reservation(_: Operator, State(pool): State<PgPool>, Path(order_id): Path<Uuid>) -> ApiResult<Json<ReservationView>> {
     let mut conn = pool.acquire().await?;
     let row = repo::get_reservation(&mut conn, order_id)
         .await?

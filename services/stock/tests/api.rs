@@ -113,11 +113,36 @@ async fn bad_input_gets_a_problem_and_writes_nothing() {
     assert!(outbox(&pool).await.is_empty());
 }
 
+/// Issue 14: a control character in a path, query or JSON string (a key too) is a 400 with
+/// a detail, never a 500; a nested unknown field is a 422 naming it; nothing is written.
+#[tokio::test]
+async fn control_characters_and_loose_nested_objects_get_a_problem_and_write_nothing() {
+    let (api, pool) = api().await;
+    let id = stocked(&pool, 10).await;
+    let restock = format!("/items/{id}/restock");
+    assert!(api.post_raw(&restock, r#"{"quan\u0000tity": 5}"#).await.problem(400).contains("U+0000 (NUL)"));
+    assert!(api.post_raw(&restock, r#"{"quantity": 5, "note\u001b": 1}"#).await.problem(400).contains("U+001B (ESC)"));
+    let nested = api.post(&restock, json!({"quantity": 5, "by": {"who": "ops", "extra": [1]}})).await;
+    assert!(nested.problem(422).contains("unknown field"), "{}", nested.text);
+    assert!(api.post(&restock, json!({"quantity": [5]})).await.problem(422).contains("quantity: invalid type: sequence"));
+    assert!(api.post(&restock.replace(&id.to_string(), "%00"), json!({"quantity": 5})).await.problem(400).contains("path parameter `product_id`"));
+    assert!(api.get("/items/%1F").await.problem(400).contains("U+001F (US)"));
+    assert!(api.get("/reservations/a%7Fb").await.problem(400).contains("U+007F (DEL)"));
+    assert!(api.get("/items?after=%00").await.problem(400).contains("query parameter `after`"));
+    assert!(api.get("/admin/dead-letters?topic=order.placed%00").await.problem(400).contains("query parameter `topic` contains the control character U+0000 (NUL)"));
+    assert_eq!(levels(&pool, id).await, (10, 0));
+    let restocks: i64 = sqlx::query_scalar("SELECT count(*) FROM movements WHERE kind <> 'initial'").fetch_one(&pool).await.unwrap();
+    assert_eq!(restocks, 0);
+    assert!(outbox(&pool).await.is_empty());
+}
+
 #[tokio::test]
 async fn the_api_is_documented() {
     let (api, _pool) = api().await;
     let doc = api.get("/openapi.json").await;
     assert_eq!(doc.status, 200);
+    assert_eq!(doc.json["info"]["title"], "Conveyor stock API");
+    assert!(doc.json["info"]["description"].as_str().is_some_and(|d| d.starts_with("Stock")), "{}", doc.json["info"]);
     for path in ["/items", "/items/{product_id}", "/items/{product_id}/restock", "/reservations/{order_id}", "/admin/queue"] {
         assert!(doc.json["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }

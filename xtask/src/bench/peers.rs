@@ -49,7 +49,6 @@ pub struct Args {
 /// Where Debian's package puts the broker's start script (the one in /usr/sbin only
 /// switches to the `rabbitmq` user and calls this one).
 const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
-const INSTALL_COMMAND: &str = "sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y rabbitmq-server";
 
 pub async fn run(args: Args, signals: &mut Signals) -> Result<i32> {
     if !(0.0..=1.0).contains(&args.paced) {
@@ -171,40 +170,17 @@ async fn ensure_rabbitmq(signals: &mut Signals) -> Result<Result<Result<(), Stri
     if rabbitmq_installed() {
         return Ok(Ok(Ok(())));
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("xtask: RabbitMQ is not installed ({RABBITMQ_SERVER} is missing) and installing it needs root:\n    {INSTALL_COMMAND}\n  RabbitMQ will be reported as not measured.");
+    if !crate::apt::is_root() {
+        println!("xtask: RabbitMQ is not installed ({RABBITMQ_SERVER} is missing) and installing it needs root:\n    {}\n  RabbitMQ will be reported as not measured.", crate::apt::install_command(&["rabbitmq-server"]));
         return Ok(Ok(Err("rabbitmq-server is not installed (not root, so not installed by the harness)".into())));
     }
     println!("\n== installing RabbitMQ: apt-get install -y rabbitmq-server (its system service is not started) ==");
-    let apt = |args: &[&str]| {
-        let mut cmd = tokio::process::Command::new("apt-get");
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
-    };
-    match proc::run(apt(&["update"]), signals).await? {
-        Outcome::Interrupted(sig) => return Ok(Err(sig)),
-        Outcome::Exited(0) => {}
-        Outcome::Exited(code) => println!("xtask: apt-get update failed (exit code {code}); trying the install anyway"),
-    }
-    // policy-rc.d answering 101 keeps the package's scripts from starting the broker as a
-    // system service; an existing one (a container's) is left as it is.
-    let policy = Path::new("/usr/sbin/policy-rc.d");
-    let ours = !policy.exists();
-    if ours {
-        std::fs::write(policy, "#!/bin/sh\n# cargo xtask bench peers: no service starts during its apt-get install\nexit 101\n")
-            .and_then(|()| std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755)))
-            .with_context(|| format!("could not write {}", policy.display()))?;
-    }
-    let installed = proc::run(apt(&["install", "-y", "rabbitmq-server"]), signals).await;
-    if ours {
-        let _ = std::fs::remove_file(policy);
-    }
-    match installed? {
-        Outcome::Interrupted(sig) => Ok(Err(sig)),
-        Outcome::Exited(0) if rabbitmq_installed() => Ok(Ok(Ok(()))),
-        Outcome::Exited(0) => bail!("apt-get installed rabbitmq-server but {RABBITMQ_SERVER} is not there"),
-        Outcome::Exited(code) => {
+    let installed = crate::apt::install(&["rabbitmq-server"], signals).await?;
+    match installed {
+        Err(sig) => Ok(Err(sig)),
+        Ok(0) if rabbitmq_installed() => Ok(Ok(Ok(()))),
+        Ok(0) => bail!("apt-get installed rabbitmq-server but {RABBITMQ_SERVER} is not there"),
+        Ok(code) => {
             println!("xtask: apt-get install rabbitmq-server failed (exit code {code}); RabbitMQ will be reported as not measured");
             Ok(Ok(Err(format!("apt-get install rabbitmq-server failed (exit code {code})"))))
         }
@@ -212,12 +188,9 @@ async fn ensure_rabbitmq(signals: &mut Signals) -> Result<Result<Result<(), Stri
 }
 
 fn rabbitmq_installed() -> bool {
-    Path::new(RABBITMQ_SERVER).is_file() && which("epmd").is_some()
+    Path::new(RABBITMQ_SERVER).is_file() && crate::apt::which("epmd").is_some()
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
-}
 
 /// "3.10.8-1.1+deb12u1 (Erlang 25.2.3+dfsg-1+deb12u4)" from dpkg, or "unknown version".
 fn rabbitmq_version() -> String {
@@ -303,7 +276,7 @@ impl Rabbit {
 
         // Our own epmd in the foreground (Erlang would otherwise start a daemon of its own
         // that outlives everything), on loopback and a free port.
-        let epmd = which("epmd").context("epmd is not on PATH")?;
+        let epmd = crate::apt::which("epmd").context("epmd is not on PATH")?;
         let mut cmd = tokio::process::Command::new(epmd);
         cmd.args(["-port", &epmd_port.to_string(), "-address", "127.0.0.1"]);
         rabbit.epmd = Some(spawn_logged(cmd, &dir.join("epmd.log"))?);

@@ -20,6 +20,10 @@ struct Cli {
     /// The order API's base URL.
     #[arg(long)]
     order_api: String,
+    /// The file of the issuer the order API trusts (`issuer.json` in the stack's log
+    /// directory): each customer's token is signed with it.
+    #[arg(long)]
+    issuer: PathBuf,
     /// The catalog file: one `product <uuid>` or `customer <uuid>` per line.
     #[arg(long)]
     catalog: PathBuf,
@@ -62,7 +66,8 @@ async fn main() -> Result<()> {
         max_quantity: cli.max_quantity,
     };
     let api = BTreeMap::from([("order".to_owned(), cli.order_api)]);
-    let shop = Shop::new(reqwest::Client::new(), api, String::new());
+    let issuer = conveyor_platform::auth::DevIssuer::load(&cli.issuer)?;
+    let shop = Shop::new(reqwest::Client::new(), api, String::new(), issuer);
     let report = drive(&shop, &products, &customers, &opts).await;
     println!("{}", report.to_json());
     Ok(())

@@ -2,11 +2,13 @@
 //! databases per test), driven over HTTP like a client would. Stacks run one at a time:
 //! each is a dozen processes, and two cores.
 
+mod authz;
 mod bad_input;
 mod faults;
 mod metrics;
 mod prometheus;
 mod race;
+mod roles;
 mod saga;
 mod traces;
 

@@ -176,11 +176,13 @@ async fn duplicate_and_replayed_deliveries_never_double_reserve_charge_or_notify
 }
 
 /// Copies every row inserted into the inbox of `db` into `e2e_captured` (a trigger), so a
-/// test can deliver a message again after it was handled and left the inbox.
+/// test can deliver a message again after it was handled and left the inbox. The trigger
+/// runs as its owner, the test's admin: the relay role that inserts into the inbox may do
+/// nothing else in the database.
 async fn capture_inbox(db: &sqlx::PgPool) {
     sqlx::raw_sql(
         "CREATE TABLE e2e_captured (LIKE conveyor.inbox);
-         CREATE FUNCTION e2e_capture() RETURNS trigger LANGUAGE plpgsql AS
+         CREATE FUNCTION e2e_capture() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS
              $$ BEGIN INSERT INTO e2e_captured SELECT NEW.*; RETURN NEW; END $$;
          CREATE TRIGGER e2e_capture AFTER INSERT ON conveyor.inbox FOR EACH ROW EXECUTE FUNCTION e2e_capture();",
     )

@@ -1,4 +1,5 @@
-//! Every service's queue admin routes: depth, oldest pending age, dead letters, replay.
+//! Every service's queue admin routes: depth, oldest pending age, dead letters, replay —
+//! for operators only.
 
 use axum::extract::{FromRef, State};
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{ApiError, ApiResult, Json, Path, Query};
+use crate::auth::{AuthErrors, Operator};
 
 pub fn router<S>() -> OpenApiRouter<S>
 where
@@ -36,8 +38,8 @@ pub struct DepthRow {
 }
 
 /// The service's queues: how many messages wait where, and for how long.
-#[utoipa::path(get, path = "/admin/queue", tag = "admin", responses((status = 200, body = QueueStatus)))]
-async fn queue(State(pool): State<PgPool>) -> ApiResult<Json<QueueStatus>> {
+#[utoipa::path(get, path = "/admin/queue", tag = "admin", security(("bearer" = [])), responses((status = 200, body = QueueStatus), AuthErrors))]
+async fn queue(_: Operator, State(pool): State<PgPool>) -> ApiResult<Json<QueueStatus>> {
     let depth = conveyor_queue::depth(&pool)
         .await?
         .into_iter()
@@ -61,6 +63,7 @@ struct DeadQuery {
     /// The last id of the previous page.
     after: Option<Uuid>,
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
@@ -79,8 +82,8 @@ pub struct DeadLetterView {
 }
 
 /// Dead messages, with every attempt's error.
-#[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", params(DeadQuery), responses((status = 200, body = Vec<DeadLetterView>)))]
-async fn dead_letters(State(pool): State<PgPool>, Query(q): Query<DeadQuery>) -> ApiResult<Json<Vec<DeadLetterView>>> {
+#[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", params(DeadQuery), security(("bearer" = [])), responses((status = 200, body = Vec<DeadLetterView>), AuthErrors))]
+async fn dead_letters(_: Operator, State(pool): State<PgPool>, Query(q): Query<DeadQuery>) -> ApiResult<Json<Vec<DeadLetterView>>> {
     let limit = super::PageQuery { limit: q.limit, after: None }.limit()?;
     let dead = conveyor_queue::dead_letters(&pool, q.topic.as_deref(), q.after, limit).await?;
     let view = dead
@@ -107,8 +110,9 @@ pub struct Replayed {
 /// Makes one dead message pending again, with fresh attempts.
 #[utoipa::path(post, path = "/admin/dead-letters/{id}/replay", tag = "admin",
     params(("id" = Uuid, Path, description = "message id")),
-    responses((status = 200, body = Replayed), (status = 404, description = "no dead message with this id")))]
-async fn replay_one(State(pool): State<PgPool>, Path(id): Path<Uuid>) -> ApiResult<Json<Replayed>> {
+    security(("bearer" = [])),
+    responses((status = 200, body = Replayed), (status = 404, description = "no dead message with this id"), AuthErrors))]
+async fn replay_one(_: Operator, State(pool): State<PgPool>, Path(id): Path<Uuid>) -> ApiResult<Json<Replayed>> {
     if conveyor_queue::replay(&pool, id).await? {
         Ok(Json(Replayed { replayed: 1 }))
     } else {
@@ -124,7 +128,7 @@ struct ReplayAllQuery {
 }
 
 /// Makes every dead message (of a topic) pending again.
-#[utoipa::path(post, path = "/admin/dead-letters/replay", tag = "admin", params(ReplayAllQuery), responses((status = 200, body = Replayed)))]
-async fn replay_all(State(pool): State<PgPool>, Query(q): Query<ReplayAllQuery>) -> ApiResult<Json<Replayed>> {
+#[utoipa::path(post, path = "/admin/dead-letters/replay", tag = "admin", params(ReplayAllQuery), security(("bearer" = [])), responses((status = 200, body = Replayed), AuthErrors))]
+async fn replay_all(_: Operator, State(pool): State<PgPool>, Query(q): Query<ReplayAllQuery>) -> ApiResult<Json<Replayed>> {
     Ok(Json(Replayed { replayed: conveyor_queue::replay_all(&pool, q.topic.as_deref()).await? }))
 }

@@ -11,6 +11,12 @@ pub enum ApiError {
     /// 400: the request cannot be read (syntax, a malformed id, a bad query string).
     #[error("{0}")]
     BadRequest(String),
+    /// 401: no bearer token, or one that is not valid (`invalid`: a token was presented).
+    #[error("{detail}")]
+    Unauthorized { detail: String, invalid: bool },
+    /// 403: a valid token without the right to do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: the thing named does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -55,6 +61,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -88,6 +96,19 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(e) => {
                 tracing::warn!(error = %e, "service unavailable");
                 "the service cannot reach its database right now; retry later".to_owned()
+            }
+            ApiError::Unauthorized { detail, invalid } => {
+                // RFC 6750 §3: the challenge, and why a presented token was refused.
+                let challenge = if *invalid {
+                    format!("Bearer realm=\"conveyor\", error=\"invalid_token\", error_description=\"{}\"", detail.replace(['"', '\\'], "'"))
+                } else {
+                    "Bearer realm=\"conveyor\"".to_owned()
+                };
+                let mut resp = problem(status, detail.clone());
+                if let Ok(value) = header::HeaderValue::from_str(&challenge) {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+                }
+                return resp;
             }
             other => other.to_string(),
         };

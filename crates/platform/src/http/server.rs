@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_scalar::{Scalar, Servable};
 
 use super::error::problem;
 use super::{ApiError, ApiResult};
@@ -27,8 +27,14 @@ where
     S: Clone + Send + Sync + 'static,
     PgPool: FromRef<S>,
 {
-    let app = api_router(service, args.max_body_bytes, pool, api, state);
+    let verifier = crate::auth::Verifier::new(&args.auth).await?;
+    let app = with_verifier(api_router(service, args.max_body_bytes, pool, api, state), verifier);
     serve(service, &args.http, app, shutdown).await
+}
+
+/// Gives the routes of `app` the token verifier that [`crate::auth::Caller`] uses.
+pub fn with_verifier(app: Router, verifier: std::sync::Arc<crate::auth::Verifier>) -> Router {
+    app.layer(axum::Extension(verifier))
 }
 
 /// The router [`serve_api`] serves, for tests that drive it without a socket.
@@ -38,13 +44,17 @@ where
     PgPool: FromRef<S>,
 {
     let (routes, mut openapi) = api.merge(super::admin_router()).split_for_parts();
-    openapi.info.title = format!("{service} API");
-    openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    let doc = openapi.clone();
+    super::docs::describe(service, &mut openapi);
+    super::problems::document(&mut openapi);
+    // Routes that take a `Caller` or `Operator` list `security(("bearer" = []))`.
+    openapi.components.get_or_insert_with(Default::default).add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").description(Some("A JWT from the identity provider: a customer's (`sub` = customer id) or an operator's (role `operator`).")).build()),
+    );
     routes
         .with_state(state)
-        .route("/openapi.json", get(move || async move { axum::Json(doc) }))
-        .merge(Scalar::with_url("/docs", openapi))
+        .route("/openapi.json", get(move || async move { axum::Json(openapi) }))
+        .merge(super::docs::router(service))
         .merge(ops_routes(pool))
         .fallback(|| async { ApiError::NotFound("no such route; the API is described at /openapi.json and /docs".into()) })
         .method_not_allowed_fallback(|| async { ApiError::Status(StatusCode::METHOD_NOT_ALLOWED, "this route does not accept that method; see /openapi.json".into()) })
@@ -52,18 +62,26 @@ where
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(CatchPanicLayer::custom(|_| problem(StatusCode::INTERNAL_SERVER_ERROR, "an internal error occurred; it has been logged".into())))
         .layer(super::trace::layer())
+        .layer(super::headers::layer())
 }
 
 /// Serves what a worker shows: `/health/live`, `/health/ready`, `/metrics`.
 pub async fn serve_ops(service: &'static str, http: &HttpArgs, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let app = ops_routes(pool).fallback(|| async { ApiError::NotFound("a worker serves only /health/live, /health/ready and /metrics".into()) });
-    serve(service, http, app, shutdown).await
+    serve(service, http, ops_router(pool), shutdown).await
+}
+
+/// The router [`serve_ops`] serves, for tests that drive it without a socket.
+pub fn ops_router(pool: PgPool) -> Router {
+    ops_routes(pool)
+        .fallback(|| async { ApiError::NotFound("a worker serves only /health/live, /health/ready and /metrics".into()) })
+        .layer(super::headers::layer())
 }
 
 async fn serve(service: &'static str, http: &HttpArgs, app: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(http.listen).await.with_context(|| format!("cannot listen on {}", http.listen))?;
     tracing::info!(service, address = %listener.local_addr()?, "listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await.context("HTTP server failed")
+    // Requests hyper refuses before routing get a problem too (`conn.rs`).
+    axum::serve(super::conn::Listener(listener), app).with_graceful_shutdown(shutdown.cancelled_owned()).await.context("HTTP server failed")
 }
 
 fn ops_routes(pool: PgPool) -> Router {
@@ -93,6 +111,7 @@ async fn metrics(State(pool): State<PgPool>) -> impl IntoResponse {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// The `next` cursor of the previous page.
     pub after: Option<uuid::Uuid>,

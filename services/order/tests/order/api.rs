@@ -161,6 +161,8 @@ async fn a_customers_orders_come_newest_first_a_page_at_a_time() {
 async fn the_api_is_documented_and_shows_the_product_copy() {
     let shop = shop().await;
     let doc = shop.api.get("/openapi.json").await;
+    assert_eq!(doc.json["info"]["title"], "Conveyor order API");
+    assert!(doc.json["info"]["description"].as_str().is_some_and(|d| d.starts_with("Orders")), "{}", doc.json["info"]);
     for path in ["/orders", "/orders/{id}", "/customers/{customer_id}/orders", "/products/{id}"] {
         assert!(doc.json["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }

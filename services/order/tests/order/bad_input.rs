@@ -84,3 +84,43 @@ async fn bad_reads_get_a_problem() {
     shop.api.send(Method::DELETE, &format!("/orders/{nobody}"), &[], None).await.problem(405);
     shop.api.get("/orders").await.problem(405);
 }
+
+/// Issue 14: a control character in a JSON string, a path, a query or the Idempotency-Key is
+/// a 400 with a detail, never a 500; a line given as an array, or with a field it does not
+/// declare, is a 422 naming it; nothing is written (no order, no key, no event). A NUL in a
+/// header never reaches the router (hyper refuses it: see the e2e test `bad_input`).
+#[tokio::test]
+async fn control_characters_and_loose_nested_objects_get_a_problem_and_write_nothing() {
+    let shop = shop().await;
+    let lamp = product("Desk lamp", money(2599, "EUR"), 1);
+    shop.sync(&[&lamp]).await;
+    let customer = Uuid::now_v7();
+    let id = lamp.id;
+    let bodies: Vec<(String, u16, String)> = vec![
+        (format!(r#"{{"customer_id":"{customer}\u0000","lines":[{{"product_id":"{id}","quantity":1}}]}}"#), 400, "customer_id: the string contains the control character U+0000 (NUL)".into()),
+        (format!(r#"{{"customer_id":"{customer}","lines":[{{"product_id":"{id}\u001b","quantity":1}}]}}"#), 400, "lines[0].product_id: the string contains the control character U+001B (ESC)".into()),
+        (format!(r#"{{"customer_id":"{customer}","lines":[{{"product_id":"{id}","quantity":1,"note\b":1}}]}}"#), 400, "U+0008 (BS)".into()),
+        (format!(r#"{{"customer_id":"{customer}","lines":[["{id}",1]]}}"#), 422, "lines[0]: invalid type: sequence, expected a JSON object".into()),
+        (format!(r#"{{"customer_id":"{customer}","lines":[{{"product_id":"{id}","quantity":1,"price":{{"amount_minor":1}}}}]}}"#), 422, "lines[0].price: unknown field `price`".into()),
+        (format!(r#"{{"customer_id":"{customer}","lines":[{{"product_id":"{id}","quantity":{{"n":1}}}}]}}"#), 422, "lines[0].quantity: invalid type: map".into()),
+    ];
+    for (body, status, needle) in &bodies {
+        let detail = shop.place_raw(&Uuid::now_v7().to_string(), body).await.problem(*status).to_owned();
+        assert!(detail.contains(needle.as_str()), "{body} → {detail}");
+    }
+    // The key: what reaches the router (a tab, bytes beyond ASCII) is refused by its rule.
+    let body = order(customer, &[(&lamp, 1)]).to_string();
+    for bad in ["a\tb", "\u{e9}t\u{e9}"] {
+        let resp = shop.api.as_customer(customer).send(Method::POST, "/orders", &[("idempotency-key", bad)], Some(&body)).await;
+        assert!(resp.problem(400).contains("visible ASCII"), "{bad:?}");
+    }
+    // Path and query values, decoded as the handler would see them.
+    assert!(shop.api.get("/orders/%00").await.problem(400).contains("path parameter `id` contains the control character U+0000 (NUL)"));
+    assert!(shop.api.get("/products/%1b").await.problem(400).contains("U+001B (ESC)"));
+    assert!(shop.api.get(&format!("/customers/{customer}/orders?after=%00")).await.problem(400).contains("query parameter `after`"));
+    assert!(shop.api.get("/admin/dead-letters?topic=order.placed%00").await.problem(400).contains("query parameter `topic` contains the control character U+0000 (NUL)"));
+
+    for table in ["orders", "order_lines", "idempotency_keys", "outbox"] {
+        assert_eq!(shop.count(table).await, 0, "{table}");
+    }
+}

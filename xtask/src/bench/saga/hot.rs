@@ -100,9 +100,11 @@ pub async fn run(s: &Settings, f: &Shopfront<'_>, spread: Option<f64>, rate: f64
     customers.extend_from_slice(f.customers);
     let catalog = f.log_dir.join("saga-driver-hot-catalog.txt");
     std::fs::write(&catalog, conveyor_launcher::drive::catalog_text(&products, &customers)).with_context(|| format!("writing {}", catalog.display()))?;
+    let issuer = f.log_dir.join("issuer.json");
     let driver = DriverSetup {
         binary: f.driver_bin,
         order_api: f.order_api,
+        issuer: &issuer,
         catalog: &catalog,
         max_in_flight: s.max_in_flight,
         max_lines: check::MAX_LINES,

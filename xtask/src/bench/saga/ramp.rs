@@ -43,6 +43,8 @@ pub struct DriverSetup<'a> {
     /// The `saga-driver` binary (built with the shop: release for real runs).
     pub binary: &'a Path,
     pub order_api: &'a str,
+    /// The stack's issuer (`Stack::issuer_file`): the driver signs each customer's token.
+    pub issuer: &'a Path,
     /// Its products and customers (`conveyor_launcher::drive::catalog_text`).
     pub catalog: &'a Path,
     pub max_in_flight: usize,
@@ -57,7 +59,7 @@ pub struct DriverSetup<'a> {
 /// `conveyor_launcher::drive`).
 pub async fn drive(d: &DriverSetup<'_>, rate: f64, seconds: f64, seed: u64, signals: &mut Signals) -> Result<Result<Drive, i32>> {
     let mut cmd = tokio::process::Command::new(d.binary);
-    cmd.arg("--order-api").arg(d.order_api).arg("--catalog").arg(d.catalog);
+    cmd.arg("--order-api").arg(d.order_api).arg("--catalog").arg(d.catalog).arg("--issuer").arg(d.issuer);
     cmd.args(["--rate", &rate.to_string(), "--seconds", &seconds.to_string(), "--max-in-flight", &d.max_in_flight.to_string(), "--seed", &seed.to_string()]);
     cmd.args(["--max-lines", &d.max_lines.to_string(), "--max-quantity", &d.max_quantity.to_string()]);
     let out = match proc::capture(cmd, signals).await? {

@@ -147,7 +147,8 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
     let catalog = log_dir.join("saga-driver-catalog.txt");
     std::fs::write(&catalog, conveyor_launcher::drive::catalog_text(&products, &customers)).with_context(|| format!("writing {}", catalog.display()))?;
     let (driver_bin, order_api) = (app_bin.join("saga-driver"), stack.api["order"].clone());
-    let driver = DriverSetup { binary: &driver_bin, order_api: &order_api, catalog: &catalog, max_in_flight: s.max_in_flight, max_lines: 1, max_quantity: 1 };
+    let issuer = stack.issuer_file();
+    let driver = DriverSetup { binary: &driver_bin, order_api: &order_api, issuer: &issuer, catalog: &catalog, max_in_flight: s.max_in_flight, max_lines: 1, max_quantity: 1 };
 
     let order_db = stack.databases["order"].clone();
     let processes: Vec<(String, u32)> = process_names().into_iter().filter_map(|n| stack.pid(&n).map(|p| (n, p))).collect();
