@@ -187,7 +187,32 @@ async fn every_route_answers_each_kind_of_caller_as_documented_and_b_never_sees_
     assert_eq!(resp.status(), 401);
     let detail: Value = resp.json().await.unwrap();
     assert!(detail["detail"].as_str().unwrap().contains("expired"), "{detail}");
+    let log_dir = f.stack.opts.log_dir.clone();
+    // Any token of this issuer starts with the same encoded header.
+    let token_header = issuer.operator().split('.').next().unwrap().to_owned();
+    let mut secrets = vec![token_header];
+    for db in f.stack.roles.values() {
+        for url in [Some(&db.migrator), Some(&db.runtime), db.relay.as_ref()].into_iter().flatten() {
+            let password = url.split_once("://").and_then(|(_, rest)| rest.split_once('@')).and_then(|(cred, _)| cred.split_once(':')).map(|(_, p)| p.to_owned());
+            secrets.extend(password);
+        }
+    }
     f.stop().await;
+
+    // After all those refusals and a saga, no process logged a token or a password.
+    assert!(secrets.len() > 10, "the tokens' header and the roles' passwords: {}", secrets.len());
+    let mut read = 0;
+    for entry in std::fs::read_dir(&log_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            read += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            for secret in &secrets {
+                assert!(!text.contains(secret.as_str()), "{} contains a token or a password", path.display());
+            }
+        }
+    }
+    assert!(read >= 16, "every process's log (migrators, APIs, workers, the sink): read {read}");
 }
 
 fn jsonwebtoken_now() -> u64 {
