@@ -393,12 +393,16 @@ impl DevIssuer {
     pub fn generate() -> anyhow::Result<DevIssuer> {
         use aws_lc_rs::signature::Ed25519KeyPair;
         let pkcs8 = Ed25519KeyPair::generate_pkcs8v1(&aws_lc_rs::rand::SystemRandom::new()).map_err(|_| anyhow::anyhow!("cannot generate an Ed25519 key"))?;
-        let key = EncodingKey::from_ed_der(pkcs8.as_ref());
-        let kid = format!("dev-{}", Uuid::now_v7().simple());
-        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::EdDSA).context("the public half of the key")?;
+        DevIssuer::from_parts(format!("dev-{}", Uuid::now_v7().simple()), pkcs8.as_ref().to_vec(), DEV_ISSUER.into(), DEFAULT_AUDIENCE.into())
+    }
+
+    /// The issuer of an Ed25519 key (PKCS#8 v1 DER) under `kid`, with its one-key JWKS.
+    fn from_parts(kid: String, pkcs8: Vec<u8>, issuer: String, audience: String) -> anyhow::Result<DevIssuer> {
+        let key = EncodingKey::from_ed_der(&pkcs8);
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::EdDSA).context("not an Ed25519 key")?;
         jwk.common.key_id = Some(kid.clone());
         jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
-        Ok(DevIssuer { kid, pkcs8: pkcs8.as_ref().to_vec(), key, jwks: JwkSet { keys: vec![jwk] }, issuer: DEV_ISSUER.into(), audience: DEFAULT_AUDIENCE.into() })
+        Ok(DevIssuer { kid, pkcs8, key, jwks: JwkSet { keys: vec![jwk] }, issuer, audience })
     }
 
     /// Saves the issuer, private key included, to `path` (readable by its owner only), for
@@ -421,11 +425,7 @@ impl DevIssuer {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the issuer file {}", path.display()))?;
         let saved: SavedIssuer = serde_json::from_str(&text).with_context(|| format!("{} is not an issuer file", path.display()))?;
         let pkcs8 = base64::engine::general_purpose::STANDARD.decode(saved.pkcs8).context("the issuer file's key is not base64")?;
-        let key = EncodingKey::from_ed_der(&pkcs8);
-        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::EdDSA).context("the issuer file's key is not an Ed25519 key")?;
-        jwk.common.key_id = Some(saved.kid.clone());
-        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
-        Ok(DevIssuer { kid: saved.kid, pkcs8, key, jwks: JwkSet { keys: vec![jwk] }, issuer: saved.issuer, audience: saved.audience })
+        DevIssuer::from_parts(saved.kid, pkcs8, saved.issuer, saved.audience).with_context(|| format!("the key in {}", path.display()))
     }
 
     /// The public keys, as a JWKS document.
