@@ -13,7 +13,10 @@
 //! * `cargo xtask fuzz` — schemathesis against every API's OpenAPI document, on a shop of its own.
 
 mod apt;
+mod audit;
 mod bench;
+mod chaos;
+mod fault;
 mod fuzz;
 mod load;
 mod proc;
@@ -77,6 +80,12 @@ enum Cmd {
     /// calls as an operator; installs schemathesis (pinned in xtask/fuzz-requirements.txt)
     /// into target/fuzz-venv when missing. Reports in target/conveyor-fuzz/.
     Fuzz(fuzz::FuzzArgs),
+    /// Check the shop's invariants across every service database and the webhook receiver.
+    Audit(audit::Args),
+    /// Drive orders while killing processes, restarting PostgreSQL and switching fault flags; then audit.
+    Chaos(chaos::Args),
+    /// Show or switch the fault flags of a running shop.
+    Fault(fault::Args),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -123,6 +132,9 @@ fn main() -> ExitCode {
             Cmd::Pg { durable } => cmd_pg(durable, &mut signals).await,
             Cmd::Load(args) => load::load(args, &mut signals).await,
             Cmd::Fuzz(args) => fuzz::fuzz(args, &mut signals).await,
+            Cmd::Audit(args) => audit::run(args, &mut signals).await,
+            Cmd::Chaos(args) => chaos::run(args, &mut signals).await,
+            Cmd::Fault(args) => fault::run(args, &mut signals).await,
             Cmd::Bench { what } => match what {
                 BenchCmd::Queue(args) => bench::queue(args, &mut signals).await,
                 BenchCmd::Saga(args) => bench::saga::run(args, &mut signals).await,

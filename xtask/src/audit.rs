@@ -1,0 +1,13 @@
+//! `cargo xtask audit` (issue 15; being built).
+
+use anyhow::{Result, bail};
+
+use crate::proc::Signals;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+/// Returns the exit code.
+pub async fn run(_args: Args, _signals: &mut Signals) -> Result<i32> {
+    bail!("`cargo xtask audit` is not built yet")
+}
