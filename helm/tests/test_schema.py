@@ -36,7 +36,7 @@ BAD = {
     "number for a string": {"logLevel": 3},
     "object for a list": {"api": {"tolerations": {"key": "x"}}},
     "value outside an enum": {"logFormat": "xml"},
-    "rate above 1": {"services": {"payment": {"faults": {"declineRate": 1.5}}}},
+    "startup fault settings (now flags switched at run time)": {"services": {"payment": {"faults": {"declineRate": 0.5}}}},
     "bad duration": {"worker": {"pollInterval": "soon"}},
     "bad KEDA trigger": {"worker": {"keda": {"trigger": "rabbitmq"}}},
     "not a postgres URL": {"services": {"stock": {"database": {"roles": {"runtime": {"url": "mysql://x/stock"}}}}}},

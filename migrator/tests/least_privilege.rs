@@ -131,7 +131,9 @@ async fn the_runtime_role_does_its_services_work_and_no_ddl() {
              INSERT INTO conveyor.outbox (message_id, topic, payload) VALUES ('{product}', 't.x', '{{}}');
              DELETE FROM conveyor.outbox; UPDATE conveyor.inbox SET attempts = 0; DELETE FROM conveyor.inbox_done;
              LISTEN conveyor_inbox; SELECT pg_try_advisory_xact_lock_shared(1), pg_notify('conveyor_inbox', '');
-             SELECT version FROM public._sqlx_migrations; SELECT version FROM conveyor._sqlx_migrations;"
+             SELECT version FROM public._sqlx_migrations; SELECT version FROM conveyor._sqlx_migrations;
+             INSERT INTO conveyor.fault_flags (name, value) VALUES ('slowdown_ms', 1) ON CONFLICT (name) DO UPDATE SET value = 0;
+             SELECT * FROM conveyor.fault_flags; DELETE FROM conveyor.fault_flags;"
         ),
     )
     .await;
@@ -155,6 +157,7 @@ async fn the_runtime_role_does_its_services_work_and_no_ddl() {
         "SELECT setval('movements_id_seq', 1)",
         "INSERT INTO public._sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99, 'x', true, '', 0)",
         "DELETE FROM conveyor._sqlx_migrations",
+        "DELETE FROM conveyor._platform_migrations",
         "UPDATE public._sqlx_migrations SET success = false",
         "GRANT SELECT ON items TO PUBLIC",
         "VACUUM items",

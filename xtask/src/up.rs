@@ -77,6 +77,7 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
         println!("  {:<20} {url}   health {url}/health/ready   metrics {url}/metrics", format!("{svc}-worker"));
     }
     println!("  {:<20} {}/notifications   (what customers were sent)", "webhook-sink", stack.sink);
+    println!("  {:<20} {}   (URLs and database URLs of this run, for `cargo xtask audit`)", "stack.json", stack.info_path().display());
     match &prometheus {
         Ok(Some(p)) => println!("  {:<20} {url}   targets {url}/targets   alerts {url}/alerts", "prometheus", url = p.url),
         Ok(None) => println!("  {:<20} not installed: `apt-get install prometheus` would add it (scrapes every process, alert rules)", "prometheus"),

@@ -463,6 +463,59 @@ impl PgCluster {
         &self.root_dir
     }
 
+    /// The postmaster's pid (from `postmaster.pid`), `None` when the server is not running.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let data = self.root_dir.join("data");
+        let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
+        let pid = text.lines().next()?.trim().parse::<i32>().ok()?;
+        (pid > 0 && pid_alive(pid)).then_some(pid)
+    }
+
+    /// Crash and restart the server, as a power cut of PostgreSQL alone would: `pg_ctl stop
+    /// -m immediate` (every backend quits at once, nothing is checkpointed, clients lose
+    /// their connections), then start again on the same port and data directory, which
+    /// runs crash recovery from the WAL. Blocks until the server accepts connections again.
+    ///
+    /// Every transaction whose commit was flushed survives. A cluster started with
+    /// `durable: false` runs with `synchronous_commit = off`, where the last few hundred
+    /// milliseconds of commits may be lost: start the cluster with `durable: true` when
+    /// committed data must survive the crash.
+    pub fn restart_immediate(&self) -> Result<()> {
+        let data = self.root_dir.join("data");
+        let mut stop = pg_command(&self.bin_dir, "pg_ctl", &self.root_dir);
+        stop.args(["stop", "-m", "immediate", "-w", "-t", "60", "-D"])
+            .arg(&data);
+        run_checked(stop, "pg_ctl stop -m immediate")?;
+        let log = self.root_dir.join("postgres.log");
+        // The port was ours a moment ago; a client of the old server may hold it briefly
+        // in a state that makes bind fail, so a failed start is tried again for a while.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut start = pg_command(&self.bin_dir, "pg_ctl", &self.root_dir);
+            start
+                .args(["start", "-w", "-t", "120", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .arg("-o")
+                .arg(format!("-p {}", self.port));
+            match run_checked(start, "pg_ctl start (after an immediate stop)") {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    let log_text = fs::read_to_string(&log).unwrap_or_default();
+                    let tail: Vec<&str> = log_text.lines().rev().take(20).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    return Err(e.context(format!(
+                        "PostgreSQL did not come back after an immediate stop; server log {}:\n{}",
+                        log.display(),
+                        tail.join("\n")
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+
     /// Stop the server (`pg_ctl stop -m fast`) and delete its data directory.
     pub fn stop(mut self) {
         self.stop_inner();

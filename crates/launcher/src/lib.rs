@@ -5,6 +5,8 @@
 //! and a webhook receiver for notifications, each with its log file; processes can be
 //! killed (SIGKILL, like a crash) and started again.
 
+pub mod audit;
+pub mod chaos;
 pub mod demo;
 pub mod drive;
 mod process;
@@ -43,7 +45,7 @@ pub struct StackOptions {
     pub base_port: Option<u16>,
     /// `text` or `json`, for every process.
     pub log_format: String,
-    /// Extra flags by process name, e.g. `payment-worker` → `--decline-rate 0.5`.
+    /// Extra flags by process name, e.g. `notification-worker` → `--breaker-cooldown 1s`.
     pub extra_args: BTreeMap<String, Vec<String>>,
     /// Extra environment variables for every process (migrators and the webhook receiver
     /// too), e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`; set after the stack's own.
@@ -226,7 +228,25 @@ impl Stack {
             proc.wait_ready(&stack.http, Duration::from_secs(60)).await?;
             status(&format!("{name} ready (pid {})", proc.pid().unwrap_or(0)));
         }
+        stack.info().write(&stack.info_path())?;
         Ok(stack)
+    }
+
+    /// What a tool outside this process needs to reach the running stack.
+    pub fn info(&self) -> StackInfo {
+        StackInfo {
+            api: self.api.clone(),
+            worker: self.worker.clone(),
+            sink: self.sink.clone(),
+            databases: self.databases.clone(),
+            issuer_file: self.issuer_file(),
+            log_dir: self.opts.log_dir.clone(),
+        }
+    }
+
+    /// `stack.json` in the log directory: [`StackInfo`], written once every process is ready.
+    pub fn info_path(&self) -> PathBuf {
+        self.opts.log_dir.join(STACK_FILE)
     }
 
     /// The file of this stack's issuer, private key included (see `DevIssuer::load`), for a
@@ -285,6 +305,16 @@ impl Stack {
         Ok(())
     }
 
+    /// The processes that should run but have exited on their own, with how they ended;
+    /// forgotten here, so that [`Stack::start_process`] can start them again.
+    pub fn take_exited(&mut self) -> Vec<(String, std::process::ExitStatus)> {
+        let exited: Vec<(String, std::process::ExitStatus)> = self.procs.iter_mut().filter_map(|(name, proc)| proc.try_status().map(|s| (name.clone(), s))).collect();
+        for (name, _) in &exited {
+            self.procs.remove(name);
+        }
+        exited
+    }
+
     /// Stops every process with SIGTERM (workers first, so nothing they relay is cut off),
     /// and reports any that did not exit cleanly.
     pub async fn stop(mut self) -> Result<()> {
@@ -308,6 +338,51 @@ impl Stack {
             bail!("did not stop cleanly: {}", unclean.join(", "));
         }
         Ok(())
+    }
+}
+
+/// The name of the file, in a stack's log directory, that describes the running stack.
+pub const STACK_FILE: &str = "stack.json";
+
+/// A running stack as seen from outside: `stack.json` in its log directory, read by
+/// `cargo xtask audit` (and any tool that needs the URLs of a stack it did not start).
+/// Readable by its owner only: the database URLs can write anything.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StackInfo {
+    /// Base URL of each service's API, by service name.
+    pub api: BTreeMap<String, String>,
+    /// Base URL of each worker's health and metrics server, by service name.
+    pub worker: BTreeMap<String, String>,
+    /// Base URL of the webhook receiver.
+    pub sink: String,
+    /// Each service's database, as its owner (reads every table), by service name.
+    pub databases: BTreeMap<String, String>,
+    /// The issuer whose tokens the APIs trust, private key included (`DevIssuer::load`).
+    pub issuer_file: PathBuf,
+    /// Where every process logs.
+    pub log_dir: PathBuf,
+}
+
+impl StackInfo {
+    /// Writes the description, owner-only.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let text = serde_json::to_string_pretty(self)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("creating {}", path.display()))?;
+        file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Reads a `stack.json`.
+    pub fn read(path: &Path) -> Result<StackInfo> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a stack description", path.display()))
+    }
+
+    /// A client of the stack's APIs, signing with its issuer.
+    pub fn shop(&self) -> Result<Shop> {
+        let issuer = conveyor_platform::auth::DevIssuer::load(&self.issuer_file)?;
+        Ok(Shop::new(reqwest::Client::new(), self.api.clone(), self.sink.clone(), issuer))
     }
 }
 

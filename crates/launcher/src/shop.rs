@@ -173,6 +173,32 @@ impl Shop {
         Ok(items(self.get("notification", &format!("/orders/{order}/notifications")).await?.unwrap_or(Value::Null)))
     }
 
+    /// The fault flags of `service` (payment, stock, notification) and their values.
+    pub async fn faults(&self, service: &str) -> Result<Value> {
+        self.faults_call(reqwest::Method::GET, service, &Value::Null).await
+    }
+
+    /// Sets some fault flags of `service` (`{"decline_rate": 1}`, see docs/faults.md); every
+    /// flag of the service after the change.
+    pub async fn set_faults(&self, service: &str, flags: &Value) -> Result<Value> {
+        self.faults_call(reqwest::Method::PATCH, service, flags).await
+    }
+
+    /// Every fault flag of `service` back to 0.
+    pub async fn clear_faults(&self, service: &str) -> Result<()> {
+        self.faults_call(reqwest::Method::DELETE, service, &Value::Null).await.map(drop)
+    }
+
+    async fn faults_call(&self, method: reqwest::Method, service: &str, body: &Value) -> Result<Value> {
+        anyhow::ensure!(self.api.contains_key(service), "no {service} API in this shop");
+        let (status, answer) = self.send(method.clone(), service, "/admin/faults", &[], body).await?;
+        if status != 200 {
+            let detail = answer["detail"].as_str().map(str::to_owned).unwrap_or_else(|| answer.to_string());
+            bail!("{method} {}: {status} {detail}", self.url(service, "/admin/faults"));
+        }
+        Ok(answer)
+    }
+
     /// What the webhook receiver got: every distinct delivery, and how many repeats.
     pub async fn received(&self) -> Result<(Vec<Value>, u64)> {
         let url = format!("{}/notifications", self.sink);

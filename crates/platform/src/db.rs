@@ -35,12 +35,32 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Refuses to go on unless both the queue schema and the service's own migrations are
-/// applied: APIs and workers never migrate, and must not run against an old schema.
+static PLATFORM_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// The platform's own tables (`conveyor.fault_flags`, see [`crate::faults`]) as a migrator,
+/// run by every service's migrator after the queue schema. It records what it applied in
+/// `conveyor._platform_migrations`, apart from the queue's and the service's histories.
+pub fn platform_migrator() -> Migrator {
+    let mut m = Migrator::with_migrations(PLATFORM_MIGRATIONS.iter().cloned().collect());
+    m.dangerous_set_table_name("conveyor._platform_migrations");
+    m
+}
+
+/// Applies the queue schema, then the platform's tables (see [`platform_migrator`]).
+pub async fn migrate_shared(pool: &PgPool) -> anyhow::Result<()> {
+    conveyor_queue::migrate(pool).await.context("applying the queue schema")?;
+    platform_migrator().run(pool).await.context("applying the platform's tables")?;
+    Ok(())
+}
+
+/// Refuses to go on unless the queue schema, the platform's tables and the service's own
+/// migrations are applied: APIs and workers never migrate, and must not run against an old
+/// schema.
 pub async fn require_migrated(pool: &PgPool, service: &str, migrator: &Migrator) -> anyhow::Result<()> {
     let missing_queue = missing(pool, "conveyor._sqlx_migrations", &conveyor_queue::migrator()).await?;
+    let missing_platform = missing(pool, "conveyor._platform_migrations", &platform_migrator()).await?;
     let missing_own = missing(pool, "public._sqlx_migrations", migrator).await?;
-    if missing_queue.is_empty() && missing_own.is_empty() {
+    if missing_queue.is_empty() && missing_platform.is_empty() && missing_own.is_empty() {
         return Ok(());
     }
     let mut what = Vec::new();
@@ -49,6 +69,9 @@ pub async fn require_migrated(pool: &PgPool, service: &str, migrator: &Migrator)
     }
     if !missing_queue.is_empty() {
         what.push(format!("queue schema migrations {missing_queue:?}"));
+    }
+    if !missing_platform.is_empty() {
+        what.push(format!("platform migrations {missing_platform:?}"));
     }
     bail!(
         "the {service} database is not migrated (not applied: {}); run `{service}-migrator` against it first",
@@ -59,10 +82,10 @@ pub async fn require_migrated(pool: &PgPool, service: &str, migrator: &Migrator)
 async fn missing(pool: &PgPool, table: &str, migrator: &Migrator) -> anyhow::Result<Vec<i64>> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(table).fetch_one(pool).await.context("reading the migration history")?;
     let applied: BTreeSet<i64> = if exists {
-        let sql = if table.starts_with("conveyor.") {
-            "SELECT version FROM conveyor._sqlx_migrations WHERE success"
-        } else {
-            "SELECT version FROM public._sqlx_migrations WHERE success"
+        let sql = match table {
+            "conveyor._sqlx_migrations" => "SELECT version FROM conveyor._sqlx_migrations WHERE success",
+            "conveyor._platform_migrations" => "SELECT version FROM conveyor._platform_migrations WHERE success",
+            _ => "SELECT version FROM public._sqlx_migrations WHERE success",
         };
         sqlx::query_scalar(sql)
             .fetch_all(pool)
@@ -76,13 +99,13 @@ async fn missing(pool: &PgPool, table: &str, migrator: &Migrator) -> anyhow::Res
     Ok(migrator.iter().filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version)).map(|m| m.version).collect())
 }
 
-/// What a `<svc>-migrator` does: apply the queue schema and the service's migrations to
-/// its database, grant the roles in `grants` their privileges (see [`crate::grants`]), then
+/// What a `<svc>-migrator` does: apply the queue schema, the platform's tables and the
+/// service's migrations to its database, grant the roles in `grants` their privileges (see [`crate::grants`]), then
 /// return. Safe to run again (applied migrations are skipped, grants repeated) and by
 /// several processes at once (sqlx takes an advisory lock, and so do the grants).
 pub async fn migrate(db: &DbArgs, grants: &GrantArgs, service: &str, migrator: &Migrator) -> anyhow::Result<()> {
     let pool = connect(db).await?;
-    conveyor_queue::migrate(&pool).await.context("applying the queue schema")?;
+    migrate_shared(&pool).await?;
     migrator.run(&pool).await.with_context(|| format!("applying the {service} migrations"))?;
     require_migrated(&pool, service, migrator).await?;
     crate::grants::apply(&pool, grants).await?;

@@ -3,7 +3,8 @@
 //! and the database are provisioned).
 //!
 //! - The **runtime** role (APIs and workers): CONNECT; USAGE on `public` and `conveyor`;
-//!   SELECT, INSERT, UPDATE, DELETE on their tables (the migration histories read-only);
+//!   SELECT, INSERT, UPDATE, DELETE on their tables (the migration histories read-only; the
+//!   APIs write `conveyor.fault_flags`, the workers read it — one role serves both);
 //!   USAGE and SELECT on their sequences; EXECUTE on their functions; the same on whatever
 //!   the migrator creates later (default privileges). No DDL, no TEMP, no ownership.
 //! - Each **relay** role (other services' relays delivering here): CONNECT, and what
@@ -99,6 +100,8 @@ fn runtime_grants(runtime: &str) -> Vec<String> {
             format!("ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT EXECUTE ON FUNCTIONS TO {role}"),
         ]);
     }
+    // The platform's history (`db::platform_migrator`) is read-only too.
+    statements.push(format!("REVOKE INSERT, UPDATE, DELETE ON conveyor._platform_migrations FROM {role}"));
     statements
 }
 

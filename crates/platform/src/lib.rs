@@ -6,6 +6,8 @@
 //! - [`telemetry`]: logs (JSON or text, with trace ids), OpenTelemetry traces (from the
 //!   `OTEL_*` variables) and the Prometheus recorder;
 //! - [`db`]: pools, the "is this database migrated?" check, and the migrator's body;
+//! - [`faults`]: fault flags switched at run time (declared per service, stored in its
+//!   database, read by every process, set through `/admin/faults`);
 //! - [`grants`]: the privileges a migrator gives the runtime and relay roles;
 //! - [`http`]: the API server (health, metrics, OpenAPI document and docs page, admin routes,
 //!   `application/problem+json` errors, body limits) and the extractors handlers use;
@@ -15,6 +17,7 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod faults;
 pub mod grants;
 pub mod http;
 pub mod metrics;

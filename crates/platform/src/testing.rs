@@ -13,11 +13,12 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::{DevIssuer, Verifier};
 
-/// A new database (see `conveyor_devpg::test_db`) with the queue schema and `migrator`'s.
+/// A new database (see `conveyor_devpg::test_db`) with the queue schema, the platform's
+/// tables and `migrator`'s.
 pub async fn migrated_db(migrator: &Migrator) -> PgPool {
     let db = conveyor_devpg::test_db().await;
     let pool = db.pool().await;
-    conveyor_queue::migrate(&pool).await.expect("queue schema");
+    crate::db::migrate_shared(&pool).await.expect("queue schema and platform tables");
     migrator.run(&pool).await.expect("service migrations");
     pool
 }

@@ -5,6 +5,7 @@
 
 mod breaker;
 pub mod config;
+pub mod faults;
 pub mod http;
 mod lookup;
 mod notifier;
@@ -18,6 +19,7 @@ use conveyor_contracts::{Event, OrderCancelled, OrderConfirmed};
 use serde::{Deserialize, Serialize};
 
 pub use config::NotifierArgs;
+pub use faults::FLAGS;
 pub use notifier::Notifier;
 
 pub const SERVICE: &str = conveyor_contracts::service::NOTIFICATION;

@@ -14,6 +14,7 @@ use anyhow::{Context, anyhow};
 use chrono::Utc;
 use conveyor_contracts::{CancelReason, OrderCancelled, OrderConfirmed, OrderSummary};
 use conveyor_platform::auth::TokenFile;
+use conveyor_platform::faults::Faults;
 use conveyor_queue::{Consumer, Delivery, HandlerError};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -76,12 +77,20 @@ impl Notifier {
         args.validate()?;
         let client = reqwest::Client::builder().build().context("building the HTTP client")?;
         let breaker = |target| Breaker::new(target, args.breaker_failures, args.breaker_cooldown);
+        let faults = Faults::new(pool.clone(), &crate::FLAGS);
         Ok(Notifier {
             pool,
             lookup: OrderLookup::new(client.clone(), args.order_api_url.clone(), args.order_api_token_file.clone().map(TokenFile), args.lookup_timeout, breaker("order-api")),
-            webhook: Webhook::new(client, args.webhook_url.clone(), args.webhook_timeout, breaker("webhook")),
+            webhook: Webhook::new(client, args.webhook_url.clone(), args.webhook_timeout, breaker("webhook"), faults),
             in_flight: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Delivers as the fault flags of `faults` say (see `crate::faults`); without this,
+    /// they stay off.
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.webhook.set_faults(faults);
+        self
     }
 
     /// `consumer` with this notifier subscribed (lease mode) to both order events.

@@ -1,8 +1,9 @@
 //! Delivery: one JSON POST per notification to the configured webhook, behind a timeout
-//! and a circuit breaker.
+//! and a circuit breaker (and the `receiver_down` fault flag, see `faults`).
 
 use std::time::Duration;
 
+use conveyor_platform::faults::Faults;
 use reqwest::Url;
 use serde::Serialize;
 use uuid::Uuid;
@@ -26,11 +27,16 @@ pub struct Webhook {
     url: Url,
     timeout: Duration,
     breaker: Breaker,
+    faults: Faults,
 }
 
 impl Webhook {
-    pub fn new(client: reqwest::Client, url: Url, timeout: Duration, breaker: Breaker) -> Self {
-        Webhook { client, url, timeout, breaker }
+    pub fn new(client: reqwest::Client, url: Url, timeout: Duration, breaker: Breaker, faults: Faults) -> Self {
+        Webhook { client, url, timeout, breaker, faults }
+    }
+
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.faults = faults;
     }
 
     /// The breaker's leave to post; asked before the work of preparing a notification, so
@@ -42,6 +48,11 @@ impl Webhook {
 
     /// POSTs `payload` with `Idempotency-Key: key`; `Ok` on a 2xx answer.
     pub async fn deliver(&self, permit: Permit<'_>, key: &str, payload: &Payload<'_>) -> anyhow::Result<()> {
+        if self.faults.get("receiver_down") >= 1.0 {
+            // The path a refused connection takes, without the call.
+            permit.failed();
+            return Err(anyhow::anyhow!("POST {} failed: {}", self.url, crate::faults::REFUSED));
+        }
         let request = self.client.post(self.url.clone()).header("Idempotency-Key", key).json(payload).timeout(self.timeout);
         // In a client span whose trace context goes along in `traceparent`.
         let sent = conveyor_platform::http::client::send(request).await;

@@ -279,3 +279,46 @@ async fn an_outage_opens_the_breaker_snoozes_and_delivers_everything_once_it_end
     assert_eq!(sent.len(), 3);
     assert!(sent.iter().all(|n| n.3 == "event" && n.4 == 2), "delivered on the second counted attempt, however long the outage: {sent:?}");
 }
+
+#[tokio::test]
+async fn the_receiver_down_flag_fails_deliveries_like_a_refused_connection_until_it_is_cleared() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let (sink, hook) = start_sink(TcpListener::bind("127.0.0.1:0").await.unwrap()).await;
+    let args = NotifierArgs { breaker_failures: 2, ..args(&hook, &format!("http://{}", closed_port().await)) };
+    let faults = conveyor_platform::faults::Faults::new(pool.clone(), &conveyor_notification::FLAGS);
+    let consumer = Arc::new(Notifier::new(pool.clone(), &args).unwrap().with_faults(faults.clone())).subscribe(Consumer::new(pool.clone()), &args);
+    // Set as an operator sets it; the worker's refresh, by hand here.
+    let api = TestApi::new(SERVICE, pool.clone(), http::router().merge(conveyor_platform::http::faults_router(faults.clone())), pool.clone());
+    let set = api.patch("/admin/faults", json!({"receiver_down": 1})).await;
+    assert_eq!(set.json, json!({"receiver_down": 1.0}), "{}", set.text);
+    assert!(api.patch("/admin/faults", json!({"receiver_down": 0.5})).await.problem(400).contains("receiver_down"));
+    faults.refresh().await.unwrap();
+
+    let ids = [deliver(&pool, &confirmed(Uuid::now_v7())).await, deliver(&pool, &confirmed(Uuid::now_v7())).await];
+    assert_eq!(consumer.process_once().await.unwrap(), 2);
+    for &id in &ids {
+        assert_eq!(inbox_state(&pool, id).await, ("pending".into(), 1));
+        let error = errors(&pool, id).await[0]["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(&format!("POST {hook} failed: connection refused (simulated")), "{error}");
+    }
+    assert!(sink.received().delivered.is_empty(), "no call reached the receiver");
+    // Two failures opened the breaker: the retries are snoozed, not attempted.
+    drive_until(&consumer, "both are snoozed behind the open breaker", async || {
+        let snoozed: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox WHERE state = 'pending' AND visible_at > now() + interval '100 ms'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        snoozed == 2
+    })
+    .await;
+    for &id in &ids {
+        assert_eq!(inbox_state(&pool, id).await, ("pending".into(), 1), "waiting out the flag uses no attempt");
+    }
+
+    // Cleared: after the cooldown the probe goes through and both are delivered, once.
+    assert_eq!(api.send(axum::http::Method::DELETE, "/admin/faults", &[], None).await.json, json!({"receiver_down": 0.0}));
+    faults.refresh().await.unwrap();
+    drive_until(&consumer, "both are delivered", async || sink.received().delivered.len() == 2).await;
+    assert_eq!(sink.received().duplicates, 0);
+    assert_eq!(notifications(&pool).await.len(), 2);
+}

@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use conveyor_contracts::{Money, OrderSummary, PaymentCaptured, PaymentDeclined, StockReserved};
+use conveyor_platform::faults::Faults;
 use conveyor_queue::{Consumer, Delivery, HandlerError, RetryPolicy, handler_fn, lock_keys_fn};
 use futures::FutureExt;
 use sqlx::PgConnection;
 
-use crate::faults::Faults;
 use crate::repo::{self, Outcome};
 
 /// Failures here are transient (simulated processor errors, a lost race with a copy of
@@ -17,7 +18,8 @@ use crate::repo::{self, Outcome};
 /// is dead, so that an error rate short of 1 does not strand orders.
 pub const CAPTURE_RETRY: RetryPolicy = RetryPolicy { max_attempts: 10, base: Duration::from_millis(250), max: Duration::from_secs(15), jitter: 0.25 };
 
-/// Adds the payment service's handler to `consumer`, with `faults` injected.
+/// Adds the payment service's handler to `consumer`, injecting the faults that `faults`
+/// (the payment service's [`FLAGS`](crate::faults::FLAGS)) switch on.
 pub fn subscribe(consumer: Consumer, faults: Faults) -> Consumer {
     for status in ["captured", "declined"] {
         metrics::counter!("conveyor_payments_total", "status" => status).increment(0);
@@ -25,14 +27,17 @@ pub fn subscribe(consumer: Consumer, faults: Faults) -> Consumer {
     // A batch locks its customers' balances up front, in one order (see `LockKeys`):
     // batches paying for the same customers queue instead of deadlocking.
     consumer
-        .subscribe_with(handler_fn(move |conn, msg: Delivery<StockReserved>| capture(conn, msg.payload.order, faults).boxed()), CAPTURE_RETRY)
+        .subscribe_with(
+            handler_fn(move |conn, msg: Delivery<StockReserved>| capture(conn, msg.payload.order, msg.published_at, faults.clone()).boxed()),
+            CAPTURE_RETRY,
+        )
         .lock_keys(lock_keys_fn(|_, events: &[&StockReserved]| {
             let keys = events.iter().map(|e| format!("customer:{}", e.order.customer_id)).collect();
             async move { Ok(keys) }.boxed()
         }))
 }
 
-async fn capture(conn: &mut PgConnection, order: OrderSummary, faults: Faults) -> Result<(), HandlerError> {
+async fn capture(conn: &mut PgConnection, order: OrderSummary, published_at: DateTime<Utc>, faults: Faults) -> Result<(), HandlerError> {
     let order_id = order.order_id;
     if repo::payment_exists(conn, order_id).await? {
         tracing::info!(%order_id, "order already paid or declined; nothing to capture");
@@ -49,7 +54,8 @@ async fn capture(conn: &mut PgConnection, order: OrderSummary, faults: Faults) -
         let reason = format!("currency mismatch: customer {} pays in {}, the order is in {}", customer.id, customer.currency, amount.currency);
         return decline(conn, &order, &reason).await;
     }
-    if let Some(reason) = faults.apply().await? {
+    // The simulated processor: latency snoozes the message (no transaction waits for it).
+    if let Some(reason) = crate::faults::apply(&faults, published_at)? {
         return decline(conn, &order, reason).await;
     }
     let Some(balance) = repo::debit(conn, customer.id, order_id, amount.amount_minor).await? else {

@@ -1,14 +1,15 @@
 //! The payment service: a simulated processor with real rules. Customers hold a balance
 //! in one currency that can never go below zero; `stock.reserved` captures an order's
 //! total at most once (`payment.captured`) or declines it (`payment.declined`); faults
-//! (latency, errors, declines) can be injected for demos and chaos tests.
+//! (latency, errors, declines) can be switched on at run time for demos and chaos tests
+//! (`faults`, `/admin/faults`).
 
 pub mod faults;
 pub mod handlers;
 pub mod http;
 mod repo;
 
-pub use faults::Faults;
+pub use faults::FLAGS;
 
 pub const SERVICE: &str = conveyor_contracts::service::PAYMENT;
 

@@ -10,10 +10,7 @@ use sqlx::PgPool;
 
 /// Rows in (customers, ledger, payments).
 async fn counts(pool: &PgPool) -> (i64, i64, i64) {
-    sqlx::query_as("SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM ledger), (SELECT count(*) FROM payments)")
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    sqlx::query_as("SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM ledger), (SELECT count(*) FROM payments)").fetch_one(pool).await.unwrap()
 }
 
 #[tokio::test]
@@ -133,7 +130,12 @@ async fn control_characters_and_loose_nested_objects_get_a_problem_and_write_not
         assert!(api.post("/customers", body.clone()).await.problem(422).contains(needle), "{body}");
     }
     assert!(api.post(&format!("/customers/{ada}/top-up"), json!({"amount_minor": 5, "memo\u{1}": "x"})).await.problem(400).contains("U+0001 (SOH)"));
-    assert!(api.post("/customers/%00/top-up", json!({"amount_minor": 5})).await.problem(400).contains("path parameter `id` contains the control character U+0000 (NUL)"));
+    assert!(
+        api.post("/customers/%00/top-up", json!({"amount_minor": 5}))
+            .await
+            .problem(400)
+            .contains("path parameter `id` contains the control character U+0000 (NUL)")
+    );
     assert!(api.get("/orders/%0D%0A/payments").await.problem(400).contains("U+000D (CR)"));
     assert!(api.get("/admin/dead-letters?topic=%00").await.problem(400).contains("query parameter `topic`"));
     assert_eq!(counts(&pool).await, before);
@@ -148,8 +150,69 @@ async fn the_api_is_documented() {
     assert_eq!(doc.status, 200);
     assert_eq!(doc.json["info"]["title"], "Conveyor payment API");
     assert!(doc.json["info"]["description"].as_str().is_some_and(|d| d.starts_with("Payments")), "{}", doc.json["info"]);
-    for path in ["/customers", "/customers/{id}", "/customers/{id}/top-up", "/orders/{order_id}/payments", "/admin/queue"] {
+    for path in ["/customers", "/customers/{id}", "/customers/{id}/top-up", "/orders/{order_id}/payments", "/admin/queue", "/admin/faults"] {
         assert!(doc.json["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }
     assert_eq!(api.get("/health/ready").await.status, 200);
+    // The fault flags' routes document this service's flags, with their ranges.
+    let faults = &doc.json["paths"]["/admin/faults"];
+    let body = &faults["patch"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(body["properties"]["decline_rate"]["maximum"], 1.0, "{faults}");
+    assert_eq!(body["properties"]["latency_ms"]["type"], "integer");
+    assert_eq!(body["additionalProperties"], false);
+    let answer = &faults["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+    assert_eq!(answer["required"], serde_json::json!(["decline_rate", "error_rate", "latency_ms"]));
+    assert_eq!(faults["patch"]["security"], serde_json::json!([{"bearer": []}]));
+}
+
+#[tokio::test]
+async fn operators_read_set_and_clear_the_fault_flags() {
+    let (api, pool) = setup().await;
+    let off = json!({"decline_rate": 0.0, "error_rate": 0.0, "latency_ms": 0.0});
+    let read = api.get("/admin/faults").await;
+    assert_eq!((read.status.as_u16(), &read.json), (200, &off), "{}", read.text);
+
+    let set = api.patch("/admin/faults", json!({"decline_rate": 0.3, "latency_ms": 250})).await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    assert_eq!(set.json, json!({"decline_rate": 0.3, "error_rate": 0.0, "latency_ms": 250.0}));
+    // Stored in the database, where every worker reads it.
+    let worker_view = conveyor_platform::faults::read(&pool, &conveyor_payment::FLAGS).await.unwrap();
+    assert_eq!((worker_view["decline_rate"], worker_view["latency_ms"]), (0.3, 250.0));
+    // A second PATCH changes only what it names.
+    let set = api.patch("/admin/faults", json!({"error_rate": 1})).await;
+    assert_eq!(set.json, json!({"decline_rate": 0.3, "error_rate": 1.0, "latency_ms": 250.0}));
+    assert_eq!(api.get("/admin/faults").await.json, set.json);
+
+    // Refusals name the flag and change nothing.
+    for (body, names) in [
+        (json!({"decline_rate": 1.5}), "decline_rate"),
+        (json!({"speed": 1}), "speed"),
+        (json!({"error_rate": "0.5"}), "error_rate"),
+        (json!({"latency_ms": 60_001}), "latency_ms"),
+        (json!({"latency_ms": 0.5}), "latency_ms"),
+        (json!({"decline_rate": 0.1, "latency_ms": -1}), "latency_ms"),
+    ] {
+        let refused = api.patch("/admin/faults", body.clone()).await;
+        let detail = refused.problem(400);
+        assert!(detail.contains(names), "{body}: {detail}");
+    }
+    assert_eq!(api.get("/admin/faults").await.json, set.json);
+    assert_eq!(api.patch("/admin/faults", json!({})).await.status, 400);
+
+    let cleared = api.send(axum::http::Method::DELETE, "/admin/faults", &[], None).await;
+    assert_eq!((cleared.status.as_u16(), &cleared.json), (200, &off), "{}", cleared.text);
+    assert_eq!(api.get("/admin/faults").await.json, off);
+}
+
+#[tokio::test]
+async fn only_operators_touch_the_fault_flags() {
+    let (api, _pool) = setup().await;
+    let ada = customer(&api, "EUR", 100).await;
+    for caller in [api.anonymous(), api.as_customer(ada)] {
+        let status = if caller.token.is_none() { 401 } else { 403 };
+        caller.get("/admin/faults").await.problem(status);
+        caller.patch("/admin/faults", json!({"decline_rate": 1})).await.problem(status);
+        caller.send(axum::http::Method::DELETE, "/admin/faults", &[], None).await.problem(status);
+    }
+    assert_eq!(api.get("/admin/faults").await.json["decline_rate"], 0.0);
 }

@@ -6,7 +6,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use conveyor_payment::Faults;
 use conveyor_payment::faults::ISSUER_DECLINE;
 use conveyor_platform::testing::{deliver, deliver_with_id, drain, inbox_state, outbox};
 use conveyor_queue::ConsumerOptions;
@@ -19,7 +18,7 @@ async fn a_covered_order_is_captured_once_from_the_balance() {
     let ada = customer(&api, "EUR", 10_000).await;
     let order = reserved(ada, "EUR", &[(2, 2500), (1, 1000)]);
     let first = deliver(&pool, &order).await;
-    let consumer = consumer(&pool, Faults::default());
+    let consumer = consumer(&pool, no_faults(&pool));
     assert_eq!(drain(&consumer).await, 1);
 
     assert_eq!(balance(&pool, ada).await, 4_000);
@@ -50,7 +49,7 @@ async fn a_short_balance_declines_and_is_left_untouched() {
     let ada = customer(&api, "EUR", 1_000).await;
     let order = reserved(ada, "EUR", &[(3, 2000)]);
     deliver(&pool, &order).await;
-    drain(&consumer(&pool, Faults::default())).await;
+    drain(&consumer(&pool, no_faults(&pool))).await;
 
     assert_eq!(balance(&pool, ada).await, 1_000);
     let reason = "insufficient balance: needs 60.00 EUR, has 10.00 EUR";
@@ -76,7 +75,7 @@ async fn orders_that_break_the_rules_are_declined_without_touching_a_balance() {
     for order in [&stranger, &overcharged, &mixed, &negative, &dollars] {
         deliver(&pool, order).await;
     }
-    assert_eq!(drain(&consumer(&pool, Faults::default())).await, 5);
+    assert_eq!(drain(&consumer(&pool, no_faults(&pool))).await, 5);
 
     let mut reasons = Vec::new();
     for order in [&stranger, &overcharged, &mixed, &negative, &dollars] {
@@ -101,12 +100,11 @@ async fn a_processor_error_retries_the_message_and_writes_nothing() {
     let ada = customer(&api, "EUR", 10_000).await;
     let order = reserved(ada, "EUR", &[(1, 500)]);
     let msg = deliver(&pool, &order).await;
-    let failing = consumer(&pool, Faults { error_rate: 1.0, ..Faults::default() });
+    let failing = consumer(&pool, faults(&pool, json!({"error_rate": 1})).await);
     assert_eq!(failing.process_once().await.unwrap(), 1);
 
     assert_eq!(inbox_state(&pool, msg).await, ("pending".to_owned(), 1));
-    let error: String =
-        sqlx::query_scalar("SELECT errors->0->>'error' FROM conveyor.inbox WHERE message_id = $1").bind(msg).fetch_one(&pool).await.unwrap();
+    let error: String = sqlx::query_scalar("SELECT errors->0->>'error' FROM conveyor.inbox WHERE message_id = $1").bind(msg).fetch_one(&pool).await.unwrap();
     assert_eq!(error, "simulated processor error");
     assert!(payments(&pool, order.order.order_id).await.is_empty());
     assert_eq!(balance(&pool, ada).await, 10_000);
@@ -114,7 +112,7 @@ async fn a_processor_error_retries_the_message_and_writes_nothing() {
 
     // The processor recovers: the retry captures.
     sqlx::query("UPDATE conveyor.inbox SET visible_at = now()").execute(&pool).await.unwrap(); // skip the backoff
-    drain(&consumer(&pool, Faults::default())).await;
+    drain(&consumer(&pool, faults(&pool, json!({"error_rate": 0})).await)).await;
     assert_eq!(inbox_state(&pool, msg).await, ("done".to_owned(), 2));
     assert_eq!(balance(&pool, ada).await, 9_500);
 }
@@ -124,15 +122,102 @@ async fn the_issuer_declines_at_the_decline_rate_after_the_latency() {
     let (api, pool) = setup().await;
     let ada = customer(&api, "EUR", 10_000).await;
     let order = reserved(ada, "EUR", &[(1, 500)]);
-    deliver(&pool, &order).await;
-    let slow_and_strict = consumer(&pool, Faults { decline_rate: 1.0, latency: Duration::from_millis(50), ..Faults::default() });
-    let started = Instant::now();
-    drain(&slow_and_strict).await;
+    let published = Instant::now(); // no later than the message's published_at
+    let msg = deliver(&pool, &order).await;
+    let slow_and_strict = consumer(&pool, faults(&pool, json!({"decline_rate": 1, "latency_ms": 400})).await);
 
-    assert!(started.elapsed() >= Duration::from_millis(50));
+    // Not answered yet: the message is snoozed (not an attempt) and nothing is written.
+    assert_eq!(slow_and_strict.process_once().await.unwrap(), 1);
+    assert_eq!(inbox_state(&pool, msg).await, ("pending".to_owned(), 0));
+    let due_in: f64 = sqlx::query_scalar("SELECT extract(epoch FROM visible_at - now())::float8 FROM conveyor.inbox WHERE message_id = $1")
+        .bind(msg)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!((0.1..=0.41).contains(&due_in), "snoozed until the processor answers, not {due_in} s");
+    assert!(payments(&pool, order.order.order_id).await.is_empty());
+    assert!(outbox(&pool).await.is_empty());
+
+    // Once the latency has passed, the processor declines.
+    wait_paid(&pool, &slow_and_strict, order.order.order_id).await;
+    assert!(published.elapsed() >= Duration::from_millis(400));
+    assert_eq!(inbox_state(&pool, msg).await, ("done".to_owned(), 1));
     assert_eq!(payments(&pool, order.order.order_id).await, [("declined".to_owned(), Some(ISSUER_DECLINE.to_owned()))]);
     assert_eq!(balance(&pool, ada).await, 10_000);
     assert_eq!(outbox(&pool).await[0].0, "payment.declined");
+}
+
+/// Runs `consumer` until the order has a payment (5 s at most).
+async fn wait_paid(pool: &sqlx::PgPool, consumer: &conveyor_queue::Consumer, order_id: Uuid) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while payments(pool, order_id).await.is_empty() {
+        assert!(Instant::now() < deadline, "order {order_id} not paid or declined within 5 s");
+        if consumer.process_once().await.unwrap() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The oldest transaction open in the database besides this query's, in seconds.
+const OLDEST_TRANSACTION: &str = "\
+SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0)::float8 FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_holds_no_transaction_while_captures_wait_and_other_claims_go_on() {
+    let (api, pool) = setup().await;
+    let ada = customer(&api, "EUR", 100_000).await;
+    let slow = faults(&pool, json!({"latency_ms": 1500})).await;
+    let orders: Vec<_> = (0..10).map(|_| reserved(ada, "EUR", &[(1, 100)])).collect();
+    let published = Instant::now(); // no later than any message's published_at
+    for order in &orders {
+        deliver(&pool, order).await;
+    }
+    let opts = ConsumerOptions { concurrency: 2, batch_size: 5, poll_interval: Duration::from_millis(50), shutdown_grace: Duration::from_secs(5) };
+    let worker = consumer(&pool, slow).with_options(opts);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn({
+        let stop = stop.clone();
+        async move { worker.run(stop).await }
+    });
+
+    // While every capture waits for the processor, the worker holds no transaction open,
+    // and a claim by anyone else goes through at once.
+    let mut longest: f64 = 0.0;
+    let mut other_claims = 0;
+    while published.elapsed() < Duration::from_millis(1200) {
+        let oldest: f64 = sqlx::query_scalar(OLDEST_TRANSACTION).fetch_one(&pool).await.unwrap();
+        longest = longest.max(oldest);
+        let started = Instant::now();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SELECT message_id FROM conveyor.inbox ORDER BY message_id LIMIT 1 FOR UPDATE").fetch_optional(&mut *tx).await.unwrap();
+        tx.rollback().await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(300), "a claim of a waiting message was blocked for {:?}", started.elapsed());
+        other_claims += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(longest < 0.3, "a transaction stayed open {longest:.3} s while captures waited for the processor");
+    assert!(other_claims >= 5);
+    let paid: i64 = sqlx::query_scalar("SELECT count(*) FROM payments").fetch_one(&pool).await.unwrap();
+    assert_eq!(paid, 0, "captured before the processor answered");
+    let counted: i64 = sqlx::query_scalar("SELECT coalesce(sum(attempts), 0) FROM conveyor.inbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(counted, 0, "waiting for the processor uses no attempts");
+
+    // Then every capture goes through, once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let captured: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'captured'").fetch_one(&pool).await.unwrap();
+        if captured == 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{captured} of 10 captured 10 s after the latency");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(published.elapsed() >= Duration::from_millis(1500));
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(balance(&pool, ada).await, 100_000 - 10 * 100);
+    assert_ledger_explains_balances(&pool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -145,14 +230,13 @@ async fn concurrent_captures_never_take_a_balance_below_zero() {
     let opts = ConsumerOptions { batch_size: 3, ..ConsumerOptions::default() };
     let workers: Vec<_> = (0..4)
         .map(|_| {
-            let (pool, consumer) = (pool.clone(), consumer(&pool, Faults::default()).with_options(opts.clone()));
+            let (pool, consumer) = (pool.clone(), consumer(&pool, no_faults(&pool)).with_options(opts.clone()));
             tokio::spawn(async move {
                 // A cycle can come back empty while the others hold the rest: stop only when
                 // nothing is left to claim.
                 loop {
                     if consumer.process_once().await.unwrap() == 0 {
-                        let left: i64 =
-                            sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox").fetch_one(&pool).await.unwrap();
+                        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox").fetch_one(&pool).await.unwrap();
                         if left == 0 {
                             return;
                         }
@@ -165,8 +249,7 @@ async fn concurrent_captures_never_take_a_balance_below_zero() {
     tokio::time::timeout(Duration::from_secs(120), futures::future::try_join_all(workers)).await.expect("consumers finish").unwrap();
 
     assert_eq!(balance(&pool, ada).await, 0);
-    let statuses: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, count(*) FROM payments GROUP BY status ORDER BY status").fetch_all(&pool).await.unwrap();
+    let statuses: Vec<(String, i64)> = sqlx::query_as("SELECT status, count(*) FROM payments GROUP BY status ORDER BY status").fetch_all(&pool).await.unwrap();
     assert_eq!(statuses, [("captured".to_owned(), 10), ("declined".to_owned(), 20)]);
     assert_ledger_explains_balances(&pool).await;
 }

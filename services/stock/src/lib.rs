@@ -1,11 +1,14 @@
 //! The stock service: an item per product (levels created from `product.created`), a
 //! reservation per order (`order.placed` → `stock.reserved` or `stock.rejected`, all lines
 //! or none), released again on `payment.declined`; every change of a level is a movement.
+//! The worker can be slowed down at run time for demos and chaos runs (`faults`).
 
+pub mod faults;
 pub mod handlers;
 pub mod http;
 mod repo;
 
+pub use faults::FLAGS;
 pub use repo::{ItemRow, ReservedLine};
 
 pub const SERVICE: &str = conveyor_contracts::service::STOCK;

@@ -11,7 +11,8 @@ use sqlx::PgPool;
 
 async fn api() -> (TestApi, PgPool) {
     let pool = migrated_db(&MIGRATOR).await;
-    (TestApi::new(SERVICE, pool.clone(), http::router(), pool.clone()), pool)
+    let faults = conveyor_platform::faults::Faults::new(pool.clone(), &conveyor_stock::FLAGS);
+    (TestApi::new(SERVICE, pool.clone(), http::router().merge(conveyor_platform::http::faults_router(faults)), pool.clone()), pool)
 }
 
 #[tokio::test]
@@ -143,8 +144,38 @@ async fn the_api_is_documented() {
     assert_eq!(doc.status, 200);
     assert_eq!(doc.json["info"]["title"], "Conveyor stock API");
     assert!(doc.json["info"]["description"].as_str().is_some_and(|d| d.starts_with("Stock")), "{}", doc.json["info"]);
-    for path in ["/items", "/items/{product_id}", "/items/{product_id}/restock", "/reservations/{order_id}", "/admin/queue"] {
+    for path in ["/items", "/items/{product_id}", "/items/{product_id}/restock", "/reservations/{order_id}", "/admin/queue", "/admin/faults"] {
         assert!(doc.json["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }
     assert_eq!(api.get("/health/ready").await.status, 200);
+}
+
+#[tokio::test]
+async fn an_operator_slows_the_worker_down_and_lets_it_go() {
+    let (api, pool) = api().await;
+    let item = stocked(&pool, 100).await;
+    assert_eq!(api.get("/admin/faults").await.json, json!({"slowdown_ms": 0.0}));
+    let refused = api.patch("/admin/faults", json!({"slowdown_ms": 60_001})).await;
+    assert!(refused.problem(400).contains("slowdown_ms"));
+    assert!(api.patch("/admin/faults", json!({"decline_rate": 1})).await.problem(400).contains("this service has: slowdown_ms"));
+    api.anonymous().get("/admin/faults").await.problem(401);
+
+    let set = api.patch("/admin/faults", json!({"slowdown_ms": 300})).await;
+    assert_eq!(set.json, json!({"slowdown_ms": 300.0}), "{}", set.text);
+    // The worker reads the flag (its refresh, by hand here) and waits before each claim.
+    let flags = conveyor_platform::faults::Faults::new(pool.clone(), &conveyor_stock::FLAGS);
+    flags.refresh().await.unwrap();
+    let slowed = conveyor_stock::faults::slowed(consumer(&pool), flags.clone());
+    deliver(&pool, &order(&[(item, 1)])).await;
+    let started = std::time::Instant::now();
+    assert_eq!(slowed.process_once().await.unwrap(), 1);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300), "claimed after {:?}", started.elapsed());
+
+    assert_eq!(api.send(axum::http::Method::DELETE, "/admin/faults", &[], None).await.json, json!({"slowdown_ms": 0.0}));
+    flags.refresh().await.unwrap();
+    deliver(&pool, &order(&[(item, 1)])).await;
+    let started = std::time::Instant::now();
+    assert_eq!(slowed.process_once().await.unwrap(), 1);
+    assert!(started.elapsed() < std::time::Duration::from_millis(300), "claimed after {:?} with the flag off", started.elapsed());
+    assert_eq!(outbox(&pool).await.iter().filter(|(t, _)| t == "stock.reserved").count(), 2);
 }

@@ -98,6 +98,15 @@ async fn every_route_answers_each_kind_of_caller_as_documented_and_b_never_sees_
         cases.push(case(svc, Method::POST, "/admin/dead-letters/{id}/replay", format!("/admin/dead-letters/{nobody}/replay"), None, [401, 403, 403, 404]));
         cases.push(case(svc, Method::POST, "/admin/dead-letters/replay", "/admin/dead-letters/replay?topic=no.such.topic".into(), None, [401, 403, 403, 200]));
     }
+    // Fault flags (docs/faults.md): operators only; each PATCH sets a flag to 0 (off).
+    type Body = fn() -> Value;
+    let fault_flags: [(&str, Body); 3] =
+        [("payment", || json!({"decline_rate": 0})), ("stock", || json!({"slowdown_ms": 0})), ("notification", || json!({"receiver_down": 0}))];
+    for (svc, off) in fault_flags {
+        cases.push(case(svc, Method::GET, "/admin/faults", "/admin/faults".into(), None, [401, 403, 403, 200]));
+        cases.push(case(svc, Method::PATCH, "/admin/faults", "/admin/faults".into(), Some(off), [401, 403, 403, 200]));
+        cases.push(case(svc, Method::DELETE, "/admin/faults", "/admin/faults".into(), None, [401, 403, 403, 200]));
+    }
 
     let http = reqwest::Client::new();
     let send = |service: &str, method: Method, path: &str, who: Who, body: Option<Value>, headers: Vec<(&'static str, String)>| {

@@ -2,9 +2,12 @@
 //! databases per test), driven over HTTP like a client would. Stacks run one at a time:
 //! each is a dozen processes, and two cores.
 
+mod alerts;
+mod audit;
 mod authz;
 mod bad_input;
 mod faults;
+mod flags;
 mod metrics;
 mod prometheus;
 mod race;

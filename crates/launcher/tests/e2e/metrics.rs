@@ -45,6 +45,11 @@ fn expected(process: &str) -> Vec<&'static str> {
     if process == "order-api" {
         names.push("conveyor_orders_placed_total");
     }
+    // Each fault flag's value (docs/faults.md), from the API and the worker of the services
+    // that have flags, 0 while off.
+    if ["payment", "stock", "notification"].contains(&svc) {
+        names.push("conveyor_fault_flag");
+    }
     names
 }
 

@@ -20,6 +20,9 @@ use crate::{SAGA, start};
 /// How long Prometheus gets to scrape and evaluate everything once the orders are done.
 const SETTLE: Duration = Duration::from_secs(120);
 
+/// The rule evaluation interval of prometheus/prometheus.yml, as written there.
+pub(crate) const SHIPPED_EVALUATION_INTERVAL: &str = "evaluation_interval: 5s";
+
 #[tokio::test]
 async fn every_dashboard_query_and_every_rule_returns_data_from_a_live_stack() {
     let binary = prometheus_binary();
@@ -28,7 +31,8 @@ async fn every_dashboard_query_and_every_rule_returns_data_from_a_live_stack() {
     let dir = f.stack.opts.log_dir.join("prometheus");
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let config = dir.join("prometheus.yml");
-    std::fs::write(&config, config_for_stack(&root, &f.stack.api, &f.stack.worker)).unwrap();
+    let rules = root.join("prometheus/rules/*.yml").display().to_string();
+    std::fs::write(&config, config_for_stack(&root, &f.stack.api, &f.stack.worker, &rules, "1s", "1s")).unwrap();
     let mut prom = Prometheus::start(&binary, &config, &dir).await;
     eprintln!("prometheus: {} (config {}, log {})", prom.url, config.display(), prom.log.display());
 
@@ -142,7 +146,7 @@ struct Check {
 }
 
 /// `prometheus` on PATH or in /usr/bin; a clear failure (not a skip) when it is missing.
-fn prometheus_binary() -> PathBuf {
+pub(crate) fn prometheus_binary() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/bin")])
@@ -157,11 +161,11 @@ fn prometheus_binary() -> PathBuf {
         })
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
 }
 
-fn dashboard_files(root: &Path) -> Vec<PathBuf> {
+pub(crate) fn dashboard_files(root: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("grafana/dashboards"))
         .expect("grafana/dashboards")
         .map(|e| e.unwrap().path())
@@ -172,17 +176,25 @@ fn dashboard_files(root: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// prometheus/prometheus.yml with this stack's ports instead of `cargo xtask up`'s, every
-/// interval 1 s, and the rule files by absolute path. Every replaced text must be there, so
-/// a change to the shipped file cannot make this test quietly check something else.
-fn config_for_stack(root: &Path, api: &BTreeMap<String, String>, worker: &BTreeMap<String, String>) -> String {
+/// prometheus/prometheus.yml with this stack's ports instead of `cargo xtask up`'s, a scrape
+/// every `scrape_interval` (which is also its timeout), rules evaluated every
+/// `evaluation_interval`, and the rule files `rules` (an absolute path or glob). Every
+/// replaced text must be there, so a change to the shipped file cannot make this test
+/// quietly check something else.
+pub(crate) fn config_for_stack(
+    root: &Path,
+    api: &BTreeMap<String, String>,
+    worker: &BTreeMap<String, String>,
+    rules: &str,
+    scrape_interval: &str,
+    evaluation_interval: &str,
+) -> String {
     let shipped = std::fs::read_to_string(root.join("prometheus/prometheus.yml")).expect("prometheus/prometheus.yml");
     let mut text = shipped.clone();
-    let rules = root.join("prometheus/rules/*.yml").display().to_string();
     let mut swaps = vec![
-        ("scrape_interval: 5s".to_owned(), "scrape_interval: 1s".to_owned()),
-        ("scrape_timeout: 4s".to_owned(), "scrape_timeout: 1s".to_owned()),
-        ("evaluation_interval: 5s".to_owned(), "evaluation_interval: 1s".to_owned()),
+        ("scrape_interval: 5s".to_owned(), format!("scrape_interval: {scrape_interval}")),
+        ("scrape_timeout: 4s".to_owned(), format!("scrape_timeout: {scrape_interval}")),
+        (SHIPPED_EVALUATION_INTERVAL.to_owned(), format!("evaluation_interval: {evaluation_interval}")),
         ("- rules/*.yml".to_owned(), format!("- {rules}")),
     ];
     for (i, svc) in conveyor_contracts::service::ALL.iter().enumerate() {
@@ -274,7 +286,7 @@ fn dashboard_checks(path: &Path, checks: &mut Vec<Check>, problems: &mut Vec<Str
     }
 }
 
-fn collect_panels(panels: &Value, out: &mut Vec<Value>) {
+pub(crate) fn collect_panels(panels: &Value, out: &mut Vec<Value>) {
     for p in panels.as_array().cloned().unwrap_or_default() {
         collect_panels(&p["panels"], out);
         out.push(p);
@@ -317,7 +329,7 @@ fn label_values_as_promql(query: &str) -> Option<String> {
 /// The quantities an alert compares: `a > 1 and b < 2` gives `a` and `b`. The convention
 /// of prometheus/rules/alerts.yml: every alert is such thresholds on quantities that have
 /// data whenever the stack runs (so the test can tell a typo from "not firing").
-fn alert_quantities(query: &str) -> Result<Vec<String>, String> {
+pub(crate) fn alert_quantities(query: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for part in split_top_level(query, &["and", "or", "unless"]) {
         let (lhs, rhs) = last_comparison(&part).ok_or_else(|| format!("`{part}` is not `<quantity> <comparison> <number>`"))?;
@@ -391,15 +403,15 @@ fn last_comparison(expr: &str) -> Option<(String, String)> {
 }
 
 /// A `prometheus` child process with its own data directory and port.
-struct Prometheus {
-    url: String,
-    log: PathBuf,
+pub(crate) struct Prometheus {
+    pub(crate) url: String,
+    pub(crate) log: PathBuf,
     child: tokio::process::Child,
     http: reqwest::Client,
 }
 
 impl Prometheus {
-    async fn start(binary: &Path, config: &Path, dir: &Path) -> Prometheus {
+    pub(crate) async fn start(binary: &Path, config: &Path, dir: &Path) -> Prometheus {
         let port = free_port();
         let log = dir.join("prometheus.log");
         let out = std::fs::File::create(&log).unwrap();
@@ -428,13 +440,13 @@ impl Prometheus {
         }
     }
 
-    fn check_running(&mut self) {
+    pub(crate) fn check_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!("prometheus exited ({status}):\n{}", tail(&self.log, 20));
         }
     }
 
-    async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, String> {
+    pub(crate) async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, String> {
         let resp = self.http.get(format!("{}{path}", self.url)).query(query).timeout(Duration::from_secs(10)).send().await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let body: Value = resp.json().await.map_err(|e| format!("HTTP {status}, body is not JSON: {e}"))?;
@@ -496,7 +508,7 @@ impl Prometheus {
         problems
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };

@@ -12,6 +12,7 @@ mod conn;
 mod docs;
 mod error;
 mod extract;
+mod faults;
 mod headers;
 mod problems;
 mod server;
@@ -19,6 +20,7 @@ mod strict;
 mod trace;
 
 pub use admin::router as admin_router;
+pub use faults::router as faults_router;
 pub use error::{ApiError, ApiResult, PROBLEM_JSON};
 pub use extract::{Json, Path, Query};
 pub use error::Problem;

@@ -95,7 +95,12 @@ pub struct Consumer {
     floor: Floor,
     /// When the retries this consumer scheduled come due, so an idle loop wakes then.
     retries: RetryClock,
+    /// Asked before each claim how long to wait first (see [`Consumer::pause_before_claim`]).
+    pause: Option<Pause>,
 }
+
+/// How long a claim loop waits before its next claim; zero: not at all.
+type Pause = Arc<dyn Fn() -> Duration + Send + Sync>;
 
 /// The times at which messages this consumer failed become claimable again. No notification
 /// announces the end of a backoff: without this an idle loop would find the retry only at
@@ -137,6 +142,7 @@ impl Consumer {
             lease_ms: Vec::new(),
             floor: Floor::new(sweep_interval(ConsumerOptions::default().poll_interval)),
             retries: RetryClock::default(),
+            pause: None,
         }
     }
 
@@ -156,6 +162,30 @@ impl Consumer {
     /// The consumer's name (see [`named`](Self::named)).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Makes every claim loop (both modes, and [`process_once`](Self::process_once)) ask
+    /// `pause` before each claim how long to wait first, and wait that long holding no
+    /// transaction and no claim: a slowed-down consumer (a fault flag, a throttle) whose
+    /// backlog grows in its inbox, where other workers can still take it. Called once per
+    /// claim, so it must be cheap (read an atomic); zero means no wait. Without a pause the
+    /// loops never look.
+    pub fn pause_before_claim(mut self, pause: impl Fn() -> Duration + Send + Sync + 'static) -> Self {
+        self.pause = Some(Arc::new(pause));
+        self
+    }
+
+    /// Waits what the pause asks, or until `shutdown`.
+    async fn pause(&self, shutdown: &CancellationToken) {
+        let Some(pause) = &self.pause else { return };
+        let wait = pause();
+        if wait.is_zero() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => {}
+        }
     }
 
     /// Handles `E` in transaction mode with the default retry policy (3 attempts).
@@ -215,6 +245,7 @@ impl Consumer {
     /// Tests use it to drain the inbox deterministically.
     pub async fn process_once(&self) -> Result<usize, Error> {
         let never = CancellationToken::new();
+        self.pause(&never).await;
         let mut conn = self.pool.acquire().await?;
         Ok(self.tx_cycle(&mut conn).await? + self.lease_cycle(&mut conn, &never).await?)
     }
@@ -245,6 +276,10 @@ impl Consumer {
         let mut pacer = self.pacer(wake, idle, shutdown, "consumer");
         let mut conn = None;
         while !shutdown.is_cancelled() {
+            self.pause(shutdown).await;
+            if shutdown.is_cancelled() {
+                break;
+            }
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -272,6 +307,10 @@ impl Consumer {
         let mut pacer = self.pacer(wake, idle, shutdown, "lease consumer");
         let mut conn = None;
         while !shutdown.is_cancelled() {
+            self.pause(shutdown).await;
+            if shutdown.is_cancelled() {
+                break;
+            }
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();

@@ -7,6 +7,7 @@ mod consume;
 mod crash;
 mod failures;
 mod lease;
+mod pause;
 mod publish_relay;
 mod shutdown;
 mod traces;

@@ -4,12 +4,15 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use conveyor_notification::{MIGRATOR, NotifierArgs, Notifier, SERVICE};
+use conveyor_notification::{FLAGS, MIGRATOR, Notifier, NotifierArgs, SERVICE};
 use conveyor_platform::WorkerArgs;
+use conveyor_platform::faults::Faults;
 
 /// Conveyor notification worker: renders the stored template of each order.confirmed /
 /// order.cancelled (enriched by the order API when it answers) and POSTs it to the webhook,
-/// once per order and event, behind timeouts and circuit breakers.
+/// once per order and event, behind timeouts and circuit breakers. An operator can make it
+/// treat the receiver as down while it runs (`PATCH /admin/faults` of the notification API:
+/// receiver_down).
 #[derive(Parser)]
 #[command(name = "notification-worker", version)]
 struct Args {
@@ -25,7 +28,8 @@ async fn main() -> anyhow::Result<()> {
     let notifier = args.notifier;
     conveyor_platform::run_worker(SERVICE, "notification-worker", args.worker, &MIGRATOR, |worker| async move {
         let pool = worker.pool().clone();
-        let consumer = Arc::new(Notifier::new(pool, &notifier)?).subscribe(worker.consumer(), &notifier);
+        let faults = Faults::watch(pool.clone(), &FLAGS);
+        let consumer = Arc::new(Notifier::new(pool, &notifier)?.with_faults(faults)).subscribe(worker.consumer(), &notifier);
         Ok(worker.with_consumer(consumer))
     })
     .await

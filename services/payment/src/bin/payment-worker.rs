@@ -1,11 +1,13 @@
 //! payment-worker: captures or declines reserved orders, and relays payment events.
 
 use clap::Parser;
-use conveyor_payment::{Faults, MIGRATOR, SERVICE, handlers};
+use conveyor_payment::{FLAGS, MIGRATOR, SERVICE, handlers};
+use conveyor_platform::faults::Faults;
 use conveyor_platform::{RelayArgs, WorkerArgs};
 
-/// Conveyor payment worker: handles stock.reserved (capture or decline, with optional
-/// simulated faults); relays payment.captured / payment.declined to their subscribers.
+/// Conveyor payment worker: handles stock.reserved (capture or decline, with the simulated
+/// faults an operator switched on through `PATCH /admin/faults` of the payment API); relays
+/// payment.captured / payment.declined to their subscribers.
 #[derive(Parser)]
 #[command(name = "payment-worker", version)]
 struct Args {
@@ -13,16 +15,14 @@ struct Args {
     worker: WorkerArgs,
     #[command(flatten)]
     relay: RelayArgs,
-    #[command(flatten)]
-    faults: Faults,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (relay, faults) = (args.relay, args.faults);
+    let relay = args.relay;
     conveyor_platform::run_worker(SERVICE, "payment-worker", args.worker, &MIGRATOR, |worker| async move {
-        tracing::info!(decline_rate = faults.decline_rate, error_rate = faults.error_rate, latency = ?faults.latency, "simulated faults");
+        let faults = Faults::watch(worker.pool().clone(), &FLAGS);
         let consumer = handlers::subscribe(worker.consumer(), faults);
         worker.with_consumer(consumer).with_relay(conveyor_contracts::routes(SERVICE), &relay)
     })

@@ -4,7 +4,8 @@
 
 use chrono::Utc;
 use conveyor_contracts::{Currency, Money, OrderLine, OrderSummary, StockReserved};
-use conveyor_payment::{Faults, MIGRATOR, SERVICE, handlers, http};
+use conveyor_payment::{FLAGS, MIGRATOR, SERVICE, handlers, http};
+use conveyor_platform::faults::{self, Faults};
 use conveyor_platform::testing::{TestApi, migrated_db};
 use conveyor_queue::Consumer;
 use serde_json::json;
@@ -15,9 +16,26 @@ pub fn money(amount_minor: i64, currency: &str) -> Money {
     Money { amount_minor, currency: currency.parse::<Currency>().unwrap() }
 }
 
+/// The payment API as `payment-api` serves it (with `/admin/faults`) on a fresh database.
 pub async fn setup() -> (TestApi, PgPool) {
     let pool = migrated_db(&MIGRATOR).await;
-    (TestApi::new(SERVICE, pool.clone(), http::router(), pool.clone()), pool)
+    let api = http::router().merge(conveyor_platform::http::faults_router(Faults::new(pool.clone(), &FLAGS)));
+    (TestApi::new(SERVICE, pool.clone(), api, pool.clone()), pool)
+}
+
+/// Stores `flags` (a JSON object of payment flags) as an operator would, and returns the
+/// flags as a worker reads them after its next refresh.
+pub async fn faults(pool: &PgPool, flags: serde_json::Value) -> Faults {
+    let changes = faults::parse_changes(&FLAGS, flags.as_object().expect("an object of flags")).expect("valid flags");
+    faults::write(pool, &changes).await.unwrap();
+    let read = Faults::new(pool.clone(), &FLAGS);
+    read.refresh().await.unwrap();
+    read
+}
+
+/// Every flag off.
+pub fn no_faults(pool: &PgPool) -> Faults {
+    Faults::new(pool.clone(), &FLAGS)
 }
 
 /// A new customer, created through the API.
@@ -39,7 +57,6 @@ pub fn reserved(customer_id: Uuid, currency: &str, lines: &[(i32, i64)]) -> Stoc
 pub fn consumer(pool: &PgPool, faults: Faults) -> Consumer {
     handlers::subscribe(Consumer::new(pool.clone()), faults)
 }
-
 
 pub async fn balance(pool: &PgPool, customer_id: Uuid) -> i64 {
     sqlx::query_scalar("SELECT balance_minor FROM customers WHERE id = $1").bind(customer_id).fetch_one(pool).await.unwrap()

@@ -2,9 +2,11 @@
 
 use clap::Parser;
 use conveyor_platform::ApiArgs;
-use conveyor_stock::{MIGRATOR, SERVICE, http};
+use conveyor_platform::faults::Faults;
+use conveyor_stock::{FLAGS, MIGRATOR, SERVICE, http};
 
-/// Conveyor stock API: item levels, restocking, reservations. Docs at /docs.
+/// Conveyor stock API: item levels, restocking, reservations, and the worker's fault flag
+/// (/admin/faults). Docs at /docs.
 #[derive(Parser)]
 #[command(name = "stock-api", version)]
 struct Args {
@@ -15,5 +17,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    conveyor_platform::run_api(SERVICE, "stock-api", args.api, &MIGRATOR, |pool| Ok((http::router(), pool))).await
+    conveyor_platform::run_api(SERVICE, "stock-api", args.api, &MIGRATOR, |pool| {
+        let faults = Faults::watch(pool.clone(), &FLAGS);
+        Ok((http::router().merge(conveyor_platform::http::faults_router(faults)), pool))
+    })
+    .await
 }
