@@ -11,6 +11,9 @@
 //!   and pgmq, optionally while a snapshot holds the xmin horizon back.
 //! * `cargo xtask load` — the goose load test against the local shop (started if none runs).
 //! * `cargo xtask fuzz` — schemathesis against every API's OpenAPI document, on a shop of its own.
+//! * `cargo xtask fault` — show or switch the fault flags of the running shop.
+//! * `cargo xtask audit` — the shop's invariants across every database and the webhook receiver.
+//! * `cargo xtask chaos` — orders under killed processes, PostgreSQL crashes and fault flags; then the audit.
 
 mod apt;
 mod audit;

@@ -146,7 +146,7 @@ impl Stack {
             async move { spec.run_to_completion(Duration::from_secs(120)).await }
         });
         futures::future::try_join_all(migrations).await?;
-        status("every database migrated (queue schema + service schema)");
+        status("every database migrated (queue schema, platform tables, service schema)");
 
         let port = |offset: u16| opts.base_port.map(|b| Ok(b + offset)).unwrap_or_else(free_port);
         let mut api = BTreeMap::new();

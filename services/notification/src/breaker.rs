@@ -61,6 +61,16 @@ impl Breaker {
         }
     }
 
+    /// How much longer the circuit stays open (zero while closed, probing, or due to probe).
+    /// Cheap: a consumer whose every message goes to this target asks it before each claim
+    /// and waits that long, instead of claiming every waiting message only to snooze it.
+    pub fn open_for(&self) -> Duration {
+        match *self.state.lock().expect("breaker lock") {
+            State::Open { until } => until.saturating_duration_since(Instant::now()),
+            State::Closed { .. } | State::HalfOpen => Duration::ZERO,
+        }
+    }
+
     fn set(&self, state: &mut State, next: State) {
         let was_closed = matches!(state, State::Closed { .. });
         let closed = matches!(next, State::Closed { .. });
@@ -149,6 +159,22 @@ mod tests {
         assert_eq!(b.permit().err(), Some(COOLDOWN));
         tokio::time::advance(Duration::from_millis(150)).await;
         assert_eq!(b.permit().err(), Some(Duration::from_millis(50)), "callers learn the remaining cooldown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_for_is_the_remaining_cooldown_and_zero_once_a_call_may_go() {
+        let b = Breaker::new("test", 1, COOLDOWN);
+        assert_eq!(b.open_for(), Duration::ZERO, "closed");
+        fail(&b);
+        assert_eq!(b.open_for(), COOLDOWN);
+        tokio::time::advance(Duration::from_millis(150)).await;
+        assert_eq!(b.open_for(), Duration::from_millis(50));
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(b.open_for(), Duration::ZERO, "due to probe");
+        let probe = b.permit().expect("the probe");
+        assert_eq!(b.open_for(), Duration::ZERO, "probing: claims go on, copies are snoozed by permit()");
+        probe.failed();
+        assert_eq!(b.open_for(), COOLDOWN, "a failed probe opens it again");
     }
 
     #[tokio::test(start_paused = true)]

@@ -101,7 +101,12 @@ impl Notifier {
             }
         }
         let confirmed = self.clone();
+        let breaker = self.clone();
         consumer
+            // Every message here goes to the webhook: while its circuit is open the claim
+            // loops wait out the cooldown instead of claiming each waiting notification to
+            // snooze it again (with a 1 s cooldown that was ~10,000 snoozes a minute).
+            .pause_before_claim(move || breaker.webhook.open_for())
             .subscribe_leased(
                 move |msg: Delivery<OrderConfirmed>| {
                     let n = confirmed.clone();

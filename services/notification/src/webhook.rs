@@ -46,6 +46,11 @@ impl Webhook {
         self.breaker.permit()
     }
 
+    /// How much longer the breaker stays open (zero when it would let a call through).
+    pub fn open_for(&self) -> Duration {
+        self.breaker.open_for()
+    }
+
     /// POSTs `payload` with `Idempotency-Key: key`; `Ok` on a 2xx answer.
     pub async fn deliver(&self, permit: Permit<'_>, key: &str, payload: &Payload<'_>) -> anyhow::Result<()> {
         if self.faults.get("receiver_down") >= 1.0 {

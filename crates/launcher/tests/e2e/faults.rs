@@ -66,13 +66,7 @@ async fn notifications_wait_out_a_receiver_outage_behind_an_open_circuit_and_are
     for o in &orders {
         assert_eq!(f.shop.wait_terminal(*o, SAGA).await.unwrap(), Terminal::Confirmed);
     }
-    let metrics_url = format!("{}/metrics", f.stack.worker["notification"]);
-    wait_for("the webhook's circuit to open", SAGA, || async {
-        let text = reqwest::get(&metrics_url).await?.text().await?;
-        Ok(text.lines().any(|l| l.starts_with("conveyor_notification_breaker_open") && l.contains("webhook") && l.ends_with(" 1")))
-    })
-    .await
-    .unwrap();
+    f.webhook_circuit_opens().await;
     let db = f.db("notification").await;
     let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox WHERE state = 'dead'").fetch_one(&db).await.unwrap();
     assert_eq!(dead, 0, "an outage kills no notification");

@@ -75,13 +75,7 @@ async fn flags_decline_payments_and_take_the_receiver_down_while_the_shop_runs_a
     for o in &orders {
         assert_eq!(f.shop.wait_terminal(*o, SAGA).await.unwrap(), Terminal::Confirmed);
     }
-    let worker_metrics = format!("{}/metrics", f.stack.worker["notification"]);
-    wait_for("the webhook's circuit to open", SAGA, || async {
-        let text = reqwest::get(&worker_metrics).await?.text().await?;
-        Ok(text.lines().any(|l| l.starts_with("conveyor_notification_breaker_open") && l.contains("webhook") && l.ends_with(" 1")))
-    })
-    .await
-    .unwrap();
+    f.webhook_circuit_opens().await;
     assert_eq!(f.shop.received().await.unwrap().0.len(), delivered_before, "no delivery reached the receiver while it was 'down'");
     let db = f.db("notification").await;
     let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox WHERE state = 'dead'").fetch_one(&db).await.unwrap();

@@ -70,6 +70,17 @@ impl Fixture {
         sqlx::PgPool::connect(&self.stack.databases[svc]).await.unwrap()
     }
 
+    /// Waits until the notification worker reports its webhook's circuit breaker open.
+    pub async fn webhook_circuit_opens(&self) {
+        let metrics_url = format!("{}/metrics", self.stack.worker["notification"]);
+        conveyor_launcher::wait_for("the webhook's circuit to open", SAGA, || async {
+            let text = reqwest::get(&metrics_url).await?.text().await?;
+            Ok(text.lines().any(|l| l.starts_with("conveyor_notification_breaker_open") && l.contains("webhook") && l.ends_with(" 1")))
+        })
+        .await
+        .unwrap();
+    }
+
     /// Stops every process and checks each one exited cleanly.
     pub async fn stop(self) {
         self.stack.stop().await.unwrap();
