@@ -138,8 +138,8 @@ struct Client {
 impl Client {
     /// `/admin/faults` of `svc`'s API: every flag and its value, or an error saying why not.
     async fn call(&self, method: reqwest::Method, svc: &str, body: Option<Value>) -> Result<Map<String, Value>> {
-        let index = service::ALL.iter().position(|s| *s == svc).with_context(|| format!("unknown service {svc}"))?;
-        let port = self.base_port.checked_add(1 + index as u16).context("--base-port too high")?;
+        anyhow::ensure!(service::ALL.contains(&svc), "unknown service {svc}");
+        let port = conveyor_launcher::api_port(self.base_port, svc).context("--base-port too high")?;
         let url = format!("http://127.0.0.1:{port}/admin/faults");
         let mut req = self.http.request(method.clone(), &url).bearer_auth(&self.token).timeout(Duration::from_secs(10));
         if let Some(body) = &body {

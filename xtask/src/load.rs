@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use conveyor_contracts::service;
 use conveyor_devpg::ClusterOptions;
 use conveyor_launcher::{Stack, StackOptions, demo};
 
@@ -49,7 +50,7 @@ pub async fn load(args: LoadArgs, signals: &mut Signals) -> Result<i32> {
     }
     println!("  ✓ binaries built ({:.1} s)", started.elapsed().as_secs_f64());
 
-    let order_port = args.base_port.checked_add(2).context("--base-port too high")?;
+    let order_port = conveyor_launcher::api_port(args.base_port, service::ORDER).context("--base-port too high")?;
     if answers_ready(order_port) {
         println!("xtask: a shop answers on 127.0.0.1:{order_port}: load-testing it (APIs on --base-port {} + 1..5)", args.base_port);
         let api = |i: u16| format!("http://127.0.0.1:{}", args.base_port + i);

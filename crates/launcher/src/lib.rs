@@ -153,7 +153,7 @@ impl Stack {
         let mut worker = BTreeMap::new();
         let mut listen = BTreeMap::new();
         for (i, svc) in service::ALL.iter().enumerate() {
-            let (a, w) = (port(1 + i as u16)?, port(101 + i as u16)?);
+            let (a, w) = (port(API_PORT_OFFSET + i as u16)?, port(101 + i as u16)?);
             api.insert(svc.to_string(), format!("http://127.0.0.1:{a}"));
             worker.insert(svc.to_string(), format!("http://127.0.0.1:{w}"));
             listen.insert(format!("{svc}-api"), a);
@@ -341,6 +341,17 @@ impl Stack {
     }
 }
 
+/// A stack started with a base port serves service number `i` of `service::ALL` (catalog
+/// first) on base + this + `i`.
+const API_PORT_OFFSET: u16 = 1;
+
+/// The port of `svc`'s API in a stack started with `base_port` (`StackOptions::base_port`,
+/// `cargo xtask up --base-port`); `None` for an unknown service or a port past 65535.
+pub fn api_port(base_port: u16, svc: &str) -> Option<u16> {
+    let index = service::ALL.iter().position(|s| *s == svc)?;
+    base_port.checked_add(API_PORT_OFFSET + index as u16)
+}
+
 /// The name of the file, in a stack's log directory, that describes the running stack.
 pub const STACK_FILE: &str = "stack.json";
 
@@ -422,4 +433,18 @@ fn free_port() -> Result<u16> {
         }
     }
     bail!("no free port found between 20000 and 32000")
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn api_ports_follow_the_base_port_in_service_order() {
+        assert_eq!(api_port(8080, service::CATALOG), Some(8081));
+        assert_eq!(api_port(8080, service::ORDER), Some(8082));
+        assert_eq!(api_port(8080, service::NOTIFICATION), Some(8080 + service::ALL.len() as u16));
+        assert_eq!(api_port(8080, "shipping"), None);
+        assert_eq!(api_port(u16::MAX, service::CATALOG), None);
+    }
 }
