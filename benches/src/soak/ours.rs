@@ -79,7 +79,7 @@ pub async fn start(admin_url: &str, cfg: &Settings, poll_interval: Duration, loa
             ClaimIndex {
                 table: "inbox".into(),
                 index: "inbox_claim_idx".into(),
-                read_by: "the consumers' claims (sweeps included), their wake-up probes and next-due look-ups".into(),
+                read_by: "the consumers' claims, their sweeps below the floor, wake-up probes and next-due look-ups".into(),
             },
             ClaimIndex {
                 table: "outbox".into(),

@@ -7,9 +7,9 @@
 //!
 //! - ours, inbox: `conveyor_queue::sql::TX_CLAIM` with the consumers' batch and a claim
 //!   floor where the engine keeps its own (the newest position it claimed, less its margin,
-//!   `conveyor_queue::sql::CLAIM_FLOOR_MARGIN`; the probe takes now less that margin). The engine's periodic sweep, which reads the
-//!   index from its start, is not probed: the index counters of every sample show it (see
-//!   `stats`).
+//!   `conveyor_queue::sql::CLAIM_FLOOR_MARGIN`; the probe takes now less that margin). The engine's sweeps below the floor (a read
+//!   beside the claim loops, bounded, and once a minute from the index's start) are not
+//!   probed: the index counters of every sample show them (see `stats`).
 //! - ours, outbox: the relay's claim (`RELAY_CLAIM`) with its batch and floor, likewise.
 //! - pgmq: `pgmq.read` of the consumers' batch (it has no floor: every read starts at the
 //!   smallest msg_id).

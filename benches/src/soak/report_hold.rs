@@ -89,7 +89,7 @@ pub fn section(m: &mut String, r: &Report) {
          **claim probe** runs the system's own claim statement once per sample in a rolled-back transaction and counts the \
          index entries it read (ours with a claim floor where the engine keeps its own; pgmq's `read` reads from the smallest \
          msg_id); **entries per scan** are from `pg_stat_user_indexes` over all scans of the index in the phase (for ours: \
-         floored claims, the periodic sweeps from the index's start, wake-up probes; pgmq's pkey: reads and deletes). A \
+         floored claims, the sweeps below the floor (bounded, and one a minute from the index's start), wake-up probes; pgmq's pkey: reads and deletes). A \
          claim whose cost grows through the hold walks the hold's dead entries."
     );
 }

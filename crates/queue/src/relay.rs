@@ -118,6 +118,14 @@ WHERE o.message_id = ANY (ARRAY(
     WHERE topic = ANY($1) AND message_id >= $3 ORDER BY message_id LIMIT $2 FOR UPDATE SKIP LOCKED))
 RETURNING o.message_id, o.topic, o.key, o.payload::text, o.headers::text, o.created_at";
 
+/// What the relay's sweeps read (see `floor`): the oldest routed row below the claim floor,
+/// locked or not, on the outbox's key.
+const SWEEP: crate::floor::SweepProbe = crate::floor::SweepProbe {
+    table: "outbox",
+    sql: "SELECT message_id FROM conveyor.outbox WHERE topic = ANY($1) AND message_id >= $2 AND message_id < $3 ORDER BY message_id LIMIT 1",
+    positions: crate::floor::Positions::UuidV7,
+};
+
 /// The one statement a relay runs in a subscriber's database. The conflict has no target
 /// (the inbox's only unique key is the message id): with `ON CONFLICT (message_id)`
 /// PostgreSQL would require SELECT on that column, and the role a relay delivers with has
@@ -184,6 +192,7 @@ impl Relay {
 
     /// Claims the next batch of routed outbox rows, or `None` when there is none.
     pub async fn claim(&self) -> Result<Option<ClaimedBatch<'_>>, Error> {
+        self.floor.sweep_if_due(&mut *self.outbox.acquire().await?, &SWEEP, &self.topics).await?;
         self.claim_in(self.outbox.begin().await?).await
     }
 
@@ -212,7 +221,9 @@ impl Relay {
 
     /// Relays one batch; returns how many outbox rows it moved (0: nothing to do).
     pub async fn relay_once(&self) -> Result<usize, Error> {
-        self.relay_once_on(&mut Conns::default()).await
+        let mut conns = Conns { outbox: Some(self.outbox.acquire().await?), ..Conns::default() };
+        self.floor.sweep_if_due(conns.outbox.as_mut().expect("just set"), &SWEEP, &self.topics).await?;
+        self.relay_once_on(&mut conns).await
     }
 
     /// [`relay_once`](Self::relay_once) on connections the caller keeps: a relay loop holds
@@ -238,7 +249,8 @@ impl Relay {
         let topics = self.topics.to_vec();
         spawn_listener(self.outbox.clone(), &wake::OUTBOX, topics, idle.clone(), vec![wake.clone()], listening);
         let loops = (0..self.opts.concurrency.max(1)).map(|_| self.relay_loop(&wake, &idle, &shutdown));
-        futures::future::join_all(loops).await;
+        let sweeps = self.floor.sweep_loop(&self.outbox, &SWEEP, &self.topics, &wake, &shutdown);
+        futures::future::join(futures::future::join_all(loops), sweeps).await;
         Ok(())
     }
 

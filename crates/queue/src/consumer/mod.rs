@@ -247,6 +247,9 @@ impl Consumer {
         let never = CancellationToken::new();
         self.pause(&never).await;
         let mut conn = self.pool.acquire().await?;
+        if !self.tx_topics.is_empty() {
+            self.floor.sweep_if_due(&mut conn, &tx::SWEEP, &self.tx_topics).await?;
+        }
         Ok(self.tx_cycle(&mut conn).await? + self.lease_cycle(&mut conn, &never).await?)
     }
 
@@ -263,9 +266,15 @@ impl Consumer {
         let n = self.opts.concurrency.max(1);
         let tx_loops = (!self.tx_topics.is_empty()).then(|| (0..n).map(|_| self.tx_loop(&tx_wake, &idle, &shutdown)));
         let lease_loops = (!self.lease_topics.is_empty()).then(|| (0..n).map(|_| self.lease_loop(&lease_wake, &idle, &shutdown)));
-        futures::future::join(
+        let sweeps = async {
+            if !self.tx_topics.is_empty() {
+                self.floor.sweep_loop(&self.pool, &tx::SWEEP, &self.tx_topics, &tx_wake, &shutdown).await;
+            }
+        };
+        futures::future::join3(
             futures::future::join_all(tx_loops.into_iter().flatten()),
             futures::future::join_all(lease_loops.into_iter().flatten()),
+            sweeps,
         )
         .await;
         Ok(())

@@ -43,6 +43,17 @@ pub const LOCK_KEYS: &str = "\
 SELECT pg_advisory_xact_lock(h) FROM (
     SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest($1::text[]) AS k ORDER BY h) AS s";
 
+/// What the consumer's sweeps read (see `floor`): the oldest live transaction-mode row
+/// below the claim floor, locked or not, on the claim's index.
+pub(crate) const SWEEP: crate::floor::SweepProbe = crate::floor::SweepProbe {
+    table: "inbox",
+    sql: "SELECT visible_at FROM conveyor.inbox
+          WHERE state IN ('pending', 'running') AND topic = ANY($1)
+            AND visible_at >= coalesce($2::timestamptz, '-infinity') AND visible_at < $3
+          ORDER BY visible_at LIMIT 1",
+    positions: crate::floor::Positions::Time,
+};
+
 const RECLAIM: &str = "\
 SELECT message_id, topic, key, payload, headers, attempts, published_at FROM conveyor.inbox
 WHERE message_id = ANY($1) AND state IN ('pending', 'running') AND visible_at <= now()

@@ -6,6 +6,7 @@ mod common;
 mod consume;
 mod crash;
 mod failures;
+mod floor;
 mod lease;
 mod pause;
 mod publish_relay;
