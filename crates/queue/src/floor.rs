@@ -95,6 +95,12 @@ impl Floor {
         Some(s.found.take().map_or(at, |f| f.min(at)))
     }
 
+    /// The floor itself: the newest claimed position less the margin; `None` until
+    /// something is claimed.
+    pub fn at(&self) -> Option<i64> {
+        self.state.lock().expect("floor lock").at_micros
+    }
+
     /// Records the newest position a claim took (microseconds since the epoch).
     pub fn claimed(&self, newest_micros: i64) {
         let candidate = newest_micros - MARGIN.as_micros() as i64;

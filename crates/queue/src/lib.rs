@@ -26,7 +26,8 @@ mod wake;
 
 pub use admin::{Depth, DeadLetter, QueueTable, depth, dead_letters, oldest_pending_age, replay, replay_all};
 pub use consumer::{
-    Consumer, ConsumerOptions, Handler, HandlerError, LeaseHandler, LeaseOptions, LockKeys, handler_fn, lock_keys_fn,
+    BatchHandler, Consumer, ConsumerOptions, Handler, HandlerError, LeaseHandler, LeaseOptions, LockKeys, batch_handler_fn, handler_fn,
+    lock_keys_fn,
 };
 pub use error::Error;
 pub use grants::{DELIVERY_COLUMNS, quote_ident, relay_grants};

@@ -30,13 +30,16 @@ pub struct Outgoing {
     /// Serialised once, here; stored as written.
     pub payload: Box<RawValue>,
     pub headers: Headers,
+    /// The `process` span of the message whose handling publishes this one (see
+    /// [`caused_by`](Self::caused_by)).
+    cause: Option<tracing::Span>,
 }
 
 impl Outgoing {
     /// A message on `topic` with `payload`, a fresh UUID v7 id and no headers.
     pub fn new(topic: impl Into<String>, payload: serde_json::Value) -> Self {
         let payload = serde_json::value::to_raw_value(&payload).expect("a JSON value always serialises");
-        Outgoing { id: Uuid::now_v7(), topic: topic.into(), key: None, payload, headers: Headers::new() }
+        Outgoing { id: Uuid::now_v7(), topic: topic.into(), key: None, payload, headers: Headers::new(), cause: None }
     }
 
     /// A message carrying `event` on its topic, keyed by the event's key.
@@ -47,6 +50,7 @@ impl Outgoing {
             key: event.key(),
             payload: serde_json::value::to_raw_value(event)?,
             headers: Headers::new(),
+            cause: None,
         })
     }
 
@@ -58,6 +62,21 @@ impl Outgoing {
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());
         self
+    }
+
+    /// Names the delivery whose handling publishes this message: its `publish` span is a
+    /// child of that delivery's `process` span, so the message's trace goes on from there.
+    /// A handler of one message needs none of this (what it publishes is in its span); a
+    /// [`BatchHandler`](crate::BatchHandler), which handles many messages in one call and
+    /// publishes for all of them at once, names each message's cause.
+    pub fn caused_by<T>(mut self, msg: &Delivery<T>) -> Self {
+        self.cause = Some(msg.span.clone());
+        self
+    }
+
+    /// The span named by [`caused_by`](Self::caused_by), if any.
+    pub(crate) fn cause(&self) -> Option<&tracing::Span> {
+        self.cause.as_ref()
     }
 }
 
@@ -72,6 +91,10 @@ pub struct Delivery<T> {
     /// 1 on the first attempt.
     pub attempt: i32,
     pub published_at: DateTime<Utc>,
+    /// The message's `process` span (a child of the trace context it carries). A handler of
+    /// one message runs in it; a batch handler runs in the first message's, and names each
+    /// message with [`Outgoing::caused_by`] in what it publishes for it.
+    pub span: tracing::Span,
 }
 
 /// An inbox row as claimed, before its payload is decoded.
@@ -104,6 +127,7 @@ impl InboxRow {
             headers: self.headers.0.clone(),
             attempt,
             published_at: self.published_at,
+            span: tracing::Span::none(),
         })
     }
 }

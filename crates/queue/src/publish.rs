@@ -34,7 +34,9 @@ pub async fn publish(conn: &mut PgConnection, msg: Outgoing) -> Result<MessageId
 
 /// Publishes several messages with one statement, in a `publish {topic}` span (kind
 /// PRODUCER) whose W3C trace context goes into each message's headers, unless the caller
-/// set a `traceparent` of its own (see the crate's README, "Traces").
+/// set a `traceparent` of its own (see the crate's README, "Traces"). A message that names
+/// its cause ([`Outgoing::caused_by`]) gets a `publish {topic}` span of its own, a child of
+/// its cause's `process` span, and that span's context.
 pub async fn publish_all(conn: &mut PgConnection, msgs: &[Outgoing]) -> Result<(), Error> {
     if msgs.is_empty() {
         return Ok(());
@@ -59,6 +61,15 @@ async fn insert(conn: &mut PgConnection, msgs: &[Outgoing], span: &tracing::Span
         topics.push(m.topic.as_str());
         keys.push(m.key.as_deref());
         payloads.push(m.payload.get());
+        let own_context;
+        let context = match m.cause() {
+            Some(cause) if !cause.is_disabled() => {
+                let span = cause.in_scope(|| trace::publish_span(std::iter::once(m.topic.as_str()), 1, Some(m.id)));
+                own_context = trace::context_headers(&span);
+                &own_context
+            }
+            _ => &context,
+        };
         headers.push(if !context.is_empty() && !m.headers.contains_key(trace::TRACEPARENT) {
             let mut with_context = context.clone();
             with_context.extend(m.headers.iter().map(|(k, v)| (k.clone(), v.clone())));

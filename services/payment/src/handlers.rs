@@ -2,16 +2,18 @@
 //! customer's balance (`payment.captured`) or decline it (`payment.declined`), at most once
 //! per order, in the transaction that marks the message done.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use conveyor_contracts::{Money, OrderSummary, PaymentCaptured, PaymentDeclined, StockReserved};
 use conveyor_platform::faults::Faults;
-use conveyor_queue::{Consumer, Delivery, HandlerError, RetryPolicy, handler_fn, lock_keys_fn};
+use conveyor_queue::{Consumer, Delivery, HandlerError, Outgoing, RetryPolicy, batch_handler_fn, lock_keys_fn};
 use futures::FutureExt;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
-use crate::repo::{self, Outcome};
+use crate::repo::{self, Capture, CustomerRow, NewPayment};
 
 /// Failures here are transient (simulated processor errors, a lost race with a copy of
 /// the message): retried for about a minute (0.25 s doubling to 15 s) before the message
@@ -27,48 +29,91 @@ pub fn subscribe(consumer: Consumer, faults: Faults) -> Consumer {
     // A batch locks its customers' balances up front, in one order (see `LockKeys`):
     // batches paying for the same customers queue instead of deadlocking.
     consumer
-        .subscribe_with(
-            handler_fn(move |conn, msg: Delivery<StockReserved>| capture(conn, msg.payload.order, msg.published_at, faults.clone()).boxed()),
-            CAPTURE_RETRY,
-        )
+        .subscribe_batch(batch_handler_fn(move |conn, msgs: Vec<Delivery<StockReserved>>| capture(conn, msgs, faults.clone()).boxed()), CAPTURE_RETRY)
         .lock_keys(lock_keys_fn(|_, events: &[&StockReserved]| {
             let keys = events.iter().map(|e| format!("customer:{}", e.order.customer_id)).collect();
             async move { Ok(keys) }.boxed()
         }))
 }
 
-async fn capture(conn: &mut PgConnection, order: OrderSummary, published_at: DateTime<Utc>, faults: Faults) -> Result<(), HandlerError> {
-    let order_id = order.order_id;
-    if repo::payment_exists(conn, order_id).await? {
-        tracing::info!(%order_id, "order already paid or declined; nothing to capture");
-        return Ok(());
+/// `stock.reserved`, for a batch of orders at once: each order is paid or declined once,
+/// in publish order, against the balances the orders before it in the batch left. Six
+/// statements however many orders (which have a payment already, the customers' locks and
+/// balances, the payments, the balances, the ledger, the events), where one order at a
+/// time took six per order.
+///
+/// A message the simulated processor fails or snoozes (see `faults`) fails the call: the
+/// batch then runs again one order per call, so that only that order is retried or waits.
+async fn capture(conn: &mut PgConnection, msgs: Vec<Delivery<StockReserved>>, faults: Faults) -> Result<(), HandlerError> {
+    let order_ids: Vec<Uuid> = msgs.iter().map(|m| m.payload.order.order_id).collect();
+    let mut seen: HashSet<Uuid> = repo::paid(conn, &order_ids).await?.into_iter().collect();
+    let customer_ids: Vec<Uuid> = msgs.iter().map(|m| m.payload.order.customer_id).collect::<BTreeSet<_>>().into_iter().collect();
+    let mut customers: HashMap<Uuid, CustomerRow> = repo::lock_customers(conn, &customer_ids).await?.into_iter().map(|c| (c.id, c)).collect();
+
+    let (mut payments, mut events, mut causes) = (Vec::with_capacity(msgs.len()), Vec::with_capacity(msgs.len()), Vec::with_capacity(msgs.len()));
+    for msg in &msgs {
+        let order = &msg.payload.order;
+        if !seen.insert(order.order_id) {
+            msg.span.in_scope(|| tracing::info!(order_id = %order.order_id, "order already paid or declined; nothing to capture"));
+            continue;
+        }
+        let declined = decide(order, msg.published_at, &faults, &mut customers)?;
+        let payment = NewPayment { id: Uuid::now_v7(), order_id: order.order_id, customer_id: order.customer_id, amount: order.total, declined };
+        let event = match &payment.declined {
+            None => Outgoing::event(&PaymentCaptured { order_id: payment.order_id, payment_id: payment.id, amount: payment.amount }),
+            Some(reason) => Outgoing::event(&PaymentDeclined { order_id: payment.order_id, reason: reason.clone() }),
+        };
+        events.push(event?.caused_by(msg));
+        payments.push(payment);
+        causes.push(msg);
     }
-    if let Err(why) = check_amount(&order) {
-        return decline(conn, &order, &format!("amount mismatch: {why}")).await;
+    repo::insert_payments(conn, &payments).await?;
+    let captures: Vec<Capture> =
+        payments.iter().filter(|p| p.declined.is_none()).map(|p| Capture { customer: p.customer_id, order: p.order_id, amount: p.amount.amount_minor }).collect();
+    if !repo::debit_all(conn, &captures).await? {
+        return Err(HandlerError::retry(anyhow::anyhow!("a balance was short of what the batch's checks saw")));
     }
-    let Some(customer) = repo::get_customer(conn, order.customer_id).await? else {
-        return decline(conn, &order, &format!("unknown customer {}", order.customer_id)).await;
+    conveyor_queue::publish_all(conn, &events).await?;
+    for (p, msg) in payments.iter().zip(causes) {
+        let (order_id, payment_id, customer_id) = (p.order_id, p.id, p.customer_id);
+        // Each line in its message's span, so that it carries that message's trace.
+        msg.span.in_scope(|| match &p.declined {
+            None => {
+                metrics::counter!("conveyor_payments_total", "status" => "captured").increment(1);
+                tracing::info!(%order_id, %payment_id, %customer_id, amount_minor = p.amount.amount_minor, "payment captured");
+            }
+            Some(reason) => {
+                metrics::counter!("conveyor_payments_total", "status" => "declined").increment(1);
+                tracing::info!(%order_id, %payment_id, %customer_id, reason, "payment declined");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Why `order` is declined (`None`: it is captured), against the balances in `customers`,
+/// which a capture lowers. The simulated processor may fail or snooze it (`Err`).
+fn decide(order: &OrderSummary, published_at: DateTime<Utc>, faults: &Faults, customers: &mut HashMap<Uuid, CustomerRow>) -> Result<Option<String>, HandlerError> {
+    if let Err(why) = check_amount(order) {
+        return Ok(Some(format!("amount mismatch: {why}")));
+    }
+    let Some(customer) = customers.get_mut(&order.customer_id) else {
+        return Ok(Some(format!("unknown customer {}", order.customer_id)));
     };
     let amount = order.total;
     if customer.currency != amount.currency.as_str() {
-        let reason = format!("currency mismatch: customer {} pays in {}, the order is in {}", customer.id, customer.currency, amount.currency);
-        return decline(conn, &order, &reason).await;
+        return Ok(Some(format!("currency mismatch: customer {} pays in {}, the order is in {}", customer.id, customer.currency, amount.currency)));
     }
     // The simulated processor: latency snoozes the message (no transaction waits for it).
-    if let Some(reason) = crate::faults::apply(&faults, published_at)? {
-        return decline(conn, &order, reason).await;
+    if let Some(reason) = crate::faults::apply(faults, published_at)? {
+        return Ok(Some(reason.to_owned()));
     }
-    let Some(balance) = repo::debit(conn, customer.id, order_id, amount.amount_minor).await? else {
-        // The debit found the balance short; read what it found for the reason.
-        let has = repo::get_customer(conn, customer.id).await?.map_or(0, |c| c.balance_minor);
-        let has = Money { amount_minor: has, currency: amount.currency };
-        return decline(conn, &order, &format!("insufficient balance: needs {amount}, has {has}")).await;
-    };
-    let payment_id = repo::insert_payment(conn, order_id, customer.id, amount, Outcome::Captured).await?;
-    conveyor_queue::publish_event(conn, &PaymentCaptured { order_id, payment_id, amount }).await?;
-    metrics::counter!("conveyor_payments_total", "status" => "captured").increment(1);
-    tracing::info!(%order_id, %payment_id, customer_id = %customer.id, amount_minor = amount.amount_minor, balance, "payment captured");
-    Ok(())
+    if customer.balance_minor < amount.amount_minor {
+        let has = Money { amount_minor: customer.balance_minor, currency: amount.currency };
+        return Ok(Some(format!("insufficient balance: needs {amount}, has {has}")));
+    }
+    customer.balance_minor -= amount.amount_minor;
+    Ok(None)
 }
 
 /// The order's lines, re-priced: quantity × unit price summed without overflow, in the
@@ -87,15 +132,5 @@ fn check_amount(order: &OrderSummary) -> Result<(), String> {
     if sum != order.total {
         return Err(format!("the lines come to {sum}, the total says {}", order.total));
     }
-    Ok(())
-}
-
-/// Records the declined payment and tells order (cancel) and stock (release).
-async fn decline(conn: &mut PgConnection, order: &OrderSummary, reason: &str) -> Result<(), HandlerError> {
-    let order_id = order.order_id;
-    let payment_id = repo::insert_payment(conn, order_id, order.customer_id, order.total, Outcome::Declined(reason)).await?;
-    conveyor_queue::publish_event(conn, &PaymentDeclined { order_id, reason: reason.to_owned() }).await?;
-    metrics::counter!("conveyor_payments_total", "status" => "declined").increment(1);
-    tracing::info!(%order_id, %payment_id, customer_id = %order.customer_id, reason, "payment declined");
     Ok(())
 }

@@ -33,13 +33,6 @@ impl PaymentRow {
     }
 }
 
-/// What a payment decided, and why when it declined.
-#[derive(Debug, Clone, Copy)]
-pub enum Outcome<'a> {
-    Captured,
-    Declined(&'a str),
-}
-
 macro_rules! customer_columns {
     () => {
         "id, name, currency, balance_minor, created_at, updated_at"
@@ -59,7 +52,7 @@ pub async fn insert_customer(conn: &mut PgConnection, id: Uuid, name: &str, curr
     .fetch_optional(&mut *conn)
     .await?;
     if row.is_some() {
-        record(conn, id, "open", balance, None).await?;
+        record(conn, "open", &[(id, balance, None)]).await?;
     }
     Ok(row)
 }
@@ -69,9 +62,14 @@ pub async fn get_customer(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Opt
 }
 
 /// The customer, locked until the transaction ends (for a read-check-write of its balance).
-#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT", db.collection.name = "customers"))]
 pub async fn lock_customer(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<CustomerRow>> {
-    sqlx::query_as(concat!("SELECT ", customer_columns!(), " FROM customers WHERE id = $1 FOR UPDATE")).bind(id).fetch_optional(conn).await
+    Ok(lock_customers(conn, &[id]).await?.pop())
+}
+
+/// The customers named that exist, locked until the transaction ends, in id order.
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT", db.collection.name = "customers"))]
+pub async fn lock_customers(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<CustomerRow>> {
+    sqlx::query_as(concat!("SELECT ", customer_columns!(), " FROM customers WHERE id = ANY($1) ORDER BY id FOR UPDATE")).bind(ids).fetch_all(conn).await
 }
 
 /// Adds `amount` to a balance the caller has locked and checked.
@@ -84,65 +82,97 @@ pub async fn top_up(conn: &mut PgConnection, id: Uuid, amount: i64) -> sqlx::Res
     .bind(amount)
     .fetch_one(&mut *conn)
     .await?;
-    record(conn, id, "top_up", amount, None).await?;
+    record(conn, "top_up", &[(id, amount, None)]).await?;
     Ok(row)
 }
 
-/// Takes `amount` from the balance if it covers it, in one guarded statement (concurrent
-/// captures queue on the row and each sees the balance the previous one left). Returns the
-/// new balance, or `None` when the balance is short.
-#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE", db.collection.name = "customers"))]
-pub async fn debit(conn: &mut PgConnection, id: Uuid, order_id: Uuid, amount: i64) -> sqlx::Result<Option<i64>> {
-    let balance: Option<i64> = sqlx::query_scalar(
-        "UPDATE customers SET balance_minor = balance_minor - $2, updated_at = now()
-         WHERE id = $1 AND balance_minor >= $2 RETURNING balance_minor",
-    )
-    .bind(id)
-    .bind(amount)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if balance.is_some() {
-        record(conn, id, "capture", -amount, Some(order_id)).await?;
-    }
-    Ok(balance)
+/// A capture: `amount` from `customer`'s balance for `order`.
+#[derive(Debug, Clone, Copy)]
+pub struct Capture {
+    pub customer: Uuid,
+    pub order: Uuid,
+    pub amount: i64,
 }
 
-async fn record(conn: &mut PgConnection, customer_id: Uuid, kind: &str, amount: i64, order_id: Option<Uuid>) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO ledger (customer_id, kind, amount_minor, order_id) VALUES ($1, $2, $3, $4)")
-        .bind(customer_id)
-        .bind(kind)
-        .bind(amount)
-        .bind(order_id)
-        .execute(conn)
-        .await?;
+/// Takes each capture's amount from its customer's balance and records it in the ledger:
+/// two statements however many captures. The caller holds the customers' locks and has
+/// checked the balances; the UPDATE checks again (each customer's captures summed) and
+/// this returns false, having changed nothing it could not, when a balance falls short.
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE", db.collection.name = "customers"))]
+pub async fn debit_all(conn: &mut PgConnection, captures: &[Capture]) -> sqlx::Result<bool> {
+    if captures.is_empty() {
+        return Ok(true);
+    }
+    let customers: std::collections::BTreeSet<Uuid> = captures.iter().map(|c| c.customer).collect();
+    let debited: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE customers AS c SET balance_minor = c.balance_minor - d.total, updated_at = now()
+         FROM (SELECT id, sum(a) AS total FROM UNNEST($1::uuid[], $2::bigint[]) AS u(id, a) GROUP BY id) AS d
+         WHERE c.id = d.id AND c.balance_minor >= d.total RETURNING c.id",
+    )
+    .bind(captures.iter().map(|c| c.customer).collect::<Vec<_>>())
+    .bind(captures.iter().map(|c| c.amount).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    if debited.len() != customers.len() {
+        return Ok(false);
+    }
+    let entries: Vec<(Uuid, i64, Option<Uuid>)> = captures.iter().map(|c| (c.customer, -c.amount, Some(c.order))).collect();
+    record(conn, "capture", &entries).await?;
+    Ok(true)
+}
+
+/// Ledger entries of one kind: (customer, amount, order), in one statement.
+async fn record(conn: &mut PgConnection, kind: &str, entries: &[(Uuid, i64, Option<Uuid>)]) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO ledger (customer_id, kind, amount_minor, order_id) SELECT l.c, $1, l.a, l.o FROM UNNEST($2::uuid[], $3::bigint[], $4::uuid[]) AS l(c, a, o)",
+    )
+    .bind(kind)
+    .bind(entries.iter().map(|e| e.0).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.1).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.2).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-pub async fn payment_exists(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payments WHERE order_id = $1)").bind(order_id).fetch_one(conn).await
+/// Which of `order_ids` have a payment (captured or declined).
+pub async fn paid(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar("SELECT order_id FROM payments WHERE order_id = ANY($1)").bind(order_ids).fetch_all(conn).await
 }
 
-/// Records the payment of an order. A plain INSERT: if a concurrent copy of the message got
-/// there first, the unique order id fails this transaction (debit included) and the retry
-/// finds the payment.
+/// A payment to record: captured, or declined with its reason.
+#[derive(Debug, Clone)]
+pub struct NewPayment {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
+    pub amount: Money,
+    /// Why it was declined; `None`: captured.
+    pub declined: Option<String>,
+}
+
+/// Records payments, one statement however many. A plain INSERT: if a concurrent copy of a
+/// message got there first, the unique order id fails this transaction (debits included)
+/// and the retry finds the payment.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "payments"))]
-pub async fn insert_payment(conn: &mut PgConnection, order_id: Uuid, customer_id: Uuid, amount: Money, outcome: Outcome<'_>) -> sqlx::Result<Uuid> {
-    let (status, reason) = match outcome {
-        Outcome::Captured => ("captured", None),
-        Outcome::Declined(reason) => ("declined", Some(reason)),
-    };
-    let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO payments (id, order_id, customer_id, amount_minor, currency, status, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-        .bind(id)
-        .bind(order_id)
-        .bind(customer_id)
-        .bind(amount.amount_minor)
-        .bind(amount.currency.as_str())
-        .bind(status)
-        .bind(reason)
-        .execute(conn)
-        .await?;
-    Ok(id)
+pub async fn insert_payments(conn: &mut PgConnection, new: &[NewPayment]) -> sqlx::Result<()> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO payments (id, order_id, customer_id, amount_minor, currency, status, reason)
+         SELECT p.id, p.o, p.c, p.a, p.cur, CASE WHEN p.reason IS NULL THEN 'captured' ELSE 'declined' END, p.reason
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::text[]) AS p(id, o, c, a, cur, reason)",
+    )
+    .bind(new.iter().map(|p| p.id).collect::<Vec<_>>())
+    .bind(new.iter().map(|p| p.order_id).collect::<Vec<_>>())
+    .bind(new.iter().map(|p| p.customer_id).collect::<Vec<_>>())
+    .bind(new.iter().map(|p| p.amount.amount_minor).collect::<Vec<_>>())
+    .bind(new.iter().map(|p| p.amount.currency.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|p| p.declined.as_deref()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 pub async fn payments_of_order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Vec<PaymentRow>> {

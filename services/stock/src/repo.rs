@@ -71,7 +71,7 @@ pub async fn create_item(conn: &mut PgConnection, product_id: Uuid, initial: i64
             .fetch_optional(&mut *conn)
             .await?;
     if created.is_some() {
-        record(conn, None, Movement::Initial, &[ReservedLine { product_id, quantity: initial }]).await?;
+        record(conn, Movement::Initial, &[(None, ReservedLine { product_id, quantity: initial })]).await?;
     }
     Ok(created.is_some())
 }
@@ -118,25 +118,38 @@ pub async fn lock_items(conn: &mut PgConnection, product_ids: &[Uuid]) -> sqlx::
         .await
 }
 
-/// Moves an order's `lines` between available and reserved, recording the movements. The
-/// caller holds the items' locks and has checked the levels; the table's CHECKs stop
+/// Moves an order's `lines` between available and reserved (see [`shift_all`]).
+pub async fn shift(conn: &mut PgConnection, order_id: Uuid, shift: Shift, lines: &[ReservedLine]) -> sqlx::Result<()> {
+    let moves: Vec<(Uuid, ReservedLine)> = lines.iter().map(|l| (order_id, *l)).collect();
+    shift_all(conn, shift, &moves).await
+}
+
+/// Moves units between available and reserved for any number of orders, `moves` being
+/// (order, line) pairs, and records the movements: two statements however many orders.
+/// The caller holds the items' locks and has checked the levels; the table's CHECKs stop
 /// anything that would still go negative.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE", db.collection.name = "items"))]
-pub async fn shift(conn: &mut PgConnection, order_id: Uuid, shift: Shift, lines: &[ReservedLine]) -> sqlx::Result<()> {
+pub async fn shift_all(conn: &mut PgConnection, shift: Shift, moves: &[(Uuid, ReservedLine)]) -> sqlx::Result<()> {
+    if moves.is_empty() {
+        return Ok(());
+    }
     let (sign, kind) = match shift {
         Shift::Reserve => (1, Movement::Reserve),
         Shift::Release => (-1, Movement::Release),
     };
-    let (ids, quantities): (Vec<Uuid>, Vec<i64>) = lines.iter().map(|l| (l.product_id, sign * l.quantity)).unzip();
+    let (ids, quantities): (Vec<Uuid>, Vec<i64>) = moves.iter().map(|(_, l)| (l.product_id, sign * l.quantity)).unzip();
+    // Summed per item first: an UPDATE changes a row once, however many lines join it.
     sqlx::query(
         "UPDATE items AS i SET available = i.available - l.q, reserved = i.reserved + l.q, updated_at = now()
-         FROM UNNEST($1::uuid[], $2::bigint[]) AS l(product_id, q) WHERE i.product_id = l.product_id",
+         FROM (SELECT product_id, sum(q) AS q FROM UNNEST($1::uuid[], $2::bigint[]) AS u(product_id, q) GROUP BY product_id) AS l
+         WHERE i.product_id = l.product_id",
     )
     .bind(ids)
     .bind(quantities)
     .execute(&mut *conn)
     .await?;
-    record(conn, Some(order_id), kind, lines).await
+    let recorded: Vec<(Option<Uuid>, ReservedLine)> = moves.iter().map(|(o, l)| (Some(*o), *l)).collect();
+    record(conn, kind, &recorded).await
 }
 
 /// Adds `quantity` to an item's available units; the caller holds its lock.
@@ -149,43 +162,62 @@ pub async fn restock(conn: &mut PgConnection, product_id: Uuid, quantity: i64) -
     .bind(quantity)
     .fetch_one(&mut *conn)
     .await?;
-    record(conn, None, Movement::Restock, &[ReservedLine { product_id, quantity }]).await?;
+    record(conn, Movement::Restock, &[(None, ReservedLine { product_id, quantity })]).await?;
     Ok(row)
 }
 
-async fn record(conn: &mut PgConnection, order_id: Option<Uuid>, kind: Movement, lines: &[ReservedLine]) -> sqlx::Result<()> {
-    let (ids, quantities): (Vec<Uuid>, Vec<i64>) = lines.iter().map(|l| (l.product_id, l.quantity)).unzip();
+/// Records movements of one kind: (order, line) pairs, in one statement.
+async fn record(conn: &mut PgConnection, kind: Movement, moves: &[(Option<Uuid>, ReservedLine)]) -> sqlx::Result<()> {
+    let (mut orders, mut ids, mut quantities) = (Vec::with_capacity(moves.len()), Vec::with_capacity(moves.len()), Vec::with_capacity(moves.len()));
+    for (order, line) in moves {
+        orders.push(*order);
+        ids.push(line.product_id);
+        quantities.push(line.quantity);
+    }
     sqlx::query(
-        "INSERT INTO movements (product_id, order_id, kind, quantity) SELECT l.p, $1, $2, l.q FROM UNNEST($3::uuid[], $4::bigint[]) AS l(p, q)",
+        "INSERT INTO movements (product_id, order_id, kind, quantity) SELECT l.p, l.o, $1, l.q FROM UNNEST($2::uuid[], $3::uuid[], $4::bigint[]) AS l(p, o, q)",
     )
-    .bind(order_id)
     .bind(kind.as_str())
     .bind(ids)
+    .bind(orders)
     .bind(quantities)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-pub async fn reservation_exists(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)").bind(order_id).fetch_one(conn).await
+/// Which of `order_ids` have an outcome recorded already (reserved, rejected or released).
+pub async fn handled(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar("SELECT order_id FROM reservations WHERE order_id = ANY($1)").bind(order_ids).fetch_all(conn).await
 }
 
-/// Records the outcome for an order unless one exists; true when this call recorded it.
+/// An outcome to record for an order: reserved (no reason) or rejected (why).
+#[derive(Debug, Clone)]
+pub struct NewReservation {
+    pub order_id: Uuid,
+    pub lines: Vec<ReservedLine>,
+    pub reason: Option<String>,
+}
+
+/// Records each outcome unless the order has one; returns the orders this call recorded.
+/// One statement however many.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "reservations"))]
-pub async fn insert_reservation(conn: &mut PgConnection, order_id: Uuid, lines: &[ReservedLine], reason: Option<&str>) -> sqlx::Result<bool> {
-    let state = if reason.is_some() { "rejected" } else { "reserved" };
-    let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO reservations (order_id, state, lines, reason) VALUES ($1, $2, $3, $4)
+pub async fn insert_reservations(conn: &mut PgConnection, new: &[NewReservation]) -> sqlx::Result<Vec<Uuid>> {
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lines: Vec<String> = new.iter().map(|r| serde_json::to_string(&r.lines).expect("lines serialise")).collect();
+    sqlx::query_scalar(
+        "INSERT INTO reservations (order_id, state, lines, reason)
+         SELECT r.o, CASE WHEN r.reason IS NULL THEN 'reserved' ELSE 'rejected' END, r.lines::jsonb, r.reason
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS r(o, lines, reason)
          ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
     )
-    .bind(order_id)
-    .bind(state)
-    .bind(Json(lines))
-    .bind(reason)
-    .fetch_optional(conn)
-    .await?;
-    Ok(inserted.is_some())
+    .bind(new.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(lines)
+    .bind(new.iter().map(|r| r.reason.as_deref()).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await
 }
 
 /// Marks a `reserved` reservation `released` and returns its lines; `None` when there is

@@ -43,6 +43,42 @@ where
     f
 }
 
+/// A transaction-mode handler that takes many messages of its topic in one call, for
+/// set-based work: a few statements for a whole batch instead of a few per message.
+///
+/// The consumer calls it with each run of consecutive messages of its topic in a claimed
+/// batch, in publish order, in the transaction that marks them done. An error fails the
+/// call: that transaction rolls back, and the batch runs again message by message, each
+/// under its own savepoint and in a call of its own, so the failure is recorded against
+/// the message that causes it and every other message still completes. (A payload that
+/// does not decode fails the call the same way.) The handler must therefore give each
+/// message the same effect whether it comes alone or with others, and what it publishes
+/// for a message should name it ([`Outgoing::caused_by`](crate::Outgoing::caused_by)) so
+/// that the message's trace goes on. Copies of one message can come in one call, as they
+/// can in two calls of a [`Handler`].
+pub trait BatchHandler<E: Event>: Send + Sync + 'static {
+    fn handle<'c>(&'c self, conn: &'c mut PgConnection, msgs: Vec<Delivery<E>>) -> BoxFuture<'c, Result<(), HandlerError>>;
+}
+
+impl<E, F> BatchHandler<E> for F
+where
+    E: Event,
+    F: for<'c> Fn(&'c mut PgConnection, Vec<Delivery<E>>) -> BoxFuture<'c, Result<(), HandlerError>> + Send + Sync + 'static,
+{
+    fn handle<'c>(&'c self, conn: &'c mut PgConnection, msgs: Vec<Delivery<E>>) -> BoxFuture<'c, Result<(), HandlerError>> {
+        self(conn, msgs)
+    }
+}
+
+/// Gives a closure the signature of [`BatchHandler`] (as [`handler_fn`] does for handlers).
+pub fn batch_handler_fn<E, F>(f: F) -> F
+where
+    E: Event,
+    F: for<'c> Fn(&'c mut PgConnection, Vec<Delivery<E>>) -> BoxFuture<'c, Result<(), HandlerError>> + Send + Sync + 'static,
+{
+    f
+}
+
 /// Names the rows a topic's handlers lock that handlers of other messages lock too (a
 /// product's stock level, a customer's balance), as keys, for a whole claimed batch at once.
 /// The consumer locks every key of the batch (transaction-scoped advisory locks, taken in
@@ -156,26 +192,40 @@ where
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'a,
 {
     let span = trace::process_span(row, attempt, group);
-    let result = decode_and_run_in_span(row, attempt, run).instrument(span.clone()).await;
-    if let Err(e) = &result {
+    let result = async {
+        let msg = decode::<E>(row, attempt, &span)?;
+        catch_panic(run(msg)).await
+    }
+    .instrument(span.clone())
+    .await;
+    record_outcome(&span, &result);
+    result
+}
+
+/// Decodes a row's payload for `E`; one that does not decode is a permanent failure.
+fn decode<E: Event>(row: &InboxRow, attempt: i32, span: &tracing::Span) -> Result<Delivery<E>, HandlerError> {
+    let mut msg = row.decode::<E>(attempt).map_err(|e| {
+        HandlerError::permanent(anyhow::anyhow!("payload of message {} does not decode as {}: {e}", row.message_id, type_name::<E>()))
+    })?;
+    msg.span = span.clone();
+    Ok(msg)
+}
+
+/// Marks `span` with a failed or snoozed outcome.
+fn record_outcome(span: &tracing::Span, result: &Result<(), HandlerError>) {
+    if let Err(e) = result {
         match e.snoozed_for() {
             Some(delay) => {
                 span.record("messaging.conveyor.snoozed_ms", delay.as_millis() as u64);
             }
-            None => trace::record_error(&span, if e.is_permanent() { "permanent" } else { "retry" }, e),
+            None => trace::record_error(span, if e.is_permanent() { "permanent" } else { "retry" }, e),
         }
     }
-    result
 }
 
-async fn decode_and_run_in_span<'a, E: Event, Fut>(row: &'a InboxRow, attempt: i32, run: impl FnOnce(Delivery<E>) -> Fut) -> Result<(), HandlerError>
-where
-    Fut: Future<Output = Result<(), HandlerError>> + Send + 'a,
-{
-    let msg = row.decode::<E>(attempt).map_err(|e| {
-        HandlerError::permanent(anyhow::anyhow!("payload does not decode as {}: {e}", type_name::<E>()))
-    })?;
-    match AssertUnwindSafe(run(msg)).catch_unwind().await {
+/// Runs a handler's future; a panic is a retryable failure.
+async fn catch_panic(run: impl Future<Output = Result<(), HandlerError>>) -> Result<(), HandlerError> {
+    match AssertUnwindSafe(run).catch_unwind().await {
         Ok(result) => result,
         Err(panic) => {
             let what = panic
@@ -189,7 +239,10 @@ where
 }
 
 pub(crate) trait TxDispatch: Send + Sync {
-    fn call<'a>(&'a self, conn: &'a mut PgConnection, row: &'a InboxRow, attempt: i32, group: &'a str) -> BoxFuture<'a, Result<(), HandlerError>>;
+    /// Handles `rows`, consecutive messages of the handler's topic in publish order, each
+    /// as its next attempt: one call of a batch handler, or a call per message, stopping
+    /// at the first failure.
+    fn call<'a>(&'a self, conn: &'a mut PgConnection, rows: &'a [&'a InboxRow], group: &'a str) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 pub(crate) trait KeysDispatch: Send + Sync {
@@ -209,8 +262,40 @@ pub(crate) struct Typed<E, H> {
 }
 
 impl<E: Event, H: Handler<E>> TxDispatch for Typed<E, H> {
-    fn call<'a>(&'a self, conn: &'a mut PgConnection, row: &'a InboxRow, attempt: i32, group: &'a str) -> BoxFuture<'a, Result<(), HandlerError>> {
-        decode_and_run(row, attempt, group, move |msg| self.handler.handle(conn, msg)).boxed()
+    fn call<'a>(&'a self, conn: &'a mut PgConnection, rows: &'a [&'a InboxRow], group: &'a str) -> BoxFuture<'a, Result<(), HandlerError>> {
+        async move {
+            for row in rows {
+                decode_and_run(row, row.attempts + 1, group, |msg| self.handler.handle(&mut *conn, msg)).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// A [`BatchHandler`], type-erased.
+pub(crate) struct Batched<E, H> {
+    pub handler: H,
+    pub _event: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<E: Event, H: BatchHandler<E>> TxDispatch for Batched<E, H> {
+    /// One `process {topic}` span per message, as for a handler of one; the call runs in
+    /// the first message's, and a failure marks them all.
+    fn call<'a>(&'a self, conn: &'a mut PgConnection, rows: &'a [&'a InboxRow], group: &'a str) -> BoxFuture<'a, Result<(), HandlerError>> {
+        async move {
+            let spans: Vec<tracing::Span> = rows.iter().map(|r| trace::process_span(r, r.attempts + 1, group)).collect();
+            let Some(first) = spans.first() else { return Ok(()) };
+            let result = async {
+                let msgs = rows.iter().zip(&spans).map(|(r, s)| decode::<E>(r, r.attempts + 1, s)).collect::<Result<Vec<_>, _>>()?;
+                catch_panic(self.handler.handle(conn, msgs)).await
+            }
+            .instrument(first.clone())
+            .await;
+            spans.iter().for_each(|s| record_outcome(s, &result));
+            result
+        }
+        .boxed()
     }
 }
 

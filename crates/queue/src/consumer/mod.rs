@@ -22,8 +22,8 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use handler::{Handler, HandlerError, LeaseHandler, LockKeys, handler_fn, lock_keys_fn};
-use handler::{KeysDispatch, LeaseDispatch, TxDispatch, Typed};
+pub use handler::{BatchHandler, Handler, HandlerError, LeaseHandler, LockKeys, batch_handler_fn, handler_fn, lock_keys_fn};
+use handler::{Batched, KeysDispatch, LeaseDispatch, TxDispatch, Typed};
 pub use lease::{CLAIM as LEASE_CLAIM, DONE as LEASE_DONE};
 pub use tx::{CLAIM_AS_DONE as TX_CLAIM, LOCK_KEYS};
 
@@ -92,7 +92,7 @@ pub struct Consumer {
     lease_topics: Vec<String>,
     lease_ms: Vec<i64>,
     /// Where transaction-mode claims start reading the claim index (see `floor`).
-    floor: Floor,
+    floor: Arc<Floor>,
     /// When the retries this consumer scheduled come due, so an idle loop wakes then.
     retries: RetryClock,
     /// Asked before each claim how long to wait first (see [`Consumer::pause_before_claim`]).
@@ -140,14 +140,14 @@ impl Consumer {
             tx_topics: Vec::new(),
             lease_topics: Vec::new(),
             lease_ms: Vec::new(),
-            floor: Floor::new(sweep_interval(ConsumerOptions::default().poll_interval)),
+            floor: Arc::new(Floor::new(sweep_interval(ConsumerOptions::default().poll_interval))),
             retries: RetryClock::default(),
             pause: None,
         }
     }
 
     pub fn with_options(mut self, opts: ConsumerOptions) -> Self {
-        self.floor = Floor::new(sweep_interval(opts.poll_interval));
+        self.floor = Arc::new(Floor::new(sweep_interval(opts.poll_interval)));
         self.opts = opts;
         self
     }
@@ -198,6 +198,17 @@ impl Consumer {
         self.check_new_topic(E::TOPIC, retry);
         self.tx_topics.push(E::TOPIC.to_owned());
         let handler = Box::new(Typed { handler, _event: PhantomData::<fn() -> E> });
+        self.tx_subs.insert(E::TOPIC.to_owned(), TxSub { handler, retry, keys: None });
+        self
+    }
+
+    /// Handles `E` in transaction mode with a [`BatchHandler`]: one call per run of
+    /// consecutive `E` messages in a claimed batch (a call per message when a batch runs
+    /// again message by message after a failure).
+    pub fn subscribe_batch<E: Event>(mut self, handler: impl BatchHandler<E>, retry: RetryPolicy) -> Self {
+        self.check_new_topic(E::TOPIC, retry);
+        self.tx_topics.push(E::TOPIC.to_owned());
+        let handler = Box::new(Batched { handler, _event: PhantomData::<fn() -> E> });
         self.tx_subs.insert(E::TOPIC.to_owned(), TxSub { handler, retry, keys: None });
         self
     }
@@ -261,7 +272,7 @@ impl Consumer {
         let listening = shutdown.child_token();
         let _stop_listening = listening.clone().drop_guard();
         let topics = self.topics().map(str::to_owned).collect();
-        spawn_listener(self.pool.clone(), &wake::INBOX, topics, idle.clone(), vec![tx_wake.clone(), lease_wake.clone()], listening);
+        spawn_listener(self.pool.clone(), &wake::INBOX, topics, Some(self.floor.clone()), idle.clone(), vec![tx_wake.clone(), lease_wake.clone()], listening);
 
         let n = self.opts.concurrency.max(1);
         let tx_loops = (!self.tx_topics.is_empty()).then(|| (0..n).map(|_| self.tx_loop(&tx_wake, &idle, &shutdown)));

@@ -110,8 +110,10 @@ impl Consumer {
         rows.iter().for_each(|r| batch.link(&r.headers.0));
         batch.statement(&trace::INBOX_CLAIM, started, Some(rows.len()), None);
         let mut all_ok = self.lock_batch(&mut tx, &rows, &batch).await.is_ok();
-        for row in rows.iter().take_while(|_| all_ok) {
-            if self.run_tx_handler(&mut tx, row).await.is_err() {
+        // Each run of consecutive messages of one topic goes to its handler in one call.
+        let refs: Vec<&InboxRow> = rows.iter().collect();
+        for run in refs.chunk_by(|a, b| a.topic == b.topic).take_while(|_| all_ok) {
+            if self.run_tx_handler(&mut tx, run).await.is_err() {
                 all_ok = false;
                 break;
             }
@@ -147,9 +149,9 @@ impl Consumer {
                 continue;
             }
             let outcome = match locked {
-                true => self.run_tx_handler(&mut savepoint, row).await,
+                true => self.run_tx_handler(&mut savepoint, &[row]).await,
                 false => match self.lock_batch(&mut savepoint, std::slice::from_ref(row), batch).await {
-                    Ok(()) => self.run_tx_handler(&mut savepoint, row).await,
+                    Ok(()) => self.run_tx_handler(&mut savepoint, &[row]).await,
                     Err(e) => Err(e),
                 },
             };
@@ -199,12 +201,16 @@ impl Consumer {
         Ok(())
     }
 
-    async fn run_tx_handler(&self, conn: &mut PgConnection, row: &InboxRow) -> Result<(), super::HandlerError> {
-        let sub = &self.tx_subs[&row.topic];
+    /// Runs the handler of `run` (consecutive messages of one topic) and records how long
+    /// it took per message.
+    async fn run_tx_handler(&self, conn: &mut PgConnection, run: &[&InboxRow]) -> Result<(), super::HandlerError> {
+        let Some(topic) = run.first().map(|r| r.topic.as_str()) else { return Ok(()) };
+        let sub = &self.tx_subs[topic];
         let started = Instant::now();
-        let result = sub.handler.call(conn, row, row.attempts + 1, &self.name).await;
-        metrics::histogram!("conveyor_queue_handler_duration_seconds", "topic" => row.topic.clone())
-            .record(started.elapsed().as_secs_f64());
+        let result = sub.handler.call(conn, run, &self.name).await;
+        let per_message = started.elapsed().as_secs_f64() / run.len() as f64;
+        let histogram = metrics::histogram!("conveyor_queue_handler_duration_seconds", "topic" => topic.to_owned());
+        run.iter().for_each(|_| histogram.record(per_message));
         result
     }
 }

@@ -2,6 +2,7 @@
 //! per test (`conveyor_devpg::test_db`). All in one binary, so it links once.
 
 mod admin;
+mod batch;
 mod common;
 mod consume;
 mod crash;

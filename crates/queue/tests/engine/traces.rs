@@ -189,3 +189,58 @@ async fn without_an_opentelemetry_layer_nothing_is_injected() {
     tx.commit().await.unwrap();
     assert_eq!(stored_headers(&p.publisher, "outbox", id).await, serde_json::json!({}));
 }
+
+/// A batch handler handles messages of several traces in one call; what it publishes for
+/// each, named with `caused_by`, goes on in that message's trace: a `publish` span of its
+/// own under the message's `process` span.
+#[tokio::test]
+async fn what_a_batch_handler_publishes_for_each_message_goes_on_in_that_messages_trace() {
+    let _subscriber = traced();
+    let p = pair().await;
+    let mut traces = Vec::new();
+    for n in 0..3 {
+        let request = tracing::info_span!("POST /orders", otel.kind = "server");
+        traces.push(request.context().span().span_context().trace_id());
+        async {
+            let mut tx = p.publisher.begin().await.unwrap();
+            publish_event(&mut tx, &Ping { n }).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        .instrument(request)
+        .await;
+    }
+    p.relay_all().await;
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let consumer = Consumer::new(p.subscriber.clone()).subscribe_batch(
+        conveyor_queue::batch_handler_fn(move |conn, msgs: Vec<Delivery<Ping>>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let echoes: Vec<Outgoing> =
+                    msgs.iter().map(|m| Outgoing::new("test.echo", serde_json::json!({ "n": m.payload.n })).caused_by(m)).collect();
+                conveyor_queue::publish_all(conn, &echoes).await?;
+                Ok(())
+            }
+            .boxed()
+        }),
+        RetryPolicy::default(),
+    );
+    assert_eq!(consumer.process_once().await.unwrap(), 3);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "one call for the three");
+
+    let echoes: Vec<(i64, serde_json::Value)> =
+        sqlx::query_as("SELECT (payload->>'n')::bigint, headers::jsonb FROM conveyor.outbox WHERE topic = 'test.echo' ORDER BY 1")
+            .fetch_all(&p.subscriber)
+            .await
+            .unwrap();
+    assert_eq!(echoes.len(), 3);
+    for ((n, headers), trace_id) in echoes.iter().zip(&traces) {
+        let spans = spans_of(*trace_id);
+        let process = named(&spans, "process test.ping");
+        let publish = named(&spans, "publish test.echo");
+        assert_eq!(publish.span_kind, SpanKind::Producer);
+        assert_eq!(publish.parent_span_id, process.span_context.span_id(), "echo {n}: its publish span is under its message's process span");
+        let traceparent = headers["traceparent"].as_str().unwrap_or_else(|| panic!("no traceparent in {headers}"));
+        assert_eq!(traceparent, format!("00-{}-{}-01", trace_id, publish.span_context.span_id()), "echo {n}");
+    }
+}

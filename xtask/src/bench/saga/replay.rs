@@ -13,12 +13,14 @@
 //!    the stored response.
 //! 2. **relays** (every publishing worker): claim outbox rows, copy them into each
 //!    subscriber's inbox (routing from `conveyor_contracts::routes`), delete them.
-//! 3. **stock-worker** `order.placed`: one transaction claims a batch and, per message,
-//!    checks for a reservation, locks the item, records the reservation, moves the units,
-//!    writes the movement and publishes `stock.reserved`.
-//! 4. **payment-worker** `stock.reserved`: claims a batch and, per message, checks for a
-//!    payment, reads the customer, debits the balance, writes the ledger entry and the
-//!    payment and publishes `payment.captured`.
+//! 3. **stock-worker** `order.placed` (a batch handler): one transaction claims a batch
+//!    and, for the whole batch at once, looks up the orders handled already, locks the
+//!    items, records the reservations, moves the units, writes the movements and publishes
+//!    the `stock.reserved` events.
+//! 4. **payment-worker** `stock.reserved` (a batch handler): claims a batch and, for the
+//!    whole batch at once, looks up the orders paid already, locks the customers, writes the
+//!    payments, debits the balances, writes the ledger entries and publishes the
+//!    `payment.captured` events.
 //! 5. **order-worker** `payment.captured`: claims a batch and, per message, confirms the
 //!    order (with its history entry), reads its lines and publishes `order.confirmed`.
 //! 6. **notification-worker** `order.confirmed` (lease mode): claims a batch (committed),
@@ -111,44 +113,58 @@ sql!(
 );
 
 // services/stock/src/repo.rs
-sql!(RESERVATION_EXISTS, "services/stock/src/repo.rs", "SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)");
+sql!(HANDLED, "services/stock/src/repo.rs", "SELECT order_id FROM reservations WHERE order_id = ANY($1)");
 sql!(
     LOCK_ITEMS,
     "services/stock/src/repo.rs",
     "SELECT product_id, available, reserved, updated_at FROM items WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE"
 );
 sql!(
-    INSERT_RESERVATION,
+    INSERT_RESERVATIONS,
     "services/stock/src/repo.rs",
-    "INSERT INTO reservations (order_id, state, lines, reason) VALUES ($1, $2, $3, $4)
+    "INSERT INTO reservations (order_id, state, lines, reason)
+         SELECT r.o, CASE WHEN r.reason IS NULL THEN 'reserved' ELSE 'rejected' END, r.lines::jsonb, r.reason
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS r(o, lines, reason)
          ON CONFLICT (order_id) DO NOTHING RETURNING order_id"
 );
 sql!(
-    SHIFT,
+    SHIFT_ALL,
     "services/stock/src/repo.rs",
     "UPDATE items AS i SET available = i.available - l.q, reserved = i.reserved + l.q, updated_at = now()
-         FROM UNNEST($1::uuid[], $2::bigint[]) AS l(product_id, q) WHERE i.product_id = l.product_id"
+         FROM (SELECT product_id, sum(q) AS q FROM UNNEST($1::uuid[], $2::bigint[]) AS u(product_id, q) GROUP BY product_id) AS l
+         WHERE i.product_id = l.product_id"
 );
 sql!(
-    MOVEMENT,
+    MOVEMENTS,
     "services/stock/src/repo.rs",
-    "INSERT INTO movements (product_id, order_id, kind, quantity) SELECT l.p, $1, $2, l.q FROM UNNEST($3::uuid[], $4::bigint[]) AS l(p, q)"
+    "INSERT INTO movements (product_id, order_id, kind, quantity) SELECT l.p, l.o, $1, l.q FROM UNNEST($2::uuid[], $3::uuid[], $4::bigint[]) AS l(p, o, q)"
 );
 
 // services/payment/src/repo.rs
-sql!(PAYMENT_EXISTS, "services/payment/src/repo.rs", "SELECT EXISTS (SELECT 1 FROM payments WHERE order_id = $1)");
-sql!(GET_CUSTOMER, "services/payment/src/repo.rs", "SELECT id, name, currency, balance_minor, created_at, updated_at FROM customers WHERE id = $1");
+sql!(PAID, "services/payment/src/repo.rs", "SELECT order_id FROM payments WHERE order_id = ANY($1)");
 sql!(
-    DEBIT,
+    LOCK_CUSTOMERS,
     "services/payment/src/repo.rs",
-    "UPDATE customers SET balance_minor = balance_minor - $2, updated_at = now()
-         WHERE id = $1 AND balance_minor >= $2 RETURNING balance_minor"
+    "SELECT id, name, currency, balance_minor, created_at, updated_at FROM customers WHERE id = ANY($1) ORDER BY id FOR UPDATE"
 );
-sql!(LEDGER, "services/payment/src/repo.rs", "INSERT INTO ledger (customer_id, kind, amount_minor, order_id) VALUES ($1, $2, $3, $4)");
 sql!(
-    INSERT_PAYMENT,
+    DEBIT_ALL,
     "services/payment/src/repo.rs",
-    "INSERT INTO payments (id, order_id, customer_id, amount_minor, currency, status, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    "UPDATE customers AS c SET balance_minor = c.balance_minor - d.total, updated_at = now()
+         FROM (SELECT id, sum(a) AS total FROM UNNEST($1::uuid[], $2::bigint[]) AS u(id, a) GROUP BY id) AS d
+         WHERE c.id = d.id AND c.balance_minor >= d.total RETURNING c.id"
+);
+sql!(
+    LEDGER,
+    "services/payment/src/repo.rs",
+    "INSERT INTO ledger (customer_id, kind, amount_minor, order_id) SELECT l.c, $1, l.a, l.o FROM UNNEST($2::uuid[], $3::bigint[], $4::uuid[]) AS l(c, a, o)"
+);
+sql!(
+    INSERT_PAYMENTS,
+    "services/payment/src/repo.rs",
+    "INSERT INTO payments (id, order_id, customer_id, amount_minor, currency, status, reason)
+         SELECT p.id, p.o, p.c, p.a, p.cur, CASE WHEN p.reason IS NULL THEN 'captured' ELSE 'declined' END, p.reason
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::text[]) AS p(id, o, c, a, cur, reason)"
 );
 
 // services/notification/src/repo.rs
@@ -184,8 +200,8 @@ fn fragments(sql: &Sql) -> Vec<&'static str> {
         ]
     } else if sql.text == GET_ORDER.text {
         vec![" FROM orders WHERE id = $1", ORDER_COLUMNS]
-    } else if sql.text == GET_CUSTOMER.text {
-        vec![" FROM customers WHERE id = $1", "id, name, currency, balance_minor, created_at, updated_at"]
+    } else if sql.text == LOCK_CUSTOMERS.text {
+        vec![" FROM customers WHERE id = ANY($1) ORDER BY id FOR UPDATE", "id, name, currency, balance_minor, created_at, updated_at"]
     } else {
         vec![sql.text]
     }
@@ -202,16 +218,16 @@ const ALL: &[Sql] = &[
     LINES_OF,
     GET_ORDER,
     HISTORY_OF,
-    RESERVATION_EXISTS,
+    HANDLED,
     LOCK_ITEMS,
-    INSERT_RESERVATION,
-    SHIFT,
-    MOVEMENT,
-    PAYMENT_EXISTS,
-    GET_CUSTOMER,
-    DEBIT,
+    INSERT_RESERVATIONS,
+    SHIFT_ALL,
+    MOVEMENTS,
+    PAID,
+    LOCK_CUSTOMERS,
+    DEBIT_ALL,
     LEDGER,
-    INSERT_PAYMENT,
+    INSERT_PAYMENTS,
     NOTIFIED,
     TEMPLATE,
     INSERT_NOTIFICATION,
@@ -367,6 +383,22 @@ fn around_pgbench_gset_bug(script: &str) -> String {
     out
 }
 
+/// The engine's publish of `:n` messages on `topic` in one statement, with the arrays
+/// `keys` and `payloads`.
+fn publish_all(svc: &str, topic: &str, keys: &str, payloads: &str) -> String {
+    let insert = bind(
+        &on_queue(PUBLISH.text, svc),
+        &[
+            "(SELECT array_agg(saga_uuid_v7()) FROM generate_series(1, :n))",
+            &format!("array_fill('{topic}'::text, ARRAY[:n])"),
+            keys,
+            payloads,
+            "array_fill('{}'::text, ARRAY[:n])",
+        ],
+    );
+    format!("WITH {}\n{insert}", wake_cte(conveyor_queue::OUTBOX_CHANNEL, conveyor_queue::OUTBOX_WAKE_LOCK))
+}
+
 fn publish(svc: &str, topic: &str, key: &str, payload: &str) -> String {
     let insert = bind(
         &on_queue(PUBLISH.text, svc),
@@ -453,45 +485,44 @@ fn nth(array: &str, ty: &str, i: usize) -> String {
     format!("(:{array}::{ty}[])[{i}]")
 }
 
+/// The stock worker's batch handler: every statement once for the whole claimed batch,
+/// with the claimed arrays as its arrays.
 fn stock(s: &mut String, batch: usize) {
-    let _ = writeln!(s, "-- == stock-worker: order.placed, a batch in one transaction (services/stock/src/handlers.rs reserve) ==\nBEGIN;");
+    let _ = writeln!(s, "-- == stock-worker: order.placed, a batch in one transaction, one handler call (services/stock/src/handlers.rs reserve) ==\nBEGIN;");
     let select = "array_agg(payload::text) AS payloads, array_agg(payload->'order'->>'order_id') AS oids, \
                   array_agg(payload->'order'->'lines'->0->>'product_id') AS pids, array_agg(payload->'order'->'lines'->0->>'quantity') AS qtys";
     let _ = writeln!(s, "{}", tx_claim(service::STOCK, batch, select));
-    for i in 1..=batch {
-        let (oid, pid, qty) = (nth("oids", "uuid", i), nth("pids", "uuid", i), nth("qtys", "bigint", i));
-        let lines = format!("jsonb_build_array(jsonb_build_object('product_id', {pid}, 'quantity', {qty}))");
-        // stock.reserved carries the order as order.placed did: the claimed payload itself.
-        let reserved = nth("payloads", "text", i);
-        let _ = writeln!(s, "\\if :n >= {i}");
-        put(s, i == 1, &RESERVATION_EXISTS, &bind(RESERVATION_EXISTS.text, &[&oid]), ";");
-        put(s, i == 1, &LOCK_ITEMS, &bind(LOCK_ITEMS.text, &[&format!("ARRAY[{pid}]")]), ";");
-        put(s, i == 1, &INSERT_RESERVATION, &bind(INSERT_RESERVATION.text, &[&oid, "'reserved'", &lines, "NULL"]), ";");
-        put(s, i == 1, &SHIFT, &bind(SHIFT.text, &[&format!("ARRAY[{pid}]"), &format!("ARRAY[{qty}]")]), ";");
-        put(s, i == 1, &MOVEMENT, &bind(MOVEMENT.text, &[&oid, "'reserve'", &format!("ARRAY[{pid}]"), &format!("ARRAY[{qty}]")]), ";");
-        put(s, i == 1, &PUBLISH, &publish(service::STOCK, "stock.reserved", &oid, &reserved), ";");
-        let _ = writeln!(s, "\\endif");
-    }
+    let (oids, pids, qtys) = (":oids::uuid[]", ":pids::uuid[]", ":qtys::bigint[]");
+    let lines = format!("(SELECT array_agg(jsonb_build_array(jsonb_build_object('product_id', p, 'quantity', q))::text) FROM UNNEST({pids}, {qtys}) AS u(p, q))");
+    let _ = writeln!(s, "\\if :n > 0");
+    put(s, true, &HANDLED, &bind(HANDLED.text, &[oids]), ";");
+    put(s, true, &LOCK_ITEMS, &bind(LOCK_ITEMS.text, &[pids]), ";");
+    put(s, true, &INSERT_RESERVATIONS, &bind(INSERT_RESERVATIONS.text, &[oids, &lines, "array_fill(NULL::text, ARRAY[:n])"]), ";");
+    put(s, true, &SHIFT_ALL, &bind(SHIFT_ALL.text, &[pids, qtys]), ";");
+    put(s, true, &MOVEMENTS, &bind(MOVEMENTS.text, &["'reserve'", pids, oids, qtys]), ";");
+    // stock.reserved carries the order as order.placed did: the claimed payloads themselves.
+    put(s, true, &PUBLISH, &publish_all(service::STOCK, "stock.reserved", ":oids::text[]", ":payloads::text[]"), ";");
+    let _ = writeln!(s, "\\endif");
     let _ = writeln!(s, "COMMIT;\n");
 }
 
+/// The payment worker's batch handler: every statement once for the whole claimed batch.
 fn payment(s: &mut String, batch: usize) {
-    let _ = writeln!(s, "-- == payment-worker: stock.reserved, a batch in one transaction (services/payment/src/handlers.rs capture) ==\nBEGIN;");
+    let _ = writeln!(s, "-- == payment-worker: stock.reserved, a batch in one transaction, one handler call (services/payment/src/handlers.rs capture) ==\nBEGIN;");
     let select = "array_agg(payload->'order'->>'order_id') AS oids, array_agg(payload->'order'->>'customer_id') AS cids, \
                   array_agg(payload->'order'->'total'->>'amount_minor') AS totals";
     let _ = writeln!(s, "{}", tx_claim(service::PAYMENT, batch, select));
-    for i in 1..=batch {
-        let (oid, cid, total) = (nth("oids", "uuid", i), nth("cids", "uuid", i), nth("totals", "bigint", i));
-        let _ = writeln!(s, "\\if :n >= {i}");
-        put(s, i == 1, &PAYMENT_EXISTS, &bind(PAYMENT_EXISTS.text, &[&oid]), ";");
-        put(s, i == 1, &GET_CUSTOMER, &bind(GET_CUSTOMER.text, &[&cid]), ";");
-        put(s, i == 1, &DEBIT, &bind(DEBIT.text, &[&cid, &total]), ";");
-        put(s, i == 1, &LEDGER, &bind(LEDGER.text, &[&cid, "'capture'", &format!("-{total}"), &oid]), ";");
-        put(s, i == 1, &INSERT_PAYMENT, &bind(INSERT_PAYMENT.text, &["saga_uuid_v7()", &oid, &cid, &total, "'EUR'", "'captured'", "NULL"]), ";");
-        let captured = format!("saga_captured({oid}, saga_uuid_v7(), {total})");
-        put(s, i == 1, &PUBLISH, &publish(service::PAYMENT, "payment.captured", &oid, &captured), ";");
-        let _ = writeln!(s, "\\endif");
-    }
+    let (oids, cids, totals) = (":oids::uuid[]", ":cids::uuid[]", ":totals::bigint[]");
+    let _ = writeln!(s, "\\if :n > 0");
+    put(s, true, &PAID, &bind(PAID.text, &[oids]), ";");
+    put(s, true, &LOCK_CUSTOMERS, &bind(LOCK_CUSTOMERS.text, &[cids]), ";");
+    let ids = "(SELECT array_agg(saga_uuid_v7()) FROM generate_series(1, :n))";
+    put(s, true, &INSERT_PAYMENTS, &bind(INSERT_PAYMENTS.text, &[ids, oids, cids, totals, "array_fill('EUR'::text, ARRAY[:n])", "array_fill(NULL::text, ARRAY[:n])"]), ";");
+    put(s, true, &DEBIT_ALL, &bind(DEBIT_ALL.text, &[cids, totals]), ";");
+    put(s, true, &LEDGER, &bind(LEDGER.text, &["'capture'", cids, &format!("(SELECT array_agg(-t) FROM unnest({totals}) AS t)"), oids]), ";");
+    let captured = format!("(SELECT array_agg(saga_captured(o, saga_uuid_v7(), t)) FROM UNNEST({oids}, {totals}) AS u(o, t))");
+    put(s, true, &PUBLISH, &publish_all(service::PAYMENT, "payment.captured", ":oids::text[]", &captured), ";");
+    let _ = writeln!(s, "\\endif");
     let _ = writeln!(s, "COMMIT;\n");
 }
 
@@ -752,8 +783,9 @@ mod tests {
         for batch in [1, 3] {
             let s = script(&ScriptOptions { batch, relay_batch: 100, products: 10, customers: 5 });
             assert_eq!(s.matches("INSERT INTO orders").count(), batch);
-            for (schema, n) in [("q_order.outbox", 2 * batch + 2), ("q_stock.outbox", batch + 1), ("q_payment.outbox", batch + 1)] {
-                // publishes (one per message) + the relay's claim (two FROMs in one statement)
+            for (schema, n) in [("q_order.outbox", 2 * batch + 2), ("q_stock.outbox", 3), ("q_payment.outbox", 3)] {
+                // publishes (one per message; stock's and payment's batch handlers, one per
+                // batch) + the relay's claim (two FROMs in one statement)
                 assert!(s.matches(schema).count() >= n, "{schema}: {}", s.matches(schema).count());
             }
             for sub in ["q_stock.inbox", "q_payment.inbox", "q_order.inbox", "q_notification.inbox"] {

@@ -419,9 +419,9 @@ pub fn markdown(r: &Report) -> String {
         "\nEach script run is, per saga, the transactions the shop runs (scripts: {}):\n\n\
          1. **order-api, `POST /orders`** (one transaction per order): insert the idempotency key; read the product copy; insert the order, its line and its `placed` history entry; publish `order.placed` into the outbox; store the response.\n\
          2. **relay** of order-worker: claim-and-delete outbox rows, insert them into stock's inbox.\n\
-         3. **stock-worker, `order.placed`**: claim a batch; per message: reservation exists?, lock the item, insert the reservation, move the units, insert the movement, publish `stock.reserved`; commit.\n\
+         3. **stock-worker, `order.placed`** (a batch handler): claim a batch; for the whole batch at once: the orders handled already, lock the items, insert the reservations, move the units, insert the movements, publish the `stock.reserved` events; commit.\n\
          4. **relay** of stock-worker → payment's inbox.\n\
-         5. **payment-worker, `stock.reserved`**: claim a batch; per message: payment exists?, read the customer, debit the balance, insert the ledger entry and the payment, publish `payment.captured`; commit.\n\
+         5. **payment-worker, `stock.reserved`** (a batch handler): claim a batch; for the whole batch at once: the orders paid already, lock the customers, insert the payments, debit the balances, insert the ledger entries, publish the `payment.captured` events; commit.\n\
          6. **relay** of payment-worker → order's inbox.\n\
          7. **order-worker, `payment.captured`**: claim a batch; per message: confirm the order with its history entry, read its lines, publish `order.confirmed`; commit.\n\
          8. **relay** of order-worker → notification's inbox.\n\
