@@ -389,11 +389,11 @@ fn publish_all(svc: &str, topic: &str, keys: &str, payloads: &str) -> String {
     let insert = bind(
         &on_queue(PUBLISH.text, svc),
         &[
-            "(SELECT array_agg(saga_uuid_v7()) FROM generate_series(1, :n))",
-            &format!("array_fill('{topic}'::text, ARRAY[:n])"),
+            "(SELECT array_agg(saga_uuid_v7()) FROM generate_series(1, :n::int))",
+            &format!("array_fill('{topic}'::text, ARRAY[:n::int])"),
             keys,
             payloads,
-            "array_fill('{}'::text, ARRAY[:n])",
+            "array_fill('{}'::text, ARRAY[:n::int])",
         ],
     );
     format!("WITH {}\n{insert}", wake_cte(conveyor_queue::OUTBOX_CHANNEL, conveyor_queue::OUTBOX_WAKE_LOCK))
@@ -497,7 +497,7 @@ fn stock(s: &mut String, batch: usize) {
     let _ = writeln!(s, "\\if :n > 0");
     put(s, true, &HANDLED, &bind(HANDLED.text, &[oids]), ";");
     put(s, true, &LOCK_ITEMS, &bind(LOCK_ITEMS.text, &[pids]), ";");
-    put(s, true, &INSERT_RESERVATIONS, &bind(INSERT_RESERVATIONS.text, &[oids, &lines, "array_fill(NULL::text, ARRAY[:n])"]), ";");
+    put(s, true, &INSERT_RESERVATIONS, &bind(INSERT_RESERVATIONS.text, &[oids, &lines, "array_fill(NULL::text, ARRAY[:n::int])"]), ";");
     put(s, true, &SHIFT_ALL, &bind(SHIFT_ALL.text, &[pids, qtys]), ";");
     put(s, true, &MOVEMENTS, &bind(MOVEMENTS.text, &["'reserve'", pids, oids, qtys]), ";");
     // stock.reserved carries the order as order.placed did: the claimed payloads themselves.
@@ -516,8 +516,8 @@ fn payment(s: &mut String, batch: usize) {
     let _ = writeln!(s, "\\if :n > 0");
     put(s, true, &PAID, &bind(PAID.text, &[oids]), ";");
     put(s, true, &LOCK_CUSTOMERS, &bind(LOCK_CUSTOMERS.text, &[cids]), ";");
-    let ids = "(SELECT array_agg(saga_uuid_v7()) FROM generate_series(1, :n))";
-    put(s, true, &INSERT_PAYMENTS, &bind(INSERT_PAYMENTS.text, &[ids, oids, cids, totals, "array_fill('EUR'::text, ARRAY[:n])", "array_fill(NULL::text, ARRAY[:n])"]), ";");
+    let ids = "(SELECT array_agg(saga_uuid_v7()) FROM generate_series(1, :n::int))";
+    put(s, true, &INSERT_PAYMENTS, &bind(INSERT_PAYMENTS.text, &[ids, oids, cids, totals, "array_fill('EUR'::text, ARRAY[:n::int])", "array_fill(NULL::text, ARRAY[:n::int])"]), ";");
     put(s, true, &DEBIT_ALL, &bind(DEBIT_ALL.text, &[cids, totals]), ";");
     put(s, true, &LEDGER, &bind(LEDGER.text, &["'capture'", cids, &format!("(SELECT array_agg(-t) FROM unnest({totals}) AS t)"), oids]), ";");
     let captured = format!("(SELECT array_agg(saga_captured(o, saga_uuid_v7(), t)) FROM UNNEST({oids}, {totals}) AS u(o, t))");
