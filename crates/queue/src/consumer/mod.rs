@@ -194,22 +194,21 @@ impl Consumer {
     }
 
     /// Handles `E` in transaction mode with `retry`.
-    pub fn subscribe_with<E: Event>(mut self, handler: impl Handler<E>, retry: RetryPolicy) -> Self {
-        self.check_new_topic(E::TOPIC, retry);
-        self.tx_topics.push(E::TOPIC.to_owned());
-        let handler = Box::new(Typed { handler, _event: PhantomData::<fn() -> E> });
-        self.tx_subs.insert(E::TOPIC.to_owned(), TxSub { handler, retry, keys: None });
-        self
+    pub fn subscribe_with<E: Event>(self, handler: impl Handler<E>, retry: RetryPolicy) -> Self {
+        self.add_tx(E::TOPIC, Box::new(Typed { handler, _event: PhantomData::<fn() -> E> }), retry)
     }
 
     /// Handles `E` in transaction mode with a [`BatchHandler`]: one call per run of
     /// consecutive `E` messages in a claimed batch (a call per message when a batch runs
     /// again message by message after a failure).
-    pub fn subscribe_batch<E: Event>(mut self, handler: impl BatchHandler<E>, retry: RetryPolicy) -> Self {
-        self.check_new_topic(E::TOPIC, retry);
-        self.tx_topics.push(E::TOPIC.to_owned());
-        let handler = Box::new(Batched { handler, _event: PhantomData::<fn() -> E> });
-        self.tx_subs.insert(E::TOPIC.to_owned(), TxSub { handler, retry, keys: None });
+    pub fn subscribe_batch<E: Event>(self, handler: impl BatchHandler<E>, retry: RetryPolicy) -> Self {
+        self.add_tx(E::TOPIC, Box::new(Batched { handler, _event: PhantomData::<fn() -> E> }), retry)
+    }
+
+    fn add_tx(mut self, topic: &str, handler: Box<dyn TxDispatch>, retry: RetryPolicy) -> Self {
+        self.check_new_topic(topic, retry);
+        self.tx_topics.push(topic.to_owned());
+        self.tx_subs.insert(topic.to_owned(), TxSub { handler, retry, keys: None });
         self
     }
 
