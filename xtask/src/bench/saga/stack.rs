@@ -247,6 +247,13 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
         s.latency_secs,
         search.best().map_or("the lowest rate tried: none was sustained".to_owned(), |b| format!("the highest sustained {b:.0}/s"))
     );
+    // The ramp's steps end when every order is terminal; a notification backlog they left
+    // (the worker behind at rates above its own) would share the machine with the latency
+    // run. It starts once the notification inbox is empty (bounded like a drain).
+    let notification_db = stack.databases["notification"].clone();
+    if let Some(left) = step!(drain_inbox(pg_bin, &notification_db, Duration::from_secs_f64(s.drain_secs), signals).await) {
+        println!("   {left} notifications still waiting {:.0} s after the ramp; measuring anyway", s.drain_secs);
+    }
     let labels_before = parse_labels(&step!(psql(pg_bin, &order_db, LABELS_SQL, signals).await));
     let stats_before = step!(db_stats(pg_bin, &order_db, signals).await);
     let a = sampler.snapshot();
@@ -385,9 +392,15 @@ where
 
 /// Waits until no order is `placed` (every saga ended); `Some(left)` when `limit` passed first.
 pub(super) async fn drain(pg_bin: &Path, order_db: &str, limit: Duration, signals: &mut Signals) -> Result<Result<Option<u64>, i32>> {
+    count_down(pg_bin, order_db, "SELECT count(*) FROM orders WHERE status = 'placed'", limit, signals).await
+}
+
+/// Waits until `count_sql` counts nothing in the database `url`, or `limit` passes
+/// (`Some(left)`).
+async fn count_down(pg_bin: &Path, url: &str, count_sql: &str, limit: Duration, signals: &mut Signals) -> Result<Result<Option<u64>, i32>> {
     let deadline = Instant::now() + limit;
     loop {
-        let left = query_u64s(&step!(psql(pg_bin, order_db, "SELECT count(*) FROM orders WHERE status = 'placed'", signals).await))?[0];
+        let left = query_u64s(&step!(psql(pg_bin, url, count_sql, signals).await))?[0];
         if left == 0 {
             return Ok(Ok(None));
         }
@@ -396,6 +409,12 @@ pub(super) async fn drain(pg_bin: &Path, order_db: &str, limit: Duration, signal
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until the inbox of the database `url` holds nothing pending, or `limit` passes
+/// (`Some(left)`).
+async fn drain_inbox(pg_bin: &Path, url: &str, limit: Duration, signals: &mut Signals) -> Result<Result<Option<u64>, i32>> {
+    count_down(pg_bin, url, "SELECT count(*) FROM conveyor.inbox WHERE state IN ('pending', 'running')", limit, signals).await
 }
 
 /// Counters of one database from pg_stat_database.
