@@ -97,7 +97,7 @@ impl Idle {
 }
 
 /// What a claim loop does between cycles: recruit another loop after a full batch, wait
-/// (counted idle) after a partial or empty one, back off after a failure.
+/// (counted idle) after an empty one, back off after a failure.
 pub(crate) struct Pacer<'a> {
     pub wake: &'a Notify,
     pub idle: &'a Idle,
@@ -119,12 +119,7 @@ impl Pacer<'_> {
                 self.failures = 0;
                 if n as i64 >= self.batch_size {
                     self.wake.notify_one(); // more may wait: recruit an idle loop
-                } else {
-                    // A claim that took less than a batch took everything it could see:
-                    // claiming again at once would come back empty (a transaction for
-                    // nothing). Wait instead; whatever came meanwhile has woken `notified`
-                    // (enabled before the claim), or the listener finds it when this loop
-                    // goes idle (see the module docs).
+                } else if n == 0 {
                     let wait = self.due.map_or(self.poll, |due| due.min(self.poll));
                     self.idle.wait(notified, wait, self.shutdown).await;
                 }
