@@ -31,8 +31,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::{PgArguments, PgPoolOptions};
+use sqlx::query::QueryScalar;
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -166,7 +167,8 @@ impl Floor {
 }
 
 /// How a claimer's sweep reads its claim index: a statement returning the position of the
-/// oldest live row of topics `$1` from `$2` (NULL: the start) up to `$3`.
+/// oldest live row of topics `$1` from `$2` (NULL: the start) up to `$3` (see
+/// [`Positions::bind`]).
 pub(crate) struct SweepProbe {
     pub table: &'static str,
     pub sql: &'static str,
@@ -181,20 +183,38 @@ pub(crate) enum Positions {
     UuidV7,
 }
 
+impl Positions {
+    /// `q` with a position (microseconds since the epoch) bound as this index's type: a
+    /// `timestamptz`, or the smallest UUID v7 of that instant; NULL for `None`.
+    pub fn bind<'q, O>(&self, q: QueryScalar<'q, Postgres, O, PgArguments>, micros: Option<i64>) -> QueryScalar<'q, Postgres, O, PgArguments> {
+        match self {
+            Positions::Time => q.bind(micros.and_then(DateTime::<Utc>::from_timestamp_micros)),
+            Positions::UuidV7 => q.bind(micros.map(v7_of_micros)),
+        }
+    }
+}
+
 impl SweepProbe {
     async fn oldest(&self, conn: &mut PgConnection, topics: &[String], sweep: Sweep) -> Result<Option<i64>, sqlx::Error> {
         Ok(match self.positions {
             Positions::Time => {
-                let at = |m: i64| DateTime::<Utc>::from_timestamp_micros(m);
-                let row: Option<DateTime<Utc>> = sqlx::query_scalar(self.sql).bind(topics).bind(sweep.from.and_then(at)).bind(at(sweep.below)).fetch_optional(conn).await?;
+                let row: Option<DateTime<Utc>> = self.query(topics, sweep).fetch_optional(conn).await?;
                 row.map(|t| t.timestamp_micros())
             }
             Positions::UuidV7 => {
-                let from = sweep.from.map_or(Uuid::nil(), v7_of_micros);
-                let row: Option<Uuid> = sqlx::query_scalar(self.sql).bind(topics).bind(from).bind(v7_of_micros(sweep.below)).fetch_optional(conn).await?;
+                let row: Option<Uuid> = self.query(topics, sweep).fetch_optional(conn).await?;
                 row.and_then(micros_of_v7)
             }
         })
+    }
+
+    /// The statement with its topics and the sweep's range bound, returning an `O`.
+    fn query<'q, O>(&self, topics: &'q [String], sweep: Sweep) -> QueryScalar<'q, Postgres, O, PgArguments>
+    where
+        O: sqlx::Type<Postgres> + for<'r> sqlx::Decode<'r, Postgres>,
+    {
+        let q = sqlx::query_scalar(self.sql).bind(topics);
+        self.positions.bind(self.positions.bind(q, sweep.from), Some(sweep.below))
     }
 }
 

@@ -122,7 +122,9 @@ RETURNING o.message_id, o.topic, o.key, o.payload::text, o.headers::text, o.crea
 /// locked or not, on the outbox's key.
 const SWEEP: crate::floor::SweepProbe = crate::floor::SweepProbe {
     table: "outbox",
-    sql: "SELECT message_id FROM conveyor.outbox WHERE topic = ANY($1) AND message_id >= $2 AND message_id < $3 ORDER BY message_id LIMIT 1",
+    sql: "SELECT message_id FROM conveyor.outbox
+          WHERE topic = ANY($1) AND message_id >= coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') AND message_id < $3
+          ORDER BY message_id LIMIT 1",
     positions: crate::floor::Positions::UuidV7,
 };
 

@@ -66,12 +66,7 @@ pub(crate) const INBOX: Channel = Channel {
 
 /// Runs `channel`'s probe on `conn`, from `floor`'s position when it has one.
 async fn probe<'c>(conn: impl sqlx::PgExecutor<'c>, channel: &Channel, topics: &[String], floor: Option<&Floor>) -> Result<bool, sqlx::Error> {
-    let at = floor.and_then(Floor::at);
-    let q = sqlx::query_scalar(channel.probe).bind(topics);
-    match channel.positions {
-        Positions::Time => q.bind(at.and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_micros)).fetch_one(conn).await,
-        Positions::UuidV7 => q.bind(at.map(crate::floor::v7_of_micros)).fetch_one(conn).await,
-    }
+    channel.positions.bind(sqlx::query_scalar(channel.probe).bind(topics), floor.and_then(Floor::at)).fetch_one(conn).await
 }
 
 /// How loops and their listener meet: loops count themselves idle while they wait, and
