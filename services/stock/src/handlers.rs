@@ -87,7 +87,8 @@ async fn reserve(conn: &mut PgConnection, msgs: Vec<Delivery<OrderPlaced>>) -> R
     let products: Vec<Uuid> = products.into_iter().collect();
     let mut available: BTreeMap<Uuid, i64> = repo::lock_items(conn, &products).await?.into_iter().map(|i| (i.product_id, i.available)).collect();
 
-    let mut outcomes: Vec<(&Delivery<OrderPlaced>, NewReservation)> = Vec::with_capacity(msgs.len());
+    // The outcomes, and beside each the message it answers.
+    let (mut new, mut causes) = (Vec::with_capacity(msgs.len()), Vec::with_capacity(msgs.len()));
     for msg in &msgs {
         let order = &msg.payload.order;
         if !seen.insert(order.order_id) {
@@ -95,20 +96,21 @@ async fn reserve(conn: &mut PgConnection, msgs: Vec<Delivery<OrderPlaced>>) -> R
             continue;
         }
         let (lines, reason) = decide(order, msg.attempt, &mut available)?;
-        outcomes.push((msg, NewReservation { order_id: order.order_id, lines, reason }));
+        new.push(NewReservation { order_id: order.order_id, lines, reason });
+        causes.push(msg);
     }
-    let new: Vec<NewReservation> = outcomes.iter().map(|(_, r)| r.clone()).collect();
     let recorded = repo::insert_reservations(conn, &new).await?;
     if recorded.len() != new.len() {
         // Only an order that locks no item (one with no lines) can race a copy of itself.
         return Err(HandlerError::retry(anyhow::anyhow!("an order of the batch was handled meanwhile by another copy; handling the batch one order at a time")));
     }
     let moves: Vec<(Uuid, ReservedLine)> =
-        outcomes.iter().filter(|(_, r)| r.reason.is_none()).flat_map(|(_, r)| r.lines.iter().map(|l| (r.order_id, *l))).collect();
+        new.iter().filter(|r| r.reason.is_none()).flat_map(|r| r.lines.iter().map(|l| (r.order_id, *l))).collect();
     repo::shift_all(conn, Shift::Reserve, &moves).await?;
-    let events = outcomes
+    let events = new
         .iter()
-        .map(|(msg, r)| {
+        .zip(&causes)
+        .map(|(r, msg)| {
             let event = match &r.reason {
                 None => Outgoing::event(&StockReserved { order: msg.payload.order.clone() }),
                 Some(reason) => Outgoing::event(&StockRejected { order_id: r.order_id, reason: reason.clone() }),
@@ -117,7 +119,7 @@ async fn reserve(conn: &mut PgConnection, msgs: Vec<Delivery<OrderPlaced>>) -> R
         })
         .collect::<Result<Vec<_>, _>>()?;
     conveyor_queue::publish_all(conn, &events).await?;
-    for (msg, r) in &outcomes {
+    for (r, msg) in new.iter().zip(&causes) {
         // Each line in its message's span, so that it carries that message's trace.
         msg.span.in_scope(|| match &r.reason {
             None => tracing::info!(order_id = %r.order_id, products = r.lines.len(), "stock reserved"),
