@@ -53,8 +53,11 @@ pub async fn load(args: LoadArgs, signals: &mut Signals) -> Result<i32> {
     let order_port = conveyor_launcher::api_port(args.base_port, service::ORDER).context("--base-port too high")?;
     if answers_ready(order_port) {
         println!("xtask: a shop answers on 127.0.0.1:{order_port}: load-testing it (APIs on --base-port {} + 1..5)", args.base_port);
-        let api = |i: u16| format!("http://127.0.0.1:{}", args.base_port + i);
-        let urls = [api(1), api(2), api(3), api(4)];
+        let mut urls = LOADED.map(String::from);
+        for url in &mut urls {
+            let port = conveyor_launcher::api_port(args.base_port, url).context("--base-port too high")?;
+            *url = format!("http://127.0.0.1:{port}");
+        }
         let issuer = workspace_root().join("target").join("conveyor-up").join("issuer.json");
         anyhow::ensure!(issuer.is_file(), "no {}: the load test signs its tokens with the running shop's issuer, which `cargo xtask up` writes there", issuer.display());
         return run_and_check(&args, &urls, &issuer, signals).await;
@@ -91,7 +94,7 @@ async fn with_own_stack(args: &LoadArgs, pg: &Postgres, signals: &mut Signals) -
     let result = match seeded {
         Ok(d) => {
             println!("  ✓ demo data loaded: {} products, {} customers; logs in {}", d.products.len(), d.customers.len(), log_dir.display());
-            let urls = ["catalog", "order", "stock", "payment"].map(|s| stack.api[s].clone());
+            let urls = LOADED.map(|s| stack.api[s].clone());
             run_and_check(args, &urls, &stack.issuer_file(), signals).await
         }
         Err(e) => Err(e),
@@ -102,6 +105,9 @@ async fn with_own_stack(args: &LoadArgs, pg: &Postgres, signals: &mut Signals) -
     stopped?;
     Ok(code)
 }
+
+/// The APIs the load test drives, in the order of `run_and_check`'s URLs.
+const LOADED: [&str; 4] = [service::CATALOG, service::ORDER, service::STOCK, service::PAYMENT];
 
 /// Runs conveyor-loadtest against catalog, order, stock and payment `urls`; with --smoke,
 /// checks what it wrote.
