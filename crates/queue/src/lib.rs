@@ -38,13 +38,14 @@ pub use relay::{ClaimedBatch, Relay, RelayOptions, Routes, parse_subscriber};
 pub use retry::RetryPolicy;
 
 /// The engine's hot statements, for plan tests (every one must use its index under a
-/// generic plan, since sqlx prepares them).
+/// generic plan, since sqlx prepares them) and for the saga bench's replay.
 #[doc(hidden)]
 pub mod sql {
     pub use crate::consumer::{LEASE_CLAIM, LEASE_DONE, LOCK_KEYS, TX_CLAIM};
     pub use crate::floor::MARGIN as CLAIM_FLOOR_MARGIN;
     pub use crate::admin::{DEPTH, OLDEST};
     pub use crate::prune::{PRUNE, v7_floor};
+    pub use crate::publish::INSERT_ROWS as PUBLISH_INSERT;
     pub use crate::relay::CLAIM as RELAY_CLAIM;
 }
 

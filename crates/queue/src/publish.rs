@@ -7,17 +7,25 @@ use crate::trace;
 use crate::wake::wake_cte;
 use crate::{Error, Event, MessageId, Outgoing};
 
-// One statement both inserts and, if a relay is idle, wakes it (see `wake`). Postgres
-// delivers identical notifications of one transaction once, so a transaction that
-// publishes many messages sends at most one NOTIFY.
-pub(crate) const INSERT: &str = concat!(
-    "WITH ",
-    wake_cte!("conveyor_outbox", 7165066987124913153),
-    "\nINSERT INTO conveyor.outbox (message_id, topic, key, payload, headers)
+/// The outbox insert of `INSERT`, after its wake-up CTE (which it joins as `wake`): `$1`
+/// to `$5` are the messages' ids, topics, keys, payloads and headers, as arrays.
+macro_rules! insert_rows {
+    () => {
+        "INSERT INTO conveyor.outbox (message_id, topic, key, payload, headers)
 SELECT m.message_id, m.topic, m.key, m.payload::json, m.headers::json
 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) AS m(message_id, topic, key, payload, headers)
 CROSS JOIN wake"
-);
+    };
+}
+
+/// `INSERT` without its wake-up CTE, for `cargo xtask bench saga` to replay after a CTE
+/// `wake` of its own.
+pub const INSERT_ROWS: &str = insert_rows!();
+
+// One statement both inserts and, if a relay is idle, wakes it (see `wake`). Postgres
+// delivers identical notifications of one transaction once, so a transaction that
+// publishes many messages sends at most one NOTIFY.
+pub(crate) const INSERT: &str = concat!("WITH ", wake_cte!("conveyor_outbox", 7165066987124913153), "\n", insert_rows!());
 
 /// Publishes `event` on its topic. Call it with the transaction that makes the change the
 /// event reports: the message exists exactly when that transaction commits.

@@ -27,6 +27,12 @@ pub const SERVICE: &str = conveyor_contracts::service::NOTIFICATION;
 /// This service's schema (the queue schema comes from `conveyor_queue::migrator()`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The statements of the order saga's path, named once: the repository runs them and
+/// `cargo xtask bench saga` replays them.
+pub mod sql {
+    pub use crate::repo::{NOTIFIED, TEMPLATE, INSERT_NOTIFICATION};
+}
+
 /// The events notified about; each names its template and its notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum EventType {

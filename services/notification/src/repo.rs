@@ -44,8 +44,10 @@ pub async fn templates(conn: &mut PgConnection) -> sqlx::Result<Vec<TemplateRow>
     sqlx::query_as("SELECT event_type, subject, body, updated_at FROM templates ORDER BY event_type").fetch_all(conn).await
 }
 
+pub const TEMPLATE: &str = "SELECT event_type, subject, body, updated_at FROM templates WHERE event_type = $1";
+
 pub async fn template(conn: &mut PgConnection, event_type: EventType) -> sqlx::Result<Option<TemplateRow>> {
-    sqlx::query_as("SELECT event_type, subject, body, updated_at FROM templates WHERE event_type = $1")
+    sqlx::query_as(TEMPLATE)
         .bind(event_type.as_str())
         .fetch_optional(conn)
         .await
@@ -66,34 +68,36 @@ pub async fn put_template(conn: &mut PgConnection, event_type: EventType, subjec
     .await
 }
 
+pub const NOTIFIED: &str = "SELECT EXISTS (SELECT 1 FROM notifications WHERE order_id = $1 AND event_type = $2)";
+
 pub async fn notified(conn: &mut PgConnection, order_id: Uuid, event_type: EventType) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM notifications WHERE order_id = $1 AND event_type = $2)")
+    sqlx::query_scalar(NOTIFIED)
         .bind(order_id)
         .bind(event_type.as_str())
         .fetch_one(conn)
         .await
 }
 
+pub const INSERT_NOTIFICATION: &str = "INSERT INTO notifications (id, order_id, event_type, customer_id, subject, body, data_source, attempts, delivered_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT DO NOTHING";
+
 /// Records a delivery; a row already there (another worker delivered the same key, which
 /// the receiver deduplicated by its idempotency key) is kept as it is.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "notifications"))]
 pub async fn insert_notification(conn: &mut PgConnection, n: &NewNotification<'_>) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO notifications (id, order_id, event_type, customer_id, subject, body, data_source, attempts, delivered_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(n.id)
-    .bind(n.order_id)
-    .bind(n.event_type.as_str())
-    .bind(n.customer_id)
-    .bind(n.subject)
-    .bind(n.body)
-    .bind(n.data_source.as_str())
-    .bind(n.attempts)
-    .bind(n.delivered_at)
-    .execute(conn)
-    .await?;
+    sqlx::query(INSERT_NOTIFICATION)
+        .bind(n.id)
+        .bind(n.order_id)
+        .bind(n.event_type.as_str())
+        .bind(n.customer_id)
+        .bind(n.subject)
+        .bind(n.body)
+        .bind(n.data_source.as_str())
+        .bind(n.attempts)
+        .bind(n.delivered_at)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -57,15 +57,20 @@ pub async fn get_product(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Opti
     sqlx::query_as("SELECT id, name, price_minor, currency, version, updated_at FROM products WHERE id = $1").bind(id).fetch_optional(conn).await
 }
 
+pub const PRODUCTS: &str = "SELECT id, name, price_minor, currency, version, updated_at FROM products WHERE id = ANY($1)";
+
 pub async fn products(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<ProductRow>> {
-    sqlx::query_as("SELECT id, name, price_minor, currency, version, updated_at FROM products WHERE id = ANY($1)").bind(ids).fetch_all(conn).await
+    sqlx::query_as(PRODUCTS).bind(ids).fetch_all(conn).await
 }
+
+pub const CLAIM_KEY: &str =
+    "INSERT INTO idempotency_keys (key, request, order_id) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING RETURNING created_at";
 
 /// Inserts the key for `order_id`; `None` if the key exists (after waiting for the
 /// transaction that inserted it, if it is still open). Returns the transaction's `now()`,
 /// which every timestamp of the new order shares.
 pub async fn claim_key(conn: &mut PgConnection, key: &str, request: &str, order_id: Uuid) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar("INSERT INTO idempotency_keys (key, request, order_id) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING RETURNING created_at")
+    sqlx::query_scalar(CLAIM_KEY)
         .bind(key)
         .bind(request)
         .bind(order_id)
@@ -85,8 +90,10 @@ pub async fn stored_key(conn: &mut PgConnection, key: &str) -> sqlx::Result<Opti
     sqlx::query_as("SELECT request, order_id, response_status, response_body FROM idempotency_keys WHERE key = $1").bind(key).fetch_optional(conn).await
 }
 
+pub const SAVE_RESPONSE: &str = "UPDATE idempotency_keys SET response_status = $2, response_body = $3 WHERE key = $1";
+
 pub async fn save_response(conn: &mut PgConnection, key: &str, status: u16, body: &Value) -> sqlx::Result<()> {
-    sqlx::query("UPDATE idempotency_keys SET response_status = $2, response_body = $3 WHERE key = $1")
+    sqlx::query(SAVE_RESPONSE)
         .bind(key)
         .bind(status as i16)
         .bind(Json(body))
@@ -95,29 +102,29 @@ pub async fn save_response(conn: &mut PgConnection, key: &str, status: u16, body
     Ok(())
 }
 
-/// The order, its lines and its first history entry, in one statement.
-#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "orders"))]
-pub async fn insert_order(conn: &mut PgConnection, id: Uuid, customer_id: Uuid, priced: &Priced) -> sqlx::Result<()> {
-    let ls = &priced.lines;
-    sqlx::query(
-        "WITH o AS (
+pub const INSERT_ORDER: &str = "WITH o AS (
              INSERT INTO orders (id, customer_id, status, total_minor, currency) VALUES ($1, $2, 'placed', $3, $4) RETURNING id),
          l AS (
              INSERT INTO order_lines (order_id, line_no, product_id, product_name, quantity, unit_price_minor)
              SELECT o.id, l.n, l.product_id, l.name, l.quantity, l.price
              FROM o, UNNEST($5::uuid[], $6::text[], $7::int[], $8::bigint[]) WITH ORDINALITY AS l(product_id, name, quantity, price, n))
-         INSERT INTO order_status_history (order_id, status) SELECT id, 'placed' FROM o",
-    )
-    .bind(id)
-    .bind(customer_id)
-    .bind(priced.total.amount_minor)
-    .bind(priced.total.currency.as_str())
-    .bind(ls.iter().map(|l| l.product_id).collect::<Vec<_>>())
-    .bind(ls.iter().map(|l| l.name.as_str()).collect::<Vec<_>>())
-    .bind(ls.iter().map(|l| l.quantity).collect::<Vec<_>>())
-    .bind(ls.iter().map(|l| l.unit_price.amount_minor).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
+         INSERT INTO order_status_history (order_id, status) SELECT id, 'placed' FROM o";
+
+/// The order, its lines and its first history entry, in one statement.
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "orders"))]
+pub async fn insert_order(conn: &mut PgConnection, id: Uuid, customer_id: Uuid, priced: &Priced) -> sqlx::Result<()> {
+    let ls = &priced.lines;
+    sqlx::query(INSERT_ORDER)
+        .bind(id)
+        .bind(customer_id)
+        .bind(priced.total.amount_minor)
+        .bind(priced.total.currency.as_str())
+        .bind(ls.iter().map(|l| l.product_id).collect::<Vec<_>>())
+        .bind(ls.iter().map(|l| l.name.as_str()).collect::<Vec<_>>())
+        .bind(ls.iter().map(|l| l.quantity).collect::<Vec<_>>())
+        .bind(ls.iter().map(|l| l.unit_price.amount_minor).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -170,8 +177,10 @@ macro_rules! order_columns {
     };
 }
 
+pub const GET_ORDER: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1");
+
 pub async fn get_order(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
-    sqlx::query_as(concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1")).bind(id).fetch_optional(conn).await
+    sqlx::query_as(GET_ORDER).bind(id).fetch_optional(conn).await
 }
 
 /// A customer's orders newest first (ids are UUID v7), those older than `before`.
@@ -188,43 +197,43 @@ pub async fn customer_orders(conn: &mut PgConnection, customer_id: Uuid, before:
     .await
 }
 
+pub const LINES_OF: &str =
+    "SELECT order_id, product_id, product_name, quantity, unit_price_minor FROM order_lines WHERE order_id = ANY($1) ORDER BY order_id, line_no";
+
 pub async fn lines_of(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<LineRow>> {
-    sqlx::query_as(
-        "SELECT order_id, product_id, product_name, quantity, unit_price_minor FROM order_lines WHERE order_id = ANY($1) ORDER BY order_id, line_no",
-    )
-    .bind(order_ids)
-    .fetch_all(conn)
-    .await
+    sqlx::query_as(LINES_OF).bind(order_ids).fetch_all(conn).await
 }
+
+pub const HISTORY_OF: &str =
+    "SELECT order_id, status, reason, at FROM order_status_history WHERE order_id = ANY($1) ORDER BY order_id, at, status <> 'placed'";
 
 /// History oldest first; `placed` first should a transition share its timestamp.
 pub async fn history_of(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<HistoryRow>> {
-    sqlx::query_as("SELECT order_id, status, reason, at FROM order_status_history WHERE order_id = ANY($1) ORDER BY order_id, at, status <> 'placed'")
-        .bind(order_ids)
-        .fetch_all(conn)
-        .await
+    sqlx::query_as(HISTORY_OF).bind(order_ids).fetch_all(conn).await
 }
+
+pub const SETTLE: &str = concat!(
+    "WITH o AS (
+             UPDATE orders SET status = $2, reason = $3, reason_detail = $4, updated_at = now()
+             WHERE id = $1 AND status = 'placed' RETURNING ",
+    order_columns!(),
+    "), h AS (
+             INSERT INTO order_status_history (order_id, status, reason) SELECT id, status, reason FROM o)
+         SELECT * FROM o"
+);
 
 /// Moves a `placed` order to `to` and records it in the history; `None` if the order is
 /// not `placed` (already settled, or unknown). The status guard is what makes a repeated
 /// event a no-op.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE", db.collection.name = "orders"))]
 pub async fn settle(conn: &mut PgConnection, id: Uuid, to: OrderStatus, reason: Option<CancelReason>, detail: Option<&str>) -> sqlx::Result<Option<OrderRow>> {
-    sqlx::query_as(concat!(
-        "WITH o AS (
-             UPDATE orders SET status = $2, reason = $3, reason_detail = $4, updated_at = now()
-             WHERE id = $1 AND status = 'placed' RETURNING ",
-        order_columns!(),
-        "), h AS (
-             INSERT INTO order_status_history (order_id, status, reason) SELECT id, status, reason FROM o)
-         SELECT * FROM o"
-    ))
-    .bind(id)
-    .bind(to.as_str())
-    .bind(reason.map(|r| r.as_str()))
-    .bind(detail)
-    .fetch_optional(conn)
-    .await
+    sqlx::query_as(SETTLE)
+        .bind(id)
+        .bind(to.as_str())
+        .bind(reason.map(|r| r.as_str()))
+        .bind(detail)
+        .fetch_optional(conn)
+        .await
 }
 
 pub async fn status_of(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<String>> {

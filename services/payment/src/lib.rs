@@ -15,3 +15,9 @@ pub const SERVICE: &str = conveyor_contracts::service::PAYMENT;
 
 /// This service's schema (the queue schema comes from `conveyor_queue::migrator()`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The statements of the order saga's path, named once: the repository runs them and
+/// `cargo xtask bench saga` replays them.
+pub mod sql {
+    pub use crate::repo::{PAID, LOCK_CUSTOMERS, DEBIT_ALL, LEDGER, INSERT_PAYMENTS};
+}

@@ -66,10 +66,12 @@ pub async fn lock_customer(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Op
     Ok(lock_customers(conn, &[id]).await?.pop())
 }
 
+pub const LOCK_CUSTOMERS: &str = concat!("SELECT ", customer_columns!(), " FROM customers WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+
 /// The customers named that exist, locked until the transaction ends, in id order.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT", db.collection.name = "customers"))]
 pub async fn lock_customers(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<CustomerRow>> {
-    sqlx::query_as(concat!("SELECT ", customer_columns!(), " FROM customers WHERE id = ANY($1) ORDER BY id FOR UPDATE")).bind(ids).fetch_all(conn).await
+    sqlx::query_as(LOCK_CUSTOMERS).bind(ids).fetch_all(conn).await
 }
 
 /// Adds `amount` to a balance the caller has locked and checked.
@@ -94,6 +96,10 @@ pub struct Capture {
     pub amount: i64,
 }
 
+pub const DEBIT_ALL: &str = "UPDATE customers AS c SET balance_minor = c.balance_minor - d.total, updated_at = now()
+         FROM (SELECT id, sum(a) AS total FROM UNNEST($1::uuid[], $2::bigint[]) AS u(id, a) GROUP BY id) AS d
+         WHERE c.id = d.id AND c.balance_minor >= d.total RETURNING c.id";
+
 /// Takes each capture's amount from its customer's balance and records it in the ledger:
 /// two statements however many captures. The caller holds the customers' locks and has
 /// checked the balances; the UPDATE checks again (each customer's captures summed) and
@@ -104,15 +110,11 @@ pub async fn debit_all(conn: &mut PgConnection, captures: &[Capture]) -> sqlx::R
         return Ok(true);
     }
     let customers: std::collections::BTreeSet<Uuid> = captures.iter().map(|c| c.customer).collect();
-    let debited: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE customers AS c SET balance_minor = c.balance_minor - d.total, updated_at = now()
-         FROM (SELECT id, sum(a) AS total FROM UNNEST($1::uuid[], $2::bigint[]) AS u(id, a) GROUP BY id) AS d
-         WHERE c.id = d.id AND c.balance_minor >= d.total RETURNING c.id",
-    )
-    .bind(captures.iter().map(|c| c.customer).collect::<Vec<_>>())
-    .bind(captures.iter().map(|c| c.amount).collect::<Vec<_>>())
-    .fetch_all(&mut *conn)
-    .await?;
+    let debited: Vec<Uuid> = sqlx::query_scalar(DEBIT_ALL)
+        .bind(captures.iter().map(|c| c.customer).collect::<Vec<_>>())
+        .bind(captures.iter().map(|c| c.amount).collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?;
     if debited.len() != customers.len() {
         return Ok(false);
     }
@@ -121,23 +123,26 @@ pub async fn debit_all(conn: &mut PgConnection, captures: &[Capture]) -> sqlx::R
     Ok(true)
 }
 
+pub const LEDGER: &str =
+    "INSERT INTO ledger (customer_id, kind, amount_minor, order_id) SELECT l.c, $1, l.a, l.o FROM UNNEST($2::uuid[], $3::bigint[], $4::uuid[]) AS l(c, a, o)";
+
 /// Ledger entries of one kind: (customer, amount, order), in one statement.
 async fn record(conn: &mut PgConnection, kind: &str, entries: &[(Uuid, i64, Option<Uuid>)]) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO ledger (customer_id, kind, amount_minor, order_id) SELECT l.c, $1, l.a, l.o FROM UNNEST($2::uuid[], $3::bigint[], $4::uuid[]) AS l(c, a, o)",
-    )
-    .bind(kind)
-    .bind(entries.iter().map(|e| e.0).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.1).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.2).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
+    sqlx::query(LEDGER)
+        .bind(kind)
+        .bind(entries.iter().map(|e| e.0).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.1).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.2).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
+pub const PAID: &str = "SELECT order_id FROM payments WHERE order_id = ANY($1)";
+
 /// Which of `order_ids` have a payment (captured or declined).
 pub async fn paid(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar("SELECT order_id FROM payments WHERE order_id = ANY($1)").bind(order_ids).fetch_all(conn).await
+    sqlx::query_scalar(PAID).bind(order_ids).fetch_all(conn).await
 }
 
 /// A payment to record: captured, or declined with its reason.
@@ -151,6 +156,10 @@ pub struct NewPayment {
     pub declined: Option<String>,
 }
 
+pub const INSERT_PAYMENTS: &str = "INSERT INTO payments (id, order_id, customer_id, amount_minor, currency, status, reason)
+         SELECT p.id, p.o, p.c, p.a, p.cur, CASE WHEN p.reason IS NULL THEN 'captured' ELSE 'declined' END, p.reason
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::text[]) AS p(id, o, c, a, cur, reason)";
+
 /// Records payments, one statement however many. A plain INSERT: if a concurrent copy of a
 /// message got there first, the unique order id fails this transaction (debits included)
 /// and the retry finds the payment.
@@ -159,19 +168,15 @@ pub async fn insert_payments(conn: &mut PgConnection, new: &[NewPayment]) -> sql
     if new.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO payments (id, order_id, customer_id, amount_minor, currency, status, reason)
-         SELECT p.id, p.o, p.c, p.a, p.cur, CASE WHEN p.reason IS NULL THEN 'captured' ELSE 'declined' END, p.reason
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::text[]) AS p(id, o, c, a, cur, reason)",
-    )
-    .bind(new.iter().map(|p| p.id).collect::<Vec<_>>())
-    .bind(new.iter().map(|p| p.order_id).collect::<Vec<_>>())
-    .bind(new.iter().map(|p| p.customer_id).collect::<Vec<_>>())
-    .bind(new.iter().map(|p| p.amount.amount_minor).collect::<Vec<_>>())
-    .bind(new.iter().map(|p| p.amount.currency.as_str()).collect::<Vec<_>>())
-    .bind(new.iter().map(|p| p.declined.as_deref()).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
+    sqlx::query(INSERT_PAYMENTS)
+        .bind(new.iter().map(|p| p.id).collect::<Vec<_>>())
+        .bind(new.iter().map(|p| p.order_id).collect::<Vec<_>>())
+        .bind(new.iter().map(|p| p.customer_id).collect::<Vec<_>>())
+        .bind(new.iter().map(|p| p.amount.amount_minor).collect::<Vec<_>>())
+        .bind(new.iter().map(|p| p.amount.currency.as_str()).collect::<Vec<_>>())
+        .bind(new.iter().map(|p| p.declined.as_deref()).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

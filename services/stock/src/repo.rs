@@ -108,11 +108,13 @@ pub async fn reserved_products(conn: &mut PgConnection, order_ids: &[Uuid]) -> s
     .await
 }
 
+pub const LOCK_ITEMS: &str = "SELECT product_id, available, reserved, updated_at FROM items WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE";
+
 /// Locks the items named, always in product id order: two transactions locking
 /// overlapping sets then queue behind each other instead of deadlocking.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT", db.collection.name = "items"))]
 pub async fn lock_items(conn: &mut PgConnection, product_ids: &[Uuid]) -> sqlx::Result<Vec<ItemRow>> {
-    sqlx::query_as("SELECT product_id, available, reserved, updated_at FROM items WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE")
+    sqlx::query_as(LOCK_ITEMS)
         .bind(product_ids)
         .fetch_all(conn)
         .await
@@ -123,6 +125,10 @@ pub async fn shift(conn: &mut PgConnection, order_id: Uuid, shift: Shift, lines:
     let moves: Vec<(Uuid, ReservedLine)> = lines.iter().map(|l| (order_id, *l)).collect();
     shift_all(conn, shift, &moves).await
 }
+
+pub const SHIFT_ALL: &str = "UPDATE items AS i SET available = i.available - l.q, reserved = i.reserved + l.q, updated_at = now()
+         FROM (SELECT product_id, sum(q) AS q FROM UNNEST($1::uuid[], $2::bigint[]) AS u(product_id, q) GROUP BY product_id) AS l
+         WHERE i.product_id = l.product_id";
 
 /// Moves units between available and reserved for any number of orders, `moves` being
 /// (order, line) pairs, and records the movements: two statements however many orders.
@@ -139,15 +145,7 @@ pub async fn shift_all(conn: &mut PgConnection, shift: Shift, moves: &[(Uuid, Re
     };
     let (ids, quantities): (Vec<Uuid>, Vec<i64>) = moves.iter().map(|(_, l)| (l.product_id, sign * l.quantity)).unzip();
     // Summed per item first: an UPDATE changes a row once, however many lines join it.
-    sqlx::query(
-        "UPDATE items AS i SET available = i.available - l.q, reserved = i.reserved + l.q, updated_at = now()
-         FROM (SELECT product_id, sum(q) AS q FROM UNNEST($1::uuid[], $2::bigint[]) AS u(product_id, q) GROUP BY product_id) AS l
-         WHERE i.product_id = l.product_id",
-    )
-    .bind(ids)
-    .bind(quantities)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(SHIFT_ALL).bind(ids).bind(quantities).execute(&mut *conn).await?;
     let recorded: Vec<(Option<Uuid>, ReservedLine)> = moves.iter().map(|(o, l)| (Some(*o), *l)).collect();
     record(conn, kind, &recorded).await
 }
@@ -166,6 +164,9 @@ pub async fn restock(conn: &mut PgConnection, product_id: Uuid, quantity: i64) -
     Ok(row)
 }
 
+pub const MOVEMENTS: &str =
+    "INSERT INTO movements (product_id, order_id, kind, quantity) SELECT l.p, l.o, $1, l.q FROM UNNEST($2::uuid[], $3::uuid[], $4::bigint[]) AS l(p, o, q)";
+
 /// Records movements of one kind: (order, line) pairs, in one statement.
 async fn record(conn: &mut PgConnection, kind: Movement, moves: &[(Option<Uuid>, ReservedLine)]) -> sqlx::Result<()> {
     let (mut orders, mut ids, mut quantities) = (Vec::with_capacity(moves.len()), Vec::with_capacity(moves.len()), Vec::with_capacity(moves.len()));
@@ -174,21 +175,15 @@ async fn record(conn: &mut PgConnection, kind: Movement, moves: &[(Option<Uuid>,
         ids.push(line.product_id);
         quantities.push(line.quantity);
     }
-    sqlx::query(
-        "INSERT INTO movements (product_id, order_id, kind, quantity) SELECT l.p, l.o, $1, l.q FROM UNNEST($2::uuid[], $3::uuid[], $4::bigint[]) AS l(p, o, q)",
-    )
-    .bind(kind.as_str())
-    .bind(ids)
-    .bind(orders)
-    .bind(quantities)
-    .execute(conn)
-    .await?;
+    sqlx::query(MOVEMENTS).bind(kind.as_str()).bind(ids).bind(orders).bind(quantities).execute(conn).await?;
     Ok(())
 }
 
+pub const HANDLED: &str = "SELECT order_id FROM reservations WHERE order_id = ANY($1)";
+
 /// Which of `order_ids` have an outcome recorded already (reserved, rejected or released).
 pub async fn handled(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar("SELECT order_id FROM reservations WHERE order_id = ANY($1)").bind(order_ids).fetch_all(conn).await
+    sqlx::query_scalar(HANDLED).bind(order_ids).fetch_all(conn).await
 }
 
 /// An outcome to record for an order: reserved (no reason) or rejected (why).
@@ -199,6 +194,11 @@ pub struct NewReservation {
     pub reason: Option<String>,
 }
 
+pub const INSERT_RESERVATIONS: &str = "INSERT INTO reservations (order_id, state, lines, reason)
+         SELECT r.o, CASE WHEN r.reason IS NULL THEN 'reserved' ELSE 'rejected' END, r.lines::jsonb, r.reason
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS r(o, lines, reason)
+         ON CONFLICT (order_id) DO NOTHING RETURNING order_id";
+
 /// Records each outcome unless the order has one; returns the orders this call recorded.
 /// One statement however many.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "reservations"))]
@@ -207,17 +207,12 @@ pub async fn insert_reservations(conn: &mut PgConnection, new: &[NewReservation]
         return Ok(Vec::new());
     }
     let lines: Vec<String> = new.iter().map(|r| serde_json::to_string(&r.lines).expect("lines serialise")).collect();
-    sqlx::query_scalar(
-        "INSERT INTO reservations (order_id, state, lines, reason)
-         SELECT r.o, CASE WHEN r.reason IS NULL THEN 'reserved' ELSE 'rejected' END, r.lines::jsonb, r.reason
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS r(o, lines, reason)
-         ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
-    )
-    .bind(new.iter().map(|r| r.order_id).collect::<Vec<_>>())
-    .bind(lines)
-    .bind(new.iter().map(|r| r.reason.as_deref()).collect::<Vec<_>>())
-    .fetch_all(conn)
-    .await
+    sqlx::query_scalar(INSERT_RESERVATIONS)
+        .bind(new.iter().map(|r| r.order_id).collect::<Vec<_>>())
+        .bind(lines)
+        .bind(new.iter().map(|r| r.reason.as_deref()).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await
 }
 
 /// Marks a `reserved` reservation `released` and returns its lines; `None` when there is

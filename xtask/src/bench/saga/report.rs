@@ -426,7 +426,7 @@ pub fn markdown(r: &Report) -> String {
          7. **order-worker, `payment.captured`**: claim a batch; per message: confirm the order with its history entry, read its lines, publish `order.confirmed`; commit.\n\
          8. **relay** of order-worker → notification's inbox.\n\
          9. **notification-worker, `order.confirmed`** (lease mode): claim a batch (commits); per message: notified already?, read the template, the order API's three reads for the lookup, record the notification (its own transaction); settle the batch.\n\n\
-         The service statements are copied word for word from the services (a unit test keeps them so); the queue's claim, relay and settle statements are the engine's own (`conveyor_queue::sql`). Where the replay cannot be the same:\n",
+         The statements are the services' own, from their `sql` modules (`conveyor_order::sql`, …), and the engine's own for the queue's claim, publish, relay and settle (`conveyor_queue::sql`). Where the replay cannot be the same:\n",
         r.ceiling.iter().map(|c| format!("`{}`", c.script.display())).collect::<Vec<_>>().join(", ")
     );
     for d in &r.replay_differences {
