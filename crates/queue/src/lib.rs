@@ -33,7 +33,7 @@ pub use error::Error;
 pub use grants::{DELIVERY_COLUMNS, quote_ident, relay_grants};
 pub use message::{Delivery, Event, Headers, MessageId, Outgoing};
 pub use prune::{Pruner, prune_once};
-pub use publish::{publish, publish_all, publish_event};
+pub use publish::{publish, publish_all, publish_event, schedule};
 pub use relay::{ClaimedBatch, Relay, RelayOptions, Routes, parse_subscriber};
 pub use retry::RetryPolicy;
 

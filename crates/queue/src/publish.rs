@@ -59,41 +59,13 @@ pub async fn publish_all(conn: &mut PgConnection, msgs: &[Outgoing]) -> Result<(
 }
 
 async fn insert(conn: &mut PgConnection, msgs: &[Outgoing], span: &tracing::Span) -> Result<(), Error> {
-    let context = trace::context_headers(span);
-    let n = msgs.len();
-    let (mut ids, mut topics, mut keys, mut payloads, mut headers) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for m in msgs {
-        validate_topic(&m.topic)?;
-        ids.push(m.id);
-        topics.push(m.topic.as_str());
-        keys.push(m.key.as_deref());
-        payloads.push(m.payload.get());
-        let own_context;
-        let context = match m.cause() {
-            Some(cause) if !cause.is_disabled() => {
-                let span = cause.in_scope(|| trace::publish_span(std::iter::once(m.topic.as_str()), 1, Some(m.id)));
-                own_context = trace::context_headers(&span);
-                &own_context
-            }
-            _ => &context,
-        };
-        headers.push(if !context.is_empty() && !m.headers.contains_key(trace::TRACEPARENT) {
-            let mut with_context = context.clone();
-            with_context.extend(m.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-            serde_json::to_string(&with_context)?
-        } else if m.headers.is_empty() {
-            "{}".to_owned()
-        } else {
-            serde_json::to_string(&m.headers)?
-        });
-    }
+    let rows = Rows::of(msgs, span)?;
     sqlx::query(INSERT)
-        .bind(ids)
-        .bind(topics)
-        .bind(keys)
-        .bind(payloads)
-        .bind(headers)
+        .bind(rows.ids)
+        .bind(rows.topics)
+        .bind(rows.keys)
+        .bind(rows.payloads)
+        .bind(rows.headers)
         .execute(conn)
         .instrument(trace::db_span("INSERT conveyor.outbox", "INSERT", "conveyor.outbox"))
         .await?;
@@ -102,6 +74,90 @@ async fn insert(conn: &mut PgConnection, msgs: &[Outgoing], span: &tracing::Span
     }
     Ok(())
 }
+
+/// Messages as the columns of one UNNEST insert, each with the trace context it carries.
+struct Rows<'m> {
+    ids: Vec<uuid::Uuid>,
+    topics: Vec<&'m str>,
+    keys: Vec<Option<&'m str>>,
+    payloads: Vec<&'m str>,
+    headers: Vec<String>,
+}
+
+impl<'m> Rows<'m> {
+    fn of(msgs: &'m [Outgoing], span: &tracing::Span) -> Result<Rows<'m>, Error> {
+        let context = trace::context_headers(span);
+        let n = msgs.len();
+        let mut rows = Rows { ids: Vec::with_capacity(n), topics: Vec::with_capacity(n), keys: Vec::with_capacity(n), payloads: Vec::with_capacity(n), headers: Vec::with_capacity(n) };
+        for m in msgs {
+            validate_topic(&m.topic)?;
+            rows.ids.push(m.id);
+            rows.topics.push(m.topic.as_str());
+            rows.keys.push(m.key.as_deref());
+            rows.payloads.push(m.payload.get());
+            let own_context;
+            let context = match m.cause() {
+                Some(cause) if !cause.is_disabled() => {
+                    let span = cause.in_scope(|| trace::publish_span(std::iter::once(m.topic.as_str()), 1, Some(m.id)));
+                    own_context = trace::context_headers(&span);
+                    &own_context
+                }
+                _ => &context,
+            };
+            rows.headers.push(if !context.is_empty() && !m.headers.contains_key(trace::TRACEPARENT) {
+                let mut with_context = context.clone();
+                with_context.extend(m.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+                serde_json::to_string(&with_context)?
+            } else if m.headers.is_empty() {
+                "{}".to_owned()
+            } else {
+                serde_json::to_string(&m.headers)?
+            });
+        }
+        Ok(rows)
+    }
+}
+
+/// Delivers `msgs` to this database's own inbox, each claimable from `at` on: a timer (a
+/// saga step's deadline) kept as a message, in the caller's transaction like a publish.
+/// Nothing goes through the outbox or a relay, and the topic needs no route: the
+/// messages are for this database's consumer, which must subscribe to their topic.
+///
+/// Nothing announces that `at` has come: an idle consumer finds the message at its next
+/// poll (`Consumer::poll_interval`, 1 s by default), a busy one at its next claim. The
+/// message then runs in the `process` span of the trace it was scheduled in.
+pub async fn schedule(conn: &mut PgConnection, msgs: &[Outgoing], at: chrono::DateTime<chrono::Utc>) -> Result<(), Error> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let single = (msgs.len() == 1).then(|| msgs[0].id);
+    let span = trace::publish_span(msgs.iter().map(|m| m.topic.as_str()), msgs.len(), single);
+    let rows = Rows::of(msgs, &span)?;
+    let result = sqlx::query(SCHEDULE)
+        .bind(rows.ids)
+        .bind(rows.topics)
+        .bind(rows.keys)
+        .bind(rows.payloads)
+        .bind(rows.headers)
+        .bind(at)
+        .execute(conn)
+        .instrument(trace::db_span("INSERT conveyor.inbox", "INSERT", "conveyor.inbox"))
+        .instrument(span.clone())
+        .await;
+    if let Err(e) = &result {
+        trace::record_error(&span, "schedule", e);
+    }
+    result?;
+    for m in msgs {
+        metrics::counter!("conveyor_queue_scheduled_total", "topic" => m.topic.clone()).increment(1);
+    }
+    Ok(())
+}
+
+/// `schedule`'s insert: `$1` to `$5` as in `INSERT`, `$6` when the messages become claimable.
+const SCHEDULE: &str = "INSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at, visible_at)
+SELECT m.message_id, m.topic, m.key, m.payload::json, m.headers::json, now(), $6
+FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) AS m(message_id, topic, key, payload, headers)";
 
 /// Topic names are code, not data: short, lowercase, dot-separated words.
 pub(crate) fn validate_topic(topic: &str) -> Result<(), Error> {

@@ -11,5 +11,6 @@ mod floor;
 mod lease;
 mod pause;
 mod publish_relay;
+mod schedule;
 mod shutdown;
 mod traces;
