@@ -111,6 +111,8 @@ event!(PaymentDeclined, "payment.declined", |e| e.order_id);
 pub enum CancelReason {
     OutOfStock,
     PaymentDeclined,
+    /// Orchestration only: a step got no reply by its deadline.
+    Timeout,
 }
 
 impl CancelReason {
@@ -118,7 +120,14 @@ impl CancelReason {
         match self {
             CancelReason::OutOfStock => "out_of_stock",
             CancelReason::PaymentDeclined => "payment_declined",
+            CancelReason::Timeout => "timeout",
         }
+    }
+
+    pub const ALL: [CancelReason; 3] = [CancelReason::OutOfStock, CancelReason::PaymentDeclined, CancelReason::Timeout];
+
+    pub fn parse(s: &str) -> Option<CancelReason> {
+        CancelReason::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
 

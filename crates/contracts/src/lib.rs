@@ -1,14 +1,17 @@
 //! The contract between Conveyor's services: every event with its topic (ARCHITECTURE §3),
-//! who receives it ([`routes`]), and the shared value types (money, currencies, limits).
+//! the orchestrated saga's commands and replies (§3b), who receives what ([`routes`]), and
+//! the shared value types (money, currencies, limits).
 //! Services depend on this crate and on no other service's crate.
 //!
 //! Events are versioned by their topic's shape: a field may be added (consumers ignore
 //! what they do not know), never removed or changed in meaning; an incompatible change
 //! gets a new topic.
 
+mod commands;
 mod events;
 mod money;
 
+pub use commands::*;
 pub use events::*;
 pub use money::{Currency, Money, MoneyError};
 
@@ -22,6 +25,7 @@ pub mod service {
     pub const STOCK: &str = "stock";
     pub const PAYMENT: &str = "payment";
     pub const NOTIFICATION: &str = "notification";
+    pub const COORDINATOR: &str = "coordinator";
     pub const ALL: [&str; 5] = [CATALOG, ORDER, STOCK, PAYMENT, NOTIFICATION];
 }
 

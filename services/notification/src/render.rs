@@ -193,7 +193,7 @@ pub fn check(part: Part, source: &str, event_type: EventType) -> Option<String> 
 fn samples(event_type: EventType) -> Vec<(String, Vars)> {
     let reasons = match event_type {
         EventType::Confirmed => vec![None],
-        EventType::Cancelled => vec![Some(CancelReason::PaymentDeclined), Some(CancelReason::OutOfStock)],
+        EventType::Cancelled => CancelReason::ALL.into_iter().map(Some).collect(),
     };
     let mut samples = Vec::new();
     for reason in reasons {
@@ -237,6 +237,7 @@ fn small(event_type: EventType, reason: Option<CancelReason>) -> Vars {
     let detail = reason.map(|r| match r {
         CancelReason::OutOfStock => "product 00000000-0000-0000-0000-000000000000 is out of stock".to_owned(),
         CancelReason::PaymentDeclined => "balance too low".to_owned(),
+        CancelReason::Timeout => "payment did not answer within 30s".to_owned(),
     });
     let mut vars = Vars::from_event(event_type, &order, reason, detail);
     vars.lines[0].name = Some("Desk lamp".to_owned());

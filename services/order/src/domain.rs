@@ -172,11 +172,7 @@ impl OrderStatus {
 
 /// A cancel reason as stored; the table's CHECK admits no other.
 pub fn reason_from_db(s: &str) -> CancelReason {
-    match s {
-        "out_of_stock" => CancelReason::OutOfStock,
-        "payment_declined" => CancelReason::PaymentDeclined,
-        other => panic!("reason {other:?} violates the orders CHECK"),
-    }
+    CancelReason::parse(s).unwrap_or_else(|| panic!("reason {s:?} violates the orders CHECK"))
 }
 
 #[cfg(test)]
