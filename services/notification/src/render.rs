@@ -50,7 +50,7 @@ pub struct Vars {
     pub event_type: EventType,
     /// The order's status: the order API's when the lookup worked, else the event's.
     pub status: String,
-    /// Why it was cancelled (`out_of_stock`, `payment_declined`); null when confirmed.
+    /// Why it was cancelled (`out_of_stock`, `payment_declined`, `timeout`); null when confirmed.
     pub reason: Option<CancelReason>,
     /// The upstream explanation of a cancellation; null when confirmed.
     pub detail: Option<String>,
@@ -250,14 +250,34 @@ mod tests {
     use super::*;
 
     const SEED: &str = include_str!("../migrations/0001_notifications.sql");
+    const TIMEOUT_WORDING: &str = include_str!("../migrations/0002_timeout_wording.sql");
 
     /// The seeded templates, (event type, subject, body), read from the migration's
-    /// `INSERT` (its string literals have no quotes inside).
+    /// `INSERT` (its string literals have no quotes inside), with the cancellation body
+    /// reworded as the later migration's `replace(body, old, new)` does.
     fn seeded() -> Vec<(EventType, String, String)> {
         let insert = &SEED[SEED.find("INSERT INTO templates").unwrap()..];
         let literals: Vec<&str> = insert.split('\'').skip(1).step_by(2).collect();
         assert_eq!(literals.len(), 6, "two templates of three strings each");
-        literals.chunks(3).map(|t| (EventType::parse(t[0]).unwrap(), t[1].to_owned(), t[2].to_owned())).collect()
+        let update = &TIMEOUT_WORDING[TIMEOUT_WORDING.find("UPDATE templates").unwrap()..];
+        let (old, new) = match update.split('\'').skip(1).step_by(2).collect::<Vec<_>>()[..] {
+            [old, new, "order.cancelled", also_old] if also_old == old => (old, new),
+            ref other => panic!("not the expected rewording: {other:?}"),
+        };
+        let reword = |event_type, body: &str| match event_type {
+            EventType::Cancelled => {
+                assert!(body.contains(old), "{body}");
+                body.replace(old, new)
+            }
+            EventType::Confirmed => body.to_owned(),
+        };
+        literals
+            .chunks(3)
+            .map(|t| {
+                let event_type = EventType::parse(t[0]).unwrap();
+                (event_type, t[1].to_owned(), reword(event_type, t[2]))
+            })
+            .collect()
     }
 
     #[test]
@@ -281,6 +301,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_seeded_cancellation_words_each_reason_its_own_way() {
+        let (_, _, body) = seeded().into_iter().find(|t| t.0 == EventType::Cancelled).unwrap();
+        // One detail for all: only the wording of the reason may tell them apart.
+        let render = |reason| render_part(Part::Body, &body, &Vars { detail: Some("why".into()), ..small(EventType::Cancelled, Some(reason)) }).unwrap();
+        let worded: std::collections::HashSet<String> = CancelReason::ALL.into_iter().map(render).collect();
+        assert_eq!(worded.len(), CancelReason::ALL.len(), "{worded:#?}");
+        let timeout = render_part(Part::Body, &body, &small(EventType::Cancelled, Some(CancelReason::Timeout))).unwrap();
+        assert!(timeout.contains("because it could not be completed in time\n(payment did not answer within 30s)."), "{timeout}");
     }
 
     #[test]

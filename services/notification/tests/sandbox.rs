@@ -48,12 +48,12 @@ async fn hostile_templates_are_refused_with_the_limit_they_hit_and_nothing_is_st
         ("{% for i in range(1000000000) %}x{% endfor %}".into(), "`{% for %}` may only loop over a variable"),
         ("{% for l in lines recursive %}{{ loop(lines) }}{% endfor %}".into(), "recursive loops are not available"),
         // Nested loops: fine for one line, too much work for the most lines an order may have.
-        (nested(3).replace('x', "{% if l.quantity < 0 %}-{% endif %}"), "for a sample 50-line order.cancelled event (payment_declined): it ran out of fuel: it needs more than 50000 steps of work"),
+        (nested(3).replace('x', "{% if l.quantity < 0 %}-{% endif %}"), "for a sample 50-line order.cancelled event (out_of_stock): it ran out of fuel: it needs more than 50000 steps of work"),
         (nested(MAX_DEPTH_PLUS), "recursion limit exceeded"),
         (format!("{}{}", "{% if lines %}".repeat(200), "{% endif %}".repeat(200)), "syntax error: template exceeds maximum recursion limits"),
         // Huge output, at once or by repetition.
         ("{{ \"x\" * 100000000 }}".into(), "the `*` operator is not available"),
-        ("{% for a in lines %}{% for b in lines %}{{ detail }}{% endfor %}{% endfor %}".into(), "for a sample 50-line order.cancelled event (payment_declined): its output is longer than 100000 characters, the limit"),
+        ("{% for a in lines %}{% for b in lines %}{{ detail }}{% endfor %}{% endfor %}".into(), "for a sample 50-line order.cancelled event (out_of_stock): its output is longer than 100000 characters, the limit"),
         ("{% set s = detail ~ detail %}{% set s = s ~ s %}{{ s }}".into(), "`{% set %}` is not available"),
         ("{{ detail ~ detail }}".into(), "the `~` operator is not available"),
         (format!("{{{{ \"dddddddddd\"{} }}}}", "|replace(\"d\", \"dddddddddd\")".repeat(4)), "invalid operation: replace would make 100000 characters, more than the 10000 a value may have"),
@@ -70,7 +70,7 @@ async fn hostile_templates_are_refused_with_the_limit_they_hit_and_nothing_is_st
     // The subject has its own output limit.
     let resp = api.put("/templates/order.cancelled", json!({"subject": "{% for l in lines %}{{ l.name }}{% endfor %}", "body": "Hi"})).await;
     let detail = resp.problem(422);
-    assert!(detail.starts_with("subject does not render for a sample 50-line order.cancelled event (payment_declined): its output is longer than 1000 characters"), "{detail}");
+    assert!(detail.starts_with("subject does not render for a sample 50-line order.cancelled event (out_of_stock): its output is longer than 1000 characters"), "{detail}");
 
     assert_eq!(api.get("/templates/order.cancelled").await.json, before, "the template is unchanged");
     assert_eq!(stored(&pool).await, seeded, "nothing was written");
@@ -80,7 +80,7 @@ async fn hostile_templates_are_refused_with_the_limit_they_hit_and_nothing_is_st
 async fn a_rich_template_within_the_sandbox_is_stored() {
     let pool = migrated_db(&MIGRATOR).await;
     let api = TestApi::new(SERVICE, pool.clone(), http::router(), pool.clone());
-    let body = "<p>Order {{ order_id }} ({{ status|title }}){% if reason is none %}{% else %}: {{ {\"out_of_stock\": \"an item ran out\", \"payment_declined\": \"the payment was declined\"}[reason] }}, {{ detail[:200]|escape }}{% endif %}</p>\n\
+    let body = "<p>Order {{ order_id }} ({{ status|title }}){% if reason is none %}{% else %}: {{ {\"out_of_stock\": \"an item ran out\", \"payment_declined\": \"the payment was declined\", \"timeout\": \"it took too long\"}[reason] }}, {{ detail[:200]|escape }}{% endif %}</p>\n\
         <table>{% for l in lines %}<tr class=\"{% if loop.index is odd %}odd{% else %}even{% endif %}\"><td>{{ loop.index }}</td>\
         <td>{{ l.name|default(l.product_id, true)|escape }}</td><td>{{ l.quantity }}</td><td>{{ l.unit_price|replace(\" \", \"&nbsp;\") }}</td></tr>{% endfor %}</table>\n\
         <p>{{ lines|length }} line{% if lines|length != 1 %}s{% endif %}, total {{ total }}{% if data_source == \"event\" %} (names unavailable){% endif %}</p>";

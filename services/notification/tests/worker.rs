@@ -218,6 +218,27 @@ async fn falls_back_to_the_event_whenever_the_lookup_fails() {
 }
 
 #[tokio::test]
+async fn the_seeded_template_words_every_cancel_reason() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let (sink, hook) = start_sink(TcpListener::bind("127.0.0.1:0").await.unwrap()).await;
+    let consumer = consumer(&pool, &args(&hook, &format!("{}/ok", start_order_api().await)));
+    for (i, reason) in CancelReason::ALL.into_iter().enumerate() {
+        let wording = match reason {
+            CancelReason::OutOfStock => "an item is out of stock",
+            CancelReason::PaymentDeclined => "the payment was declined",
+            CancelReason::Timeout => "it could not be completed in time",
+        };
+        let order = Uuid::now_v7();
+        let id = deliver(&pool, &OrderCancelled { order: summary(order), reason, detail: "the detail".into(), cancelled_at: Utc::now() }).await;
+        assert_eq!(consumer.process_once().await.unwrap(), 1, "{reason:?}");
+        assert_eq!(inbox_state(&pool, id).await, ("done".into(), 1), "{reason:?}");
+        let body = sink.received().delivered[i].body["body"].as_str().unwrap().to_owned();
+        assert!(body.contains(&format!("was cancelled because {wording}\n(the detail).")), "{reason:?}: {body}");
+    }
+    assert_eq!(notifications(&pool).await.len(), CancelReason::ALL.len());
+}
+
+#[tokio::test]
 async fn two_copies_of_an_event_in_one_batch_are_posted_once() {
     let pool = migrated_db(&MIGRATOR).await;
     let (sink, hook) = start_sink(TcpListener::bind("127.0.0.1:0").await.unwrap()).await;
