@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use conveyor_contracts::{CancelReason, Money, OrderLine, OrderSummary, limits};
+use conveyor_contracts::{CancelReason, Money, OrderLine, OrderSummary, SagaMode, limits};
 use conveyor_platform::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -173,6 +173,11 @@ impl OrderStatus {
 /// A cancel reason as stored; the table's CHECK admits no other.
 pub fn reason_from_db(s: &str) -> CancelReason {
     CancelReason::parse(s).unwrap_or_else(|| panic!("reason {s:?} violates the orders CHECK"))
+}
+
+/// A saga mode as stored; the table's CHECK admits no other.
+pub fn saga_mode_from_db(s: &str) -> SagaMode {
+    SagaMode::parse(s).unwrap_or_else(|| panic!("saga mode {s:?} violates the orders CHECK"))
 }
 
 #[cfg(test)]

@@ -3,23 +3,30 @@
 //!
 //! Idempotent beyond the inbox's dedupe: a product copy only moves to a newer version, and
 //! an order only leaves `placed` once, so a replayed or re-relayed event (a new message id)
-//! changes nothing and publishes nothing.
+//! changes nothing and publishes nothing. The one exception is the answer an orchestrated
+//! order owes the coordinator: a repeated `order.confirm` / `order.cancel` changes nothing
+//! either, but is answered again (`order.replied`, with the status the order has).
+//!
+//! The choreography's events (`payment.captured`, `stock.rejected`, `payment.declined`) and
+//! the coordinator's commands (`order.confirm`, `order.cancel`) settle an order by the same
+//! [`settle`]; only the reply depends on the mode the order was placed in.
 
 use conveyor_contracts::{
-    CancelReason, OrderCancelled, OrderConfirmed, PaymentCaptured, PaymentDeclined, Product, ProductCreated, ProductUpdated, StockRejected,
-    limits,
+    CancelOrder, CancelReason, ConfirmOrder, OrderCancelled, OrderConfirmed, OrderReplied, PaymentCaptured, PaymentDeclined, Product,
+    ProductCreated, ProductUpdated, SagaMode, StockRejected, limits,
 };
 use conveyor_queue::{Consumer, Delivery, HandlerError, handler_fn, publish_event};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{self, OrderStatus};
+use crate::domain::{self, OrderStatus, saga_mode_from_db};
 use crate::repo;
 
 /// Subscribes this service's handlers to `consumer`.
 pub fn subscribe(consumer: Consumer) -> Consumer {
     // Every outcome's series exists from the start, so rates see the first orders.
-    for (status, reason) in [("confirmed", "none"), ("cancelled", "out_of_stock"), ("cancelled", "payment_declined")] {
+    let cancelled = CancelReason::ALL.map(|r| ("cancelled", r.as_str()));
+    for (status, reason) in std::iter::once(("confirmed", "none")).chain(cancelled) {
         metrics::counter!("conveyor_orders_completed_total", "status" => status, "reason" => reason).increment(0);
     }
     consumer
@@ -33,6 +40,14 @@ pub fn subscribe(consumer: Consumer) -> Consumer {
         .subscribe(handler_fn(|conn, msg: Delivery<PaymentDeclined>| {
             let e = msg.payload;
             Box::pin(settle(conn, e.order_id, Outcome::Cancelled(CancelReason::PaymentDeclined, e.reason)))
+        }))
+        .subscribe(handler_fn(|conn, msg: Delivery<ConfirmOrder>| {
+            let c = msg.payload;
+            Box::pin(settle(conn, c.order_id, Outcome::Confirmed { payment_id: c.payment_id, amount: c.amount }))
+        }))
+        .subscribe(handler_fn(|conn, msg: Delivery<CancelOrder>| {
+            let c = msg.payload;
+            Box::pin(settle(conn, c.order_id, Outcome::Cancelled(c.reason, c.detail)))
         }))
 }
 
@@ -65,25 +80,25 @@ enum Outcome {
 }
 
 /// Moves a placed order to its terminal status and publishes it, or does nothing if it is
-/// already terminal. An unknown order cannot become known by retrying: permanent.
+/// already terminal. An orchestrated order also answers the coordinator with the status it
+/// has, whether this call settled it or an earlier one did. An unknown order cannot become
+/// known by retrying: permanent.
 async fn settle(conn: &mut PgConnection, order_id: Uuid, outcome: Outcome) -> Result<(), HandlerError> {
     let (to, reason, detail) = match &outcome {
         Outcome::Confirmed { .. } => (OrderStatus::Confirmed, None, None),
         Outcome::Cancelled(reason, detail) => (OrderStatus::Cancelled, Some(*reason), Some(clip(detail))),
     };
     let Some(order) = repo::settle(conn, order_id, to, reason, detail.as_deref()).await? else {
-        return match repo::status_of(conn, order_id).await? {
-            Some(status) if status == to.as_str() => {
-                tracing::info!(order_id = %order_id, status, "order already settled so; repeated event ignored");
-                Ok(())
-            }
-            // The saga never sends both outcomes for one order; if it did, the first stands.
-            Some(status) => {
-                tracing::warn!(order_id = %order_id, status, wanted = to.as_str(), "order already settled otherwise; contradicting event ignored");
-                Ok(())
-            }
-            None => Err(HandlerError::permanent(anyhow::anyhow!("no order with id {order_id}"))),
+        let Some((status, mode)) = repo::status_of(conn, order_id).await? else {
+            return Err(HandlerError::permanent(anyhow::anyhow!("no order with id {order_id}")));
         };
+        if status == to.as_str() {
+            tracing::info!(order_id = %order_id, status, "order already settled so; repeated event ignored");
+        } else {
+            // The saga never sends both outcomes for one order; if it did, the first stands.
+            tracing::warn!(order_id = %order_id, status, wanted = to.as_str(), "order already settled otherwise; contradicting event ignored");
+        }
+        return reply(conn, order_id, saga_mode_from_db(&mode), &status).await;
     };
     let lines: Vec<_> = repo::lines_of(conn, &[order_id]).await?.iter().map(|l| l.priced(&order.currency)).collect();
     let summary = domain::summary(order.id, order.customer_id, &lines, order.total(), order.created_at);
@@ -112,6 +127,16 @@ async fn settle(conn: &mut PgConnection, order_id: Uuid, outcome: Outcome) -> Re
             tracing::info!(order_id = %order_id, reason = reason.as_str(), detail, "order cancelled");
             publish_event(conn, &OrderCancelled { order: summary, reason, detail, cancelled_at: at }).await?;
         }
+    }
+    reply(conn, order_id, order.saga_mode(), status).await
+}
+
+/// An orchestrated order's answer to the coordinator: its terminal status. The
+/// choreography has no one to answer.
+async fn reply(conn: &mut PgConnection, order_id: Uuid, mode: SagaMode, status: &str) -> Result<(), HandlerError> {
+    if mode == SagaMode::Orchestration {
+        publish_event(conn, &OrderReplied { order_id, status: status.to_owned() }).await?;
+        tracing::info!(order_id = %order_id, status, "replied to the coordinator");
     }
     Ok(())
 }

@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use conveyor_contracts::OrderPlaced;
+use conveyor_contracts::{OrderPlaced, SagaMode, StartSaga};
 use conveyor_platform::auth::{AuthErrors, Caller};
 use conveyor_platform::http::{Page, PageQuery, Problem};
 use conveyor_platform::{ApiError, ApiResult, Json, Path, Query};
@@ -21,9 +21,28 @@ use crate::repo;
 use crate::views::{self, OrderView, ProductView};
 
 /// What `/openapi.json` and `/docs` say this API is.
-const DESCRIPTION: &str = "Orders: place one (idempotently, with an `Idempotency-Key`), read one, list a customer's, and see the local copy of a product that prices them. An order is confirmed or cancelled once stock and payment have answered.";
+const DESCRIPTION: &str = "Orders: place one (idempotently, with an `Idempotency-Key`), read one, list a customer's, and see the local copy of a product that prices them. An order is confirmed or cancelled once stock and payment have answered; its `saga_mode` says whether they answered each other (choreography) or a coordinator (orchestration).";
 
-pub fn router() -> OpenApiRouter<PgPool> {
+/// What the handlers share: the pool, and the saga mode new orders run in (`--saga-mode`).
+#[derive(Clone)]
+pub struct ApiState {
+    pub pool: PgPool,
+    pub saga_mode: SagaMode,
+}
+
+impl FromRef<ApiState> for PgPool {
+    fn from_ref(state: &ApiState) -> PgPool {
+        state.pool.clone()
+    }
+}
+
+impl FromRef<ApiState> for SagaMode {
+    fn from_ref(state: &ApiState) -> SagaMode {
+        state.saga_mode
+    }
+}
+
+pub fn router() -> OpenApiRouter<ApiState> {
     metrics::counter!("conveyor_orders_placed_total").increment(0);
     conveyor_platform::http::api_routes(DESCRIPTION)
         .routes(routes!(place_order))
@@ -49,8 +68,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
-/// Places an order priced from the local copy of the catalog and publishes `order.placed`.
-/// The same `Idempotency-Key` with the same request returns the first response and
+/// Places an order priced from the local copy of the catalog and starts its saga in the
+/// shop's mode, recorded on the order: publishes `order.placed` (choreography) or
+/// `saga.start` (orchestration: the coordinator takes it from there). The same `Idempotency-Key` with the same request returns the first response and
 /// creates nothing; with a different request it is a 409. Only the customer themself may
 /// place their order: the token's subject must be the body's `customer_id`.
 #[utoipa::path(post, path = "/orders", tag = "orders", request_body = PlaceOrder,
@@ -61,7 +81,13 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         (status = 400, body = Problem, content_type = "application/problem+json", description = "no or a malformed Idempotency-Key, or a body that is not JSON"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "the key was used with another request"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "a rule is broken: lines, quantities, unknown products, currencies")))]
-async fn place_order(caller: Caller, State(pool): State<PgPool>, IdempotencyKey(key): IdempotencyKey, Json(req): Json<PlaceOrder>) -> ApiResult<Response> {
+async fn place_order(
+    caller: Caller,
+    State(pool): State<PgPool>,
+    State(mode): State<SagaMode>,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(req): Json<PlaceOrder>,
+) -> ApiResult<Response> {
     caller.require_self(req.customer_id)?;
     let order = req.validate()?;
     let request = req.canonical();
@@ -76,14 +102,18 @@ async fn place_order(caller: Caller, State(pool): State<PgPool>, IdempotencyKey(
     let known = products.iter().map(|p| (p.id, p.known())).collect::<HashMap<_, _>>();
     // An error from here on drops `tx`: the key, like everything else, is rolled back.
     let priced = order.price(&known)?;
-    repo::insert_order(&mut tx, id, order.customer_id, &priced).await?;
-    conveyor_queue::publish_event(&mut tx, &OrderPlaced { order: priced.summary(id, order.customer_id, now) }).await?;
-    let view = OrderView::placed(id, order.customer_id, &priced, now);
+    repo::insert_order(&mut tx, id, order.customer_id, &priced, mode).await?;
+    let summary = priced.summary(id, order.customer_id, now);
+    match mode {
+        SagaMode::Choreography => conveyor_queue::publish_event(&mut tx, &OrderPlaced { order: summary }).await?,
+        SagaMode::Orchestration => conveyor_queue::publish_event(&mut tx, &StartSaga { order: summary }).await?,
+    };
+    let view = OrderView::placed(id, order.customer_id, &priced, mode, now);
     let body = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
     repo::save_response(&mut tx, &key, StatusCode::CREATED.as_u16(), &body).await?;
     tx.commit().await?;
     metrics::counter!("conveyor_orders_placed_total").increment(1);
-    tracing::info!(order_id = %id, customer_id = %order.customer_id, total = %priced.total, lines = priced.lines.len(), "order placed");
+    tracing::info!(order_id = %id, customer_id = %order.customer_id, total = %priced.total, lines = priced.lines.len(), saga_mode = %mode, "order placed");
     Ok(created(id, StatusCode::CREATED, body))
 }
 

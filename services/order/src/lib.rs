@@ -2,6 +2,10 @@
 //! product events), publishes `order.placed`, and settles each order when stock or payment
 //! answers: confirmed on `payment.captured`, cancelled on `stock.rejected` or
 //! `payment.declined`, each publishing `order.confirmed` / `order.cancelled`.
+//!
+//! In orchestration mode (order-api `--saga-mode`, recorded on each order) it publishes
+//! `saga.start` instead of `order.placed`, settles on the coordinator's `order.confirm` /
+//! `order.cancel` by the same code, and answers each with `order.replied`.
 
 pub mod domain;
 pub mod handlers;

@@ -2,13 +2,13 @@
 //! and idempotency keys.
 
 use chrono::{DateTime, Utc};
-use conveyor_contracts::{CancelReason, Currency, Money, Product};
+use conveyor_contracts::{CancelReason, Currency, Money, Product, SagaMode};
 use serde_json::Value;
 use sqlx::PgConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::domain::{KnownProduct, OrderStatus, Priced, PricedLine};
+use crate::domain::{KnownProduct, OrderStatus, Priced, PricedLine, saga_mode_from_db};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ProductRow {
@@ -103,22 +103,23 @@ pub async fn save_response(conn: &mut PgConnection, key: &str, status: u16, body
 }
 
 pub const INSERT_ORDER: &str = "WITH o AS (
-             INSERT INTO orders (id, customer_id, status, total_minor, currency) VALUES ($1, $2, 'placed', $3, $4) RETURNING id),
+             INSERT INTO orders (id, customer_id, status, total_minor, currency, saga_mode) VALUES ($1, $2, 'placed', $3, $4, $5) RETURNING id),
          l AS (
              INSERT INTO order_lines (order_id, line_no, product_id, product_name, quantity, unit_price_minor)
              SELECT o.id, l.n, l.product_id, l.name, l.quantity, l.price
-             FROM o, UNNEST($5::uuid[], $6::text[], $7::int[], $8::bigint[]) WITH ORDINALITY AS l(product_id, name, quantity, price, n))
+             FROM o, UNNEST($6::uuid[], $7::text[], $8::int[], $9::bigint[]) WITH ORDINALITY AS l(product_id, name, quantity, price, n))
          INSERT INTO order_status_history (order_id, status) SELECT id, 'placed' FROM o";
 
-/// The order, its lines and its first history entry, in one statement.
+/// The order (run in `saga_mode`), its lines and its first history entry, in one statement.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "orders"))]
-pub async fn insert_order(conn: &mut PgConnection, id: Uuid, customer_id: Uuid, priced: &Priced) -> sqlx::Result<()> {
+pub async fn insert_order(conn: &mut PgConnection, id: Uuid, customer_id: Uuid, priced: &Priced, saga_mode: SagaMode) -> sqlx::Result<()> {
     let ls = &priced.lines;
     sqlx::query(INSERT_ORDER)
         .bind(id)
         .bind(customer_id)
         .bind(priced.total.amount_minor)
         .bind(priced.total.currency.as_str())
+        .bind(saga_mode.as_str())
         .bind(ls.iter().map(|l| l.product_id).collect::<Vec<_>>())
         .bind(ls.iter().map(|l| l.name.as_str()).collect::<Vec<_>>())
         .bind(ls.iter().map(|l| l.quantity).collect::<Vec<_>>())
@@ -137,6 +138,7 @@ pub struct OrderRow {
     pub reason_detail: Option<String>,
     pub total_minor: i64,
     pub currency: String,
+    pub saga_mode: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -145,7 +147,12 @@ impl OrderRow {
     pub fn total(&self) -> Money {
         money(self.total_minor, &self.currency)
     }
+
+    pub fn saga_mode(&self) -> SagaMode {
+        saga_mode_from_db(&self.saga_mode)
+    }
 }
+
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LineRow {
@@ -173,7 +180,7 @@ pub struct HistoryRow {
 
 macro_rules! order_columns {
     () => {
-        "id, customer_id, status, reason, reason_detail, total_minor, currency, created_at, updated_at"
+        "id, customer_id, status, reason, reason_detail, total_minor, currency, saga_mode, created_at, updated_at"
     };
 }
 
@@ -236,6 +243,7 @@ pub async fn settle(conn: &mut PgConnection, id: Uuid, to: OrderStatus, reason: 
         .await
 }
 
-pub async fn status_of(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("SELECT status FROM orders WHERE id = $1").bind(id).fetch_optional(conn).await
+/// The order's status and the saga mode it runs in.
+pub async fn status_of(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as("SELECT status, saga_mode FROM orders WHERE id = $1").bind(id).fetch_optional(conn).await
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use conveyor_contracts::{CancelReason, Money};
+use conveyor_contracts::{CancelReason, Money, SagaMode};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use utoipa::ToSchema;
@@ -23,6 +23,8 @@ pub struct OrderView {
     pub reason_detail: Option<String>,
     pub lines: Vec<LineView>,
     pub total: Money,
+    /// How its saga runs: chosen by the shop's mode when it was placed, kept until it ends.
+    pub saga_mode: SagaMode,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Every status the order went through, oldest first.
@@ -47,7 +49,7 @@ pub struct HistoryEntry {
 
 impl OrderView {
     /// The view of an order just placed at `now`, without reading it back.
-    pub fn placed(id: Uuid, customer_id: Uuid, priced: &Priced, now: DateTime<Utc>) -> OrderView {
+    pub fn placed(id: Uuid, customer_id: Uuid, priced: &Priced, saga_mode: SagaMode, now: DateTime<Utc>) -> OrderView {
         let lines = priced
             .lines
             .iter()
@@ -61,6 +63,7 @@ impl OrderView {
             reason_detail: None,
             lines,
             total: priced.total,
+            saga_mode,
             created_at: now,
             updated_at: now,
             history: vec![HistoryEntry { status: OrderStatus::Placed, reason: None, at: now }],
@@ -94,6 +97,7 @@ pub async fn load(conn: &mut PgConnection, orders: Vec<OrderRow>) -> sqlx::Resul
             status: OrderStatus::from_db(&o.status),
             reason: o.reason.as_deref().map(reason_from_db),
             total: o.total(),
+            saga_mode: o.saga_mode(),
             lines: lines.remove(&o.id).unwrap_or_default(),
             history: history.remove(&o.id).unwrap_or_default(),
             reason_detail: o.reason_detail,

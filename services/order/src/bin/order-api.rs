@@ -1,6 +1,7 @@
 //! order-api: the order service's HTTP API.
 
 use clap::Parser;
+use conveyor_contracts::SagaMode;
 use conveyor_order::{MIGRATOR, SERVICE, http};
 use conveyor_platform::ApiArgs;
 
@@ -11,10 +12,16 @@ use conveyor_platform::ApiArgs;
 struct Args {
     #[command(flatten)]
     api: ApiArgs,
+    /// How the saga of each new order runs: `choreography` (publishes order.placed) or
+    /// `orchestration` (publishes saga.start to the coordinator). Recorded on the order,
+    /// which ends in the mode it started in.
+    #[arg(long, env = "CONVEYOR_SAGA_MODE", default_value_t = SagaMode::Choreography)]
+    saga_mode: SagaMode,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    conveyor_platform::run_api(SERVICE, "order-api", args.api, &MIGRATOR, |pool| Ok((http::router(), pool))).await
+    let saga_mode = args.saga_mode;
+    conveyor_platform::run_api(SERVICE, "order-api", args.api, &MIGRATOR, |pool| Ok((http::router(), http::ApiState { pool, saga_mode }))).await
 }

@@ -8,7 +8,9 @@ use conveyor_platform::config::parse_duration;
 use conveyor_platform::{RelayArgs, WorkerArgs};
 
 /// Conveyor order worker: consumes product.created/updated, stock.rejected,
-/// payment.captured and payment.declined; relays order.placed/confirmed/cancelled.
+/// payment.captured and payment.declined (the choreography), order.confirm and order.cancel
+/// (the coordinator's commands); relays order.placed/confirmed/cancelled, saga.start and
+/// order.replied.
 #[derive(Parser)]
 #[command(name = "order-worker", version)]
 struct Args {

@@ -22,6 +22,7 @@ async fn placing_an_order_prices_it_from_the_copy_and_publishes_order_placed() {
     let id = resp.json["id"].as_str().unwrap().to_owned();
     assert_eq!(resp.headers["location"], format!("/orders/{id}").as_str());
     assert_eq!(resp.json["status"], "placed");
+    assert_eq!(resp.json["saga_mode"], "choreography", "order-api's default");
     assert_eq!(resp.json["customer_id"], customer.to_string());
     assert_eq!(resp.json["total"], json!({"amount_minor": 2 * 2599 + 3 * 250, "currency": "EUR"}));
     assert_eq!(resp.json["lines"][0], json!({"product_id": lamp.id, "name": "Desk lamp", "quantity": 2, "unit_price": {"amount_minor": 2599, "currency": "EUR"}}));
@@ -147,6 +148,7 @@ async fn a_customers_orders_come_newest_first_a_page_at_a_time() {
         assert!(items.len() <= 2);
         seen.extend(items.iter().map(|o| o["id"].clone()));
         assert!(items.iter().all(|o| o["lines"].as_array().unwrap().len() == 1 && o["history"].as_array().unwrap().len() == 1));
+        assert!(items.iter().all(|o| o["saga_mode"] == "choreography"));
         match page.json["next"].as_str() {
             Some(next) => uri = format!("/customers/{customer}/orders?limit=2&after={next}"),
             None => break,
@@ -168,6 +170,9 @@ async fn the_api_is_documented_and_shows_the_product_copy() {
     }
     let params = doc.json["paths"]["/orders"]["post"]["parameters"].to_string();
     assert!(params.contains("Idempotency-Key"), "{params}");
+    let schemas = &doc.json["components"]["schemas"];
+    assert!(schemas["OrderView"]["required"].as_array().unwrap().contains(&json!("saga_mode")), "{}", schemas["OrderView"]);
+    assert_eq!(schemas["SagaMode"]["enum"], json!(["choreography", "orchestration"]), "{}", schemas["SagaMode"]);
     assert_eq!(shop.api.get("/health/ready").await.status, 200);
 
     let lamp = product("Desk lamp", money(2599, "EUR"), 3);

@@ -5,10 +5,11 @@
 mod api;
 mod bad_input;
 mod keys;
+mod orchestration;
 mod saga;
 
 use chrono::Utc;
-use conveyor_contracts::{Money, Product, ProductCreated};
+use conveyor_contracts::{Money, Product, ProductCreated, SagaMode};
 use conveyor_order::{MIGRATOR, SERVICE, handlers, http};
 use conveyor_platform::testing::{TestApi, TestResponse, deliver, migrated_db};
 use conveyor_queue::Consumer;
@@ -22,10 +23,20 @@ pub struct Shop {
     pub consumer: Consumer,
 }
 
+/// A shop whose API runs the choreography (order-api's default).
 pub async fn shop() -> Shop {
+    shop_in(SagaMode::Choreography).await
+}
+
+/// A shop whose API places orders in `saga_mode` (order-api `--saga-mode`).
+pub async fn shop_in(saga_mode: SagaMode) -> Shop {
     let pool = migrated_db(&MIGRATOR).await;
-    let api = TestApi::new(SERVICE, pool.clone(), http::router(), pool.clone());
-    Shop { api, consumer: handlers::subscribe(Consumer::new(pool.clone())), pool }
+    Shop { api: api(&pool, saga_mode), consumer: handlers::subscribe(Consumer::new(pool.clone())), pool }
+}
+
+/// The order API over `pool`, placing orders in `saga_mode`.
+pub fn api(pool: &PgPool, saga_mode: SagaMode) -> TestApi {
+    TestApi::new(SERVICE, pool.clone(), http::router(), http::ApiState { pool: pool.clone(), saga_mode })
 }
 
 pub fn money(amount_minor: i64, currency: &str) -> Money {

@@ -294,7 +294,7 @@ fn place(s: &mut String, o: &ScriptOptions, i: usize) {
     put(s, first, &PRODUCTS, &bind(PRODUCTS.text, &["ARRAY[saga_product(:p)]"]), " \\gset p_");
     let order = bind(
         INSERT_ORDER.text,
-        &[":k_order_id", "saga_customer(:c)", ":p_price_minor", ":p_currency", "ARRAY[:p_id::uuid]", "ARRAY[:p_name::text]", "ARRAY[1]", "ARRAY[:p_price_minor::bigint]"],
+        &[":k_order_id", "saga_customer(:c)", ":p_price_minor", ":p_currency", "'choreography'", "ARRAY[:p_id::uuid]", "ARRAY[:p_name::text]", "ARRAY[1]", "ARRAY[:p_price_minor::bigint]"],
     );
     put(s, first, &INSERT_ORDER, &order, ";");
     let payload = "saga_placed(:k_order_id::uuid, saga_customer(:c), :p_id::uuid, 1, :p_price_minor::bigint, :k_created_at::timestamptz)";
@@ -580,7 +580,7 @@ LANGUAGE sql IMMUTABLE AS $$
   SELECT json_build_object('id', order_id, 'customer_id', customer_id, 'status', 'placed', 'reason', NULL, 'reason_detail', NULL,
     'lines', json_build_array(json_build_object('product_id', product_id, 'name', name, 'quantity', quantity,
                                                 'unit_price', json_build_object('amount_minor', unit_price, 'currency', 'EUR'))),
-    'total', json_build_object('amount_minor', unit_price * quantity, 'currency', 'EUR'),
+    'total', json_build_object('amount_minor', unit_price * quantity, 'currency', 'EUR'), 'saga_mode', 'choreography',
     'created_at', at, 'updated_at', at, 'history', json_build_array(json_build_object('status', 'placed', 'reason', NULL, 'at', at)))
 $$;
 -- The rendered notification (the worker renders the stored template in Rust).
