@@ -52,9 +52,12 @@ pub struct Restock {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReservationView {
     pub order_id: Uuid,
-    /// `reserved`, `rejected` (nothing was held) or `released` (held, then given back).
+    /// `reserved`, `rejected` (nothing was held) or `released` (held, then given back; or,
+    /// with no lines, released by the coordinator before stock saw the order, which then
+    /// reserves nothing).
     pub state: String,
-    /// Units per product, the order's lines summed.
+    /// Units per product, the order's lines summed; none for an order released before it
+    /// was seen.
     pub lines: Vec<ReservedLine>,
     /// Why it was rejected.
     pub reason: Option<String>,
@@ -126,7 +129,8 @@ async fn restock(_: Operator, State(pool): State<PgPool>, Path(product_id): Path
     Ok(Json(row.into()))
 }
 
-/// What stock did with an order: reserved, rejected (and why) or released. Operators only
+/// What stock did with an order: reserved, rejected (and why) or released (with no lines if
+/// the release came first). Operators only
 /// (stock does not know whose order it is; a customer sees the outcome on the order).
 #[utoipa::path(get, path = "/reservations/{order_id}", tag = "reservations", params(("order_id" = Uuid, Path)), security(("bearer" = [])),
     responses(AuthErrors,

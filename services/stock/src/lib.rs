@@ -1,7 +1,10 @@
 //! The stock service: an item per product (levels created from `product.created`), a
 //! reservation per order (`order.placed` → `stock.reserved` or `stock.rejected`, all lines
 //! or none), released again on `payment.declined`; every change of a level is a movement.
-//! The worker can be slowed down at run time for demos and chaos runs (`faults`).
+//! The orchestrated saga's commands do the same by the same code and are answered with
+//! `stock.replied`: `stock.reserve` reserves, `stock.release` releases (and records an
+//! order it has not seen released, so that its reservation, if it still comes, reserves
+//! nothing). The worker can be slowed down at run time for demos and chaos runs (`faults`).
 
 pub mod faults;
 pub mod handlers;

@@ -179,11 +179,22 @@ async fn record(conn: &mut PgConnection, kind: Movement, moves: &[(Option<Uuid>,
     Ok(())
 }
 
-pub const HANDLED: &str = "SELECT order_id FROM reservations WHERE order_id = ANY($1)";
+/// An order's recorded outcome, as [`handled`] reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Handled {
+    pub order_id: Uuid,
+    /// `reserved`, `rejected` or `released`.
+    pub state: String,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+}
 
-/// Which of `order_ids` have an outcome recorded already (reserved, rejected or released).
-pub async fn handled(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(HANDLED).bind(order_ids).fetch_all(conn).await
+pub const HANDLED: &str = "SELECT order_id, state, reason FROM reservations WHERE order_id = ANY($1)";
+
+/// Which of `order_ids` have an outcome recorded already (reserved, rejected or released),
+/// and what it is (a repeated `stock.reserve` is answered with it).
+pub async fn handled(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<Handled>> {
+    sqlx::query_as(HANDLED).bind(order_ids).fetch_all(conn).await
 }
 
 /// An outcome to record for an order: reserved (no reason) or rejected (why).
@@ -226,6 +237,21 @@ pub async fn release_reservation(conn: &mut PgConnection, order_id: Uuid) -> sql
     .fetch_optional(conn)
     .await?;
     Ok(lines.map(|l| l.0))
+}
+
+/// Records the order released with no lines, unless it has a reservation: a release that
+/// came before its reservation (`stock.release` after the coordinator gave up waiting), so
+/// that the reservation, if it still comes, finds the order handled and reserves nothing.
+/// True when recorded; false when the order has a row (committed, or committed meanwhile
+/// by a transaction this one waited for).
+pub async fn insert_tombstone(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<bool> {
+    let recorded: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO reservations (order_id, state, lines) VALUES ($1, 'released', '[]') ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+    )
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(recorded.is_some())
 }
 
 pub async fn get_reservation(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Option<ReservationRow>> {

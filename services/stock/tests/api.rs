@@ -64,6 +64,14 @@ async fn a_reservation_shows_its_state_lines_and_reason() {
     assert_eq!(got.json["state"], "rejected");
     assert_eq!(got.json["reason"], format!("product {a}: 1 requested, 0 available"));
     assert_eq!(api.get(&format!("/items/{a}")).await.json["reserved"], 2);
+
+    // Released by the coordinator before stock saw the order: released, with no lines.
+    let early = conveyor_contracts::ReleaseStock { order_id: uuid::Uuid::now_v7() };
+    deliver(&pool, &early).await;
+    drain(&consumer(&pool)).await;
+    let got = api.get(&format!("/reservations/{}", early.order_id)).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!((&got.json["state"], &got.json["lines"], &got.json["reason"]), (&json!("released"), &json!([]), &json!(null)));
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use conveyor_contracts::{PaymentDeclined, ProductCreated, ProductUpdated};
+use conveyor_contracts::{OrderPlaced, PaymentDeclined, ProductCreated, ProductUpdated, ReleaseStock, ReserveStock};
 use conveyor_platform::testing::{deliver, deliver_with_id, drain, inbox_state, migrated_db, outbox};
 use conveyor_queue::{Consumer, ConsumerOptions};
 use conveyor_stock::MIGRATOR;
@@ -171,6 +171,242 @@ async fn an_order_for_an_item_not_created_yet_waits_for_it_then_gives_up() {
     assert_eq!(inbox_state(&pool, msg).await.0, "done");
     let (state, _, reason) = reservation(&pool, lost.order.order_id).await;
     assert_eq!((state.as_str(), reason), ("rejected", Some(format!("product {never} is not stocked"))));
+}
+
+/// The coordinator's command for an order (what `order.placed` carries).
+fn command(placed: &OrderPlaced) -> ReserveStock {
+    ReserveStock { order: placed.order.clone() }
+}
+
+/// The `stock.replied` payloads published so far, in order.
+async fn replies(pool: &PgPool) -> Vec<serde_json::Value> {
+    let published = outbox(pool).await;
+    assert!(published.iter().all(|(topic, _)| topic == "stock.replied"), "{published:?}");
+    published.into_iter().map(|(_, payload)| payload).collect()
+}
+
+#[tokio::test]
+async fn a_reserve_command_reserves_as_order_placed_does_and_replies() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let (a, b) = (stocked(&pool, 10).await, stocked(&pool, 2).await);
+    let (fits, short) = (command(&order(&[(b, 1), (a, 3), (b, 1)])), command(&order(&[(a, 4), (b, 3)])));
+    deliver(&pool, &fits).await;
+    deliver(&pool, &short).await;
+    assert_eq!(drain(&consumer(&pool)).await, 2);
+
+    assert_eq!(levels(&pool, a).await, (7, 3));
+    assert_eq!(levels(&pool, b).await, (0, 2), "two lines of one product are summed");
+    let (fits_id, short_id) = (fits.order.order_id, short.order.order_id);
+    assert_eq!(reservation(&pool, fits_id).await, ("reserved".to_owned(), json!([{"product_id": a, "quantity": 3}, {"product_id": b, "quantity": 2}]), None));
+    let why = format!("product {b}: 3 requested, 0 available");
+    assert_eq!(reservation(&pool, short_id).await, ("rejected".to_owned(), json!([{"product_id": a, "quantity": 4}, {"product_id": b, "quantity": 3}]), Some(why.clone())));
+    assert_eq!(
+        replies(&pool).await,
+        [json!({"order_id": fits_id, "outcome": "reserved", "reason": ""}), json!({"order_id": short_id, "outcome": "rejected", "reason": why})]
+    );
+    assert_ledger_explains_levels(&pool).await;
+}
+
+#[tokio::test]
+async fn a_repeated_reserve_command_is_answered_again_and_changes_nothing() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let a = stocked(&pool, 5).await;
+    let (fits, short) = (command(&order(&[(a, 4)])), command(&order(&[(a, 2)])));
+    let consumer = consumer(&pool);
+    // Copies in one batch as well as in later ones: each is answered with the first's outcome.
+    for c in [&fits, &fits, &short] {
+        deliver(&pool, c).await;
+    }
+    drain(&consumer).await;
+    for c in [&short, &fits, &short] {
+        deliver(&pool, c).await;
+    }
+    assert_eq!(drain(&consumer).await, 3);
+
+    assert_eq!(levels(&pool, a).await, (1, 4));
+    assert_eq!((movements(&pool, "reserve").await, movements(&pool, "release").await), (1, 0));
+    let reserved = json!({"order_id": fits.order.order_id, "outcome": "reserved", "reason": ""});
+    let rejected = json!({"order_id": short.order.order_id, "outcome": "rejected", "reason": format!("product {a}: 2 requested, 1 available")});
+    assert_eq!(replies(&pool).await, [&reserved, &reserved, &rejected, &rejected, &reserved, &rejected].map(Clone::clone));
+
+    // Released, then asked again: the order stays released and the answer says so.
+    deliver(&pool, &ReleaseStock { order_id: fits.order.order_id }).await;
+    deliver(&pool, &fits).await;
+    assert_eq!(drain(&consumer).await, 2);
+    assert_eq!(levels(&pool, a).await, (5, 0));
+    let released = json!({"order_id": fits.order.order_id, "outcome": "released", "reason": ""});
+    assert_eq!(replies(&pool).await[6..], [released.clone(), released]);
+    assert_eq!((movements(&pool, "reserve").await, movements(&pool, "release").await), (1, 1));
+    assert_ledger_explains_levels(&pool).await;
+}
+
+#[tokio::test]
+async fn a_release_command_gives_the_units_back_once_and_replies_every_time() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let a = stocked(&pool, 10).await;
+    let (held, rejected) = (command(&order(&[(a, 4)])), command(&order(&[(a, 0)])));
+    deliver(&pool, &held).await;
+    deliver(&pool, &rejected).await;
+    let consumer = consumer(&pool);
+    drain(&consumer).await;
+    assert_eq!(levels(&pool, a).await, (6, 4));
+
+    for order_id in [held.order.order_id, held.order.order_id, rejected.order.order_id] {
+        deliver(&pool, &ReleaseStock { order_id }).await;
+    }
+    assert_eq!(drain(&consumer).await, 3);
+    assert_eq!(levels(&pool, a).await, (10, 0));
+    assert_eq!(reservation(&pool, held.order.order_id).await.0, "released");
+    assert_eq!(reservation(&pool, rejected.order.order_id).await.0, "rejected", "a rejected order has nothing to give back");
+    let released: Vec<serde_json::Value> = replies(&pool).await[2..].to_vec();
+    let expected: Vec<serde_json::Value> = [held.order.order_id, held.order.order_id, rejected.order.order_id]
+        .iter()
+        .map(|id| json!({"order_id": id, "outcome": "released", "reason": ""}))
+        .collect();
+    assert_eq!(released, expected);
+    assert_eq!((movements(&pool, "reserve").await, movements(&pool, "release").await), (1, 1));
+    assert_ledger_explains_levels(&pool).await;
+}
+
+/// The coordinator timed out waiting for stock and compensated: its release comes before
+/// its reservation. The release records the order released (no lines); the late
+/// reservation then reserves nothing and answers `released`.
+#[tokio::test]
+async fn a_release_before_its_reservation_leaves_a_tombstone_and_the_late_reserve_reserves_nothing() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let a = stocked(&pool, 10).await;
+    let late = command(&order(&[(a, 3)]));
+    let order_id = late.order.order_id;
+    let consumer = consumer(&pool);
+    deliver(&pool, &ReleaseStock { order_id }).await;
+    drain(&consumer).await;
+    assert_eq!(reservation(&pool, order_id).await, ("released".to_owned(), json!([]), None));
+
+    deliver(&pool, &late).await;
+    deliver(&pool, &ReleaseStock { order_id }).await;
+    assert_eq!(drain(&consumer).await, 2);
+    assert_eq!(levels(&pool, a).await, (10, 0), "units unchanged");
+    assert_eq!(reservation(&pool, order_id).await, ("released".to_owned(), json!([]), None));
+    assert_eq!((movements(&pool, "reserve").await, movements(&pool, "release").await), (0, 0));
+    assert_eq!(replies(&pool).await, vec![json!({"order_id": order_id, "outcome": "released", "reason": ""}); 3]);
+    assert_ledger_explains_levels(&pool).await;
+
+    // The choreography's decline of an order stock never saw records nothing (as before).
+    let unseen = Uuid::now_v7();
+    deliver(&pool, &PaymentDeclined { order_id: unseen, reason: "x".into() }).await;
+    drain(&consumer).await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM reservations WHERE order_id = $1").bind(unseen).fetch_one(&pool).await.unwrap();
+    assert_eq!(rows, 0);
+}
+
+/// A release and its reservation handled at the same moment by two consumers, many times
+/// over: whichever commits first, the order ends released with nothing held, and both
+/// commands are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_racing_its_reservation_never_leaves_units_held() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let a = stocked(&pool, 1_000).await;
+    let mut orders = Vec::new();
+    for _ in 0..40 {
+        let reserve = command(&order(&[(a, 2)]));
+        deliver(&pool, &ReleaseStock { order_id: reserve.order.order_id }).await;
+        deliver(&pool, &reserve).await;
+        orders.push(reserve.order.order_id);
+    }
+    let opts = ConsumerOptions { batch_size: 1, ..ConsumerOptions::default() };
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, consumer) = (pool.clone(), subscribe(Consumer::new(pool.clone()).with_options(opts.clone())));
+            tokio::spawn(async move {
+                loop {
+                    if consumer.process_once().await.unwrap() == 0 {
+                        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox").fetch_one(&pool).await.unwrap();
+                        if left == 0 {
+                            return;
+                        }
+                        // A reservation that lost its race waits out its backoff.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(120), futures::future::try_join_all(workers)).await.expect("consumers finish").unwrap();
+
+    assert_eq!(levels(&pool, a).await, (1_000, 0), "every order released, nothing held");
+    let states: Vec<(String, i64)> = sqlx::query_as("SELECT state, count(*) FROM reservations GROUP BY state").fetch_all(&pool).await.unwrap();
+    assert_eq!(states, [("released".to_owned(), 40)]);
+    let answered: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.outbox WHERE topic = 'stock.replied'").fetch_one(&pool).await.unwrap();
+    assert_eq!(answered, 80, "every command answered once");
+    assert_ledger_explains_levels(&pool).await;
+}
+
+/// One claim of a fresh consumer, run while `held` (another message's handling, its writes
+/// made but not committed) holds the order's reservation row: the claim waits for it, then
+/// `held` commits. Returns what the claim settled.
+async fn handled_behind(pool: &PgPool, held: sqlx::Transaction<'static, sqlx::Postgres>) -> usize {
+    let claiming = consumer(pool);
+    let claim = tokio::spawn(async move { claiming.process_once().await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted").fetch_one(pool).await.unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the claim never waited for the held row");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    held.commit().await.unwrap();
+    claim.await.unwrap().unwrap()
+}
+
+/// The two ways a release and its reservation can overlap, made to happen: whichever
+/// commits first, the order ends released with nothing held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_and_its_reservation_in_flight_together_end_released_whichever_commits_first() {
+    let pool = migrated_db(&MIGRATOR).await;
+    let a = stocked(&pool, 10).await;
+
+    // The release's tombstone commits while the reservation waits on the order's row: the
+    // batch's call fails, and its rerun (message by message, in the same claim) finds the
+    // order released and reserves nothing.
+    let late = command(&order(&[(a, 3)]));
+    let msg = deliver(&pool, &late).await;
+    let mut release = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO reservations (order_id, state, lines) VALUES ($1, 'released', '[]')")
+        .bind(late.order.order_id)
+        .execute(&mut *release)
+        .await
+        .unwrap();
+    assert_eq!(handled_behind(&pool, release).await, 1);
+    assert_eq!(inbox_state(&pool, msg).await, ("done".to_owned(), 1));
+    assert_eq!(levels(&pool, a).await, (10, 0));
+    assert_eq!(replies(&pool).await, [json!({"order_id": late.order.order_id, "outcome": "released", "reason": ""})]);
+
+    // The reservation commits while the release's tombstone waits: the release finds it
+    // reserved and gives its units back.
+    let early = order(&[(a, 4)]);
+    let order_id = early.order.order_id;
+    let mut reserve = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO reservations (order_id, state, lines) VALUES ($1, 'reserved', $2)")
+        .bind(order_id)
+        .bind(json!([{"product_id": a, "quantity": 4}]))
+        .execute(&mut *reserve)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE items SET available = available - 4, reserved = reserved + 4 WHERE product_id = $1").bind(a).execute(&mut *reserve).await.unwrap();
+    sqlx::query("INSERT INTO movements (product_id, order_id, kind, quantity) VALUES ($1, $2, 'reserve', 4)")
+        .bind(a)
+        .bind(order_id)
+        .execute(&mut *reserve)
+        .await
+        .unwrap();
+    deliver(&pool, &ReleaseStock { order_id }).await;
+    assert_eq!(handled_behind(&pool, reserve).await, 1);
+    assert_eq!(levels(&pool, a).await, (10, 0), "the units reserved meanwhile are given back");
+    assert_eq!(reservation(&pool, order_id).await, ("released".to_owned(), json!([{"product_id": a, "quantity": 4}]), None));
+    assert_eq!(replies(&pool).await[1], json!({"order_id": order_id, "outcome": "released", "reason": ""}));
+    assert_ledger_explains_levels(&pool).await;
 }
 
 #[tokio::test]

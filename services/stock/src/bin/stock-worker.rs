@@ -1,4 +1,5 @@
-//! stock-worker: creates items, reserves and releases stock, and relays stock events.
+//! stock-worker: creates items, reserves and releases stock, and relays stock events and
+//! replies.
 
 use clap::Parser;
 use conveyor_platform::faults::Faults;
@@ -6,7 +7,8 @@ use conveyor_platform::{RelayArgs, WorkerArgs};
 use conveyor_stock::{FLAGS, MIGRATOR, SERVICE, faults, handlers};
 
 /// Conveyor stock worker: handles product.created / product.updated, order.placed and
-/// payment.declined; relays stock.reserved / stock.rejected to their subscribers. An operator
+/// payment.declined, and the commands stock.reserve / stock.release; relays stock.reserved /
+/// stock.rejected and the replies (stock.replied) to their subscribers. An operator
 /// can slow it down while it runs (`PATCH /admin/faults` of the stock API: slowdown_ms).
 #[derive(Parser)]
 #[command(name = "stock-worker", version)]
