@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::repo::{self, CustomerRow, PaymentRow};
 
 /// What `/openapi.json` and `/docs` say this API is.
-const DESCRIPTION: &str = "Payments: customers and their balances (never below zero), top-ups, and the payments captured or declined for an order.";
+const DESCRIPTION: &str = "Payments: customers and their balances (never below zero), top-ups, and the payments captured, declined or refunded for an order.";
 
 pub fn router() -> OpenApiRouter<PgPool> {
     conveyor_platform::http::api_routes(DESCRIPTION).routes(routes!(create_customer)).routes(routes!(get_customer)).routes(routes!(top_up)).routes(routes!(order_payments))
@@ -79,7 +79,7 @@ pub struct PaymentView {
     pub customer_id: Uuid,
     /// The order's total.
     pub amount: Money,
-    /// `captured` or `declined`.
+    /// `captured`, `declined` or `refunded` (captured, then given back to the balance).
     pub status: String,
     /// Why it was declined.
     pub reason: Option<String>,
@@ -182,7 +182,8 @@ async fn top_up(_: Operator, State(pool): State<PgPool>, Path(id): Path<Uuid>, J
     Ok(Json(row.into()))
 }
 
-/// The payments of an order: none yet, or the one that captured or declined it. The
+/// The payments of an order: none yet, or the one that captured or declined it (refunded
+/// since, if the coordinator gave it back). The
 /// order's customer sees them, and operators.
 #[utoipa::path(get, path = "/orders/{order_id}/payments", tag = "payments", params(("order_id" = Uuid, Path)), security(("bearer" = [])),
     responses((status = 200, body = Vec<PaymentView>), (status = 400, body = Problem, content_type = "application/problem+json"), AuthErrors))]

@@ -2,7 +2,9 @@
 //! in one currency that can never go below zero; `stock.reserved` captures an order's
 //! total at most once (`payment.captured`) or declines it (`payment.declined`); faults
 //! (latency, errors, declines) can be switched on at run time for demos and chaos tests
-//! (`faults`, `/admin/faults`).
+//! (`faults`, `/admin/faults`). The orchestrated saga's commands are answered with
+//! `payment.replied`: `payment.capture` captures as `stock.reserved` does, by the same
+//! code; `payment.refund` gives a captured payment back to the balance, once.
 
 pub mod faults;
 pub mod handlers;

@@ -138,11 +138,24 @@ async fn record(conn: &mut PgConnection, kind: &str, entries: &[(Uuid, i64, Opti
     Ok(())
 }
 
-pub const PAID: &str = "SELECT order_id FROM payments WHERE order_id = ANY($1)";
+/// An order's payment as [`paid`] reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Paid {
+    pub order_id: Uuid,
+    pub id: Uuid,
+    /// `captured`, `declined` or `refunded`.
+    pub status: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub reason: Option<String>,
+}
 
-/// Which of `order_ids` have a payment (captured or declined).
-pub async fn paid(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(PAID).bind(order_ids).fetch_all(conn).await
+pub const PAID: &str = "SELECT order_id, id, status, amount_minor, currency, reason FROM payments WHERE order_id = ANY($1)";
+
+/// Which of `order_ids` have a payment (captured, declined or refunded), and what it is (a
+/// repeated `payment.capture` is answered with it).
+pub async fn paid(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<Paid>> {
+    sqlx::query_as(PAID).bind(order_ids).fetch_all(conn).await
 }
 
 /// A payment to record: captured, or declined with its reason.
@@ -178,6 +191,47 @@ pub async fn insert_payments(conn: &mut PgConnection, new: &[NewPayment]) -> sql
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The lock key of a customer's balance (see `conveyor_queue::LockKeys`): every handler that
+/// changes a balance names it, so one batch locks all of its customers up front, in one order.
+pub fn customer_key(customer_id: Uuid) -> String {
+    format!("customer:{customer_id}")
+}
+
+/// The customers whose `captured` payments for `order_ids` a refund would credit (what
+/// refunding them locks).
+pub async fn captured_customers(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar("SELECT DISTINCT customer_id FROM payments WHERE order_id = ANY($1) AND status = 'captured'").bind(order_ids).fetch_all(conn).await
+}
+
+/// Marks the order's `captured` payment `refunded` and returns it; `None` when there is no
+/// payment or it is not `captured` (declined, or refunded already). The row stays locked
+/// until the transaction ends, so a copy of the refund waits, then finds it refunded.
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE", db.collection.name = "payments"))]
+pub async fn refund_payment(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Option<PaymentRow>> {
+    sqlx::query_as(
+        "UPDATE payments SET status = 'refunded' WHERE order_id = $1 AND status = 'captured'
+         RETURNING id, order_id, customer_id, amount_minor, currency, status, reason, created_at",
+    )
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Gives `amount` back to a balance the caller has locked and checked, for `order`, and
+/// records it in the ledger (kind `refund`).
+pub async fn credit_refund(conn: &mut PgConnection, customer: Uuid, order: Uuid, amount: i64) -> sqlx::Result<CustomerRow> {
+    let row = sqlx::query_as(concat!(
+        "UPDATE customers SET balance_minor = balance_minor + $2, updated_at = now() WHERE id = $1 RETURNING ",
+        customer_columns!()
+    ))
+    .bind(customer)
+    .bind(amount)
+    .fetch_one(&mut *conn)
+    .await?;
+    record(conn, "refund", &[(customer, amount, Some(order))]).await?;
+    Ok(row)
 }
 
 pub async fn payments_of_order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Vec<PaymentRow>> {

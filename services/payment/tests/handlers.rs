@@ -1,11 +1,13 @@
-//! The payment worker's handler against a real database: stock.reserved delivered into the
-//! inbox as the relay would, then handled with `process_once`.
+//! The payment worker's handlers against a real database: stock.reserved and the
+//! coordinator's commands delivered into the inbox as the relay would, then handled with
+//! `process_once`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
+use conveyor_contracts::{CapturePayment, RefundPayment, StockReserved, limits};
 use conveyor_payment::faults::ISSUER_DECLINE;
 use conveyor_platform::testing::{deliver, deliver_with_id, drain, inbox_state, outbox};
 use conveyor_queue::ConsumerOptions;
@@ -145,6 +147,209 @@ async fn the_issuer_declines_at_the_decline_rate_after_the_latency() {
     assert_eq!(payments(&pool, order.order.order_id).await, [("declined".to_owned(), Some(ISSUER_DECLINE.to_owned()))]);
     assert_eq!(balance(&pool, ada).await, 10_000);
     assert_eq!(outbox(&pool).await[0].0, "payment.declined");
+}
+
+/// The coordinator's command for an order (what `stock.reserved` carries).
+fn command(reserved: &StockReserved) -> CapturePayment {
+    CapturePayment { order: reserved.order.clone() }
+}
+
+fn refund_of(order_id: Uuid) -> RefundPayment {
+    RefundPayment { order_id, reason: "captured after the saga was cancelled".into() }
+}
+
+/// The `payment.replied` payloads published so far, in order.
+async fn replies(pool: &sqlx::PgPool) -> Vec<serde_json::Value> {
+    let published = outbox(pool).await;
+    assert!(published.iter().all(|(topic, _)| topic == "payment.replied"), "{published:?}");
+    published.into_iter().map(|(_, payload)| payload).collect()
+}
+
+/// (kind, amount) of the ledger entries of an order, in order.
+async fn entries(pool: &sqlx::PgPool, order_id: Uuid) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT kind, amount_minor FROM ledger WHERE order_id = $1 ORDER BY id").bind(order_id).fetch_all(pool).await.unwrap()
+}
+
+async fn payment_id(pool: &sqlx::PgPool, order_id: Uuid) -> Uuid {
+    sqlx::query_scalar("SELECT id FROM payments WHERE order_id = $1").bind(order_id).fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_capture_command_captures_as_stock_reserved_does_and_replies_again_to_repeats() {
+    let (api, pool) = setup().await;
+    let ada = customer(&api, "EUR", 10_000).await;
+    let (covered, short) = (command(&reserved(ada, "EUR", &[(2, 2500), (1, 1000)])), command(&reserved(ada, "EUR", &[(1, 5000)])));
+    let consumer = consumer(&pool, no_faults(&pool));
+    // Copies in one batch as well as in later ones: each is answered with the first's outcome.
+    for c in [&covered, &covered, &short] {
+        deliver(&pool, c).await;
+    }
+    assert_eq!(drain(&consumer).await, 3);
+    for c in [&short, &covered] {
+        deliver(&pool, c).await;
+    }
+    assert_eq!(drain(&consumer).await, 2);
+
+    assert_eq!(balance(&pool, ada).await, 4_000, "captured once");
+    assert_eq!(payments(&pool, covered.order.order_id).await, [("captured".to_owned(), None)]);
+    let why = "insufficient balance: needs 50.00 EUR, has 40.00 EUR";
+    assert_eq!(payments(&pool, short.order.order_id).await, [("declined".to_owned(), Some(why.to_owned()))]);
+    let captured = json!({"order_id": covered.order.order_id, "outcome": "captured", "payment_id": payment_id(&pool, covered.order.order_id).await,
+        "amount": {"amount_minor": 6000, "currency": "EUR"}, "reason": ""});
+    let declined = json!({"order_id": short.order.order_id, "outcome": "declined", "payment_id": null, "amount": null, "reason": why});
+    assert_eq!(replies(&pool).await, [&captured, &captured, &declined, &declined, &captured].map(Clone::clone));
+    assert_ledger_explains_balances(&pool).await;
+}
+
+#[tokio::test]
+async fn a_refund_gives_a_capture_back_exactly_once() {
+    let (api, pool) = setup().await;
+    let ada = customer(&api, "EUR", 10_000).await;
+    let paid = command(&reserved(ada, "EUR", &[(3, 1500)]));
+    let free = command(&reserved(ada, "EUR", &[(1, 0)]));
+    let order_id = paid.order.order_id;
+    let consumer = consumer(&pool, no_faults(&pool));
+    deliver(&pool, &paid).await;
+    deliver(&pool, &free).await;
+    drain(&consumer).await;
+    assert_eq!(balance(&pool, ada).await, 5_500);
+    let id = payment_id(&pool, order_id).await;
+
+    deliver(&pool, &refund_of(order_id)).await;
+    assert_eq!(drain(&consumer).await, 1);
+    assert_eq!(balance(&pool, ada).await, 10_000, "the balance is back where it was");
+    assert_eq!(entries(&pool, order_id).await, [("capture".to_owned(), -4_500), ("refund".to_owned(), 4_500)]);
+    assert_eq!(payments(&pool, order_id).await, [("refunded".to_owned(), None)]);
+    let refunded = json!({"order_id": order_id, "outcome": "refunded", "payment_id": id, "amount": {"amount_minor": 4500, "currency": "EUR"}, "reason": ""});
+    assert_eq!(replies(&pool).await[2], refunded);
+    let listed = api.get(&format!("/orders/{order_id}/payments")).await;
+    assert_eq!((&listed.json[0]["status"], &listed.json[0]["amount"]["amount_minor"]), (&json!("refunded"), &json!(4500)), "{}", listed.text);
+
+    // The refund again (a new message id) and the capture again: answered, nothing changes.
+    deliver(&pool, &refund_of(order_id)).await;
+    deliver(&pool, &paid).await;
+    assert_eq!(drain(&consumer).await, 2);
+    assert_eq!(balance(&pool, ada).await, 10_000);
+    assert_eq!(entries(&pool, order_id).await.len(), 2, "one capture, one refund");
+    assert_eq!(replies(&pool).await[3..], [refunded.clone(), refunded]);
+
+    // A free order's capture and refund are recorded too, both of nothing.
+    deliver(&pool, &refund_of(free.order.order_id)).await;
+    drain(&consumer).await;
+    assert_eq!(entries(&pool, free.order.order_id).await, [("capture".to_owned(), 0), ("refund".to_owned(), 0)]);
+    assert_eq!(replies(&pool).await[5]["outcome"], "refunded");
+    assert_eq!(balance(&pool, ada).await, 10_000);
+    assert_ledger_explains_balances(&pool).await;
+}
+
+#[tokio::test]
+async fn a_refund_of_an_order_not_captured_refunds_nothing() {
+    let (api, pool) = setup().await;
+    let ada = customer(&api, "EUR", 1_000).await;
+    let declined = reserved(ada, "EUR", &[(1, 5000)]);
+    let consumer = consumer(&pool, no_faults(&pool));
+    deliver(&pool, &declined).await;
+    drain(&consumer).await;
+    let unpaid = Uuid::now_v7();
+    deliver(&pool, &refund_of(unpaid)).await;
+    deliver(&pool, &refund_of(declined.order.order_id)).await;
+    assert_eq!(drain(&consumer).await, 2);
+
+    let published = outbox(&pool).await;
+    assert_eq!(published[0].0, "payment.declined");
+    assert_eq!(
+        published[1..].iter().map(|(t, p)| (t.as_str(), p.clone())).collect::<Vec<_>>(),
+        [
+            ("payment.replied", json!({"order_id": unpaid, "outcome": "nothing_to_refund", "payment_id": null, "amount": null, "reason": "no payment for the order"})),
+            ("payment.replied", json!({"order_id": declined.order.order_id, "outcome": "nothing_to_refund", "payment_id": null, "amount": null,
+                "reason": "the payment was declined: insufficient balance: needs 50.00 EUR, has 10.00 EUR"})),
+        ]
+    );
+    assert_eq!(balance(&pool, ada).await, 1_000);
+    assert_eq!(payments(&pool, declined.order.order_id).await[0].0, "declined");
+    assert!(payments(&pool, unpaid).await.is_empty(), "a refund records nothing for an order it has not seen");
+    let refunds: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'refund'").fetch_one(&pool).await.unwrap();
+    assert_eq!(refunds, 0);
+    assert_ledger_explains_balances(&pool).await;
+}
+
+/// Copies of refunds (the coordinator's retries) handled by concurrent consumers, beside
+/// captures of the same customer: every capture is given back exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_copies_of_refunds_give_each_capture_back_once() {
+    let (api, pool) = setup().await;
+    let ada = customer(&api, "EUR", 100_000).await;
+    let orders: Vec<CapturePayment> = (0..10).map(|_| command(&reserved(ada, "EUR", &[(1, 1000)]))).collect();
+    for o in &orders {
+        deliver(&pool, o).await;
+    }
+    drain(&consumer(&pool, no_faults(&pool))).await;
+    assert_eq!(balance(&pool, ada).await, 90_000);
+    for _ in 0..3 {
+        for o in &orders {
+            deliver(&pool, &refund_of(o.order.order_id)).await;
+        }
+    }
+    for _ in 0..5 {
+        deliver(&pool, &command(&reserved(ada, "EUR", &[(1, 100)]))).await;
+    }
+    let opts = ConsumerOptions { batch_size: 2, ..ConsumerOptions::default() };
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, consumer) = (pool.clone(), consumer(&pool, no_faults(&pool)).with_options(opts.clone()));
+            tokio::spawn(async move {
+                loop {
+                    if consumer.process_once().await.unwrap() == 0 {
+                        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox").fetch_one(&pool).await.unwrap();
+                        if left == 0 {
+                            return;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(120), futures::future::try_join_all(workers)).await.expect("consumers finish").unwrap();
+
+    assert_eq!(balance(&pool, ada).await, 100_000 - 5 * 100);
+    let refunds: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'refund'").fetch_one(&pool).await.unwrap();
+    assert_eq!(refunds, 10);
+    let answered: Vec<serde_json::Value> = replies(&pool).await.into_iter().filter(|r| r["outcome"] == "refunded").collect();
+    assert_eq!(answered.len(), 30, "every copy answered");
+    assert_ledger_explains_balances(&pool).await;
+}
+
+/// A balance topped up to its limit after a capture cannot take the capture back: the
+/// refund is dead at once, with the reason, and nothing changes.
+#[tokio::test]
+async fn a_refund_past_the_balance_limit_is_dead_and_changes_nothing() {
+    let (api, pool) = setup().await;
+    let ada = customer(&api, "EUR", limits::MAX_BALANCE_MINOR).await;
+    let paid = command(&reserved(ada, "EUR", &[(1, 700)]));
+    let consumer = consumer(&pool, no_faults(&pool));
+    deliver(&pool, &paid).await;
+    drain(&consumer).await;
+    let topped = api.post(&format!("/customers/{ada}/top-up"), json!({"amount_minor": 500})).await;
+    assert_eq!(topped.status, 200, "{}", topped.text);
+
+    let msg = deliver(&pool, &refund_of(paid.order.order_id)).await;
+    assert_eq!(drain(&consumer).await, 1);
+    assert_eq!(inbox_state(&pool, msg).await, ("dead".to_owned(), 1), "no retry can make room");
+    let error: String = sqlx::query_scalar("SELECT errors->0->>'error' FROM conveyor.inbox WHERE message_id = $1").bind(msg).fetch_one(&pool).await.unwrap();
+    assert_eq!(
+        error,
+        format!(
+            "refunding 7.00 EUR for order {} would take customer {ada}'s balance from {} past the limit of {}",
+            paid.order.order_id,
+            limits::MAX_BALANCE_MINOR - 200,
+            limits::MAX_BALANCE_MINOR
+        )
+    );
+    assert_eq!(balance(&pool, ada).await, limits::MAX_BALANCE_MINOR - 200);
+    assert_eq!(payments(&pool, paid.order.order_id).await, [("captured".to_owned(), None)]);
+    assert_eq!(outbox(&pool).await.len(), 1, "only the capture's reply");
+    assert_ledger_explains_balances(&pool).await;
 }
 
 /// Runs `consumer` until the order has a payment (5 s at most).

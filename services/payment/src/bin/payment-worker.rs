@@ -1,13 +1,15 @@
-//! payment-worker: captures or declines reserved orders, and relays payment events.
+//! payment-worker: captures or declines reserved orders, refunds on command, and relays
+//! payment events and replies.
 
 use clap::Parser;
 use conveyor_payment::{FLAGS, MIGRATOR, SERVICE, handlers};
 use conveyor_platform::faults::Faults;
 use conveyor_platform::{RelayArgs, WorkerArgs};
 
-/// Conveyor payment worker: handles stock.reserved (capture or decline, with the simulated
-/// faults an operator switched on through `PATCH /admin/faults` of the payment API); relays
-/// payment.captured / payment.declined to their subscribers.
+/// Conveyor payment worker: handles stock.reserved and the command payment.capture (capture
+/// or decline, with the simulated faults an operator switched on through `PATCH
+/// /admin/faults` of the payment API) and payment.refund; relays payment.captured /
+/// payment.declined and the replies (payment.replied) to their subscribers.
 #[derive(Parser)]
 #[command(name = "payment-worker", version)]
 struct Args {

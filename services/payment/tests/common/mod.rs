@@ -67,8 +67,9 @@ pub async fn payments(pool: &PgPool, order_id: Uuid) -> Vec<(String, Option<Stri
     sqlx::query_as("SELECT status, reason FROM payments WHERE order_id = $1").bind(order_id).fetch_all(pool).await.unwrap()
 }
 
-/// Asserts that every balance is the sum of its ledger entries, and every capture has one
-/// captured payment of the same amount.
+/// Asserts that every balance is the sum of its ledger entries, and that the entries of
+/// orders are exactly what their payments say: a capture of -amount for every payment
+/// captured (refunded ones included), a refund of +amount for every refunded one.
 pub async fn assert_ledger_explains_balances(pool: &PgPool) {
     let unexplained: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM customers c
@@ -79,11 +80,13 @@ pub async fn assert_ledger_explains_balances(pool: &PgPool) {
     .unwrap();
     assert_eq!(unexplained, 0, "balances the ledger does not explain");
     let unmatched: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM ledger l FULL JOIN (SELECT * FROM payments WHERE status = 'captured') p ON p.order_id = l.order_id
-         WHERE (l.order_id IS NOT NULL OR p.id IS NOT NULL) AND (l.amount_minor IS DISTINCT FROM -p.amount_minor)",
+        "SELECT count(*) FROM (SELECT order_id, kind, amount_minor FROM ledger WHERE order_id IS NOT NULL) l
+         FULL JOIN (SELECT order_id, 'capture' AS kind, -amount_minor AS amount_minor FROM payments WHERE status IN ('captured', 'refunded')
+                    UNION ALL SELECT order_id, 'refund', amount_minor FROM payments WHERE status = 'refunded') p USING (order_id, kind)
+         WHERE l.amount_minor IS DISTINCT FROM p.amount_minor",
     )
     .fetch_one(pool)
     .await
     .unwrap();
-    assert_eq!(unmatched, 0, "captures without a payment or payments without a capture");
+    assert_eq!(unmatched, 0, "captures or refunds without a payment, or payments without their capture or refund");
 }
