@@ -1,10 +1,10 @@
 # syntax=docker/dockerfile:1
 #
 # One image for the whole shop: every <svc>-api, <svc>-worker and <svc>-migrator binary
-# (15) in /usr/local/bin, run as the numeric non-root user 10001. What the Helm chart relies
+# (18) in /usr/local/bin, run as the numeric non-root user 10001. What the Helm chart relies
 # on (binary names, ports, user id, writable paths) is stated in
 # helm/conveyor/image-contract.yaml; helm/tests/test_image_contract.py checks this file
-# against it. Why one image and not five: README, "Install on Kubernetes".
+# against it. Why one image and not six: README, "Install on Kubernetes".
 #
 #   docker build -t registry.example.com/conveyor:0.1.0 .
 #
@@ -12,7 +12,7 @@
 
 ARG RUST_VERSION=1.95
 
-# ---- build: compile the 15 binaries in release mode ------------------------------------
+# ---- build: compile the 18 binaries in release mode ------------------------------------
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 
@@ -21,7 +21,8 @@ ARG BINARIES="catalog-api catalog-worker catalog-migrator \
 order-api order-worker order-migrator \
 stock-api stock-worker stock-migrator \
 payment-api payment-worker payment-migrator \
-notification-api notification-worker notification-migrator"
+notification-api notification-worker notification-migrator \
+coordinator-api coordinator-worker coordinator-migrator"
 
 # Dependency caching: BuildKit cache mounts keep the registry and target/ between builds,
 # so a source change recompiles only the workspace crates, not the dependencies. (A layer
@@ -32,7 +33,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     set -eux; \
     cargo build --release --locked --bins \
         -p conveyor-catalog -p conveyor-order -p conveyor-stock -p conveyor-payment \
-        -p conveyor-notification -p conveyor-migrator; \
+        -p conveyor-notification -p conveyor-coordinator -p conveyor-migrator; \
     mkdir -p /out; \
     for bin in $BINARIES; do cp "target/release/$bin" /out/; done
 

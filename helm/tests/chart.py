@@ -30,7 +30,8 @@ KUBE_VERSIONS = [OLDEST_KUBE, NEWEST_KUBE]
 # API groups of the optional CRDs, announced to the render as installed (Capabilities).
 CRD_API_VERSIONS = ["keda.sh/v1alpha1", "monitoring.coreos.com/v1"]
 
-SERVICES = ["catalog", "order", "stock", "payment", "notification"]
+# In the order of conveyor_contracts::service::ALL (and of image-contract.yaml).
+SERVICES = ["catalog", "order", "stock", "payment", "notification", "coordinator"]
 
 # Each service database's roles (docs/databases.md).
 ROLES = ["migrator", "runtime", "relay"]
@@ -115,6 +116,11 @@ FEATURES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "lookup-token": (
         {"auth": {"lookupToken": {"existingSecret": "order-api-token", "key": "token"}}},
         {"auth": {"lookupToken": {"existingSecret": ""}}},
+    ),
+    # New orders run their saga through the coordinator (order-api's CONVEYOR_SAGA_MODE).
+    "saga-orchestration": (
+        {"saga": {"mode": "orchestration", "stepTimeout": "10s"}},
+        {"saga": {"mode": "choreography"}},
     ),
 }
 

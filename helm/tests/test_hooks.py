@@ -89,5 +89,6 @@ def test_demo_postgres_exists_before_the_migrators():
     (init,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"].endswith("-postgres-init")]
     assert init["metadata"]["annotations"][HOOK] == "pre-install" and int(init["metadata"]["annotations"][WEIGHT]) < -10
     sql = base64.b64decode(init["data"]["create-databases.sql"]).decode()
-    for svc, db in [("catalog", "catalog"), ("order", "orders"), ("stock", "stock"), ("payment", "payment"), ("notification", "notification")]:
+    for svc, db in [("catalog", "catalog"), ("order", "orders"), ("stock", "stock"), ("payment", "payment"), ("notification", "notification"),
+                    ("coordinator", "coordinator")]:
         assert f'CREATE DATABASE "{db}" OWNER "{svc}_migrator";' in sql

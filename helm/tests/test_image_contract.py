@@ -50,7 +50,7 @@ def arg(commands, name) -> str:
 def test_contract_names_every_service_binary_of_the_workspace():
     assert [s["name"] for s in contract()["services"]] == SERVICES
     assert contract_binaries() == set(cargo_bins()), "image-contract.yaml vs [[bin]] targets"
-    assert len(contract_binaries()) == 15
+    assert len(contract_binaries()) == 18
     for s in contract()["services"]:
         assert (s["api"], s["worker"], s["migrator"]) == (f"{s['name']}-api", f"{s['name']}-worker", f"{s['name']}-migrator")
 
@@ -68,13 +68,14 @@ def test_contract_databases_are_the_launchers():
 def test_contract_subscribers_are_the_routes_of_crates_contracts():
     source = (REPO / "crates" / "contracts" / "src" / "lib.rs").read_text()
     body = source[source.index("pub fn routes(") : source.index("pub fn subscribers_of(")]
-    arms = re.findall(r"(CATALOG|ORDER|STOCK|PAYMENT|NOTIFICATION)\s*=>\s*Routes::new\(\)(.*?)(?=,\s*\n\s*(?:[A-Z]+\s*=>|_\s*=>))",
-                      body, re.S)
-    routes = {name.lower(): set(re.findall(r"\b(CATALOG|ORDER|STOCK|PAYMENT|NOTIFICATION)\b", rest)) for name, rest in arms}
+    names = "CATALOG|ORDER|STOCK|PAYMENT|NOTIFICATION|COORDINATOR"
+    arms = re.findall(rf"({names})\s*=>\s*Routes::new\(\)(.*?)(?=,\s*\n\s*(?:[A-Z]+\s*=>|_\s*=>))", body, re.S)
+    routes = {name.lower(): set(re.findall(rf"\b({names})\b", rest)) for name, rest in arms}
     routes = {k: {v.lower() for v in vs} for k, vs in routes.items()}
-    assert set(routes) == {"catalog", "order", "stock", "payment"}, routes
+    assert set(routes) == {"catalog", "order", "stock", "payment", "coordinator"}, routes
     for s in contract()["services"]:
         assert set(s["subscribers"]) == routes.get(s["name"], set()), s["name"]
+        assert s["subscribers"] == sorted(s["subscribers"]), f"{s['name']}: subscribers in alphabetical order"
 
 
 def test_dockerfile_is_multi_stage_and_builds_with_cargo():

@@ -8,7 +8,7 @@ import os
 
 import yaml
 
-from chart import CHART, REPO, REQUIRED, by_kind, rendered_documents
+from chart import CHART, REPO, REQUIRED, SERVICES, by_kind, rendered_documents
 
 DASHBOARDS = REPO / "grafana" / "dashboards"
 RULES = REPO / "prometheus" / "rules"
@@ -77,7 +77,7 @@ def test_service_monitor_matches_kube_prometheus_stack_and_the_rules_labels():
     services = [s for s in by_kind(docs, "Service")
                 if all(s["metadata"]["labels"].get(k) == v for k, v in selector["matchLabels"].items())
                 and s["metadata"]["labels"].get("app.kubernetes.io/component") in ("api", "worker")]
-    assert len(services) == 10
+    assert len(services) == 2 * len(SERVICES)
     for s in services:
         assert [p["name"] for p in s["spec"]["ports"]] == ["http"]
         assert s["metadata"]["labels"]["conveyor/service"]

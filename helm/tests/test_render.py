@@ -13,7 +13,7 @@ import pytest
 from cloudcoil.models.keda.v1alpha1 import ScaledObject, TriggerAuthentication
 from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 
-from chart import CHART, KUBE_VERSIONS, NAMESPACE, RELEASE, VALUE_SETS, rendered_documents, strip
+from chart import CHART, KUBE_VERSIONS, NAMESPACE, RELEASE, SERVICES, VALUE_SETS, rendered_documents, strip
 from conftest import STATS
 
 # CRD kinds: models generated from KEDA 2.16's and prometheus-operator 0.80's CRDs.
@@ -104,7 +104,7 @@ def test_notes_tell_how_to_reach_apis_and_dashboards():
         notes = chart.render(VALUE_SETS["example-production"], name=RELEASE, namespace=NAMESPACE)[
             "conveyor/templates/NOTES.txt"
         ]
-    for svc in ["catalog", "order", "stock", "payment", "notification"]:
+    for svc in SERVICES:
         assert f"http://{RELEASE}-conveyor-{svc}-api.{NAMESPACE}.svc:80" in notes
     assert "port-forward svc/shop-conveyor-order-api" in notes
     assert "grafana_dashboard=1" in notes and 'folder "Conveyor"' in notes

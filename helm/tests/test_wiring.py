@@ -157,6 +157,21 @@ def test_notification_settings_and_no_startup_faults():
         assert f"NOTIFICATION_{var}" in notif
 
 
+def test_saga_mode_reaches_order_api_and_the_step_timeout_coordinator_worker():
+    defaults = rendered_documents(REQUIRED)
+    assert container_env(defaults, "order", "api")["CONVEYOR_SAGA_MODE"] == "choreography"
+    assert container_env(defaults, "coordinator", "worker")["CONVEYOR_STEP_TIMEOUT"] == "30s"
+    docs = rendered_documents(VALUE_SETS["saga-orchestration-on"])
+    assert container_env(docs, "order", "api")["CONVEYOR_SAGA_MODE"] == "orchestration"
+    assert container_env(docs, "coordinator", "worker")["CONVEYOR_STEP_TIMEOUT"] == "10s"
+    # Nobody else reads them.
+    for svc in SERVICES:
+        for component in ("api", "worker"):
+            env = container_env(docs, svc, component)
+            assert ("CONVEYOR_SAGA_MODE" in env) == ((svc, component) == ("order", "api")), (svc, component)
+            assert ("CONVEYOR_STEP_TIMEOUT" in env) == ((svc, component) == ("coordinator", "worker")), (svc, component)
+
+
 def test_keda_scales_each_worker_on_its_own_queue():
     docs = rendered_documents(VALUE_SETS["keda-postgresql-on"])
     assert not [h for h in by_kind(docs, "HorizontalPodAutoscaler") if "worker" in h["metadata"]["name"]]
