@@ -1,22 +1,27 @@
 //! `cargo xtask bench saga`: the highest sustained rate of placed → confirmed sagas of the
 //! running shop, the saga latency at half that rate, and, as the ceiling, the saga's SQL
-//! replayed by pgbench in the same run on the same PostgreSQL.
+//! replayed by pgbench in the same run on the same PostgreSQL. `--mode` picks the saga:
+//! the choreography, the orchestration (by the coordinator), or both, each on a fresh stack
+//! with the same settings, side by side in one report.
 //!
 //! 1. Build the binaries (release; `--quick`: the debug build) and start a private durable
 //!    PostgreSQL (or use DATABASE_URL's server).
 //! 2. The ceiling (`ceiling`, `replay`): the saga's statements, transaction for transaction,
 //!    replayed by pgbench with one message per transaction and with consumers claiming 50
-//!    at a time, before anything else runs. Sagas/s counted in the database.
-//! 3. The stack (`stack`): every API and worker as real processes (the launcher), products
-//!    with ample stock and customers with ample balances, orders placed open-loop through
-//!    `POST /orders` at rising rates (`ramp`) until a step no longer keeps up, then a little
-//!    bisection; per-process CPU from /proc for every step (`cpu`).
+//!    at a time, before anything else runs. Sagas/s counted in the database. It replays
+//!    the choreography's SQL and runs once, whatever `--mode` says.
+//! 3. The stack (`stack`), once per mode: every API and worker as real processes (the
+//!    launcher), products with ample stock and customers with ample balances, orders placed
+//!    open-loop through `POST /orders` at rising rates (`ramp`) until a step no longer keeps
+//!    up, then a little bisection; for every step, per-process CPU from /proc (`cpu`) and
+//!    transactions and messages per saga from the databases.
 //! 4. Latency at half the highest sustained rate, from the order database's timestamps.
 //! 5. Hot products (`hot`), a flash sale: a few fresh products with limited stock, orders
 //!    of several lines and units over only those, at the highest sustained rate; ended
 //!    orders per second, latency to the end, deadlocks, units sold against the stock, and
 //!    releases still pending, from the databases.
-//! 6. The report (`report`): saga-report.{json,md,svg} in target/bench-results/.
+//! 6. The report (`report`): saga-report.{json,md,svg} in target/bench-results/; with both
+//!    modes, their figures side by side.
 
 mod ceiling;
 mod cpu;
@@ -30,6 +35,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use conveyor_contracts::SagaMode;
 use conveyor_devpg::ClusterOptions;
 use serde::Serialize;
 
@@ -45,6 +51,11 @@ pub struct Args {
     /// the result files; never a speed.
     #[arg(long)]
     pub quick: bool,
+    /// Which saga the shop runs: choreography, orchestration (by the coordinator), or both:
+    /// each on a fresh stack with the same settings, one after the other, compared side by
+    /// side. The ceiling replays the choreography's SQL and runs once.
+    #[arg(long, value_enum, default_value_t = Mode::Choreography)]
+    pub mode: Mode,
     /// Which build of the shop to run (default: release; debug with --quick).
     #[arg(long, value_enum)]
     pub build: Option<Build>,
@@ -120,10 +131,39 @@ pub enum Build {
     Release,
 }
 
+/// `--mode`: the saga or sagas to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Choreography,
+    Orchestration,
+    Both,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Choreography => "choreography",
+            Mode::Orchestration => "orchestration",
+            Mode::Both => "both",
+        }
+    }
+
+    /// The saga modes to run, in order: the choreography first.
+    pub fn saga_modes(self) -> Vec<SagaMode> {
+        match self {
+            Mode::Choreography => vec![SagaMode::Choreography],
+            Mode::Orchestration => vec![SagaMode::Orchestration],
+            Mode::Both => SagaMode::ALL.to_vec(),
+        }
+    }
+}
+
 /// The settings of a run, after `--quick`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     pub quick: bool,
+    pub mode: Mode,
     pub build: Build,
     pub ceiling_secs: u32,
     pub ceiling_clients: u32,
@@ -150,6 +190,7 @@ impl Settings {
     pub fn from_args(a: &Args) -> Settings {
         let s = Settings {
             quick: a.quick,
+            mode: a.mode,
             build: a.build.unwrap_or(if a.quick { Build::Debug } else { Build::Release }),
             ceiling_secs: a.ceiling_secs,
             ceiling_clients: a.ceiling_clients,
@@ -252,12 +293,17 @@ async fn inner(s: &Settings, pg: &Postgres, signals: &mut Signals) -> Result<Res
     let copts = ceiling::CeilingOptions { seconds: s.ceiling_secs, clients: s.ceiling_clients, products: s.products, customers: s.customers };
     let ceiling = step!(ceiling::measure(&pg_bin, &pg.admin_url, &out_dir, &copts, &sampler, signals).await);
 
-    println!("\n== the shop: every API and worker ({} build) on the same PostgreSQL ==", if s.build == Build::Release { "release" } else { "debug" });
-    let app_bin = workspace_root().join("target").join(if s.build == Build::Release { "release" } else { "debug" });
-    let log_dir = out_dir.join("logs");
-    let shop = step!(stack::measure(s, &pg.admin_url, &pg_bin, &app_bin, &log_dir, signals).await);
+    let build = if s.build == Build::Release { "release" } else { "debug" };
+    let app_bin = workspace_root().join("target").join(build);
+    let logs = out_dir.join("logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    let mut shops = Vec::new();
+    for mode in s.mode.saga_modes() {
+        println!("\n== the shop, {mode}: every API and worker ({build} build) on the same PostgreSQL, a fresh stack ==");
+        shops.push(step!(stack::measure(s, mode, &pg.admin_url, &pg_bin, &app_bin, &logs.join(mode.as_str()), signals).await));
+    }
 
-    let report = report::build(s, conveyor_benchkit::Machine::detect(), postgres, server.to_owned(), ceiling, shop);
+    let report = report::build(s, conveyor_benchkit::Machine::detect(), postgres, server.to_owned(), ceiling, shops);
     let md = report::markdown(&report);
     let (json_path, md_path, svg_path) = (results.join("saga-report.json"), results.join("saga-report.md"), results.join("saga-report.svg"));
     conveyor_benchkit::write_json(&json_path, &report)?;
@@ -319,6 +365,15 @@ mod tests {
         assert_eq!((cold.hot, cold.hot_stock), (false, Some(7)));
         let debug = Settings::from_args(&Cli::parse_from(["x", "--build", "debug", "--step-secs", "5"]).args);
         assert_eq!((debug.build, debug.step_secs), (Build::Debug, 5.0));
+    }
+
+    #[test]
+    fn the_mode_picks_the_sagas_choreography_first() {
+        let mode = |args: &[&str]| Settings::from_args(&Cli::parse_from(["x"].iter().chain(args)).args).mode.saga_modes();
+        assert_eq!(mode(&[]), [SagaMode::Choreography]);
+        assert_eq!(mode(&["--mode", "orchestration"]), [SagaMode::Orchestration]);
+        assert_eq!(mode(&["--quick", "--mode", "both"]), [SagaMode::Choreography, SagaMode::Orchestration]);
+        assert!(Cli::try_parse_from(["x", "--mode", "neither"]).is_err());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! deadlock. Measured from the databases once every order has ended: the ended orders per
 //! second (the ramp's rules, a cancelled order counting as ended), placed → ended latency,
 //! deadlocks, every item's levels against its stock and the confirmed orders, and the
-//! declined payments' releases.
+//! declined payments' releases (in the choreography stock releases on `payment.declined`;
+//! in the orchestration on the coordinator's `stock.release`).
 
 mod check;
 pub mod report;
@@ -17,13 +18,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use conveyor_benchkit::Percentiles;
+use conveyor_contracts::{Event, SagaMode, service};
 use conveyor_launcher::Shop;
 use serde::Serialize;
 use uuid::Uuid;
 
 pub use check::{Item, Orders, Releases, Targets};
 use super::ramp::{self, Drive, DriverSetup, Outcome, Rules, Second};
-use super::stack::{db_stats, drain, parallel, stats_delta};
+use super::stack::{DUE_SQL, OUTBOX_SQL, db_stats, drain, parallel, stats_delta};
 use super::{Settings, query_u64s};
 use crate::bench::psql;
 use crate::proc::Signals;
@@ -68,6 +70,8 @@ pub struct Hot {
 /// What the phase needs of the running shop.
 pub struct Shopfront<'a> {
     pub shop: &'a Shop,
+    /// The saga the shop runs.
+    pub mode: SagaMode,
     pub pg_bin: &'a Path,
     /// Service → database URL.
     pub databases: &'a BTreeMap<String, String>,
@@ -110,7 +114,7 @@ pub async fn run(s: &Settings, f: &Shopfront<'_>, spread: Option<f64>, rate: f64
         max_lines: check::MAX_LINES,
         max_quantity: check::MAX_QUANTITY,
     };
-    let (order_db, stock_db, payment_db) = (&f.databases["order"], &f.databases["stock"], &f.databases["payment"]);
+    let (order_db, stock_db, payment_db) = (&f.databases[service::ORDER], &f.databases[service::STOCK], &f.databases[service::PAYMENT]);
 
     let stats_before = step!(db_stats(f.pg_bin, order_db, signals).await);
     let drive = step!(ramp::drive(&driver, rate, s.hot_secs, seed, signals).await);
@@ -118,7 +122,7 @@ pub async fn run(s: &Settings, f: &Shopfront<'_>, spread: Option<f64>, rate: f64
     let limit = Duration::from_secs_f64(s.drain_secs);
     let mut left = step!(drain(f.pg_bin, order_db, limit, signals).await).map(|n| format!("{n} orders still not ended {:.0} s after the phase", s.drain_secs));
     if left.is_none() {
-        left = step!(settle(f.pg_bin, payment_db, stock_db, limit, signals).await);
+        left = step!(settle(f.pg_bin, &release_path(f.mode, f.databases), limit, signals).await);
     }
     let drain_s = drain_started.elapsed().as_secs_f64();
     let read_until = ramp::unix_now();
@@ -138,7 +142,7 @@ pub async fn run(s: &Settings, f: &Shopfront<'_>, spread: Option<f64>, rate: f64
     let from = drive.start_unix - 0.001;
     let declined = sql::parse_times(&step!(psql(f.pg_bin, payment_db, &sql::declined_sql(from), signals).await))?;
     let released = sql::parse_times(&step!(psql(f.pg_bin, stock_db, &sql::released_sql(from), signals).await))?.into_iter().collect();
-    let waiting = query_u64s(&step!(psql(f.pg_bin, stock_db, sql::DECLINES_WAITING_SQL, signals).await))?;
+    let waiting = query_u64s(&step!(psql(f.pg_bin, stock_db, &sql::releases_waiting_sql(release_topic(f.mode)), signals).await))?;
     let releases = check::releases(&declined, &released, waiting[0], waiting[1]);
     // Last, to give the backends time to report the phase's deadlocks (they flush their
     // counters about once a second; a step of the ramp reads them the same way).
@@ -193,19 +197,46 @@ async fn create(shop: &Shop, products: usize, stock: i64, broke: usize) -> Resul
     Ok((ids, customers))
 }
 
+/// The message that makes stock release a declined order's reservation.
+fn release_topic(mode: SagaMode) -> &'static str {
+    match mode {
+        SagaMode::Choreography => conveyor_contracts::PaymentDeclined::TOPIC,
+        SagaMode::Orchestration => conveyor_contracts::ReleaseStock::TOPIC,
+    }
+}
+
+/// Where a declined payment goes until stock has released the reservation: the queues to
+/// look at, in the order the messages pass them, with what each holds (its label, its
+/// database, the SQL that counts its messages).
+fn release_path(mode: SagaMode, databases: &BTreeMap<String, String>) -> Vec<(&'static str, &str, &'static str)> {
+    let db = |svc: &str| databases[svc].as_str();
+    let mut path = vec![("payment's outbox", db(service::PAYMENT), OUTBOX_SQL)];
+    if mode == SagaMode::Orchestration {
+        path.push(("the coordinator's inbox", db(service::COORDINATOR), DUE_SQL));
+        path.push(("the coordinator's outbox", db(service::COORDINATOR), OUTBOX_SQL));
+    }
+    path.push(("stock's inbox", db(service::STOCK), sql::PENDING_SQL));
+    path
+}
+
 /// After every order ended: waits until the declined payments have reached stock and the
-/// stock worker has handled every message (its releases). `Some(why)` when `limit` passed.
-async fn settle(pg_bin: &Path, payment_db: &str, stock_db: &str, limit: Duration, signals: &mut Signals) -> Result<Result<Option<String>, i32>> {
+/// stock worker has handled every message (its releases), looking at `path` (see
+/// [`release_path`]). `Some(why)` when `limit` passed.
+async fn settle(pg_bin: &Path, path: &[(&str, &str, &str)], limit: Duration, signals: &mut Signals) -> Result<Result<Option<String>, i32>> {
     let deadline = Instant::now() + limit;
     loop {
-        // In this order: once payment's outbox is empty, nothing more comes to stock.
-        let outbox = query_u64s(&step!(psql(pg_bin, payment_db, "SELECT count(*) FROM conveyor.outbox", signals).await))?[0];
-        let inbox = if outbox == 0 { query_u64s(&step!(psql(pg_bin, stock_db, sql::PENDING_SQL, signals).await))?[0] } else { 0 };
-        if outbox == 0 && inbox == 0 {
-            return Ok(Ok(None));
+        // In this order: once a queue is empty, nothing more comes to the ones after it.
+        let mut waiting = None;
+        for &(what, url, count_sql) in path {
+            let n = query_u64s(&step!(psql(pg_bin, url, count_sql, signals).await))?[0];
+            if n > 0 {
+                waiting = Some(format!("{n} messages in {what}"));
+                break;
+            }
         }
+        let Some(waiting) = waiting else { return Ok(Ok(None)) };
         if Instant::now() > deadline {
-            return Ok(Ok(Some(format!("payment's outbox {outbox}, stock's inbox {inbox} messages still pending {:.0} s after the orders ended", limit.as_secs_f64()))));
+            return Ok(Ok(Some(format!("{waiting} still pending {:.0} s after the orders ended", limit.as_secs_f64()))));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -41,13 +41,17 @@ use conveyor_contracts::service;
 
 /// Where the replay differs from the shop, for the report.
 pub const DIFFERENCES: &[&str] = &[
-    "One database instead of five: the queue tables of each service live in their own schema; the services' tables share `public` (no two have the same name).",
+    "One database instead of one per service: the queue tables of each service live in their own schema; the services' tables share `public` (no two have the same name).",
     "A relay hop is one transaction (claim-and-delete from the outbox and insert into the subscriber's inbox, in one statement); our relay commits the inbox insert on the subscriber's database and then the outbox delete: one commit more per relayed batch and subscriber.",
     "What the services compute in Rust is computed by SQL here: ids (UUID v7, by `saga_uuid_v7()`), event payloads and the stored response (`json_build_object`), and the values a handler reads from its message (`payload->'order'->>…`, once per batch in the claim).",
     "No HTTP at all: the client's request to order-api, the notification worker's lookup (its three reads of the order database are replayed) and its webhook post are not.",
     "No LISTEN/NOTIFY traffic: nobody listens, so the writers' wake-up check never notifies (as in the shop under load, when no worker is idle).",
     "Every order has one line of quantity 1, for a product and customer chosen uniformly, as the driver of the shop does.",
 ];
+
+/// The services of the choreography's saga: the ones the replay has queue tables for. (The
+/// coordinator is routed to as well, but only the orchestration sends it anything.)
+const SERVICES: [&str; 4] = [service::ORDER, service::STOCK, service::PAYMENT, service::NOTIFICATION];
 
 /// The schema standing for a service's queue tables.
 pub fn queue_schema(svc: &str) -> String {
@@ -305,13 +309,15 @@ fn place(s: &mut String, o: &ScriptOptions, i: usize) {
 }
 
 /// The relay of `svc`'s worker: claim-and-delete outbox rows, insert them into every
-/// subscriber's inbox (routes from the contracts), in one statement.
+/// subscriber's inbox (routes from the contracts, to the choreography's services), in one
+/// statement.
 fn relay(s: &mut String, svc: &str, limit: usize) {
     let routes = conveyor_contracts::routes(svc);
-    let topics: Vec<&str> = routes.topics().collect();
+    let replayed = |t: &&str| routes.subscribers(t).iter().any(|sub| SERVICES.contains(&sub.as_str()));
+    let topics: Vec<&str> = routes.topics().filter(replayed).collect();
     let mut per_sub: Vec<(String, Vec<&str>)> = Vec::new();
     for t in &topics {
-        for sub in routes.subscribers(t) {
+        for sub in routes.subscribers(t).iter().filter(|sub| SERVICES.contains(&sub.as_str())) {
             match per_sub.iter_mut().find(|(s, _)| s == sub) {
                 Some((_, ts)) => ts.push(t),
                 None => per_sub.push((sub.clone(), vec![t])),
@@ -460,7 +466,7 @@ pub fn setup_sql(migrations: &[(String, String)], queue_migration: &str, product
     for (name, text) in migrations {
         let _ = writeln!(s, "-- ===== {name} =====\n{text}\n");
     }
-    for svc in [service::ORDER, service::STOCK, service::PAYMENT, service::NOTIFICATION] {
+    for svc in SERVICES {
         let _ = writeln!(s, "-- ===== the queue schema as {} =====\n{}\n", queue_schema(svc), queue_migration.replace("conveyor", &queue_schema(svc)));
     }
     s.push_str(HELPERS);

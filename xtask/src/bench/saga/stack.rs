@@ -1,6 +1,6 @@
-//! The shop under load: the stack started with the launcher, seeded with ample stock and
-//! balances, driven at rising rates until it no longer keeps up, then at half the highest
-//! sustained rate for the latency.
+//! The shop under load: the stack started with the launcher in one saga mode, seeded with
+//! ample stock and balances, driven at rising rates until it no longer keeps up, then at
+//! half the highest sustained rate for the latency.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use conveyor_benchkit::{Percentiles, Timeline};
-use conveyor_contracts::limits;
+use conveyor_contracts::{SagaMode, limits, service};
 use conveyor_launcher::{Shop, Stack, StackOptions, process_names};
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -46,6 +46,39 @@ pub struct Step {
     /// Transactions (committed and rolled back) per saga placed in the step, by service
     /// database, from pg_stat_database (whose counters lag by up to a second or so).
     pub transactions_per_saga: BTreeMap<String, f64>,
+    /// The messages the step's sagas sent; `None` when none was placed.
+    pub messages: Option<Messages>,
+}
+
+/// The messages a run's sagas sent, as the inboxes of every service have them: each
+/// message sent from the run's start on (ids are UUID v7, minted when sent) that reached an
+/// inbox, handled (`conveyor.inbox_done`) or not yet (`conveyor.inbox`: the coordinator's
+/// deadlines wait there until they are due, `--step-timeout` after they were set, long
+/// after the run). A message routed to two services counts twice: it is handled twice.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Messages {
+    /// Per saga placed in the run, all topics together.
+    pub per_saga: f64,
+    /// Per saga placed, by topic.
+    pub by_topic: BTreeMap<String, f64>,
+    /// Of them, not handled when counted (deadlines not due yet, retries, dead ones).
+    pub waiting: u64,
+    /// Still in an outbox when counted (not relayed within `--drain-secs`): not counted.
+    pub unrelayed: u64,
+}
+
+impl Messages {
+    /// From the counts by topic (handled, waiting) and the sagas placed.
+    fn of(counts: &BTreeMap<String, (u64, u64)>, sagas: u64, unrelayed: u64) -> Option<Messages> {
+        (sagas > 0).then_some(())?;
+        let per = |n: u64| n as f64 / sagas as f64;
+        Some(Messages {
+            per_saga: per(counts.values().map(|(done, waiting)| done + waiting).sum()),
+            by_topic: counts.iter().map(|(topic, (done, waiting))| (topic.clone(), per(done + waiting))).collect(),
+            waiting: counts.values().map(|(_, waiting)| waiting).sum(),
+            unrelayed,
+        })
+    }
 }
 
 /// Per-second points over the whole ramp (steps and the drains between them).
@@ -63,6 +96,9 @@ pub struct RampSeries {
 pub struct Hop {
     pub topic: String,
     pub consumer: String,
+    /// On the way from placed to confirmed (not the notification, nor the order's reply
+    /// to the coordinator, which come after the confirmation).
+    pub on_path: bool,
     pub messages: u64,
     /// Publishing transaction's start → in the subscriber's inbox (the rest of the
     /// publishing transaction, the relay's wake-up and its copy).
@@ -96,11 +132,13 @@ pub struct HalfRate {
     pub timeline: Vec<LatencyPoint>,
     pub hops: Vec<Hop>,
     pub cpu: CpuUsage,
-    /// As for a step: transactions per saga by service database.
+    /// As for a step: transactions per saga by service database, and messages.
     pub transactions_per_saga: BTreeMap<String, f64>,
+    pub messages: Option<Messages>,
 }
 
 pub struct StackResults {
+    pub mode: SagaMode,
     pub steps: Vec<Step>,
     pub series: RampSeries,
     pub search: Search,
@@ -109,25 +147,28 @@ pub struct StackResults {
     pub hot: Option<Hot>,
     pub hot_error: Option<String>,
     pub seeded: (usize, usize),
+    /// Orchestration: the coordinator's sagas by state once the shop was done (every one
+    /// should have ended); `None` in the choreography.
+    pub coordinator_sagas: Option<BTreeMap<String, u64>>,
     pub log_dir: std::path::PathBuf,
 }
 
-/// Starts the stack, measures, stops it (also on failure or a signal).
-pub async fn measure(s: &Settings, admin_url: &str, pg_bin: &Path, app_bin: &Path, log_dir: &Path, signals: &mut Signals) -> Result<Result<StackResults, i32>> {
+/// Starts the stack in saga mode `mode`, measures, stops it (also on failure or a signal).
+pub async fn measure(s: &Settings, mode: SagaMode, admin_url: &str, pg_bin: &Path, app_bin: &Path, log_dir: &Path, signals: &mut Signals) -> Result<Result<StackResults, i32>> {
     let driver = app_bin.join("saga-driver");
     anyhow::ensure!(driver.exists(), "{} not found: it is built with the shop (`cargo build --workspace --bins`)", driver.display());
-    for svc in conveyor_contracts::service::ALL {
-        let db = format!("{DB_PREFIX}{}", conveyor_launcher::database_name(svc));
+    for db in databases() {
         step!(psql(pg_bin, admin_url, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), signals).await);
     }
     let _ = std::fs::remove_dir_all(log_dir);
     let mut opts = StackOptions::new(admin_url.to_owned(), app_bin.to_path_buf(), log_dir.to_path_buf());
     opts.db_prefix = DB_PREFIX.to_owned();
+    opts.saga_mode = mode;
     let mut stack = tokio::select! {
         st = Stack::start(opts, |line| println!("   ✓ {line}")) => st?,
         sig = signals.wait() => return Ok(Err(sig)),
     };
-    let result = with_stack(s, &mut stack, pg_bin, app_bin, log_dir, signals).await;
+    let result = with_stack(s, mode, &mut stack, pg_bin, app_bin, log_dir, signals).await;
     println!("\n== stopping the shop ==");
     let stopped = stack.stop().await;
     let result = result?;
@@ -135,7 +176,12 @@ pub async fn measure(s: &Settings, admin_url: &str, pg_bin: &Path, app_bin: &Pat
     Ok(result)
 }
 
-async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Path, log_dir: &Path, signals: &mut Signals) -> Result<Result<StackResults, i32>> {
+/// The stack's databases, every service's (the coordinator's too), by their names on the server.
+fn databases() -> Vec<String> {
+    service::ALL.iter().map(|svc| format!("{DB_PREFIX}{}", conveyor_launcher::database_name(svc))).collect()
+}
+
+async fn with_stack(s: &Settings, mode: SagaMode, stack: &mut Stack, pg_bin: &Path, app_bin: &Path, log_dir: &Path, signals: &mut Signals) -> Result<Result<StackResults, i32>> {
     let shop = stack.shop();
     println!("\n== seeding {} products (stock {}) and {} customers (balance {}) ==", s.products, limits::MAX_STOCK, s.customers, limits::MAX_BALANCE_MINOR);
     let seeded = Instant::now();
@@ -210,6 +256,7 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
         if let (None, Some(left)) = (&failure, drained) {
             failure = Some(format!("{left} orders still not terminal {:.0} s after the step", s.drain_secs));
         }
+        let messages = step!(messages(pg_bin, &stack.databases, drive.start_unix - 0.001, outcome.placed, Duration::from_secs_f64(s.drain_secs), signals).await);
         let secs = (drive.end_unix - drive.start_unix).max(1e-3);
         let step = Step {
             rate,
@@ -222,6 +269,7 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
             cpu,
             deadlocks: stats_delta(&stats_before, &stats_after, |s| s.deadlocks).into_iter().filter(|(_, v)| *v > 0).collect(),
             transactions_per_saga: per_saga(&stats_delta(&stats_before, &stats_after, |s| s.transactions), outcome.placed),
+            messages,
             drive,
             outcome,
         };
@@ -247,12 +295,12 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
         s.latency_secs,
         search.best().map_or("the lowest rate tried: none was sustained".to_owned(), |b| format!("the highest sustained {b:.0}/s"))
     );
-    // The ramp's steps end when every order is terminal; a notification backlog they left
-    // (the worker behind at rates above its own) would share the machine with the latency
-    // run. It starts once the notification inbox is empty (bounded like a drain).
-    let notification_db = stack.databases["notification"].clone();
-    if let Some(left) = step!(drain_inbox(pg_bin, &notification_db, Duration::from_secs_f64(s.drain_secs), signals).await) {
-        println!("   {left} notifications still waiting {:.0} s after the ramp; measuring anyway", s.drain_secs);
+    // The ramp's steps end when every order is terminal; a backlog they left (the
+    // notification worker behind at rates above its own; the coordinator's last replies)
+    // would share the machine with the latency run. It starts once no inbox holds a message
+    // that is due (bounded like a drain; deadlines not due yet do not count).
+    if let Some(left) = step!(drain_inboxes(pg_bin, &stack.databases, Duration::from_secs_f64(s.drain_secs), signals).await) {
+        println!("   {left} messages still waiting {:.0} s after the ramp; measuring anyway", s.drain_secs);
     }
     let labels_before = parse_labels(&step!(psql(pg_bin, &order_db, LABELS_SQL, signals).await));
     let stats_before = step!(db_stats(pg_bin, &order_db, signals).await);
@@ -274,12 +322,13 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
     }
     let stats_after = step!(db_stats(pg_bin, &order_db, signals).await);
     let transactions_per_saga = per_saga(&stats_delta(&stats_before, &stats_after, |s| s.transactions), outcome.placed);
+    let messages = step!(messages(pg_bin, &stack.databases, drive.start_unix - 0.001, outcome.placed, Duration::from_secs_f64(s.drain_secs), signals).await);
     let (latency_ms, timeline) = latencies(&orders, drive.start_unix);
     let mut hops = Vec::new();
-    for (db_svc, topic) in [("stock", "order.placed"), ("payment", "stock.reserved"), ("order", "payment.captured"), ("notification", "order.confirmed")] {
+    for &(db_svc, topic, on_path) in hops_of(mode) {
         let url = &stack.databases[db_svc];
         let text = step!(psql(pg_bin, url, &hop_sql(topic, drive.start_unix, drive.end_unix), signals).await);
-        if let Some(hop) = parse_hop(&text, topic, db_svc) {
+        if let Some(hop) = parse_hop(&text, topic, db_svc, on_path) {
             hops.push(hop);
         }
     }
@@ -293,6 +342,7 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
         hops,
         cpu,
         transactions_per_saga,
+        messages,
         drive,
         outcome,
     };
@@ -314,7 +364,7 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
         // At the highest rate sustained with orders spread over the catalog; with none, at
         // the first rate (the ratio to the spread rate is then not measured).
         let rate = search.best().unwrap_or(s.start_rate);
-        let front = Shopfront { shop: &shop, pg_bin, databases: &stack.databases, driver_bin: &driver_bin, order_api: &order_api, log_dir, customers: &customers };
+        let front = Shopfront { shop: &shop, mode, pg_bin, databases: &stack.databases, driver_bin: &driver_bin, order_api: &order_api, log_dir, customers: &customers };
         match hot::run(s, &front, search.best(), rate, seq, signals).await {
             Ok(Ok(h)) => hot = Some(h),
             Ok(Err(sig)) => return Ok(Err(sig)),
@@ -326,7 +376,46 @@ async fn with_stack(s: &Settings, stack: &mut Stack, pg_bin: &Path, app_bin: &Pa
         }
         stack.check_running()?;
     }
-    Ok(Ok(StackResults { steps, series, search, half: Some(half), hot, hot_error, seeded: (products.len(), customers.len()), log_dir: log_dir.to_path_buf() }))
+    let coordinator_sagas = match mode {
+        SagaMode::Choreography => None,
+        SagaMode::Orchestration => Some(step!(coordinator_sagas(pg_bin, &stack.databases[service::COORDINATOR], Duration::from_secs_f64(s.drain_secs), signals).await)),
+    };
+    Ok(Ok(StackResults {
+        mode,
+        steps,
+        series,
+        search,
+        half: Some(half),
+        hot,
+        hot_error,
+        seeded: (products.len(), customers.len()),
+        coordinator_sagas,
+        log_dir: log_dir.to_path_buf(),
+    }))
+}
+
+/// The hops of a saga in `mode`, in order: the consumer's service, the topic, and whether
+/// it is on the way from placed to confirmed.
+fn hops_of(mode: SagaMode) -> &'static [(&'static str, &'static str, bool)] {
+    use conveyor_contracts::*;
+    match mode {
+        SagaMode::Choreography => &[
+            (service::STOCK, OrderPlaced::TOPIC, true),
+            (service::PAYMENT, StockReserved::TOPIC, true),
+            (service::ORDER, PaymentCaptured::TOPIC, true),
+            (service::NOTIFICATION, OrderConfirmed::TOPIC, false),
+        ],
+        SagaMode::Orchestration => &[
+            (service::COORDINATOR, StartSaga::TOPIC, true),
+            (service::STOCK, ReserveStock::TOPIC, true),
+            (service::COORDINATOR, StockReplied::TOPIC, true),
+            (service::PAYMENT, CapturePayment::TOPIC, true),
+            (service::COORDINATOR, PaymentReplied::TOPIC, true),
+            (service::ORDER, ConfirmOrder::TOPIC, true),
+            (service::COORDINATOR, OrderReplied::TOPIC, false),
+            (service::NOTIFICATION, OrderConfirmed::TOPIC, false),
+        ],
+    }
 }
 
 fn progress_line(n: usize, st: &Step) -> String {
@@ -411,10 +500,85 @@ async fn count_down(pg_bin: &Path, url: &str, count_sql: &str, limit: Duration, 
     }
 }
 
-/// Waits until the inbox of the database `url` holds nothing pending, or `limit` passes
+/// Messages in an inbox that are due: pending and visible, or being handled. (Not the
+/// ones whose time has not come: retries after their backoff, the coordinator's deadlines.)
+pub(super) const DUE_SQL: &str = "SELECT count(*) FROM conveyor.inbox WHERE state = 'running' OR (state = 'pending' AND visible_at <= now())";
+
+/// Messages published and not relayed yet.
+pub(super) const OUTBOX_SQL: &str = "SELECT count(*) FROM conveyor.outbox";
+
+/// Waits until `count_sql` counts nothing in any of `databases` (service → URL), or `limit`
+/// passes (`Some(left)`, summed).
+async fn count_down_all(pg_bin: &Path, databases: &BTreeMap<String, String>, count_sql: &str, limit: Duration, signals: &mut Signals) -> Result<Result<Option<u64>, i32>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut left = 0;
+        for url in databases.values() {
+            left += query_u64s(&step!(psql(pg_bin, url, count_sql, signals).await))?[0];
+        }
+        if left == 0 {
+            return Ok(Ok(None));
+        }
+        if Instant::now() > deadline {
+            return Ok(Ok(Some(left)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until no inbox of the stack holds a message that is due, or `limit` passes
 /// (`Some(left)`).
-async fn drain_inbox(pg_bin: &Path, url: &str, limit: Duration, signals: &mut Signals) -> Result<Result<Option<u64>, i32>> {
-    count_down(pg_bin, url, "SELECT count(*) FROM conveyor.inbox WHERE state IN ('pending', 'running')", limit, signals).await
+async fn drain_inboxes(pg_bin: &Path, databases: &BTreeMap<String, String>, limit: Duration, signals: &mut Signals) -> Result<Result<Option<u64>, i32>> {
+    count_down_all(pg_bin, databases, DUE_SQL, limit, signals).await
+}
+
+/// The messages sent from `from` (unix seconds) on, per saga of `sagas`: once every outbox
+/// is empty (at most `limit`), counted in every inbox (see [`Messages`]).
+async fn messages(pg_bin: &Path, databases: &BTreeMap<String, String>, from: f64, sagas: u64, limit: Duration, signals: &mut Signals) -> Result<Result<Option<Messages>, i32>> {
+    let unrelayed = step!(count_down_all(pg_bin, databases, OUTBOX_SQL, limit, signals).await).unwrap_or(0);
+    let sql = messages_sql(from);
+    let mut counts = BTreeMap::new();
+    for url in databases.values() {
+        add_message_counts(&mut counts, &step!(psql(pg_bin, url, &sql, signals).await))?;
+    }
+    Ok(Ok(Messages::of(&counts, sagas, unrelayed)))
+}
+
+/// Messages sent from `from` (unix seconds) on in one database's inbox, by topic: handled,
+/// not handled. Ids are UUID v7, so the smallest id of `from`'s millisecond bounds them on
+/// the primary keys (as the pruner's).
+fn messages_sql(from: f64) -> String {
+    let floor = conveyor_queue::sql::v7_floor(std::time::UNIX_EPOCH + Duration::from_secs_f64(from.max(0.0)));
+    format!(
+        "SELECT topic, count(*) FILTER (WHERE done), count(*) FILTER (WHERE NOT done) FROM ( \
+         SELECT topic, true AS done FROM conveyor.inbox_done WHERE message_id >= '{floor}' \
+         UNION ALL SELECT topic, state = 'done' FROM conveyor.inbox WHERE message_id >= '{floor}') m GROUP BY topic"
+    )
+}
+
+/// Adds psql's `topic|handled|waiting` lines to `counts`.
+fn add_message_counts(counts: &mut BTreeMap<String, (u64, u64)>, text: &str) -> Result<()> {
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Some((topic, numbers)) = line.split_once('|') else { anyhow::bail!("unexpected line from an inbox: {line:?}") };
+        let n = query_u64s(numbers)?;
+        anyhow::ensure!(n.len() == 2, "unexpected line from an inbox: {line:?}");
+        let c = counts.entry(topic.to_owned()).or_default();
+        *c = (c.0 + n[0], c.1 + n[1]);
+    }
+    Ok(())
+}
+
+/// Orchestration: waits (at most `limit`) until every saga of the coordinator has ended,
+/// then counts them by state.
+async fn coordinator_sagas(pg_bin: &Path, url: &str, limit: Duration, signals: &mut Signals) -> Result<Result<BTreeMap<String, u64>, i32>> {
+    step!(count_down(pg_bin, url, "SELECT count(*) FROM sagas WHERE ended_at IS NULL", limit, signals).await);
+    let text = step!(psql(pg_bin, url, "SELECT state, count(*) FROM sagas GROUP BY state", signals).await);
+    let mut by = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (state, n) = line.split_once('|').with_context(|| format!("unexpected line from the coordinator: {line:?}"))?;
+        by.insert(state.to_owned(), query_u64s(n)?[0]);
+    }
+    Ok(Ok(by))
 }
 
 /// Counters of one database from pg_stat_database.
@@ -425,9 +589,11 @@ pub(super) struct DbStats {
     pub transactions: u64,
 }
 
-/// The counters of each of the stack's databases so far.
+/// The counters of each of the stack's databases so far (every service's, the
+/// coordinator's too).
 pub(super) async fn db_stats(pg_bin: &Path, url: &str, signals: &mut Signals) -> Result<Result<BTreeMap<String, DbStats>, i32>> {
-    let sql = format!("SELECT datname, deadlocks, xact_commit + xact_rollback FROM pg_stat_database WHERE datname LIKE '{DB_PREFIX}%'");
+    let names: Vec<String> = databases().iter().map(|db| format!("'{db}'")).collect();
+    let sql = format!("SELECT datname, deadlocks, xact_commit + xact_rollback FROM pg_stat_database WHERE datname IN ({})", names.join(", "));
     Ok(Ok(parse_db_stats(&step!(psql(pg_bin, url, &sql, signals).await))))
 }
 
@@ -478,7 +644,7 @@ fn hop_sql(topic: &str, from: f64, to: f64) -> String {
     )
 }
 
-fn parse_hop(text: &str, topic: &str, consumer: &str) -> Option<Hop> {
+fn parse_hop(text: &str, topic: &str, consumer: &str, on_path: bool) -> Option<Hop> {
     let f: Vec<&str> = text.trim().split('|').collect();
     let messages: u64 = f.first()?.parse().ok()?;
     let three = |s: &str| -> Option<[f64; 3]> {
@@ -486,7 +652,7 @@ fn parse_hop(text: &str, topic: &str, consumer: &str) -> Option<Hop> {
         (v.len() == 3).then(|| [v[0], v[1], v[2]])
     };
     (messages > 0).then_some(())?;
-    Some(Hop { topic: topic.to_owned(), consumer: consumer.to_owned(), messages, relay_ms: three(f.get(1)?)?, wait_ms: three(f.get(2)?)? })
+    Some(Hop { topic: topic.to_owned(), consumer: consumer.to_owned(), on_path, messages, relay_ms: three(f.get(1)?)?, wait_ms: three(f.get(2)?)? })
 }
 
 #[cfg(test)]
@@ -506,9 +672,36 @@ mod tests {
 
     #[test]
     fn hops_parse_from_psql() {
-        let h = parse_hop("120|{1.5,3.25,4}|{0.5,1,2}", "order.placed", "stock").unwrap();
-        assert_eq!((h.messages, h.relay_ms, h.wait_ms), (120, [1.5, 3.25, 4.0], [0.5, 1.0, 2.0]));
-        assert!(parse_hop("0||", "x", "y").is_none());
+        let h = parse_hop("120|{1.5,3.25,4}|{0.5,1,2}", "order.placed", "stock", true).unwrap();
+        assert_eq!((h.messages, h.relay_ms, h.wait_ms, h.on_path), (120, [1.5, 3.25, 4.0], [0.5, 1.0, 2.0], true));
+        assert!(parse_hop("0||", "x", "y", true).is_none());
+    }
+
+    #[test]
+    fn each_mode_has_its_hops_and_they_are_routed_so() {
+        for mode in SagaMode::ALL {
+            let hops = hops_of(mode);
+            assert_eq!(hops.iter().filter(|h| !h.2).count(), if mode == SagaMode::Choreography { 1 } else { 2 });
+            for &(consumer, topic, _) in hops {
+                // Every hop is a route of the contracts (or the hop would count nothing).
+                let routed = service::ALL.iter().any(|p| conveyor_contracts::routes(p).subscribers(topic).iter().any(|s| s == consumer));
+                assert!(routed, "{topic} → {consumer} is not routed");
+            }
+        }
+    }
+
+    #[test]
+    fn messages_are_counted_by_topic_per_saga() {
+        let sql = messages_sql(1_700_000_000.5);
+        // 1_700_000_000_500 ms is 0x018b_cfe5_69f4: a v7 id's first 48 bits.
+        assert!(sql.contains("message_id >= '018bcfe5-69f4-0000-0000-000000000000'"), "{sql}");
+        let mut counts = BTreeMap::new();
+        add_message_counts(&mut counts, "order.placed|10|0\nsaga.deadline|4|16\n").unwrap();
+        add_message_counts(&mut counts, "order.placed|0|0\norder.confirmed|10|0\n").unwrap();
+        assert!(add_message_counts(&mut counts, "order.placed|x|0").is_err());
+        let m = Messages::of(&counts, 10, 0).unwrap();
+        assert_eq!((m.per_saga, m.by_topic["saga.deadline"], m.by_topic["order.placed"], m.waiting), (4.0, 2.0, 1.0, 16));
+        assert!(Messages::of(&counts, 0, 0).is_none());
     }
 
     #[test]

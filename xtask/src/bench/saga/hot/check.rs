@@ -133,7 +133,8 @@ pub struct Releases {
     /// Of them, with the reservation released (stock database), and without.
     pub released: u64,
     pub unreleased: u64,
-    /// `payment.declined` messages still waiting in stock's inbox after the drain, or dead.
+    /// Messages that release (`payment.declined`; orchestrated, the coordinator's
+    /// `stock.release`) still waiting in stock's inbox after the drain, or dead.
     pub pending: u64,
     pub dead: u64,
     /// Declined (the declining transaction's `now()`, which publishes `payment.declined`)

@@ -52,7 +52,7 @@ fn releases_text(h: &Hot) -> String {
         return format!("no payment was declined (--hot-decline-share 0?); {} cancelled orders still hold units", h.orders.stuck_releases);
     }
     format!(
-        "{} payments declined, {} released; {} cancelled orders still hold units; {} declines waiting in stock's inbox, {} dead; declined → released {}",
+        "{} payments declined, {} released; {} cancelled orders still hold units; {} releases waiting in stock's inbox, {} dead; declined → released {}",
         r.declined,
         r.released,
         h.orders.stuck_releases,
@@ -114,7 +114,7 @@ pub fn markdown(h: &Hot, spread_products: usize) -> String {
     let _ = writeln!(s, "| target | measured | required | |\n|---|---|---|---|");
     let _ = writeln!(s, "| hot rate ÷ spread rate | {} | ≥ {} | {} |", rate_text(h), pct(t.rate_ratio_min), met(t.rate_met));
     let _ = writeln!(s, "| placed → ended (confirmed or cancelled) | {} | p99 ≤ {:.0} ms | {} |", latency_text(h), t.p99_ms_max, met(t.p99_met));
-    let _ = writeln!(s, "| deadlocks (pg_stat_database, all five databases) | {} | 0 | {} |", deadlocks_text(h), yes(t.deadlocks_met));
+    let _ = writeln!(s, "| deadlocks (pg_stat_database, every database of the stack) | {} | 0 | {} |", deadlocks_text(h), yes(t.deadlocks_met));
     let _ = writeln!(s, "| units sold against the stock | {} | never more; levels add up | {} |", sold_text(h), yes(t.sold_met));
     let _ = writeln!(s, "| releases | {} | none left holding units | {} |", releases_text(h), yes(t.releases_met));
     let _ = writeln!(s, "| **all** | | | **{}** |", yes(t.all_met));

@@ -81,9 +81,14 @@ pub fn released_sql(from: f64) -> String {
     format!("SELECT order_id, extract(epoch FROM updated_at) FROM reservations WHERE state = 'released' AND updated_at >= to_timestamp({from})")
 }
 
-/// Stock database: `payment.declined` messages waiting (or running) and dead.
-pub const DECLINES_WAITING_SQL: &str = "SELECT count(*) FILTER (WHERE state IN ('pending', 'running')), count(*) FILTER (WHERE state = 'dead') \
-     FROM conveyor.inbox WHERE topic = 'payment.declined'";
+/// Stock database: the messages of `topic` (what makes stock release: `payment.declined`,
+/// or the coordinator's `stock.release`) waiting (or running) and dead.
+pub fn releases_waiting_sql(topic: &str) -> String {
+    format!(
+        "SELECT count(*) FILTER (WHERE state IN ('pending', 'running')), count(*) FILTER (WHERE state = 'dead') \
+         FROM conveyor.inbox WHERE topic = '{topic}'"
+    )
+}
 
 pub fn parse_times(text: &str) -> Result<Vec<(Uuid, f64)>> {
     rows(text, 2)?.into_iter().map(|f| Ok((f[0].parse()?, f[1].parse()?))).collect()
