@@ -51,6 +51,9 @@ pub struct Args {
     /// Mean time between two faults.
     #[arg(long, default_value = "5s", value_parser = conveyor_launcher::audit::parse_duration)]
     fault_every: Duration,
+    /// How the orders run their saga: choreography, or orchestration by the coordinator.
+    #[arg(long, default_value_t = conveyor_contracts::SagaMode::Choreography)]
+    saga_mode: conveyor_contracts::SagaMode,
     /// Build and run release binaries.
     #[arg(long)]
     release: bool,
@@ -119,6 +122,7 @@ async fn with_pg(args: &Args, seed: u64, pg: &Postgres, signals: &mut Signals) -
         run_dir.join("logs"),
     );
     opts.log_format = "text".into();
+    opts.saga_mode = args.saga_mode;
     if pg.cluster.is_none() {
         // A server shared with other runs: databases of this run's own, so the audit sees
         // only this run's orders.
@@ -223,7 +227,7 @@ fn repeat_command(args: &Args, seed: u64, faults: &[FaultKind]) -> String {
         .collect();
     let secs = |d: Duration| format!("{}s", d.as_secs_f64());
     format!(
-        "cargo xtask chaos --seed {seed} --rounds {} --duration {} --rate {} --faults {} --products {} --customers {} --settle {} --fault-every {}{}",
+        "cargo xtask chaos --seed {seed} --rounds {} --duration {} --rate {} --faults {} --products {} --customers {} --settle {} --fault-every {} --saga-mode {}{}",
         args.rounds,
         secs(args.duration),
         args.rate,
@@ -236,6 +240,7 @@ fn repeat_command(args: &Args, seed: u64, faults: &[FaultKind]) -> String {
         args.customers,
         secs(args.settle),
         secs(args.fault_every),
+        args.saga_mode,
         if args.release { " --release" } else { "" }
     )
 }

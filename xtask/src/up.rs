@@ -21,10 +21,14 @@ pub struct UpArgs {
     /// running until Ctrl-C.
     #[arg(long)]
     no_wait: bool,
-    /// APIs listen on BASE+1..BASE+5, the webhook receiver on BASE+10, workers on
-    /// BASE+101..BASE+105, Prometheus (when installed) on BASE+1010.
+    /// APIs listen on BASE+1..BASE+6, the webhook receiver on BASE+10, workers on
+    /// BASE+101..BASE+106, Prometheus (when installed) on BASE+1010.
     #[arg(long, default_value_t = 8080)]
     base_port: u16,
+    /// How new orders run their saga: each service reacting to the last one's event
+    /// (choreography), or the coordinator sending each step's command (orchestration).
+    #[arg(long, default_value_t = conveyor_contracts::SagaMode::Choreography)]
+    saga_mode: conveyor_contracts::SagaMode,
     /// Build and run release binaries.
     #[arg(long)]
     release: bool,
@@ -54,6 +58,7 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
     let mut opts = StackOptions::new(pg.admin_url.clone(), bin_dir, log_dir.clone());
     opts.base_port = Some(args.base_port);
     opts.log_format = "text".into();
+    opts.saga_mode = args.saga_mode;
     let stack = tokio::select! {
         s = Stack::start(opts, |line| println!("  ✓ {line}")) => s?,
         sig = signals.wait() => return Ok(128 + sig),
@@ -67,6 +72,7 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
     println!("  ✓ demo data loaded: {} products, {} customers", demo.products.len(), demo.customers.len());
     println!();
     println!("Conveyor is up: ready {:.1} s after the build. Logs: {}", started.elapsed().as_secs_f64(), log_dir.display());
+    println!("New orders run their saga as a {} (--saga-mode).", args.saga_mode);
     println!();
     for svc in conveyor_contracts::service::ALL {
         let url = &stack.api[svc];
@@ -231,7 +237,8 @@ fn prometheus_config(base_port: u16) -> Result<String> {
     let root = workspace_root().join("prometheus");
     let shipped = std::fs::read_to_string(root.join("prometheus.yml")).context("reading prometheus/prometheus.yml")?;
     let mut text = shipped.replace("- rules/*.yml", &format!("- {}", root.join("rules/*.yml").display()));
-    for offset in (1..=5).chain(101..=105) {
+    let services = conveyor_contracts::service::ALL.len() as u32;
+    for offset in (1..=services).chain(101..=100 + services) {
         let (from, to) = (format!("\"127.0.0.1:{}\"", 8080 + offset), format!("\"127.0.0.1:{}\"", u32::from(base_port) + offset));
         anyhow::ensure!(shipped.contains(&from), "prometheus/prometheus.yml has no target {from}");
         text = text.replace(&from, &to);

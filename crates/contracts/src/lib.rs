@@ -26,10 +26,12 @@ pub mod service {
     pub const PAYMENT: &str = "payment";
     pub const NOTIFICATION: &str = "notification";
     pub const COORDINATOR: &str = "coordinator";
-    pub const ALL: [&str; 5] = [CATALOG, ORDER, STOCK, PAYMENT, NOTIFICATION];
+    pub const ALL: [&str; 6] = [CATALOG, ORDER, STOCK, PAYMENT, NOTIFICATION, COORDINATOR];
 }
 
-/// Who receives what `publisher` publishes: the event table of ARCHITECTURE §3.
+/// Who receives what `publisher` publishes: the event table of ARCHITECTURE §3, and the
+/// commands and replies of the orchestrated saga (§3b). (The coordinator's deadlines go
+/// straight into its own inbox: `conveyor_queue::schedule`.)
 pub fn routes(publisher: &str) -> Routes {
     use service::*;
     match publisher {
@@ -37,9 +39,21 @@ pub fn routes(publisher: &str) -> Routes {
         ORDER => Routes::new()
             .route(OrderPlaced::TOPIC, [STOCK])
             .route(OrderConfirmed::TOPIC, [NOTIFICATION])
-            .route(OrderCancelled::TOPIC, [NOTIFICATION]),
-        STOCK => Routes::new().route(StockReserved::TOPIC, [PAYMENT]).route(StockRejected::TOPIC, [ORDER]),
-        PAYMENT => Routes::new().route(PaymentCaptured::TOPIC, [ORDER]).route(PaymentDeclined::TOPIC, [ORDER, STOCK]),
+            .route(OrderCancelled::TOPIC, [NOTIFICATION])
+            .route(StartSaga::TOPIC, [COORDINATOR])
+            .route(OrderReplied::TOPIC, [COORDINATOR]),
+        STOCK => Routes::new().route(StockReserved::TOPIC, [PAYMENT]).route(StockRejected::TOPIC, [ORDER]).route(StockReplied::TOPIC, [COORDINATOR]),
+        PAYMENT => Routes::new()
+            .route(PaymentCaptured::TOPIC, [ORDER])
+            .route(PaymentDeclined::TOPIC, [ORDER, STOCK])
+            .route(PaymentReplied::TOPIC, [COORDINATOR]),
+        COORDINATOR => Routes::new()
+            .route(ReserveStock::TOPIC, [STOCK])
+            .route(ReleaseStock::TOPIC, [STOCK])
+            .route(CapturePayment::TOPIC, [PAYMENT])
+            .route(RefundPayment::TOPIC, [PAYMENT])
+            .route(ConfirmOrder::TOPIC, [ORDER])
+            .route(CancelOrder::TOPIC, [ORDER]),
         _ => Routes::new(),
     }
 }
@@ -89,7 +103,8 @@ mod tests {
                 }
             }
         }
-        assert_eq!(subscribers_of(service::PAYMENT), vec![service::ORDER, service::STOCK]);
+        assert_eq!(subscribers_of(service::PAYMENT), vec![service::ORDER, service::STOCK, service::COORDINATOR]);
+        assert_eq!(subscribers_of(service::COORDINATOR), vec![service::ORDER, service::STOCK, service::PAYMENT]);
         assert!(subscribers_of(service::NOTIFICATION).is_empty());
     }
 

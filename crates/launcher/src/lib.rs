@@ -40,8 +40,8 @@ pub struct StackOptions {
     pub bin_dir: PathBuf,
     /// One log file per process goes here.
     pub log_dir: PathBuf,
-    /// APIs on base+1..=base+5 (catalog, order, stock, payment, notification), the webhook
-    /// receiver on base+10, workers on base+101..=base+105. `None`: free ports.
+    /// APIs on base+1..=base+6 (catalog, order, stock, payment, notification, coordinator),
+    /// the webhook receiver on base+10, workers on base+101..=base+106. `None`: free ports.
     pub base_port: Option<u16>,
     /// `text` or `json`, for every process.
     pub log_format: String,
@@ -50,6 +50,9 @@ pub struct StackOptions {
     /// Extra environment variables for every process (migrators and the webhook receiver
     /// too), e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`; set after the stack's own.
     pub env: BTreeMap<String, String>,
+    /// How new orders run their saga (the order API's `--saga-mode`). Every worker handles
+    /// both modes, so an order in flight ends in the mode it started in whatever this is.
+    pub saga_mode: conveyor_contracts::SagaMode,
 }
 
 impl StackOptions {
@@ -63,6 +66,7 @@ impl StackOptions {
             log_format: "json".into(),
             extra_args: BTreeMap::new(),
             env: BTreeMap::new(),
+            saga_mode: conveyor_contracts::SagaMode::default(),
         }
     }
 
@@ -199,6 +203,9 @@ impl Stack {
                     env.extend(issuer.env(&jwks));
                 }
                 let mut args = Vec::new();
+                if name == "order-api" {
+                    args.extend(["--saga-mode".into(), opts.saga_mode.to_string()]);
+                }
                 if role == "worker" {
                     let relay_url = |s: &str| roles[s].relay.clone().expect("a subscriber has a relay role");
                     let subs: Vec<String> = conveyor_contracts::subscribers_of(svc).iter().map(|s| format!("{s}={}", relay_url(s))).collect();
@@ -293,6 +300,18 @@ impl Stack {
         proc.wait_ready(&self.http, Duration::from_secs(60)).await?;
         self.procs.insert(process.to_owned(), proc);
         Ok(())
+    }
+
+    /// Switches the shop's saga mode: the order API restarts with `--saga-mode mode` (a clean
+    /// stop, then a start), so that new orders run their saga so; orders in flight end in
+    /// the mode they started in, since every worker handles both.
+    pub async fn switch_saga_mode(&mut self, mode: conveyor_contracts::SagaMode) -> Result<()> {
+        let spec = self.specs.get_mut("order-api").context("no order-api")?;
+        let at = spec.args.iter().position(|a| a == "--saga-mode").context("order-api has no --saga-mode")?;
+        spec.args[at + 1] = mode.to_string();
+        self.opts.saga_mode = mode;
+        self.stop_process("order-api").await?;
+        self.start_process("order-api").await
     }
 
     /// Fails, naming it and showing its log, if a process that should run has exited.
@@ -443,7 +462,8 @@ mod port_tests {
     fn api_ports_follow_the_base_port_in_service_order() {
         assert_eq!(api_port(8080, service::CATALOG), Some(8081));
         assert_eq!(api_port(8080, service::ORDER), Some(8082));
-        assert_eq!(api_port(8080, service::NOTIFICATION), Some(8080 + service::ALL.len() as u16));
+        assert_eq!(api_port(8080, service::NOTIFICATION), Some(8085));
+        assert_eq!(api_port(8080, service::COORDINATOR), Some(8080 + service::ALL.len() as u16));
         assert_eq!(api_port(8080, "shipping"), None);
         assert_eq!(api_port(u16::MAX, service::CATALOG), None);
     }

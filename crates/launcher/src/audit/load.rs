@@ -152,7 +152,7 @@ async fn read_stock(conn: &mut PgConnection) -> Result<Stock> {
 
 async fn read_payment(conn: &mut PgConnection) -> Result<Payment> {
     let rows: Vec<(Uuid, i64, String, String)> =
-        sqlx::query_as("SELECT order_id, amount_minor, currency::text, status FROM payments WHERE status = 'captured'").fetch_all(&mut *conn).await?;
+        sqlx::query_as("SELECT order_id, amount_minor, currency::text, status FROM payments WHERE status IN ('captured', 'refunded')").fetch_all(&mut *conn).await?;
     let payments = rows.into_iter().map(|(order, amount, currency, status)| PaymentRow { order, amount, currency, status }).collect();
     let rows: Vec<(Uuid, i64, i64, i64)> = sqlx::query_as(
         "SELECT order_id, count(*) FILTER (WHERE kind = 'capture'),

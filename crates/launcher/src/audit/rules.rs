@@ -195,7 +195,8 @@ fn captures(s: &Snapshot, o: &Options) -> RuleReport {
     let mut c = Check::new(Rule::Captures, o);
     let (Some(orders), Some(payment)) = (&s.orders, &s.payment) else { return c.skip(missing(&["order database", "payment database"])) };
     let mut captured: HashMap<Uuid, Vec<&PaymentRow>> = HashMap::new();
-    for p in payment.payments.iter().filter(|p| p.status == "captured") {
+    // A refunded payment was captured first: it counts as a capture, and its refund must be in the ledger.
+    for p in payment.payments.iter().filter(|p| p.status == "captured" || p.status == "refunded") {
         captured.entry(p.order).or_default().push(p);
     }
     let mut ids: Vec<Uuid> = orders.orders.keys().chain(captured.keys()).chain(payment.charges.keys()).copied().collect();
@@ -221,8 +222,14 @@ fn captures(s: &Snapshot, o: &Options) -> RuleReport {
             });
             continue;
         }
+        let refunded_row = rows.first().is_some_and(|p| p.status == "refunded");
+        if refunded_row != (charges.refunded != 0) && row_amount != Some(0) {
+            c.fail(|| format!("order {id}: the payments table says {}, the ledger's refunds total {}", if refunded_row { "refunded" } else { "not refunded" }, charges.refunded));
+            continue;
+        }
         match orders.orders.get(&id) {
             None => c.fail(|| format!("{} captured for order {id}, which the order service does not have", kept)),
+            Some(order) if order.status == Status::Confirmed && refunded_row => c.fail(|| format!("order {id} is confirmed but its payment was refunded")),
             Some(order) if order.status == Status::Cancelled && kept != 0 => {
                 c.fail(|| format!("order {id} is cancelled ({}) but {kept} {} of its capture is kept", order.reason.as_deref().unwrap_or("?"), order.currency))
             }

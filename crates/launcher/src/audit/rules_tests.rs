@@ -150,8 +150,29 @@ fn a_capture_kept_for_a_cancelled_order_is_reported_unless_refunded() {
     p.payments.push(PaymentRow { order: id(12), amount: 500, currency: EUR.into(), status: "captured".into() });
     p.charges.insert(id(12), Charges { captures: 1, captured: -500, refunded: 0 });
     assert_only(&s, "captures", "is cancelled (out_of_stock) but 500 EUR");
-    s.payment.as_mut().unwrap().charges.get_mut(&id(12)).unwrap().refunded = 500;
+    // Refunded: payment marks the payment so and writes the refund in the ledger.
+    let p = s.payment.as_mut().unwrap();
+    p.charges.get_mut(&id(12)).unwrap().refunded = 500;
+    p.payments.last_mut().unwrap().status = "refunded".into();
     assert!(failing(&s).0.is_empty(), "a refunded capture is not kept");
+}
+
+#[test]
+fn a_refunded_payment_is_a_capture_given_back_and_the_ledger_must_show_the_refund() {
+    let mut s = shop();
+    let p = s.payment.as_mut().unwrap();
+    // Order 13 (cancelled) was captured after all, then refunded: what the orchestrated saga does with a late capture.
+    p.payments.push(PaymentRow { order: id(13), amount: 500, currency: EUR.into(), status: "refunded".into() });
+    p.charges.insert(id(13), Charges { captures: 1, captured: -500, refunded: 500 });
+    assert!(failing(&s).0.is_empty(), "{}", failing(&s).1.to_text());
+    s.payment.as_mut().unwrap().charges.get_mut(&id(13)).unwrap().refunded = 0;
+    assert_only(&s, "captures", "the payments table says refunded, the ledger's refunds total 0");
+    // A confirmed order whose payment was refunded has not been paid for.
+    let mut s = shop();
+    let p = s.payment.as_mut().unwrap();
+    p.payments[0].status = "refunded".into();
+    p.charges.get_mut(&id(11)).unwrap().refunded = 3000;
+    assert_only(&s, "captures", "confirmed but its payment was refunded");
 }
 
 #[test]

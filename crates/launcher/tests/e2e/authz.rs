@@ -91,6 +91,9 @@ async fn every_route_answers_each_kind_of_caller_as_documented_and_b_never_sees_
         case("notification", Method::GET, "/orders/{order_id}/notifications", format!("/orders/{order}/notifications"), None, [401, 200, 403, 200]),
         case("notification", Method::GET, "/templates", "/templates".into(), None, [401, 403, 403, 200]),
         case("notification", Method::GET, "/templates/{event_type}", "/templates/order.confirmed".into(), None, [401, 403, 403, 200]),
+        case("coordinator", Method::GET, "/sagas", "/sagas".into(), None, [401, 403, 403, 200]),
+        // This shop runs the choreography: the order has no saga in the coordinator.
+        case("coordinator", Method::GET, "/sagas/{order_id}", format!("/sagas/{order}"), None, [401, 403, 403, 404]),
     ];
     for svc in conveyor_contracts::service::ALL {
         cases.push(case(svc, Method::GET, "/admin/queue", "/admin/queue".into(), None, [401, 403, 403, 200]));

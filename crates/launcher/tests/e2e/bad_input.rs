@@ -76,17 +76,25 @@ async fn every_api_answers_bad_input_with_a_problem_and_writes_nothing() {
         case("payment", "GET", &format!("/customers/{NIL}"), None, 404),
         case("notification", "PUT", "/templates/order.confirmed", Some(r#"{"subject":"{{ oops","body":"x"}"#), 422),
         case("notification", "PUT", "/templates/order.exploded", Some(r#"{"subject":"x","body":"x"}"#), 404),
+        case("coordinator", "GET", &format!("/sagas/{NIL}"), None, 404),
+        case("coordinator", "GET", "/sagas/x", None, 400),
+        case("coordinator", "GET", "/sagas?state=lost", None, 400),
+        case("coordinator", "GET", "/sagas?older_than=forever", None, 400),
+        case("coordinator", "GET", "/sagas?limit=1000", None, 400),
+        case("coordinator", "GET", "/sagas?sort=state", None, 400),
     ];
-    for svc in ["catalog", "order", "stock", "payment", "notification"] {
-        let post = match svc {
-            "catalog" => "/products",
-            "order" => "/orders",
-            "stock" => "/items/00000000-0000-0000-0000-000000000000/restock",
-            "payment" => "/customers",
-            _ => "/templates/order.confirmed",
+    for svc in conveyor_contracts::service::ALL {
+        let write = match svc {
+            "catalog" => Some(("POST", "/products")),
+            "order" => Some(("POST", "/orders")),
+            "stock" => Some(("POST", "/items/00000000-0000-0000-0000-000000000000/restock")),
+            "payment" => Some(("POST", "/customers")),
+            "notification" => Some(("PUT", "/templates/order.confirmed")),
+            _ => None, // the coordinator's API only reads
         };
-        let method = if svc == "notification" { "PUT" } else { "POST" };
-        cases.push(case(svc, method, post, Some(&huge), 413));
+        if let Some((method, path)) = write {
+            cases.push(case(svc, method, path, Some(&huge), 413));
+        }
         cases.push(case(svc, "GET", "/no/such/route", None, 404));
         // Postgres refuses NUL in text: this was a 500 on every service.
         cases.push(case(svc, "GET", "/admin/dead-letters?topic=order.placed%00", None, 400));
@@ -177,7 +185,7 @@ async fn apis_and_workers_refuse_an_unmigrated_database_and_every_binary_has_hel
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--auth-jwks") && err.contains("--auth-issuer"), "catalog-api without auth settings: {err}");
     let tools = ["saga-driver", "peers", "soak", "conveyor-loadtest"].map(String::from);
-    for name in conveyor_launcher::process_names().into_iter().chain(["catalog", "order", "stock", "payment", "notification"].iter().map(|s| format!("{s}-migrator"))).chain(tools) {
+    for name in conveyor_launcher::process_names().into_iter().chain(conveyor_contracts::service::ALL.iter().map(|s| format!("{s}-migrator"))).chain(tools) {
         let out = tokio::process::Command::new(bin.join(&name)).arg("--help").output().await.unwrap();
         assert!(out.status.success(), "{name} --help failed");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{name} --help");

@@ -9,6 +9,7 @@ mod bad_input;
 mod faults;
 mod flags;
 mod metrics;
+mod orchestration;
 mod prometheus;
 mod race;
 mod roles;
@@ -17,8 +18,28 @@ mod traces;
 
 use std::time::Duration;
 
+use conveyor_contracts::SagaMode;
 use conveyor_launcher::{Shop, Stack, StackOptions, default_bin_dir};
 use uuid::Uuid;
+
+/// Runs a scenario `async fn name(mode: SagaMode)` once per saga mode, as the tests
+/// `name::choreography` and `name::orchestration`: one suite for both ways the shop runs
+/// its saga, not a copy per mode.
+macro_rules! in_both_modes {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn choreography() {
+                super::$name(conveyor_contracts::SagaMode::Choreography).await
+            }
+            #[tokio::test]
+            async fn orchestration() {
+                super::$name(conveyor_contracts::SagaMode::Orchestration).await
+            }
+        }
+    )+};
+}
+pub(crate) use in_both_modes;
 
 static ONE_STACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -35,6 +56,15 @@ pub struct Fixture {
 /// A fresh stack for `test`, with short circuit-breaker timings so outages resolve fast.
 pub async fn start(test: &str) -> Fixture {
     start_with(test, |o| o).await
+}
+
+/// A fresh stack for `test` whose new orders run their saga in `mode`.
+pub async fn start_in(test: &str, mode: SagaMode) -> Fixture {
+    start_with(&format!("{test}-{mode}"), |mut o| {
+        o.saga_mode = mode;
+        o
+    })
+    .await
 }
 
 pub async fn start_with(test: &str, tweak: impl FnOnce(StackOptions) -> StackOptions) -> Fixture {

@@ -5,10 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use conveyor_launcher::{Terminal, wait_for};
 
-use crate::{SAGA, start};
+use conveyor_contracts::SagaMode;
 
-/// Every family each process must export once a few sagas ran through it.
-fn expected(process: &str) -> Vec<&'static str> {
+use crate::{SAGA, in_both_modes, start_in};
+
+in_both_modes!(every_binary_exports_the_catalogued_families_without_unbounded_labels);
+
+/// Every family each process must export once a few sagas ran through it in `mode`.
+fn expected(process: &str, mode: SagaMode) -> Vec<&'static str> {
     let mut names = vec![
         "db_pool_connections",
         "db_pool_max_connections",
@@ -18,10 +22,12 @@ fn expected(process: &str) -> Vec<&'static str> {
         "conveyor_queue_oldest_pending_age_seconds",
     ];
     let (svc, role) = process.rsplit_once('-').expect("svc-role");
+    // The coordinator handles and relays only orchestrated sagas.
+    let idle = svc == "catalog" || (svc == "coordinator" && mode == SagaMode::Choreography);
     if role == "api" {
         names.extend(["http_server_requests_total", "http_server_request_duration_seconds_bucket", "http_server_requests_in_flight"]);
     } else {
-        if svc != "catalog" {
+        if !idle {
             names.extend([
                 "conveyor_queue_consumed_total",
                 "conveyor_queue_handler_duration_seconds_bucket",
@@ -30,7 +36,7 @@ fn expected(process: &str) -> Vec<&'static str> {
                 "conveyor_queue_depth",
             ]);
         }
-        if svc != "notification" {
+        if svc != "notification" && !(svc == "coordinator" && mode == SagaMode::Choreography) {
             names.extend(["conveyor_queue_relayed_total", "conveyor_queue_relay_lag_seconds_bucket"]);
         }
     }
@@ -40,6 +46,7 @@ fn expected(process: &str) -> Vec<&'static str> {
         "order-worker" => vec!["conveyor_queue_published_total", "conveyor_orders_completed_total", "conveyor_saga_duration_seconds_bucket"],
         "payment-worker" => vec!["conveyor_queue_published_total", "conveyor_payments_total"],
         "notification-worker" => vec!["conveyor_notifications_sent_total", "conveyor_notification_breaker_open"],
+        "coordinator-worker" => vec!["conveyor_saga_commands_total", "conveyor_sagas_in_flight", "conveyor_sagas_overdue", "conveyor_saga_timeouts_total"],
         _ => vec![],
     });
     if process == "order-api" {
@@ -79,9 +86,8 @@ fn samples(text: &str) -> Vec<(String, BTreeMap<String, String>)> {
         .collect()
 }
 
-#[tokio::test]
-async fn every_binary_exports_the_catalogued_families_without_unbounded_labels() {
-    let f = start("metrics").await;
+async fn every_binary_exports_the_catalogued_families_without_unbounded_labels(mode: SagaMode) {
+    let f = start_in("metrics", mode).await;
     let product = f.product(700, 3).await;
     let rich = f.customer(1_000_000).await;
     let poor = f.customer(1).await;
@@ -98,13 +104,13 @@ async fn every_binary_exports_the_catalogued_families_without_unbounded_labels()
     assert!(unbounded("/orders/0190f0e2-7c3f-7d4e-8f00-000000000000") && unbounded("a@b.c") && !unbounded("/orders/{id}"), "the check itself");
     let http = reqwest::Client::new();
     let mut problems = Vec::new();
-    for svc in ["catalog", "order", "stock", "payment", "notification"] {
+    for svc in conveyor_contracts::service::ALL {
         for (role, base) in [("api", &f.stack.api[svc]), ("worker", &f.stack.worker[svc])] {
             let process = format!("{svc}-{role}");
             let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
             let samples = samples(&text);
             let families: BTreeSet<&str> = samples.iter().map(|(n, _)| n.as_str()).collect();
-            for want in expected(&process) {
+            for want in expected(&process, mode) {
                 if !families.contains(want) {
                     problems.push(format!("{process}: no {want}"));
                 }

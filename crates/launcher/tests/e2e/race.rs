@@ -6,11 +6,14 @@ use conveyor_launcher::{Terminal, wait_for};
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 
-use crate::start;
+use conveyor_contracts::SagaMode;
 
-#[tokio::test]
-async fn five_hundred_orders_race_for_fifty_units_and_exactly_those_that_fit_are_confirmed() {
-    let f = start("race").await;
+use crate::{in_both_modes, start_in};
+
+in_both_modes!(five_hundred_orders_race_for_fifty_units_and_exactly_those_that_fit_are_confirmed);
+
+async fn five_hundred_orders_race_for_fifty_units_and_exactly_those_that_fit_are_confirmed(mode: SagaMode) {
+    let f = start_in("race", mode).await;
     let product = f.product(100, 50).await;
     let mut customers = Vec::new();
     for _ in 0..10 {

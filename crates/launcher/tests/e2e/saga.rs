@@ -1,13 +1,21 @@
 //! The saga's three endings, idempotent ordering, and duplicate deliveries.
 
+use conveyor_contracts::SagaMode;
 use conveyor_launcher::{Terminal, wait_for};
 use serde_json::json;
 
-use crate::{SAGA, start};
+use crate::{SAGA, in_both_modes, start_in};
 
-#[tokio::test]
-async fn a_placed_order_is_confirmed_paid_once_reserved_and_notified_once_from_the_stored_template() {
-    let f = start("confirmed").await;
+in_both_modes!(
+    a_placed_order_is_confirmed_paid_once_reserved_and_notified_once_from_the_stored_template,
+    an_order_beyond_the_stock_is_cancelled_and_moves_no_stock,
+    a_customer_who_cannot_pay_gets_a_cancelled_order_and_the_reservation_is_released,
+    the_same_idempotency_key_gives_one_order_and_the_same_answer,
+    duplicate_and_replayed_deliveries_never_double_reserve_charge_or_notify,
+);
+
+async fn a_placed_order_is_confirmed_paid_once_reserved_and_notified_once_from_the_stored_template(mode: SagaMode) {
+    let f = start_in("confirmed", mode).await;
     let (status, _) = f
         .shop
         .send(reqwest::Method::PUT, "notification", "/templates/order.confirmed", &[], &json!({
@@ -31,6 +39,7 @@ async fn a_placed_order_is_confirmed_paid_once_reserved_and_notified_once_from_t
     assert_eq!(f.shop.reservation(order).await.unwrap().unwrap()["state"], "reserved");
     let history: Vec<String> = f.shop.order(order).await.unwrap()["history"].as_array().unwrap().iter().map(|h| h["status"].as_str().unwrap().to_owned()).collect();
     assert_eq!(history, ["placed", "confirmed"]);
+    assert_eq!(f.shop.order(order).await.unwrap()["saga_mode"], mode.as_str());
 
     wait_for("the notification", SAGA, || async { Ok(!f.shop.notifications(order).await?.is_empty()) }).await.unwrap();
     let (received, duplicates) = f.shop.received().await.unwrap();
@@ -43,9 +52,8 @@ async fn a_placed_order_is_confirmed_paid_once_reserved_and_notified_once_from_t
     f.stop().await;
 }
 
-#[tokio::test]
-async fn an_order_beyond_the_stock_is_cancelled_and_moves_no_stock() {
-    let f = start("out-of-stock").await;
+async fn an_order_beyond_the_stock_is_cancelled_and_moves_no_stock(mode: SagaMode) {
+    let f = start_in("out-of-stock", mode).await;
     let product = f.product(1000, 3).await;
     let customer = f.customer(100_000).await;
     let order = f.shop.order_placed(customer, &[(product, 5)]).await.unwrap();
@@ -57,15 +65,14 @@ async fn an_order_beyond_the_stock_is_cancelled_and_moves_no_stock() {
     f.stop().await;
 }
 
-#[tokio::test]
-async fn a_customer_who_cannot_pay_gets_a_cancelled_order_and_the_reservation_is_released() {
-    let f = start("declined").await;
+async fn a_customer_who_cannot_pay_gets_a_cancelled_order_and_the_reservation_is_released(mode: SagaMode) {
+    let f = start_in("declined", mode).await;
     let product = f.product(2599, 10).await;
     let customer = f.customer(100).await;
     let order = f.shop.order_placed(customer, &[(product, 1)]).await.unwrap();
     assert_eq!(f.shop.wait_terminal(order, SAGA).await.unwrap(), Terminal::Cancelled("payment_declined".into()));
-    // The release is the stock service's reaction to payment.declined, as the cancellation
-    // is the order service's: they happen in parallel.
+    // The release is the stock service's reaction to payment.declined (or the coordinator's
+    // command), as the cancellation is the order service's: they happen in parallel.
     wait_for("the reservation's release", SAGA, || async { Ok(f.shop.reservation(order).await?.is_some_and(|r| r["state"] == "released")) })
         .await
         .unwrap();
@@ -79,9 +86,8 @@ async fn a_customer_who_cannot_pay_gets_a_cancelled_order_and_the_reservation_is
     f.stop().await;
 }
 
-#[tokio::test]
-async fn the_same_idempotency_key_gives_one_order_and_the_same_answer() {
-    let f = start("idempotency").await;
+async fn the_same_idempotency_key_gives_one_order_and_the_same_answer(mode: SagaMode) {
+    let f = start_in("idempotency", mode).await;
     let product = f.product(500, 10).await;
     let customer = f.customer(100_000).await;
     let first = f.shop.place_order("key-1", customer, &[(product, 1)]).await.unwrap();
@@ -96,15 +102,28 @@ async fn the_same_idempotency_key_gives_one_order_and_the_same_answer() {
     f.stop().await;
 }
 
-#[tokio::test]
-async fn duplicate_and_replayed_deliveries_never_double_reserve_charge_or_notify() {
-    let f = start("duplicates").await;
+async fn duplicate_and_replayed_deliveries_never_double_reserve_charge_or_notify(mode: SagaMode) {
+    let f = start_in("duplicates", mode).await;
     // Handled messages leave the inbox (only their ids are kept, in inbox_done): keep a copy
-    // of every delivery, to deliver them again below.
-    let services = [("stock", "order.placed"), ("payment", "stock.reserved"), ("order", "payment.captured"), ("notification", "order.confirmed")];
-    for (svc, _) in services {
+    // of every delivery of this saga, to deliver them again below.
+    let services: &[(&str, &str)] = match mode {
+        SagaMode::Choreography => &[("stock", "order.placed"), ("payment", "stock.reserved"), ("order", "payment.captured"), ("notification", "order.confirmed")],
+        SagaMode::Orchestration => &[
+            ("coordinator", "saga.start"),
+            ("stock", "stock.reserve"),
+            ("coordinator", "stock.replied"),
+            ("payment", "payment.capture"),
+            ("coordinator", "payment.replied"),
+            ("order", "order.confirm"),
+            ("coordinator", "order.replied"),
+            ("notification", "order.confirmed"),
+        ],
+    };
+    let capturing: std::collections::BTreeSet<&str> = services.iter().map(|(svc, _)| *svc).collect();
+    for svc in capturing {
         capture_inbox(&f.db(svc).await).await;
     }
+    let capture_topic = if mode == SagaMode::Choreography { "stock.reserved" } else { "payment.capture" };
     let product = f.product(1000, 10).await;
     let customer = f.customer(100_000).await;
     let order = f.shop.order_placed(customer, &[(product, 3)]).await.unwrap();
@@ -117,10 +136,11 @@ async fn duplicate_and_replayed_deliveries_never_double_reserve_charge_or_notify
     let payment_db = f.db("payment").await;
     let original: uuid::Uuid = sqlx::query_scalar(
         "INSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at, state)
-         SELECT message_id, topic, key, payload, headers, published_at, 'dead' FROM e2e_captured WHERE topic = 'stock.reserved' AND key = $1 LIMIT 1
+         SELECT message_id, topic, key, payload, headers, published_at, 'dead' FROM e2e_captured WHERE topic = $2 AND key = $1 LIMIT 1
          RETURNING message_id",
     )
     .bind(&key)
+    .bind(capture_topic)
     .fetch_one(&payment_db)
     .await
     .unwrap();
@@ -132,7 +152,7 @@ async fn duplicate_and_replayed_deliveries_never_double_reserve_charge_or_notify
     // that re-sent would do: the handlers' keys catch it), and once more under its own id
     // (what a repeated relay does: the inbox_done record catches it).
     let mut copies = Vec::new();
-    for (svc, topic) in services {
+    for &(svc, topic) in services {
         let db = f.db(svc).await;
         let copy: uuid::Uuid = sqlx::query_scalar(
             "INSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at)
