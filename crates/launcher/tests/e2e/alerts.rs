@@ -16,7 +16,10 @@
 //! (`prometheus/tests/alerts.yml`) keep testing the real rules at their real durations.
 //!
 //! **Timeline.** Scenarios run together when they cannot disturb one another; the comments
-//! of each phase say why they do not.
+//! of each phase say why they do not. One alert, `ConveyorSagasOverdue`, has a stack of its
+//! own ([`sagas_overdue_fires_while_order_worker_is_stopped_and_resolves`]): its orders run
+//! the orchestrated saga with a 2 s step timeout, shorter than the waits the other faults
+//! make.
 //!
 //! Needs the `prometheus` binary, like `prometheus.rs`.
 
@@ -25,6 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use conveyor_contracts::SagaMode;
 use conveyor_launcher::{Shop, Stack, Terminal};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -33,7 +37,7 @@ use uuid::Uuid;
 use crate::prometheus::{
     Prometheus, SHIPPED_EVALUATION_INTERVAL, alert_quantities, collect_panels, config_for_stack, dashboard_files, prometheus_binary, workspace_root,
 };
-use crate::{SAGA, start_with};
+use crate::{Fixture, SAGA, start_with};
 
 mod timescale;
 use timescale::{scale_duration, time_scaled};
@@ -67,6 +71,7 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("ConveyorNotificationBreakerOpen", "notification receiver_down = 1, then cleared"),
     ("ConveyorQueueBacklogGrowing", "stock slowdown_ms under the steady order rate, then cleared"),
     ("ConveyorQueueOldestMessageTooOld", "the same slowdown: order.placed waits in stock's inbox"),
+    ("ConveyorSagasOverdue", "(a stack of its own, orchestration) order-worker stopped while a saga waits for payment, started again"),
 ];
 
 #[tokio::test]
@@ -86,23 +91,7 @@ async fn every_alert_fires_on_its_fault_and_resolves_once_it_is_removed() {
     })
     .await;
     let root = workspace_root();
-    let dir = f.stack.opts.log_dir.join("prometheus");
-    let rules_dir = dir.join("rules");
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    std::fs::create_dir_all(&rules_dir).unwrap();
-    for file in ["recording.yml", "alerts.yml"] {
-        let shipped = std::fs::read_to_string(root.join("prometheus/rules").join(file)).unwrap();
-        let (scaled, _) = time_scaled(&shipped, SPEEDUP).unwrap_or_else(|e| panic!("prometheus/rules/{file}: {e}"));
-        std::fs::write(rules_dir.join(file), scaled).unwrap();
-    }
-    let shipped_eval = SHIPPED_EVALUATION_INTERVAL.trim_start_matches("evaluation_interval:").trim();
-    let evaluation = scale_duration(shipped_eval, SPEEDUP).unwrap();
-    let config = dir.join("prometheus.yml");
-    let rules_glob = rules_dir.join("*.yml").display().to_string();
-    std::fs::write(&config, config_for_stack(&root, &f.stack.api, &f.stack.worker, &rules_glob, SCRAPE_INTERVAL, &evaluation)).unwrap();
-    let mut prom = Prometheus::start(&binary, &config, &dir).await;
-    eprintln!("alerts: prometheus {} (rules {SPEEDUP}x faster in {}, log {})", prom.url, rules_dir.display(), prom.log.display());
-
+    let mut prom = time_scaled_prometheus(&f, &binary).await;
     let rules = alert_rules(&prom).await;
     let covered: Vec<&str> = SCENARIOS.iter().map(|(a, _)| *a).collect();
     let missing: Vec<&String> = rules.keys().filter(|a| !covered.contains(&a.as_str())).collect();
@@ -150,6 +139,110 @@ async fn every_alert_fires_on_its_fault_and_resolves_once_it_is_removed() {
     f.stack.check_running().unwrap();
     prom.stop().await;
     f.stop().await;
+}
+
+/// ConveyorSagasOverdue, on a stack whose orders run the orchestrated saga with a 2 s step
+/// timeout (a saga is overdue once it has not moved for 4 s). Order-worker is stopped while
+/// an order's saga waits for payment; the saga then reaches `confirming`, the one wait
+/// without a deadline (or, had payment answered after the timeout, `cancelling`: the same
+/// wait for order-worker), and stays there. Order-worker started again answers, the saga
+/// ends and the alert resolves. A stack of its own: the other scenarios' payment latency
+/// and stock slowdown are longer than this step timeout and would time its sagas out.
+#[tokio::test]
+async fn sagas_overdue_fires_while_order_worker_is_stopped_and_resolves() {
+    let binary = prometheus_binary();
+    let mut f = start_with("alerts-overdue", |mut o| {
+        o.saga_mode = SagaMode::Orchestration;
+        o.arg("coordinator-worker", &["--step-timeout", "2s"])
+    })
+    .await;
+    let mut prom = time_scaled_prometheus(&f, &binary).await;
+    let rules = alert_rules(&prom).await;
+    let alerts = Alerts { prom: &prom, rules: &rules };
+    let alert = "ConveyorSagasOverdue";
+    let shop = f.shop.clone();
+    let product = f.product(100, 1000).await;
+    let customer = f.customer(1_000_000).await;
+
+    // One orchestrated saga end to end, and the coordinator's gauges scraped: the alert's
+    // quantity has data, and nothing is overdue.
+    let first = shop.order_placed(customer, &[(product, 1)]).await.unwrap();
+    assert_eq!(shop.wait_terminal(first, SAGA).await.unwrap(), Terminal::Confirmed);
+    for quantity in alert_quantities(rules[alert]["query"].as_str().unwrap()).unwrap() {
+        alerts.has_data(&quantity).await;
+    }
+    alerts.quiet(alert, &[("service", "coordinator")]).await;
+
+    // Payment answers each capture 1 s after it was sent (within the 2 s step timeout), so
+    // the saga waits in `paying` long enough for order-worker to be stopped first.
+    set_faults(&shop, "payment", json!({"latency_ms": 1000})).await;
+    fault_flag_applied(&f.stack.worker["payment"], "latency_ms", 1000).await;
+    let order = shop.order_placed(customer, &[(product, 1)]).await.unwrap();
+    let coordinator = f.db("coordinator").await;
+    let saga_state = || async {
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM sagas WHERE order_id = $1").bind(order).fetch_optional(&coordinator).await?;
+        anyhow::Ok(state.unwrap_or_default())
+    };
+    conveyor_launcher::wait_for("the saga to wait for payment", SAGA, || async { Ok(saga_state().await? == "paying") }).await.unwrap();
+    let t = Instant::now();
+    f.stack.stop_process("order-worker").await.unwrap();
+    clear_faults(&shop, "payment").await;
+    conveyor_launcher::wait_for("payment's answer to move the saga on", SAGA, || async {
+        Ok(!["reserving", "paying"].contains(&saga_state().await?.as_str()))
+    })
+    .await
+    .unwrap();
+    let state = saga_state().await.unwrap();
+    assert!(["confirming", "cancelling"].contains(&state.as_str()), "the saga should wait for order-worker, stopped; it is {state:?}");
+    let labels = [("service", "coordinator"), ("state", state.as_str())];
+    alerts.firing(alert, &labels, t, Duration::from_secs(90)).await;
+
+    let t = Instant::now();
+    f.stack.start_process("order-worker").await.unwrap();
+    alerts.resolved(alert, &labels, t, Duration::from_secs(60)).await;
+    let ending = shop.wait_terminal(order, SAGA).await.unwrap();
+    let expected = if state == "confirming" { Terminal::Confirmed } else { Terminal::Cancelled("timeout".into()) };
+    assert_eq!(ending, expected, "the saga was {state} when order-worker came back");
+    prom.check_running();
+    f.stack.check_running().unwrap();
+    prom.stop().await;
+    f.stop().await;
+}
+
+/// A real Prometheus scraping `f`'s stack every [`SCRAPE_INTERVAL`], with a copy of
+/// `prometheus/rules/*.yml` made [`SPEEDUP`] times faster (its evaluation interval too).
+async fn time_scaled_prometheus(f: &Fixture, binary: &std::path::Path) -> Prometheus {
+    let root = workspace_root();
+    let dir = f.stack.opts.log_dir.join("prometheus");
+    let rules_dir = dir.join("rules");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::create_dir_all(&rules_dir).unwrap();
+    for file in ["recording.yml", "alerts.yml"] {
+        let shipped = std::fs::read_to_string(root.join("prometheus/rules").join(file)).unwrap();
+        let (scaled, _) = time_scaled(&shipped, SPEEDUP).unwrap_or_else(|e| panic!("prometheus/rules/{file}: {e}"));
+        std::fs::write(rules_dir.join(file), scaled).unwrap();
+    }
+    let shipped_eval = SHIPPED_EVALUATION_INTERVAL.trim_start_matches("evaluation_interval:").trim();
+    let evaluation = scale_duration(shipped_eval, SPEEDUP).unwrap();
+    let config = dir.join("prometheus.yml");
+    let rules_glob = rules_dir.join("*.yml").display().to_string();
+    std::fs::write(&config, config_for_stack(&root, &f.stack.api, &f.stack.worker, &rules_glob, SCRAPE_INTERVAL, &evaluation)).unwrap();
+    let prom = Prometheus::start(binary, &config, &dir).await;
+    eprintln!("alerts: prometheus {} (rules {SPEEDUP}x faster in {}, log {})", prom.url, rules_dir.display(), prom.log.display());
+    prom
+}
+
+/// Waits until the process at `base_url` reports fault flag `flag` at `value` on its
+/// /metrics (processes read the flags once a second).
+async fn fault_flag_applied(base_url: &str, flag: &str, value: u64) {
+    let metrics_url = format!("{base_url}/metrics");
+    let (label, end) = (format!("flag=\"{flag}\""), format!(" {value}"));
+    conveyor_launcher::wait_for(&format!("{metrics_url} to report {flag} = {value}"), SAGA, || async {
+        let text = reqwest::get(&metrics_url).await?.text().await?;
+        Ok(text.lines().any(|l| l.starts_with("conveyor_fault_flag") && l.contains(&label) && l.ends_with(&end)))
+    })
+    .await
+    .unwrap();
 }
 
 /// Alert rules by name, as Prometheus loaded them (name, query, labels, annotations).
@@ -226,19 +319,20 @@ impl Alerts<'_> {
     /// firing, so what fires later is the faults' doing.
     async fn baseline(&self) {
         let started = Instant::now();
-        conveyor_launcher::wait_for("the saga latency recording rule to have data", Duration::from_secs(60), || async {
-            let body = self
-                .prom
-                .get("/api/v1/query", &[("query", "service:conveyor_saga_duration_seconds:p99_rate5m")])
-                .await
-                .map_err(anyhow::Error::msg)?;
+        self.has_data("service:conveyor_saga_duration_seconds:p99_rate5m").await;
+        let active = self.active().await;
+        assert!(active.is_empty(), "alerts active before any fault (a rule that fires on a healthy shop?): {active:#?}");
+        eprintln!("alerts: baseline after {:.1?}: sagas recorded, no alert active", started.elapsed());
+    }
+
+    /// Waits until `query` returns data (its series scraped, or recorded).
+    async fn has_data(&self, query: &str) {
+        conveyor_launcher::wait_for(&format!("`{query}` to have data"), Duration::from_secs(60), || async {
+            let body = self.prom.get("/api/v1/query", &[("query", query)]).await.map_err(anyhow::Error::msg)?;
             Ok(body["data"]["result"].as_array().is_some_and(|r| !r.is_empty()))
         })
         .await
         .unwrap();
-        let active = self.active().await;
-        assert!(active.is_empty(), "alerts active before any fault (a rule that fires on a healthy shop?): {active:#?}");
-        eprintln!("alerts: baseline after {:.1?}: sagas recorded, no alert active", started.elapsed());
     }
 
     /// Waits until `alert` fires with `labels`; checks its annotations rendered.
