@@ -2,7 +2,9 @@
 //! (`prometheus/prometheus.yml`, with this stack's ports), the recording and alert rules
 //! (`prometheus/rules/*.yml`) and every PromQL expression of every Grafana dashboard
 //! (`grafana/dashboards/*.json`). After a few dozen orders (confirmed, out of stock, payment
-//! declined) and one poison message, each expression must parse and return data.
+//! declined) in each saga mode (choreography, then orchestration: the coordinator's panels
+//! need sagas of their own) and one poison message, each expression must parse and return
+//! data.
 //!
 //! Needs the `prometheus` binary (Debian: `apt-get install prometheus`); fails without it.
 
@@ -11,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use conveyor_launcher::{Terminal, tail, wait_for};
+use conveyor_contracts::SagaMode;
+use conveyor_launcher::{Shop, Terminal, tail, wait_for};
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -26,7 +29,7 @@ pub(crate) const SHIPPED_EVALUATION_INTERVAL: &str = "evaluation_interval: 5s";
 #[tokio::test]
 async fn every_dashboard_query_and_every_rule_returns_data_from_a_live_stack() {
     let binary = prometheus_binary();
-    let f = start("prometheus").await;
+    let mut f = start("prometheus").await;
     let root = workspace_root();
     let dir = f.stack.opts.log_dir.join("prometheus");
     std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -36,30 +39,16 @@ async fn every_dashboard_query_and_every_rule_returns_data_from_a_live_stack() {
     let mut prom = Prometheus::start(&binary, &config, &dir).await;
     eprintln!("prometheus: {} (config {}, log {})", prom.url, config.display(), prom.log.display());
 
-    // The workload: sagas of all three endings, and one message that can only die.
+    // The workload: sagas of all three endings in each mode, and one message that can only die.
     let plenty = f.product(1000, 1_000_000).await;
     let scarce = f.product(500, 2).await;
     let rich = f.customer(100_000_000).await;
     let poor = f.customer(100).await;
-    let mut plan = Vec::new();
-    plan.extend((0..24).map(|_| (rich, plenty, 1, Terminal::Confirmed)));
-    plan.extend((0..6).map(|_| (rich, scarce, 5, Terminal::Cancelled("out_of_stock".into()))));
-    plan.extend((0..6).map(|_| (poor, plenty, 1, Terminal::Cancelled("payment_declined".into()))));
-    let shop = f.shop.clone();
-    let endings: Vec<(Terminal, Terminal)> = futures::stream::iter(plan)
-        .map(|(customer, product, quantity, expected)| {
-            let shop = shop.clone();
-            async move {
-                let order = shop.order_placed(customer, &[(product, quantity)]).await.unwrap();
-                (shop.wait_terminal(order, SAGA).await.unwrap(), expected)
-            }
-        })
-        .buffer_unordered(6)
-        .collect()
-        .await;
-    for (got, expected) in &endings {
-        assert_eq!(got, expected);
-    }
+    sagas_of_every_ending(&f.shop, rich, poor, plenty, scarce).await;
+    f.stack.switch_saga_mode(SagaMode::Orchestration).await.unwrap();
+    sagas_of_every_ending(&f.shop, rich, poor, plenty, scarce).await;
+    let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas").fetch_one(&f.db("coordinator").await).await.unwrap();
+    assert_eq!(sagas, 36, "the second round's orders ran the orchestrated saga, the first round's did not");
     let payment = f.db("payment").await;
     sqlx::query(
         "INSERT INTO conveyor.inbox (message_id, topic, key, payload, published_at) \
@@ -143,6 +132,29 @@ async fn every_dashboard_query_and_every_rule_returns_data_from_a_live_stack() {
 struct Check {
     what: String,
     expr: String,
+}
+
+/// Orders in the shop's current saga mode: 24 confirmed, 6 out of stock (`scarce` has 2
+/// left, each order wants 5), 6 declined (`poor` cannot pay); each ends as expected.
+async fn sagas_of_every_ending(shop: &Shop, rich: uuid::Uuid, poor: uuid::Uuid, plenty: uuid::Uuid, scarce: uuid::Uuid) {
+    let mut plan = Vec::new();
+    plan.extend((0..24).map(|_| (rich, plenty, 1, Terminal::Confirmed)));
+    plan.extend((0..6).map(|_| (rich, scarce, 5, Terminal::Cancelled("out_of_stock".into()))));
+    plan.extend((0..6).map(|_| (poor, plenty, 1, Terminal::Cancelled("payment_declined".into()))));
+    let endings: Vec<(Terminal, Terminal)> = futures::stream::iter(plan)
+        .map(|(customer, product, quantity, expected)| {
+            let shop = shop.clone();
+            async move {
+                let order = shop.order_placed(customer, &[(product, quantity)]).await.unwrap();
+                (shop.wait_terminal(order, SAGA).await.unwrap(), expected)
+            }
+        })
+        .buffer_unordered(6)
+        .collect()
+        .await;
+    for (got, expected) in &endings {
+        assert_eq!(got, expected);
+    }
 }
 
 /// `prometheus` on PATH or in /usr/bin; a clear failure (not a skip) when it is missing.
