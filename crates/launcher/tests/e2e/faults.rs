@@ -5,11 +5,14 @@ use std::time::Duration;
 use conveyor_launcher::{Terminal, wait_for};
 use futures::StreamExt;
 
-use crate::{SAGA, start};
+use conveyor_contracts::SagaMode;
 
-#[tokio::test]
-async fn workers_killed_mid_saga_and_restarted_complete_every_saga_exactly_once() {
-    let mut f = start("sigkill").await;
+use crate::{SAGA, in_both_modes, start, start_in};
+
+in_both_modes!(workers_killed_mid_saga_and_restarted_complete_every_saga_exactly_once);
+
+async fn workers_killed_mid_saga_and_restarted_complete_every_saga_exactly_once(mode: SagaMode) {
+    let mut f = start_in("sigkill", mode).await;
     let product = f.product(100, 10_000).await;
     let customer = f.customer(100_000_000).await;
     let shop = f.shop.clone();
@@ -23,11 +26,15 @@ async fn workers_killed_mid_saga_and_restarted_complete_every_saga_exactly_once(
         .await;
     // Kill while the sagas are in flight: after the first confirmation, before the last.
     wait_for("the first confirmation", SAGA, || async { Ok(shop.order(orders[0]).await?["status"] != "placed") }).await.unwrap();
-    for worker in ["stock-worker", "payment-worker", "order-worker"] {
+    let workers: &[&str] = match mode {
+        SagaMode::Choreography => &["stock-worker", "payment-worker", "order-worker"],
+        SagaMode::Orchestration => &["coordinator-worker", "stock-worker", "payment-worker", "order-worker"],
+    };
+    for worker in workers {
         f.stack.kill(worker).await.unwrap();
     }
     let confirmed_while_down = count_confirmed(&shop, &orders).await;
-    for worker in ["stock-worker", "payment-worker", "order-worker"] {
+    for worker in workers {
         f.stack.start_process(worker).await.unwrap();
     }
     eprintln!("{confirmed_while_down} of 120 sagas had completed when the workers were killed");
