@@ -72,7 +72,7 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
     println!("  ✓ demo data loaded: {} products, {} customers", demo.products.len(), demo.customers.len());
     println!();
     println!("Conveyor is up: ready {:.1} s after the build. Logs: {}", started.elapsed().as_secs_f64(), log_dir.display());
-    println!("New orders run their saga as a {} (--saga-mode).", args.saga_mode);
+    println!("Saga mode of new orders: {} (--saga-mode; docs/orchestration.md).", args.saga_mode);
     println!();
     for svc in conveyor_contracts::service::ALL {
         let url = &stack.api[svc];
