@@ -53,7 +53,11 @@ async fn a_payment_service_that_never_answers_times_the_order_out_and_its_late_c
         .unwrap();
     assert_eq!(ledger, [("capture".to_owned(), -5198), ("refund".to_owned(), 5198)]);
 
-    let saga = f.shop.get("coordinator", &format!("/sagas/{order}")).await.unwrap().expect("the saga");
+    // Payment's answer to the refund reaches the coordinator after the payment shows refunded.
+    let path = format!("/sagas/{order}");
+    let refund_answered = |s: &serde_json::Value| s["steps"].as_array().is_some_and(|steps| steps.iter().any(|x| x["step"] == "refund_payment" && x["outcome"] == "refunded"));
+    wait_for("the coordinator to record the refund", SAGA, || async { Ok(f.shop.get("coordinator", &path).await?.is_some_and(|s| refund_answered(&s))) }).await.unwrap();
+    let saga = f.shop.get("coordinator", &path).await.unwrap().expect("the saga");
     assert_eq!(saga["state"], "cancelled", "{saga}");
     assert_eq!(saga["reason"], "timeout");
     let steps: Vec<(String, bool, String)> = saga["steps"]
@@ -106,8 +110,16 @@ async fn a_coordinator_killed_again_and_again_mid_saga_resumes_every_saga_exactl
     }
     assert!(outcomes.contains(&Terminal::Confirmed), "{outcomes:?}");
     assert!(outcomes.contains(&Terminal::Cancelled("payment_declined".into())), "the poor customer's orders are declined: {outcomes:?}");
-    let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas WHERE ended_at IS NOT NULL").fetch_one(&f.db("coordinator").await).await.unwrap();
-    assert_eq!(sagas as usize, placed.len(), "one ended saga per order");
+    // The orders' replies reach the coordinator after the orders ended.
+    let coordinator = f.db("coordinator").await;
+    wait_for("one ended saga per order", SAGA, || async {
+        let ended: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas WHERE ended_at IS NOT NULL").fetch_one(&coordinator).await?;
+        Ok(ended as usize == placed.len())
+    })
+    .await
+    .unwrap();
+    let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas").fetch_one(&coordinator).await.unwrap();
+    assert_eq!(sagas as usize, placed.len(), "one saga per order");
     // Every command sent once: one reservation and one capture per saga at most.
     let repeated: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT order_id, step FROM saga_steps GROUP BY order_id, step HAVING count(*) > 1) r")
         .fetch_one(&f.db("coordinator").await)
@@ -116,6 +128,50 @@ async fn a_coordinator_killed_again_and_again_mid_saga_resumes_every_saga_exactl
     assert_eq!(repeated, 0);
     wait_for("a notification per order", SAGA, || async { Ok(f.shop.received().await?.0.len() == placed.len()) }).await.unwrap();
     audit_passes(&f, placed).await;
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_coordinator_killed_between_every_pair_of_steps_resumes_each_step_once() {
+    let mut f = start_with("coordinator-steps", |mut o| {
+        o.saga_mode = SagaMode::Orchestration;
+        o
+    })
+    .await;
+    let product = f.product(1000, 10).await;
+    let customer = f.customer(100_000).await;
+    let coordinator = f.db("coordinator").await;
+    // At each step the service that answers next is stopped, so the saga waits there; the
+    // coordinator is SIGKILLed with the saga at that step and its command sent, started
+    // again, and the service let go.
+    f.stack.stop_process("stock-worker").await.unwrap();
+    let order = f.shop.order_placed(customer, &[(product, 1)]).await.unwrap();
+    for (waiting_in, answers, next) in [("reserving", "stock-worker", Some("payment-worker")), ("paying", "payment-worker", Some("order-worker")), ("confirming", "order-worker", None)] {
+        wait_for(&format!("the saga to wait in {waiting_in}"), SAGA, || async {
+            let state: Option<String> = sqlx::query_scalar("SELECT state FROM sagas WHERE order_id = $1").bind(order).fetch_optional(&coordinator).await?;
+            Ok(state.as_deref() == Some(waiting_in))
+        })
+        .await
+        .unwrap();
+        f.stack.kill("coordinator-worker").await.unwrap();
+        f.stack.start_process("coordinator-worker").await.unwrap();
+        if let Some(next) = next {
+            f.stack.stop_process(next).await.unwrap();
+        }
+        f.stack.start_process(answers).await.unwrap();
+    }
+    assert_eq!(f.shop.wait_terminal(order, SAGA).await.unwrap(), Terminal::Confirmed);
+    // The order's reply reaches the coordinator after the order is confirmed.
+    wait_for("the saga to end", SAGA, || async { Ok(f.shop.get("coordinator", &format!("/sagas/{order}")).await?.is_some_and(|s| s["state"] == "confirmed")) })
+        .await
+        .unwrap();
+    let saga = f.shop.get("coordinator", &format!("/sagas/{order}")).await.unwrap().expect("the saga");
+    let steps: Vec<(&str, &str)> = saga["steps"].as_array().unwrap().iter().map(|s| (s["step"].as_str().unwrap(), s["outcome"].as_str().unwrap_or(""))).collect();
+    assert_eq!(steps, [("reserve_stock", "reserved"), ("capture_payment", "captured"), ("confirm_order", "confirmed")], "each step once: {saga}");
+    assert_eq!(f.shop.stock(product).await.unwrap(), (9, 1));
+    assert_eq!(f.shop.customer_balance(customer).await.unwrap(), 100_000 - 1000);
+    wait_for("one notification", SAGA, || async { Ok(f.shop.notifications(order).await?.len() == 1) }).await.unwrap();
+    audit_passes(&f, vec![order]).await;
     f.stop().await;
 }
 
@@ -146,7 +202,11 @@ async fn switching_the_mode_with_orders_in_flight_ends_each_order_in_the_mode_it
             let saga = f.shop.get("coordinator", &format!("/sagas/{order}")).await.unwrap();
             match mode {
                 SagaMode::Choreography => assert!(saga.is_none(), "a choreographed order has no saga: {saga:?}"),
-                SagaMode::Orchestration => assert_eq!(saga.expect("its saga")["state"], "confirmed"),
+                SagaMode::Orchestration => {
+                    assert!(saga.is_some(), "an orchestrated order has its saga");
+                    let path = format!("/sagas/{order}");
+                    wait_for("its saga to end", SAGA, || async { Ok(f.shop.get("coordinator", &path).await?.is_some_and(|s| s["state"] == "confirmed")) }).await.unwrap();
+                }
             }
         }
     }
