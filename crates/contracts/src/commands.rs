@@ -56,25 +56,13 @@ impl std::str::FromStr for SagaMode {
     }
 }
 
-macro_rules! message {
-    ($ty:ty, $topic:literal, |$e:ident| $key:expr) => {
-        impl Event for $ty {
-            const TOPIC: &'static str = $topic;
-            fn key(&self) -> Option<String> {
-                let $e = self;
-                Some($key.to_string())
-            }
-        }
-    };
-}
-
 /// `saga.start`: order → coordinator. An order placed in orchestration mode: the
 /// coordinator takes it from here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StartSaga {
     pub order: OrderSummary,
 }
-message!(StartSaga, "saga.start", |e| e.order.order_id);
+event!(StartSaga, "saga.start", |e| e.order.order_id);
 
 /// `stock.reserve`: coordinator → stock. Reserve every line, all or nothing (what
 /// `order.placed` does in the choreography). Answered by `stock.replied`.
@@ -82,7 +70,7 @@ message!(StartSaga, "saga.start", |e| e.order.order_id);
 pub struct ReserveStock {
     pub order: OrderSummary,
 }
-message!(ReserveStock, "stock.reserve", |e| e.order.order_id);
+event!(ReserveStock, "stock.reserve", |e| e.order.order_id);
 
 /// `stock.release`: coordinator → stock. Give the order's reservation back. Sent also when
 /// the reservation's reply never came: a reservation that arrives after its release finds
@@ -91,7 +79,7 @@ message!(ReserveStock, "stock.reserve", |e| e.order.order_id);
 pub struct ReleaseStock {
     pub order_id: Uuid,
 }
-message!(ReleaseStock, "stock.release", |e| e.order_id);
+event!(ReleaseStock, "stock.release", |e| e.order_id);
 
 /// `payment.capture`: coordinator → payment. Capture the order's total (what
 /// `stock.reserved` does in the choreography). Answered by `payment.replied`.
@@ -99,7 +87,7 @@ message!(ReleaseStock, "stock.release", |e| e.order_id);
 pub struct CapturePayment {
     pub order: OrderSummary,
 }
-message!(CapturePayment, "payment.capture", |e| e.order.order_id);
+event!(CapturePayment, "payment.capture", |e| e.order.order_id);
 
 /// `payment.refund`: coordinator → payment. Give back what was captured for the order, once
 /// (a capture that came after its saga had timed out). Answered by `payment.replied`.
@@ -109,7 +97,7 @@ pub struct RefundPayment {
     /// Why, for the ledger and the logs.
     pub reason: String,
 }
-message!(RefundPayment, "payment.refund", |e| e.order_id);
+event!(RefundPayment, "payment.refund", |e| e.order_id);
 
 /// `order.confirm`: coordinator → order. Confirm the order (what `payment.captured` does in
 /// the choreography). Answered by `order.replied`.
@@ -119,7 +107,7 @@ pub struct ConfirmOrder {
     pub payment_id: Uuid,
     pub amount: Money,
 }
-message!(ConfirmOrder, "order.confirm", |e| e.order_id);
+event!(ConfirmOrder, "order.confirm", |e| e.order_id);
 
 /// `order.cancel`: coordinator → order. Cancel the order. Answered by `order.replied`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,7 +116,7 @@ pub struct CancelOrder {
     pub reason: CancelReason,
     pub detail: String,
 }
-message!(CancelOrder, "order.cancel", |e| e.order_id);
+event!(CancelOrder, "order.cancel", |e| e.order_id);
 
 /// What stock did with a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,7 +140,7 @@ pub struct StockReplied {
     #[serde(default)]
     pub reason: String,
 }
-message!(StockReplied, "stock.replied", |e| e.order_id);
+event!(StockReplied, "stock.replied", |e| e.order_id);
 
 /// What payment did with a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,7 +166,7 @@ pub struct PaymentReplied {
     #[serde(default)]
     pub reason: String,
 }
-message!(PaymentReplied, "payment.replied", |e| e.order_id);
+event!(PaymentReplied, "payment.replied", |e| e.order_id);
 
 /// `order.replied`: order → coordinator. The order's terminal status after `order.confirm`
 /// or `order.cancel` (the first one it got stands).
@@ -188,7 +176,7 @@ pub struct OrderReplied {
     /// `confirmed` or `cancelled`.
     pub status: String,
 }
-message!(OrderReplied, "order.replied", |e| e.order_id);
+event!(OrderReplied, "order.replied", |e| e.order_id);
 
 /// `saga.deadline`: coordinator → itself, delivered when a step's time is up. Ignored if the
 /// saga has moved past that step.
@@ -198,4 +186,4 @@ pub struct SagaDeadline {
     /// The step whose reply is due (`reserve_stock`, `capture_payment`).
     pub step: String,
 }
-message!(SagaDeadline, "saga.deadline", |e| e.order_id);
+event!(SagaDeadline, "saga.deadline", |e| e.order_id);

@@ -7,18 +7,6 @@ use uuid::Uuid;
 
 use crate::Money;
 
-macro_rules! event {
-    ($ty:ty, $topic:literal, |$e:ident| $key:expr) => {
-        impl Event for $ty {
-            const TOPIC: &'static str = $topic;
-            fn key(&self) -> Option<String> {
-                let $e = self;
-                Some($key.to_string())
-            }
-        }
-    };
-}
-
 /// A product as the catalog publishes it. `version` grows with every change, so a
 /// receiver keeps the newest copy whatever order the events arrive in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

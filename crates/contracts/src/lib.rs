@@ -7,6 +7,19 @@
 //! what they do not know), never removed or changed in meaning; an incompatible change
 //! gets a new topic.
 
+/// `impl Event` for a message type: its topic, and its key (the id the message is about).
+macro_rules! event {
+    ($ty:ty, $topic:literal, |$e:ident| $key:expr) => {
+        impl Event for $ty {
+            const TOPIC: &'static str = $topic;
+            fn key(&self) -> Option<String> {
+                let $e = self;
+                Some($key.to_string())
+            }
+        }
+    };
+}
+
 mod commands;
 mod events;
 mod money;
