@@ -191,3 +191,28 @@ pub async fn drain(consumer: &conveyor_queue::Consumer) -> usize {
         }
     }
 }
+
+/// Runs `consumers` side by side until `pool`'s inbox is empty (a cycle can come back empty
+/// while the others hold the rest, or while a message that lost a race waits out its
+/// backoff: a consumer stops only once nothing is left), for at most two minutes; for tests
+/// of concurrent consumers.
+pub async fn drain_together(pool: &PgPool, consumers: Vec<conveyor_queue::Consumer>) {
+    let workers: Vec<_> = consumers
+        .into_iter()
+        .map(|consumer| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                loop {
+                    if consumer.process_once().await.expect("consumer cycle") == 0 {
+                        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox").fetch_one(&pool).await.expect("inbox count");
+                        if left == 0 {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(std::time::Duration::from_secs(120), futures::future::try_join_all(workers)).await.expect("consumers finish").expect("consumer task");
+}

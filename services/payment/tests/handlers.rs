@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use conveyor_contracts::{CapturePayment, RefundPayment, StockReserved, limits};
 use conveyor_payment::faults::ISSUER_DECLINE;
-use conveyor_platform::testing::{deliver, deliver_with_id, drain, inbox_state, outbox};
+use conveyor_platform::testing::{deliver, deliver_with_id, drain, drain_together, inbox_state, outbox};
 use conveyor_queue::ConsumerOptions;
 use serde_json::json;
 use uuid::Uuid;
@@ -294,23 +294,7 @@ async fn concurrent_copies_of_refunds_give_each_capture_back_once() {
         deliver(&pool, &command(&reserved(ada, "EUR", &[(1, 100)]))).await;
     }
     let opts = ConsumerOptions { batch_size: 2, ..ConsumerOptions::default() };
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let (pool, consumer) = (pool.clone(), consumer(&pool, no_faults(&pool)).with_options(opts.clone()));
-            tokio::spawn(async move {
-                loop {
-                    if consumer.process_once().await.unwrap() == 0 {
-                        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox").fetch_one(&pool).await.unwrap();
-                        if left == 0 {
-                            return;
-                        }
-                        tokio::task::yield_now().await;
-                    }
-                }
-            })
-        })
-        .collect();
-    tokio::time::timeout(Duration::from_secs(120), futures::future::try_join_all(workers)).await.expect("consumers finish").unwrap();
+    drain_together(&pool, (0..4).map(|_| consumer(&pool, no_faults(&pool)).with_options(opts.clone())).collect()).await;
 
     assert_eq!(balance(&pool, ada).await, 100_000 - 5 * 100);
     let refunds: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'refund'").fetch_one(&pool).await.unwrap();
@@ -433,25 +417,7 @@ async fn concurrent_captures_never_take_a_balance_below_zero() {
         deliver(&pool, &reserved(ada, "EUR", &[(1, 1000)])).await;
     }
     let opts = ConsumerOptions { batch_size: 3, ..ConsumerOptions::default() };
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let (pool, consumer) = (pool.clone(), consumer(&pool, no_faults(&pool)).with_options(opts.clone()));
-            tokio::spawn(async move {
-                // A cycle can come back empty while the others hold the rest: stop only when
-                // nothing is left to claim.
-                loop {
-                    if consumer.process_once().await.unwrap() == 0 {
-                        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox").fetch_one(&pool).await.unwrap();
-                        if left == 0 {
-                            return;
-                        }
-                        tokio::task::yield_now().await;
-                    }
-                }
-            })
-        })
-        .collect();
-    tokio::time::timeout(Duration::from_secs(120), futures::future::try_join_all(workers)).await.expect("consumers finish").unwrap();
+    drain_together(&pool, (0..4).map(|_| consumer(&pool, no_faults(&pool)).with_options(opts.clone())).collect()).await;
 
     assert_eq!(balance(&pool, ada).await, 0);
     let statuses: Vec<(String, i64)> = sqlx::query_as("SELECT status, count(*) FROM payments GROUP BY status ORDER BY status").fetch_all(&pool).await.unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use conveyor_contracts::{OrderPlaced, PaymentDeclined, ProductCreated, ProductUpdated, ReleaseStock, ReserveStock};
-use conveyor_platform::testing::{deliver, deliver_with_id, drain, inbox_state, migrated_db, outbox};
+use conveyor_platform::testing::{deliver, deliver_with_id, drain, drain_together, inbox_state, migrated_db, outbox};
 use conveyor_queue::{Consumer, ConsumerOptions};
 use conveyor_stock::MIGRATOR;
 use conveyor_stock::handlers::{ORDER_PLACED_RETRY, subscribe};
@@ -314,24 +314,7 @@ async fn a_release_racing_its_reservation_never_leaves_units_held() {
         orders.push(reserve.order.order_id);
     }
     let opts = ConsumerOptions { batch_size: 1, ..ConsumerOptions::default() };
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let (pool, consumer) = (pool.clone(), subscribe(Consumer::new(pool.clone()).with_options(opts.clone())));
-            tokio::spawn(async move {
-                loop {
-                    if consumer.process_once().await.unwrap() == 0 {
-                        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox").fetch_one(&pool).await.unwrap();
-                        if left == 0 {
-                            return;
-                        }
-                        // A reservation that lost its race waits out its backoff.
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                }
-            })
-        })
-        .collect();
-    tokio::time::timeout(Duration::from_secs(120), futures::future::try_join_all(workers)).await.expect("consumers finish").unwrap();
+    drain_together(&pool, (0..4).map(|_| subscribe(Consumer::new(pool.clone()).with_options(opts.clone()))).collect()).await;
 
     assert_eq!(levels(&pool, a).await, (1_000, 0), "every order released, nothing held");
     let states: Vec<(String, i64)> = sqlx::query_as("SELECT state, count(*) FROM reservations GROUP BY state").fetch_all(&pool).await.unwrap();
@@ -438,26 +421,7 @@ async fn concurrent_consumers_reserve_exactly_the_stock_there_is() {
         deliver(&pool, &order(&[(a, 1)])).await;
     }
     let opts = ConsumerOptions { batch_size: 5, ..ConsumerOptions::default() };
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let (pool, consumer) = (pool.clone(), subscribe(Consumer::new(pool.clone()).with_options(opts.clone())));
-            tokio::spawn(async move {
-                // A cycle can come back empty while the others hold the rest: stop only when
-                // nothing is left to claim.
-                loop {
-                    if consumer.process_once().await.unwrap() == 0 {
-                        let left: i64 =
-                            sqlx::query_scalar("SELECT count(*) FROM conveyor.inbox").fetch_one(&pool).await.unwrap();
-                        if left == 0 {
-                            return;
-                        }
-                        tokio::task::yield_now().await;
-                    }
-                }
-            })
-        })
-        .collect();
-    tokio::time::timeout(Duration::from_secs(120), futures::future::try_join_all(workers)).await.expect("consumers finish").unwrap();
+    drain_together(&pool, (0..4).map(|_| subscribe(Consumer::new(pool.clone()).with_options(opts.clone()))).collect()).await;
 
     assert_eq!(levels(&pool, a).await, (0, 50));
     let states: Vec<(String, i64)> =
