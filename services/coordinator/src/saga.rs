@@ -197,7 +197,7 @@ async fn on_stock(conn: &mut PgConnection, msg: Delivery<StockReplied>, settings
             tracing::info!(order_id = %reply.order_id, "stock reserved: capturing payment");
         }
         (StockOutcome::Rejected, State::Reserving) => {
-            saga.cancel(conn, CancelReason::OutOfStock, &reply.reason, &[]).await?;
+            saga.cancel(conn, CancelReason::OutOfStock, &reply.reason).await?;
         }
         (StockOutcome::Released, _) => tracing::info!(order_id = %reply.order_id, "reservation released"),
         (_, state) => {
@@ -230,7 +230,7 @@ async fn on_payment(conn: &mut PgConnection, msg: Delivery<PaymentReplied>) -> R
             tracing::info!(order_id = %reply.order_id, %payment_id, "payment captured: confirming the order");
         }
         (PaymentOutcome::Declined, State::Paying) => {
-            saga.cancel(conn, CancelReason::PaymentDeclined, &reply.reason, &[Step::ReleaseStock]).await?;
+            saga.cancel(conn, CancelReason::PaymentDeclined, &reply.reason).await?;
         }
         (PaymentOutcome::Captured, state) if !(matches!(state, State::Confirming | State::Confirmed) && row.payment_id == reply.payment_id) => {
             // Captured after the saga gave up on payment: the money goes back, once.
@@ -289,8 +289,7 @@ async fn on_deadline(conn: &mut PgConnection, msg: Delivery<SagaDeadline>, setti
     let service = if step == Step::ReserveStock { "stock" } else { "payment" };
     let detail = format!("{service} did not answer {} within {} s", step.as_str(), settings.step_timeout.as_secs_f64());
     tracing::warn!(order_id = %d.order_id, step = step.as_str(), "step timed out: compensating");
-    // Released even when reserving timed out: a reservation that lands later is given back.
-    Saga { order_id: d.order_id, cause: &msg }.cancel(conn, CancelReason::Timeout, &detail, &[Step::ReleaseStock]).await
+    Saga { order_id: d.order_id, cause: &msg }.cancel(conn, CancelReason::Timeout, &detail).await
 }
 
 /// The saga of one order, moved on by the message `cause`.
@@ -316,16 +315,15 @@ impl<T> Saga<'_, T> {
         Ok(())
     }
 
-    /// Moves the saga to `cancelling` for `reason`: runs `compensations`, then cancels the order.
-    async fn cancel(&mut self, conn: &mut PgConnection, reason: CancelReason, detail: &str, compensations: &[Step]) -> Result<(), HandlerError> {
+    /// Moves the saga to `cancelling` for `reason`: releases the stock unless nothing was
+    /// reserved (out of stock), then cancels the order. A release after a reservation that
+    /// timed out gives back one that lands late (stock records a release that comes first).
+    async fn cancel(&mut self, conn: &mut PgConnection, reason: CancelReason, detail: &str) -> Result<(), HandlerError> {
         let detail: String = detail.chars().take(conveyor_contracts::limits::MAX_DETAIL_CHARS).collect();
         let t = Transition { to: State::Cancelling, deadline: None, reason: Some(reason.as_str()), detail: Some(&detail), payment_id: None };
         repo::transition(conn, self.order_id, &t).await?;
-        for step in compensations {
-            match step {
-                Step::ReleaseStock => self.send(conn, Step::ReleaseStock, &ReleaseStock { order_id: self.order_id }, None).await?,
-                other => unreachable!("{other:?} is not a compensation before a cancel"),
-            }
+        if reason != CancelReason::OutOfStock {
+            self.send(conn, Step::ReleaseStock, &ReleaseStock { order_id: self.order_id }, None).await?;
         }
         self.send(conn, Step::CancelOrder, &CancelOrder { order_id: self.order_id, reason, detail: detail.clone() }, None).await?;
         tracing::info!(order_id = %self.order_id, reason = reason.as_str(), detail, "saga cancelling the order");
