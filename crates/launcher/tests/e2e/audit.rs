@@ -20,7 +20,7 @@ async fn only(targets: &Targets, options: &Options, rule: &str, needle: &str) ->
     report
 }
 
-async fn passes(targets: &Targets, options: &Options) -> Report {
+pub(crate) async fn passes(targets: &Targets, options: &Options) -> Report {
     let report = audit::run_with(targets, options).await.unwrap();
     assert!(report.passed(), "{}", report.to_text());
     report
