@@ -137,3 +137,17 @@ pub struct OrderCancelled {
     pub cancelled_at: DateTime<Utc>,
 }
 event!(OrderCancelled, "order.cancelled", |e| e.order.order_id);
+
+/// `notification.sent`: notification → order (the order's timeline). Published in the
+/// transaction that records a notification the receiver accepted (2xx): once per order and
+/// event type, like the record itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationSent {
+    pub order_id: Uuid,
+    pub notification_id: Uuid,
+    /// The event the customer was told about: `order.confirmed` or `order.cancelled`.
+    pub event_type: String,
+    pub subject: String,
+    pub delivered_at: DateTime<Utc>,
+}
+event!(NotificationSent, "notification.sent", |e| e.order_id);

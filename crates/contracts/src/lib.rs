@@ -55,11 +55,17 @@ pub fn routes(publisher: &str) -> Routes {
             .route(OrderCancelled::TOPIC, [NOTIFICATION])
             .route(StartSaga::TOPIC, [COORDINATOR])
             .route(OrderReplied::TOPIC, [COORDINATOR]),
-        STOCK => Routes::new().route(StockReserved::TOPIC, [PAYMENT]).route(StockRejected::TOPIC, [ORDER]).route(StockReplied::TOPIC, [COORDINATOR]),
+        // The order service hears every fact of its orders, for the order's event stream and
+        // the customer's timeline (reservations, payments, refunds, notifications).
+        STOCK => Routes::new()
+            .route(StockReserved::TOPIC, [PAYMENT, ORDER])
+            .route(StockRejected::TOPIC, [ORDER])
+            .route(StockReplied::TOPIC, [COORDINATOR, ORDER]),
         PAYMENT => Routes::new()
             .route(PaymentCaptured::TOPIC, [ORDER])
             .route(PaymentDeclined::TOPIC, [ORDER, STOCK])
-            .route(PaymentReplied::TOPIC, [COORDINATOR]),
+            .route(PaymentReplied::TOPIC, [COORDINATOR, ORDER]),
+        NOTIFICATION => Routes::new().route(NotificationSent::TOPIC, [ORDER]),
         COORDINATOR => Routes::new()
             .route(ReserveStock::TOPIC, [STOCK])
             .route(ReleaseStock::TOPIC, [STOCK])
@@ -118,7 +124,7 @@ mod tests {
         }
         assert_eq!(subscribers_of(service::PAYMENT), vec![service::ORDER, service::STOCK, service::COORDINATOR]);
         assert_eq!(subscribers_of(service::COORDINATOR), vec![service::ORDER, service::STOCK, service::PAYMENT]);
-        assert!(subscribers_of(service::NOTIFICATION).is_empty());
+        assert_eq!(subscribers_of(service::NOTIFICATION), vec![service::ORDER]);
     }
 
     #[test]
