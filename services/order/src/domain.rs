@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use conveyor_contracts::{CancelReason, Money, OrderLine, OrderSummary, SagaMode, limits};
+use conveyor_contracts::{Money, OrderLine, OrderSummary, limits};
 use conveyor_platform::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -74,7 +74,9 @@ pub struct KnownProduct {
     pub price: Money,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A line as priced when the order was placed: name and price as they were then, so later
+/// catalog changes do not rewrite history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PricedLine {
     pub product_id: Uuid,
     pub name: String,
@@ -159,25 +161,11 @@ impl OrderStatus {
         }
     }
 
-    /// A status as stored; the table's CHECK admits no other.
-    pub fn from_db(s: &str) -> OrderStatus {
-        match s {
-            "placed" => OrderStatus::Placed,
-            "confirmed" => OrderStatus::Confirmed,
-            "cancelled" => OrderStatus::Cancelled,
-            other => panic!("status {other:?} violates the orders CHECK"),
-        }
+    pub const ALL: [OrderStatus; 3] = [OrderStatus::Placed, OrderStatus::Confirmed, OrderStatus::Cancelled];
+
+    pub fn parse(s: &str) -> Option<OrderStatus> {
+        OrderStatus::ALL.into_iter().find(|x| x.as_str() == s)
     }
-}
-
-/// A cancel reason as stored; the table's CHECK admits no other.
-pub fn reason_from_db(s: &str) -> CancelReason {
-    CancelReason::parse(s).unwrap_or_else(|| panic!("reason {s:?} violates the orders CHECK"))
-}
-
-/// A saga mode as stored; the table's CHECK admits no other.
-pub fn saga_mode_from_db(s: &str) -> SagaMode {
-    SagaMode::parse(s).unwrap_or_else(|| panic!("saga mode {s:?} violates the orders CHECK"))
 }
 
 #[cfg(test)]

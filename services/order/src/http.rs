@@ -10,15 +10,18 @@ use axum::response::{IntoResponse, Response};
 use conveyor_contracts::{OrderPlaced, SagaMode, StartSaga};
 use conveyor_platform::auth::{AuthErrors, Caller};
 use conveyor_platform::http::{Page, PageQuery, Problem};
+use serde::Deserialize;
+use utoipa::IntoParams;
 use conveyor_platform::{ApiError, ApiResult, Json, Path, Query};
 use sqlx::{PgConnection, PgPool};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::domain::{self, PlaceOrder};
+use crate::domain::{self, OrderStatus, PlaceOrder};
+use crate::stream::{self, OrderEvent};
+use crate::views::{OrderView, ProductView};
 use crate::repo;
-use crate::views::{self, OrderView, ProductView};
 
 /// What `/openapi.json` and `/docs` say this API is.
 const DESCRIPTION: &str = "Orders: place one (idempotently, with an `Idempotency-Key`), read one, list a customer's, and see the local copy of a product that prices them. An order is confirmed or cancelled once stock and payment have answered; its `saga_mode` says whether they answered each other (choreography) or a coordinator (orchestration).";
@@ -102,7 +105,8 @@ async fn place_order(
     let known = products.iter().map(|p| (p.id, p.known())).collect::<HashMap<_, _>>();
     // An error from here on drops `tx`: the key, like everything else, is rolled back.
     let priced = order.price(&known)?;
-    repo::insert_order(&mut tx, id, order.customer_id, &priced, mode).await?;
+    let placed = OrderEvent::Placed { customer_id: order.customer_id, lines: priced.lines.clone(), total: priced.total, saga_mode: mode };
+    stream::append(&mut tx, id, 0, &[placed]).await.map_err(|e| ApiError::Internal(e.into()))?;
     let summary = priced.summary(id, order.customer_id, now);
     match mode {
         SagaMode::Choreography => conveyor_queue::publish_event(&mut tx, &OrderPlaced { order: summary }).await?,
@@ -142,7 +146,9 @@ fn created(id: Uuid, status: StatusCode, body: serde_json::Value) -> Response {
     (status, [(header::LOCATION, format!("/orders/{id}"))], Json(body)).into_response()
 }
 
-/// One order with its lines and history: its customer's, or any for an operator.
+/// One order with its lines, history and timeline (the read model): its customer's, or any
+/// for an operator. An order placed a moment ago that the projector has not reached yet is
+/// answered from its events.
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = Uuid, Path)), security(("bearer" = [])),
     responses(AuthErrors,
         (status = 200, body = OrderView),
@@ -150,23 +156,51 @@ fn created(id: Uuid, status: StatusCode, body: serde_json::Value) -> Response {
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_order(caller: Caller, State(pool): State<PgPool>, Path(id): Path<Uuid>) -> ApiResult<Json<OrderView>> {
     let mut conn = pool.acquire().await?;
-    let row = repo::get_order(&mut conn, id).await?.ok_or_else(|| ApiError::NotFound(format!("no order with id {id}")))?;
-    caller.require_customer(row.customer_id)?;
-    let view = views::load(&mut conn, vec![row]).await?.pop().expect("one order in, one view out");
+    let view = match repo::get_view(&mut conn, id).await? {
+        Some(view) => view,
+        None => {
+            let streams = stream::load(&mut conn, &[id]).await?;
+            streams.get(&id).and_then(|s| OrderView::from_stream(s)).ok_or_else(|| ApiError::NotFound(format!("no order with id {id}")))?
+        }
+    };
+    caller.require_customer(view.customer_id)?;
     Ok(Json(view))
 }
 
-/// A customer's orders, newest first, a page at a time (`after` = the `next` of the
-/// previous page). The customer's own, or anyone's for an operator.
-#[utoipa::path(get, path = "/customers/{customer_id}/orders", tag = "orders", params(("customer_id" = Uuid, Path), PageQuery), security(("bearer" = [])),
+/// `?status=&limit=&after=`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct OrdersQuery {
+    /// Only orders in this status: `placed`, `confirmed` or `cancelled`.
+    pub status: Option<String>,
+    /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// The `next` cursor of the previous page.
+    pub after: Option<Uuid>,
+}
+
+/// A customer's orders with their timelines, newest first, a page at a time (`after` = the
+/// `next` of the previous page), optionally in one status. The customer's own, or anyone's
+/// for an operator. Answered from the read model, which follows the orders' events within
+/// moments (`conveyor_projection_lag_seconds`).
+#[utoipa::path(get, path = "/customers/{customer_id}/orders", tag = "orders", params(("customer_id" = Uuid, Path), OrdersQuery), security(("bearer" = [])),
     responses((status = 200, body = Page<OrderView>), (status = 400, body = Problem, content_type = "application/problem+json"), AuthErrors))]
-async fn customer_orders(caller: Caller, State(pool): State<PgPool>, Path(customer_id): Path<Uuid>, Query(page): Query<PageQuery>) -> ApiResult<Json<Page<OrderView>>> {
+async fn customer_orders(caller: Caller, State(pool): State<PgPool>, Path(customer_id): Path<Uuid>, Query(q): Query<OrdersQuery>) -> ApiResult<Json<Page<OrderView>>> {
     caller.require_customer(customer_id)?;
-    let limit = page.limit()?;
+    let limit = PageQuery { limit: q.limit, after: q.after }.limit()?;
+    let status = q.status.as_deref().map(parse_status).transpose()?;
     let mut conn = pool.acquire().await?;
-    let rows = repo::customer_orders(&mut conn, customer_id, page.after, limit + 1).await?;
-    let page = Page::from_fetched(rows, limit, |r| r.id);
-    Ok(Json(Page { items: views::load(&mut conn, page.items).await?, next: page.next }))
+    let views = repo::customer_views(&mut conn, customer_id, status, q.after, limit + 1).await?;
+    Ok(Json(Page::from_fetched(views, limit, |v| v.id)))
+}
+
+fn parse_status(s: &str) -> ApiResult<OrderStatus> {
+    OrderStatus::parse(s).ok_or_else(|| {
+        let shown: String = s.chars().take(40).collect();
+        ApiError::BadRequest(format!("status must be one of placed, confirmed, cancelled, not {shown:?}"))
+    })
 }
 
 /// The order service's copy of a catalog product: what orders are priced from.

@@ -1,14 +1,15 @@
-//! The order service's SQL: the local product copy, orders with their lines and history,
-//! and idempotency keys.
+//! The order service's SQL: the local product copy, idempotency keys, and the reads of the
+//! order views (the event store's own SQL is in `stream`, the projector's in `projection`).
 
 use chrono::{DateTime, Utc};
-use conveyor_contracts::{CancelReason, Currency, Money, Product, SagaMode};
+use conveyor_contracts::{Currency, Money, Product};
 use serde_json::Value;
 use sqlx::PgConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::domain::{KnownProduct, OrderStatus, Priced, PricedLine, saga_mode_from_db};
+use crate::domain::{KnownProduct, OrderStatus};
+use crate::views::OrderView;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ProductRow {
@@ -102,148 +103,29 @@ pub async fn save_response(conn: &mut PgConnection, key: &str, status: u16, body
     Ok(())
 }
 
-pub const INSERT_ORDER: &str = "WITH o AS (
-             INSERT INTO orders (id, customer_id, status, total_minor, currency, saga_mode) VALUES ($1, $2, 'placed', $3, $4, $5) RETURNING id),
-         l AS (
-             INSERT INTO order_lines (order_id, line_no, product_id, product_name, quantity, unit_price_minor)
-             SELECT o.id, l.n, l.product_id, l.name, l.quantity, l.price
-             FROM o, UNNEST($6::uuid[], $7::text[], $8::int[], $9::bigint[]) WITH ORDINALITY AS l(product_id, name, quantity, price, n))
-         INSERT INTO order_status_history (order_id, status) SELECT id, 'placed' FROM o";
+/// One order's view, as the projector last wrote it.
+pub const GET_VIEW: &str = "SELECT view FROM order_views WHERE id = $1";
 
-/// The order (run in `saga_mode`), its lines and its first history entry, in one statement.
-#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "orders"))]
-pub async fn insert_order(conn: &mut PgConnection, id: Uuid, customer_id: Uuid, priced: &Priced, saga_mode: SagaMode) -> sqlx::Result<()> {
-    let ls = &priced.lines;
-    sqlx::query(INSERT_ORDER)
-        .bind(id)
-        .bind(customer_id)
-        .bind(priced.total.amount_minor)
-        .bind(priced.total.currency.as_str())
-        .bind(saga_mode.as_str())
-        .bind(ls.iter().map(|l| l.product_id).collect::<Vec<_>>())
-        .bind(ls.iter().map(|l| l.name.as_str()).collect::<Vec<_>>())
-        .bind(ls.iter().map(|l| l.quantity).collect::<Vec<_>>())
-        .bind(ls.iter().map(|l| l.unit_price.amount_minor).collect::<Vec<_>>())
-        .execute(conn)
-        .await?;
-    Ok(())
+pub async fn get_view(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<OrderView>> {
+    Ok(sqlx::query_scalar::<_, Json<OrderView>>(GET_VIEW).bind(id).fetch_optional(conn).await?.map(|v| v.0))
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct OrderRow {
-    pub id: Uuid,
-    pub customer_id: Uuid,
-    pub status: String,
-    pub reason: Option<String>,
-    pub reason_detail: Option<String>,
-    pub total_minor: i64,
-    pub currency: String,
-    pub saga_mode: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
+/// A customer's orders newest first (ids are UUID v7), those older than `$2`.
+pub const CUSTOMER_VIEWS: &str =
+    "SELECT view FROM order_views WHERE customer_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3";
+/// The same, in one status only.
+pub const CUSTOMER_VIEWS_IN: &str =
+    "SELECT view FROM order_views WHERE customer_id = $1 AND status = $4 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3";
 
-impl OrderRow {
-    pub fn total(&self) -> Money {
-        money(self.total_minor, &self.currency)
-    }
-
-    pub fn saga_mode(&self) -> SagaMode {
-        saga_mode_from_db(&self.saga_mode)
-    }
-}
-
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct LineRow {
-    pub order_id: Uuid,
-    pub product_id: Uuid,
-    pub product_name: String,
-    pub quantity: i32,
-    pub unit_price_minor: i64,
-}
-
-impl LineRow {
-    /// Unit prices are in the order's currency: placing refuses mixed currencies.
-    pub fn priced(&self, currency: &str) -> PricedLine {
-        PricedLine { product_id: self.product_id, name: self.product_name.clone(), quantity: self.quantity, unit_price: money(self.unit_price_minor, currency) }
-    }
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct HistoryRow {
-    pub order_id: Uuid,
-    pub status: String,
-    pub reason: Option<String>,
-    pub at: DateTime<Utc>,
-}
-
-macro_rules! order_columns {
-    () => {
-        "id, customer_id, status, reason, reason_detail, total_minor, currency, saga_mode, created_at, updated_at"
+pub async fn customer_views(conn: &mut PgConnection, customer_id: Uuid, status: Option<OrderStatus>, before: Option<Uuid>, limit: i64) -> sqlx::Result<Vec<OrderView>> {
+    let query = match status {
+        None => sqlx::query_scalar::<_, Json<OrderView>>(CUSTOMER_VIEWS),
+        Some(_) => sqlx::query_scalar::<_, Json<OrderView>>(CUSTOMER_VIEWS_IN),
     };
-}
-
-pub const GET_ORDER: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1");
-
-pub async fn get_order(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
-    sqlx::query_as(GET_ORDER).bind(id).fetch_optional(conn).await
-}
-
-/// A customer's orders newest first (ids are UUID v7), those older than `before`.
-pub async fn customer_orders(conn: &mut PgConnection, customer_id: Uuid, before: Option<Uuid>, limit: i64) -> sqlx::Result<Vec<OrderRow>> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        order_columns!(),
-        " FROM orders WHERE customer_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
-    ))
-    .bind(customer_id)
-    .bind(before)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
-}
-
-pub const LINES_OF: &str =
-    "SELECT order_id, product_id, product_name, quantity, unit_price_minor FROM order_lines WHERE order_id = ANY($1) ORDER BY order_id, line_no";
-
-pub async fn lines_of(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<LineRow>> {
-    sqlx::query_as(LINES_OF).bind(order_ids).fetch_all(conn).await
-}
-
-pub const HISTORY_OF: &str =
-    "SELECT order_id, status, reason, at FROM order_status_history WHERE order_id = ANY($1) ORDER BY order_id, at, status <> 'placed'";
-
-/// History oldest first; `placed` first should a transition share its timestamp.
-pub async fn history_of(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<HistoryRow>> {
-    sqlx::query_as(HISTORY_OF).bind(order_ids).fetch_all(conn).await
-}
-
-pub const SETTLE: &str = concat!(
-    "WITH o AS (
-             UPDATE orders SET status = $2, reason = $3, reason_detail = $4, updated_at = now()
-             WHERE id = $1 AND status = 'placed' RETURNING ",
-    order_columns!(),
-    "), h AS (
-             INSERT INTO order_status_history (order_id, status, reason) SELECT id, status, reason FROM o)
-         SELECT * FROM o"
-);
-
-/// Moves a `placed` order to `to` and records it in the history; `None` if the order is
-/// not `placed` (already settled, or unknown). The status guard is what makes a repeated
-/// event a no-op.
-#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE", db.collection.name = "orders"))]
-pub async fn settle(conn: &mut PgConnection, id: Uuid, to: OrderStatus, reason: Option<CancelReason>, detail: Option<&str>) -> sqlx::Result<Option<OrderRow>> {
-    sqlx::query_as(SETTLE)
-        .bind(id)
-        .bind(to.as_str())
-        .bind(reason.map(|r| r.as_str()))
-        .bind(detail)
-        .fetch_optional(conn)
-        .await
-}
-
-/// The order's status and the saga mode it runs in.
-pub async fn status_of(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<(String, String)>> {
-    sqlx::query_as("SELECT status, saga_mode FROM orders WHERE id = $1").bind(id).fetch_optional(conn).await
+    let query = query.bind(customer_id).bind(before).bind(limit);
+    let query = match status {
+        Some(s) => query.bind(s.as_str()),
+        None => query,
+    };
+    Ok(query.fetch_all(conn).await?.into_iter().map(|v| v.0).collect())
 }

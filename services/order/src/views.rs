@@ -1,16 +1,15 @@
-//! What the API answers: orders with their lines and history, and the local product copy.
-
-use std::collections::HashMap;
+//! What the API answers: an order with its lines, history and timeline (the read model the
+//! projector keeps, `order_views`), and the local product copy.
 
 use chrono::{DateTime, Utc};
 use conveyor_contracts::{CancelReason, Money, SagaMode};
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::{OrderStatus, Priced, reason_from_db};
-use crate::repo::{self, OrderRow, ProductRow};
+use crate::domain::{OrderStatus, Priced, PricedLine};
+use crate::repo::ProductRow;
+use crate::stream::{Order, OrderEvent, ReservedLine, StoredEvent};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderView {
@@ -29,6 +28,11 @@ pub struct OrderView {
     pub updated_at: DateTime<Utc>,
     /// Every status the order went through, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// Every step of its saga the order service has heard of, in the saga's order: placed,
+    /// the reservation, the payment, the outcome, the notification.
+    pub timeline: Vec<TimelineEntry>,
+    /// The version of the order's event stream this view reflects.
+    pub version: i32,
 }
 
 /// A line as it was priced when the order was placed.
@@ -40,6 +44,12 @@ pub struct LineView {
     pub unit_price: Money,
 }
 
+impl From<&PricedLine> for LineView {
+    fn from(l: &PricedLine) -> Self {
+        LineView { product_id: l.product_id, name: l.name.clone(), quantity: l.quantity, unit_price: l.unit_price }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryEntry {
     pub status: OrderStatus,
@@ -47,64 +57,122 @@ pub struct HistoryEntry {
     pub at: DateTime<Utc>,
 }
 
-impl OrderView {
-    /// The view of an order just placed at `now`, without reading it back.
-    pub fn placed(id: Uuid, customer_id: Uuid, priced: &Priced, saga_mode: SagaMode, now: DateTime<Utc>) -> OrderView {
-        let lines = priced
-            .lines
-            .iter()
-            .map(|l| LineView { product_id: l.product_id, name: l.name.clone(), quantity: l.quantity, unit_price: l.unit_price })
-            .collect();
-        OrderView {
-            id,
-            customer_id,
-            status: OrderStatus::Placed,
-            reason: None,
-            reason_detail: None,
-            lines,
-            total: priced.total,
-            saga_mode,
-            created_at: now,
-            updated_at: now,
-            history: vec![HistoryEntry { status: OrderStatus::Placed, reason: None, at: now }],
-        }
+/// One step of an order's saga.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TimelineEntry {
+    /// `placed`, `stock_reserved`, `stock_rejected`, `stock_released`, `payment_captured`,
+    /// `payment_declined`, `payment_refunded`, `confirmed`, `cancelled` or `notified`.
+    pub step: String,
+    /// When the order service recorded it.
+    pub at: DateTime<Utc>,
+    /// What happened, in words.
+    pub detail: String,
+    /// `stock_reserved`: the lines reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<Vec<ReservedLine>>,
+    /// `payment_captured`, `payment_refunded`: the amount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<Uuid>,
+    /// `notified`: the notification delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification_id: Option<Uuid>,
+}
+
+/// Where a step sits in the saga: the timeline shows steps in this order whatever order the
+/// services' messages arrived in (each step happens at most once).
+fn rank(e: &OrderEvent) -> u8 {
+    match e {
+        OrderEvent::Placed { .. } => 0,
+        OrderEvent::StockReserved { .. } | OrderEvent::StockRejected { .. } => 1,
+        OrderEvent::PaymentCaptured { .. } | OrderEvent::PaymentDeclined { .. } => 2,
+        OrderEvent::Confirmed | OrderEvent::Cancelled { .. } => 3,
+        OrderEvent::StockReleased | OrderEvent::PaymentRefunded { .. } => 4,
+        OrderEvent::Notified { .. } => 5,
     }
 }
 
-/// Views of `orders` (in their order), with lines and history read in two statements
-/// for the whole set.
-pub async fn load(conn: &mut PgConnection, orders: Vec<OrderRow>) -> sqlx::Result<Vec<OrderView>> {
-    if orders.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
-    let currencies: HashMap<Uuid, String> = orders.iter().map(|o| (o.id, o.currency.clone())).collect();
-    let mut lines: HashMap<Uuid, Vec<LineView>> = HashMap::new();
-    for l in repo::lines_of(conn, &ids).await? {
-        let p = l.priced(&currencies[&l.order_id]);
-        lines.entry(l.order_id).or_default().push(LineView { product_id: p.product_id, name: p.name, quantity: p.quantity, unit_price: p.unit_price });
-    }
-    let mut history: HashMap<Uuid, Vec<HistoryEntry>> = HashMap::new();
-    for h in repo::history_of(conn, &ids).await? {
-        let entry = HistoryEntry { status: OrderStatus::from_db(&h.status), reason: h.reason.as_deref().map(reason_from_db), at: h.at };
-        history.entry(h.order_id).or_default().push(entry);
-    }
-    Ok(orders
-        .into_iter()
-        .map(|o| OrderView {
-            id: o.id,
-            customer_id: o.customer_id,
-            status: OrderStatus::from_db(&o.status),
-            reason: o.reason.as_deref().map(reason_from_db),
-            total: o.total(),
-            saga_mode: o.saga_mode(),
-            lines: lines.remove(&o.id).unwrap_or_default(),
-            history: history.remove(&o.id).unwrap_or_default(),
-            reason_detail: o.reason_detail,
-            created_at: o.created_at,
-            updated_at: o.updated_at,
+fn entry(e: &StoredEvent, order: &Order) -> TimelineEntry {
+    let mut t = TimelineEntry {
+        step: e.event.kind().to_owned(),
+        at: e.at,
+        detail: String::new(),
+        reserved: None,
+        amount: None,
+        payment_id: None,
+        notification_id: None,
+    };
+    t.detail = match &e.event {
+        OrderEvent::Placed { lines, total, .. } => format!("placed: {} line(s), {total}", lines.len()),
+        OrderEvent::StockReserved { lines } => {
+            let units: i64 = lines.iter().map(|l| i64::from(l.quantity)).sum();
+            t.reserved = Some(lines.clone());
+            format!("stock reserved: {units} unit(s) of {} product(s)", lines.len())
+        }
+        OrderEvent::StockRejected { reason } => format!("stock rejected: {reason}"),
+        OrderEvent::StockReleased => "stock released: the reservation was given back".to_owned(),
+        OrderEvent::PaymentCaptured { payment_id, amount } => {
+            (t.amount, t.payment_id) = (Some(*amount), Some(*payment_id));
+            format!("payment captured: {amount}")
+        }
+        OrderEvent::PaymentDeclined { reason } => format!("payment declined: {reason}"),
+        OrderEvent::PaymentRefunded { payment_id, amount } => {
+            (t.amount, t.payment_id) = (*amount, *payment_id);
+            match amount {
+                Some(a) => format!("payment refunded: {a}"),
+                None => "payment refunded".to_owned(),
+            }
+        }
+        OrderEvent::Confirmed => format!("confirmed: {}", order.total),
+        OrderEvent::Cancelled { reason, detail } => format!("cancelled ({}): {detail}", reason.as_str()),
+        OrderEvent::Notified { notification_id, event_type, subject, .. } => {
+            t.notification_id = Some(*notification_id);
+            format!("customer notified of {event_type}: {subject:?}")
+        }
+    };
+    t
+}
+
+impl OrderView {
+    /// The view of an order from its whole stream (by version); `None` for an empty one.
+    /// The projector and the rebuild both make views with this, and only with this.
+    pub fn from_stream(stream: &[StoredEvent]) -> Option<OrderView> {
+        let order = Order::from_stream(stream)?;
+        let mut steps: Vec<&StoredEvent> = stream.iter().collect();
+        steps.sort_by_key(|e| (rank(&e.event), e.version));
+        let history = stream
+            .iter()
+            .filter_map(|e| match &e.event {
+                OrderEvent::Placed { .. } => Some(HistoryEntry { status: OrderStatus::Placed, reason: None, at: e.at }),
+                OrderEvent::Confirmed => Some(HistoryEntry { status: OrderStatus::Confirmed, reason: None, at: e.at }),
+                OrderEvent::Cancelled { reason, .. } => Some(HistoryEntry { status: OrderStatus::Cancelled, reason: Some(*reason), at: e.at }),
+                _ => None,
+            })
+            .collect();
+        Some(OrderView {
+            id: order.id,
+            customer_id: order.customer_id,
+            status: order.status,
+            reason: order.reason,
+            reason_detail: order.reason_detail.clone(),
+            lines: order.lines.iter().map(LineView::from).collect(),
+            total: order.total,
+            saga_mode: order.saga_mode,
+            created_at: order.placed_at,
+            updated_at: order.updated_at,
+            history,
+            timeline: steps.into_iter().map(|e| entry(e, &order)).collect(),
+            version: order.version,
         })
-        .collect())
+    }
+
+    /// The view of an order just placed at `now` (the answer to POST /orders), without
+    /// reading it back: the same as its one-event stream gives.
+    pub fn placed(id: Uuid, customer_id: Uuid, priced: &Priced, saga_mode: SagaMode, now: DateTime<Utc>) -> OrderView {
+        let event = OrderEvent::Placed { customer_id, lines: priced.lines.clone(), total: priced.total, saga_mode };
+        OrderView::from_stream(&[StoredEvent { order_id: id, version: 1, at: now, event }]).expect("one event")
+    }
 }
 
 /// The order service's copy of a catalog product.

@@ -1,16 +1,19 @@
-//! order-worker: keeps the product copy, settles orders, and relays the order events.
+//! order-worker: keeps the product copy, settles orders (appending to their event streams),
+//! projects the streams into the order views, and relays the order events.
 
 use std::time::Duration;
 
 use clap::Parser;
-use conveyor_order::{MIGRATOR, SERVICE, handlers, keys};
+use conveyor_order::{MIGRATOR, SERVICE, handlers, keys, projection};
 use conveyor_platform::config::parse_duration;
 use conveyor_platform::{RelayArgs, WorkerArgs};
 
 /// Conveyor order worker: consumes product.created/updated, stock.rejected,
 /// payment.captured and payment.declined (the choreography), order.confirm and order.cancel
-/// (the coordinator's commands); relays order.placed/confirmed/cancelled, saga.start and
-/// order.replied.
+/// (the coordinator's commands), and records stock.reserved, stock.replied, payment.replied
+/// and notification.sent in each order's event stream; projects the streams into the
+/// customers' order views (the read model); relays order.placed/confirmed/cancelled,
+/// saga.start and order.replied.
 #[derive(Parser)]
 #[command(name = "order-worker", version)]
 struct Args {
@@ -29,10 +32,11 @@ async fn main() -> anyhow::Result<()> {
     let (relay, retention) = (args.relay, args.idempotency_retention);
     conveyor_platform::run_worker(SERVICE, "order-worker", args.worker, &MIGRATOR, |worker| async move {
         let consumer = handlers::subscribe(worker.consumer());
-        let pool = worker.pool().clone();
+        let (pool, projector_pool) = (worker.pool().clone(), worker.pool().clone());
         worker
             .with_consumer(consumer)
             .with_task("idempotency-key expiry", move |stop| Box::pin(keys::prune_loop(pool, retention, stop)))
+            .with_task("projector", move |stop| Box::pin(projection::run(projector_pool, projection::ORDER_VIEWS, stop)))
             .with_relay(conveyor_contracts::routes(SERVICE), &relay)
     })
     .await

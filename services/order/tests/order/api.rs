@@ -137,6 +137,9 @@ async fn a_customers_orders_come_newest_first_a_page_at_a_time() {
         ids.push(shop.placed(customer, &[(&lamp, q)]).await["id"].clone());
     }
     shop.placed(someone_else, &[(&lamp, 9)]).await;
+    // The list is the read model: it has what the projector applied.
+    assert!(shop.api.get(&format!("/customers/{customer}/orders")).await.json["items"].as_array().unwrap().is_empty());
+    shop.project().await;
     ids.reverse();
 
     let mut seen = Vec::new();

@@ -10,7 +10,7 @@ mod saga;
 
 use chrono::Utc;
 use conveyor_contracts::{Money, Product, ProductCreated, SagaMode};
-use conveyor_order::{MIGRATOR, SERVICE, handlers, http};
+use conveyor_order::{MIGRATOR, SERVICE, handlers, http, projection};
 use conveyor_platform::testing::{TestApi, TestResponse, deliver, migrated_db};
 use conveyor_queue::Consumer;
 use serde_json::{Value, json};
@@ -48,9 +48,17 @@ pub fn product(name: &str, price: Money, version: i64) -> Product {
 }
 
 impl Shop {
-    /// Handles everything in the inbox that is due.
+    /// Handles everything in the inbox that is due, then lets the projector catch up (as
+    /// the worker's does within moments).
     pub async fn drain(&self) -> usize {
-        conveyor_platform::testing::drain(&self.consumer).await
+        let handled = conveyor_platform::testing::drain(&self.consumer).await;
+        self.project().await;
+        handled
+    }
+
+    /// Applies every committed event to the order views.
+    pub async fn project(&self) -> usize {
+        projection::catch_up(&self.pool, &projection::ORDER_VIEWS).await.unwrap()
     }
 
     /// Products known to the order service, through product.created as in production.

@@ -45,6 +45,7 @@ async fn placing_in_orchestration_mode_records_it_and_starts_the_coordinators_sa
     let stored: String = sqlx::query_scalar("SELECT saga_mode FROM orders WHERE id = $1::uuid").bind(&id).fetch_one(&shop.pool).await.unwrap();
     assert_eq!(stored, "orchestration");
     assert_eq!(shop.api.get(&format!("/orders/{id}")).await.json, placed.json, "what was answered is what was stored");
+    shop.project().await;
     let list = shop.api.get(&format!("/customers/{customer}/orders")).await;
     assert_eq!(list.json["items"][0]["saga_mode"], "orchestration");
 
