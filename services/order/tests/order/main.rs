@@ -4,6 +4,7 @@
 
 mod api;
 mod bad_input;
+mod cqrs;
 mod keys;
 mod orchestration;
 mod saga;
