@@ -120,7 +120,7 @@ fn targets(args: &Args) -> Result<(Targets, String)> {
 
 /// The `stack.json` of the newest `cargo xtask up` run (its log directory is
 /// target/conveyor-up/run-<seconds>).
-fn newest_stack(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn newest_stack(dir: &Path) -> Result<PathBuf> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("no stack to audit: {} does not exist (start one with `cargo xtask up`, or give --stack or --database-url)", dir.display()))?;
     let mut runs: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path().join(conveyor_launcher::STACK_FILE)).filter(|p| p.is_file()).collect();

@@ -23,6 +23,7 @@ mod fault;
 mod fuzz;
 mod load;
 mod proc;
+mod projections;
 mod up;
 
 use std::path::{Path, PathBuf};
@@ -89,6 +90,9 @@ enum Cmd {
     Chaos(chaos::Args),
     /// Show or switch the fault flags of a running shop.
     Fault(fault::Args),
+    /// The order service's read models: their lag (`status`), or rebuild them from the event
+    /// store while the shop runs (`rebuild`).
+    Projections(projections::Args),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
             Cmd::Audit(args) => audit::run(args, &mut signals).await,
             Cmd::Chaos(args) => chaos::run(args, &mut signals).await,
             Cmd::Fault(args) => fault::run(args, &mut signals).await,
+            Cmd::Projections(args) => projections::run(args, &mut signals).await,
             Cmd::Bench { what } => match what {
                 BenchCmd::Queue(args) => bench::queue(args, &mut signals).await,
                 BenchCmd::Saga(args) => bench::saga::run(args, &mut signals).await,

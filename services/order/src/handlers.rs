@@ -40,6 +40,8 @@ pub fn subscribe(consumer: Consumer) -> Consumer {
     for (status, reason) in std::iter::once(("confirmed", "none")).chain(cancelled) {
         metrics::counter!("conveyor_orders_completed_total", "status" => status, "reason" => reason).increment(0);
     }
+    metrics::counter!("conveyor_order_events_appended_total").increment(0);
+    metrics::counter!("conveyor_order_event_conflicts_total").increment(0);
     let consumer = consumer
         .subscribe(handler_fn(|conn, msg: Delivery<ProductCreated>| Box::pin(sync_product(conn, msg.payload.product))))
         .subscribe(handler_fn(|conn, msg: Delivery<ProductUpdated>| Box::pin(sync_product(conn, msg.payload.product))));

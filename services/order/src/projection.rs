@@ -140,6 +140,9 @@ pub async fn lag(pool: &PgPool, p: &Projection) -> sqlx::Result<(i64, f64)> {
 /// may run it: one applies at a time, the others skip.
 pub async fn run(pool: PgPool, p: Projection, shutdown: CancellationToken) -> anyhow::Result<()> {
     const BATCH: i64 = 500;
+    // Every series exists from the start, so rates and alerts see the first events.
+    metrics::counter!("conveyor_projection_events_applied_total", "projection" => p.name).increment(0);
+    metrics::counter!("conveyor_projection_rebuilds_total", "projection" => p.name).increment(0);
     let (mut last_work, mut last_lag) = (Instant::now(), Instant::now() - Duration::from_secs(2));
     loop {
         let pause = match project_once(&pool, &p, BATCH).await {

@@ -6,6 +6,7 @@ mod alerts;
 mod audit;
 mod authz;
 mod bad_input;
+mod cqrs;
 mod faults;
 mod flags;
 mod metrics;

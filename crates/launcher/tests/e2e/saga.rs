@@ -49,6 +49,17 @@ async fn a_placed_order_is_confirmed_paid_once_reserved_and_notified_once_from_t
     assert!(text.contains("E2E-TEMPLATE total=51.98 EUR"), "rendered from the stored template: {text}");
     assert!(text.contains(&format!("Order {order} confirmed")), "{text}");
     assert_eq!(f.shop.notifications(order).await.unwrap().len(), 1);
+
+    // The customer's timeline: every service's fact about the order, from the read model.
+    let steps = || async {
+        let view = f.shop.order(order).await?;
+        anyhow::Ok(view["timeline"].as_array().map(|t| t.iter().map(|e| e["step"].as_str().unwrap_or_default().to_owned()).collect::<Vec<_>>()).unwrap_or_default())
+    };
+    wait_for("the whole timeline", SAGA, || async { Ok(steps().await?.len() == 5) }).await.unwrap();
+    assert_eq!(steps().await.unwrap(), ["placed", "stock_reserved", "payment_captured", "confirmed", "notified"]);
+    let view = f.shop.order(order).await.unwrap();
+    assert_eq!(view["timeline"][2]["amount"], json!({"amount_minor": 5198, "currency": "EUR"}));
+    assert_eq!(view["timeline"][1]["reserved"][0]["quantity"], 2);
     f.stop().await;
 }
 
