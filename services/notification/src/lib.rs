@@ -1,7 +1,9 @@
 //! The notification service: when an order is confirmed or cancelled, it renders the
 //! template stored for that event (minijinja), enriched with what the order API knows
 //! (falling back to the event's data when that call fails), and delivers it once by webhook,
-//! behind timeouts and circuit breakers. Its API lists what was sent and edits templates.
+//! behind timeouts and circuit breakers; each delivery it records, it publishes as
+//! `notification.sent` (for the order's timeline). Its API lists what was sent and edits
+//! templates.
 
 mod breaker;
 pub mod config;

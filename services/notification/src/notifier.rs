@@ -6,16 +6,20 @@
 //! checked first; a set of the keys this worker is delivering right now, so two copies of
 //! an event in one batch do not both post; and the `Idempotency-Key` header, for the gap a
 //! crash leaves between a 2xx and the row (the next attempt posts again with the same key).
+//!
+//! The row is written together with `notification.sent`, which tells the order service
+//! what was delivered: one transaction, and the event only when the row is new, so each
+//! recorded notification is published exactly once.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, anyhow};
 use chrono::Utc;
-use conveyor_contracts::{CancelReason, OrderCancelled, OrderConfirmed, OrderSummary};
+use conveyor_contracts::{CancelReason, NotificationSent, OrderCancelled, OrderConfirmed, OrderSummary};
 use conveyor_platform::auth::TokenFile;
 use conveyor_platform::faults::Faults;
-use conveyor_queue::{Consumer, Delivery, HandlerError};
+use conveyor_queue::{Consumer, Delivery, HandlerError, publish_event};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -150,8 +154,13 @@ impl Notifier {
         let payload = Payload { notification_id: id, order_id, event_type, customer_id: event.order.customer_id, subject: &subject, body: &body };
         self.webhook.deliver(permit, &key, &payload).await.map_err(HandlerError::retry)?;
         let record = NewNotification { id, order_id, event_type, customer_id: event.order.customer_id, subject: &subject, body: &body, data_source: vars.data_source, attempts: attempt, delivered_at: Utc::now() };
-        let mut conn = self.pool.acquire().await?;
-        repo::insert_notification(&mut conn, &record).await?;
+        let mut tx = self.pool.begin().await?;
+        // Only a new row is announced: one already there was announced by the transaction that wrote it.
+        if repo::insert_notification(&mut tx, &record).await? {
+            let sent = NotificationSent { order_id, notification_id: id, event_type: event_type.as_str().to_owned(), subject: subject.clone(), delivered_at: record.delivered_at };
+            publish_event(&mut tx, &sent).await?;
+        }
+        tx.commit().await?;
         metrics::counter!("conveyor_notifications_sent_total", "event_type" => event_type.as_str(), "data_source" => vars.data_source.as_str()).increment(1);
         tracing::info!(%order_id, %event_type, notification_id = %id, attempt, data_source = vars.data_source.as_str(), "notification delivered");
         Ok(())

@@ -83,10 +83,11 @@ pub const INSERT_NOTIFICATION: &str = "INSERT INTO notifications (id, order_id, 
          ON CONFLICT DO NOTHING";
 
 /// Records a delivery; a row already there (another worker delivered the same key, which
-/// the receiver deduplicated by its idempotency key) is kept as it is.
+/// the receiver deduplicated by its idempotency key) is kept as it is. Whether the row is
+/// new: only a new one is announced (`notification.sent`).
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "notifications"))]
-pub async fn insert_notification(conn: &mut PgConnection, n: &NewNotification<'_>) -> sqlx::Result<()> {
-    sqlx::query(INSERT_NOTIFICATION)
+pub async fn insert_notification(conn: &mut PgConnection, n: &NewNotification<'_>) -> sqlx::Result<bool> {
+    let done = sqlx::query(INSERT_NOTIFICATION)
         .bind(n.id)
         .bind(n.order_id)
         .bind(n.event_type.as_str())
@@ -98,7 +99,7 @@ pub async fn insert_notification(conn: &mut PgConnection, n: &NewNotification<'_
         .bind(n.delivered_at)
         .execute(conn)
         .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 pub async fn notifications_of(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Vec<NotificationRow>> {

@@ -9,12 +9,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::routing::get;
-use chrono::Utc;
-use conveyor_contracts::{CancelReason, Money, OrderCancelled, OrderConfirmed, OrderLine, OrderSummary};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use conveyor_contracts::{CancelReason, Money, NotificationSent, OrderCancelled, OrderConfirmed, OrderLine, OrderSummary};
 use conveyor_notification::{MIGRATOR, Notifier, NotifierArgs, SERVICE, http};
-use conveyor_platform::testing::{TestApi, deliver, deliver_with_id, inbox_state, migrated_db};
-use conveyor_queue::Consumer;
+use conveyor_platform::testing::{TestApi, deliver, deliver_with_id, inbox_state, migrated_db, outbox};
+use conveyor_queue::{Consumer, ConsumerOptions};
 use conveyor_webhook_sink::Sink;
 use serde_json::json;
 use sqlx::PgPool;
@@ -109,6 +109,42 @@ async fn notifications(pool: &PgPool) -> Vec<(Uuid, String, String, String, i32)
     sqlx::query_as("SELECT order_id, subject, body, data_source, attempts FROM notifications ORDER BY created_at").fetch_all(pool).await.unwrap()
 }
 
+/// The `notification.sent` events in the outbox (which holds nothing else).
+async fn sent(pool: &PgPool) -> Vec<NotificationSent> {
+    let outbox = outbox(pool).await;
+    assert!(outbox.iter().all(|(topic, _)| topic == "notification.sent"), "{outbox:?}");
+    outbox.into_iter().map(|(_, payload)| serde_json::from_value(payload).unwrap()).collect()
+}
+
+/// Asserts that `event` announces the one notification recorded for `order`.
+async fn announces_the_record(pool: &PgPool, event: &NotificationSent, order: Uuid) {
+    let (id, event_type, subject, delivered_at): (Uuid, String, String, DateTime<Utc>) =
+        sqlx::query_as("SELECT id, event_type, subject, delivered_at FROM notifications WHERE order_id = $1").bind(order).fetch_one(pool).await.unwrap();
+    assert_eq!((event.order_id, event.notification_id, &event.event_type, &event.subject), (order, id, &event_type, &subject));
+    // The same instant, to the microsecond the row keeps.
+    assert!((event.delivered_at - delivered_at).num_microseconds().unwrap().abs() <= 1, "{} vs {delivered_at}", event.delivered_at);
+}
+
+/// A webhook receiver that answers no post until `n` posts are waiting, then 200 to each:
+/// the posts were in flight at the same time.
+async fn start_gate(n: usize) -> String {
+    let gate = Arc::new(tokio::sync::Barrier::new(n));
+    let app = Router::new().route(
+        "/notifications",
+        post(move || {
+            let gate = gate.clone();
+            async move {
+                gate.wait().await;
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/notifications", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 async fn errors(pool: &PgPool, id: Uuid) -> Vec<serde_json::Value> {
     let errors: sqlx::types::Json<Vec<serde_json::Value>> = sqlx::query_scalar("SELECT errors FROM conveyor.inbox WHERE message_id = $1").bind(id).fetch_one(pool).await.unwrap();
     errors.0
@@ -181,6 +217,12 @@ async fn delivers_once_from_the_stored_template_with_looked_up_names() {
     assert_eq!(listed.json[0]["body"], post.body["body"]);
     assert_eq!(listed.json[0]["data_source"], "lookup");
     assert_eq!(listed.json[0]["attempts"], 1);
+    // Published in the transaction that recorded it, for the order service.
+    let published = sent(&pool).await;
+    assert_eq!(published.len(), 1, "{published:?}");
+    announces_the_record(&pool, &published[0], order).await;
+    assert_eq!(published[0].event_type, "order.confirmed");
+    assert_eq!(published[0].subject, format!("Order {order} is confirmed"));
 
     // The same event again under a new message id (a replay), and the old id again (a
     // repeated relay, which the inbox ignores): nothing more is sent.
@@ -191,6 +233,36 @@ async fn delivers_once_from_the_stored_template_with_looked_up_names() {
     assert_eq!(sink.received().delivered.len(), 1);
     assert_eq!(sink.received().duplicates, 0);
     assert_eq!(notifications(&pool).await.len(), 1);
+    assert_eq!(sent(&pool).await.len(), 1, "nothing more is published");
+}
+
+#[tokio::test]
+async fn a_notification_two_workers_delivered_at_once_is_recorded_and_published_once() {
+    let pool = migrated_db(&MIGRATOR).await;
+    // Each worker claims one copy of the same event, finds it not notified yet and posts;
+    // the receiver answers neither post before both arrived, so both then record it.
+    let args = args(&start_gate(2).await, &format!("http://{}", closed_port().await));
+    let one_at_a_time = ConsumerOptions { batch_size: 1, ..ConsumerOptions::default() };
+    let [a, b] = [(); 2].map(|_| Arc::new(Notifier::new(pool.clone(), &args).unwrap()).subscribe(Consumer::new(pool.clone()).with_options(one_at_a_time.clone()), &args));
+    let order = Uuid::now_v7();
+    let ids = [deliver(&pool, &confirmed(order)).await, deliver(&pool, &confirmed(order)).await];
+    let both = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(a.process_once(), b.process_once()) }).await;
+    let (handled_a, handled_b) = both.expect("both posts reached the receiver together");
+    assert_eq!((handled_a.unwrap(), handled_b.unwrap()), (1, 1));
+    for id in ids {
+        assert_eq!(inbox_state(&pool, id).await, ("done".into(), 1));
+    }
+    assert_eq!(notifications(&pool).await.len(), 1);
+    let published = sent(&pool).await;
+    assert_eq!(published.len(), 1, "the record that was already there published nothing: {published:?}");
+    announces_the_record(&pool, &published[0], order).await;
+
+    // Replayed later: notified already, so nothing is posted (the gate would hold it) or published.
+    let again = deliver(&pool, &confirmed(order)).await;
+    let handled = tokio::time::timeout(Duration::from_secs(5), a.process_once()).await.expect("the replay posted nothing");
+    assert_eq!(handled.unwrap(), 1);
+    assert_eq!(inbox_state(&pool, again).await, ("done".into(), 1));
+    assert_eq!(sent(&pool).await.len(), 1);
 }
 
 #[tokio::test]
@@ -257,6 +329,7 @@ async fn two_copies_of_an_event_in_one_batch_are_posted_once() {
     assert_eq!(sink.received().delivered.len(), 1);
     assert_eq!(sink.received().duplicates, 0, "the second copy never reached the receiver");
     assert_eq!(notifications(&pool).await.len(), 1);
+    assert_eq!(sent(&pool).await.len(), 1);
 }
 
 #[tokio::test]
@@ -273,6 +346,7 @@ async fn a_template_that_fails_to_render_kills_the_message_and_sends_nothing() {
     assert!(errors[0]["error"].as_str().unwrap().contains("the order.confirmed body template failed: undefined value"), "{errors:?}");
     assert!(sink.received().delivered.is_empty());
     assert!(notifications(&pool).await.is_empty());
+    assert!(sent(&pool).await.is_empty());
 }
 
 #[tokio::test]

@@ -36,7 +36,7 @@ fn expected(process: &str, mode: SagaMode) -> Vec<&'static str> {
                 "conveyor_queue_depth",
             ]);
         }
-        if svc != "notification" && !(svc == "coordinator" && mode == SagaMode::Choreography) {
+        if !(svc == "coordinator" && mode == SagaMode::Choreography) {
             names.extend(["conveyor_queue_relayed_total", "conveyor_queue_relay_lag_seconds_bucket"]);
         }
     }
@@ -45,7 +45,7 @@ fn expected(process: &str, mode: SagaMode) -> Vec<&'static str> {
         "stock-worker" => vec!["conveyor_queue_published_total"],
         "order-worker" => vec!["conveyor_queue_published_total", "conveyor_orders_completed_total", "conveyor_saga_duration_seconds_bucket"],
         "payment-worker" => vec!["conveyor_queue_published_total", "conveyor_payments_total"],
-        "notification-worker" => vec!["conveyor_notifications_sent_total", "conveyor_notification_breaker_open"],
+        "notification-worker" => vec!["conveyor_queue_published_total", "conveyor_notifications_sent_total", "conveyor_notification_breaker_open"],
         "coordinator-worker" => vec!["conveyor_saga_commands_total", "conveyor_sagas_in_flight", "conveyor_sagas_overdue", "conveyor_saga_timeouts_total"],
         _ => vec![],
     });
@@ -97,6 +97,13 @@ async fn every_binary_exports_the_catalogued_families_without_unbounded_labels(m
         assert_eq!(got == Terminal::Confirmed, outcome == "confirmed", "{got:?}");
     }
     wait_for("the notifications", SAGA, || async { Ok(f.shop.received().await?.0.len() == 3) }).await.unwrap();
+    // Recorded (the receiver answered first), and relayed as notification.sent.
+    let notification = f.db("notification").await;
+    wait_for("the notifications recorded and relayed", SAGA, || async {
+        Ok(sqlx::query_scalar("SELECT (SELECT count(*) FROM notifications) = 3 AND NOT EXISTS (SELECT 1 FROM conveyor.outbox)").fetch_one(&notification).await?)
+    })
+    .await
+    .unwrap();
     // Some bad requests too, so that 4xx and unmatched routes are counted.
     let _ = f.shop.get("order", "/orders/not-an-id").await;
     let _ = f.shop.get("catalog", "/no/such/thing/0190f0e2-7c3f-7d4e-8f00-000000000000").await;

@@ -1,16 +1,17 @@
 //! notification-worker: delivers a notification for every order.confirmed and
-//! order.cancelled. It publishes nothing, so it runs no relay.
+//! order.cancelled, and relays notification.sent.
 
 use std::sync::Arc;
 
 use clap::Parser;
 use conveyor_notification::{FLAGS, MIGRATOR, Notifier, NotifierArgs, SERVICE};
-use conveyor_platform::WorkerArgs;
 use conveyor_platform::faults::Faults;
+use conveyor_platform::{RelayArgs, WorkerArgs};
 
 /// Conveyor notification worker: renders the stored template of each order.confirmed /
 /// order.cancelled (enriched by the order API when it answers) and POSTs it to the webhook,
-/// once per order and event, behind timeouts and circuit breakers. An operator can make it
+/// once per order and event, behind timeouts and circuit breakers; relays notification.sent,
+/// published as each delivery is recorded, to its subscribers. An operator can make it
 /// treat the receiver as down while it runs (`PATCH /admin/faults` of the notification API:
 /// receiver_down).
 #[derive(Parser)]
@@ -19,18 +20,20 @@ struct Args {
     #[command(flatten)]
     worker: WorkerArgs,
     #[command(flatten)]
+    relay: RelayArgs,
+    #[command(flatten)]
     notifier: NotifierArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let notifier = args.notifier;
+    let (relay, notifier) = (args.relay, args.notifier);
     conveyor_platform::run_worker(SERVICE, "notification-worker", args.worker, &MIGRATOR, |worker| async move {
         let pool = worker.pool().clone();
         let faults = Faults::watch(pool.clone(), &FLAGS);
         let consumer = Arc::new(Notifier::new(pool, &notifier)?.with_faults(faults)).subscribe(worker.consumer(), &notifier);
-        Ok(worker.with_consumer(consumer))
+        worker.with_consumer(consumer).with_relay(conveyor_contracts::routes(SERVICE), &relay)
     })
     .await
 }
