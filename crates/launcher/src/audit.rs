@@ -76,6 +76,7 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 pub enum Rule {
     OrdersTerminal,
     AcceptedExist,
+    ReadModel,
     StockLevels,
     StockReservations,
     Captures,
@@ -87,9 +88,10 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 10] = [
+    pub const ALL: [Rule; 11] = [
         Rule::OrdersTerminal,
         Rule::AcceptedExist,
+        Rule::ReadModel,
         Rule::StockLevels,
         Rule::StockReservations,
         Rule::Captures,
@@ -105,6 +107,7 @@ impl Rule {
         match self {
             Rule::OrdersTerminal => "orders_terminal",
             Rule::AcceptedExist => "accepted_orders_exist",
+            Rule::ReadModel => "read_model",
             Rule::StockLevels => "stock_levels",
             Rule::StockReservations => "stock_reservations",
             Rule::Captures => "captures",
@@ -120,6 +123,7 @@ impl Rule {
         match self {
             Rule::OrdersTerminal => "every order is confirmed or cancelled",
             Rule::AcceptedExist => "every order the client was told was accepted exists",
+            Rule::ReadModel => "every order's view (the read model) says what its event stream says",
             Rule::StockLevels => "stock never below zero; levels equal the sum of their movements",
             Rule::StockReservations => "reserved stock equals what confirmed (and in-flight) orders hold",
             Rule::Captures => "at most one capture per order, one for each confirmed order, none kept for a cancelled one",

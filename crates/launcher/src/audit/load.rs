@@ -17,7 +17,7 @@ use sqlx::types::Json;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use uuid::Uuid;
 
-use super::snapshot::{Charges, Customer, DeadLetter, Delivery, Item, Order, Orders, Payment, PaymentRow, Queue, Reservation, Sink, Snapshot, Status, Stock};
+use super::snapshot::{Charges, Customer, DeadLetter, Delivery, Item, Order, Orders, Payment, PaymentRow, Projected, Queue, Reservation, Sink, Snapshot, Status, Stock};
 use super::{Options, Targets};
 
 /// What one database gave.
@@ -89,12 +89,7 @@ async fn read_orders(conn: &mut PgConnection) -> Result<Orders> {
         .await?;
     let mut orders = HashMap::with_capacity(rows.len());
     for (id, status, reason, customer, total, currency, age_secs) in rows {
-        let status = match status.as_str() {
-            "placed" => Status::Placed,
-            "confirmed" => Status::Confirmed,
-            "cancelled" => Status::Cancelled,
-            other => bail!("order {id} has a status the audit does not know: {other:?}"),
-        };
+        let status = status_of(id, &status)?;
         orders.insert(id, Order { status, reason, customer, total, currency, age_secs });
     }
     // The lines only of confirmed orders: what their reservations must hold.
@@ -102,13 +97,38 @@ async fn read_orders(conn: &mut PgConnection) -> Result<Orders> {
         "SELECT l.order_id, l.product_id, sum(l.quantity)::bigint FROM order_lines l JOIN orders o ON o.id = l.order_id
          WHERE o.status = 'confirmed' GROUP BY 1, 2",
     )
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?;
     let mut by_order: HashMap<Uuid, BTreeMap<Uuid, i64>> = HashMap::new();
     for (order, product, qty) in lines {
         by_order.entry(order).or_default().insert(product, qty);
     }
-    Ok(Orders { orders, lines: by_order })
+    type ViewRow = (Uuid, i32, i64, Option<i32>, Option<String>);
+    let views: Vec<ViewRow> = sqlx::query_as(
+        "SELECT e.order_id, e.version, extract(epoch FROM now() - e.at)::bigint, v.version, v.status
+         FROM (SELECT DISTINCT ON (order_id) order_id, version, at FROM order_events ORDER BY order_id, version DESC) e
+         LEFT JOIN order_views v ON v.id = e.order_id",
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut projected = HashMap::with_capacity(views.len());
+    for (id, stream_version, last_age_secs, view_version, view_status) in views {
+        let view = match (view_version, view_status) {
+            (Some(v), Some(s)) => Some((v, status_of(id, &s)?)),
+            _ => None,
+        };
+        projected.insert(id, Projected { stream_version, last_age_secs, view });
+    }
+    Ok(Orders { orders, lines: by_order, projected })
+}
+
+fn status_of(id: Uuid, status: &str) -> Result<Status> {
+    Ok(match status {
+        "placed" => Status::Placed,
+        "confirmed" => Status::Confirmed,
+        "cancelled" => Status::Cancelled,
+        other => bail!("order {id} has a status the audit does not know: {other:?}"),
+    })
 }
 
 #[derive(Deserialize)]

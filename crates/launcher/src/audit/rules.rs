@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
-use super::snapshot::{DeadLetter, Delivery, Order, PaymentRow, Queue, Reservation, Snapshot, Status};
+use super::snapshot::{DeadLetter, Delivery, Order, PaymentRow, Projected, Queue, Reservation, Snapshot, Status};
 use super::{Options, Rule, RuleReport, Verdict};
 
 /// One rule's findings as they are made: a count of what was checked, every violation
@@ -66,6 +66,7 @@ pub(crate) fn check_all(s: &Snapshot, o: &Options) -> Vec<RuleReport> {
     vec![
         orders_terminal(s, o),
         accepted_exist(s, o),
+        read_model(s, o),
         stock_levels(s, o),
         stock_reservations(s, o),
         captures(s, o),
@@ -101,6 +102,38 @@ fn accepted_exist(s: &Snapshot, o: &Options) -> RuleReport {
         if !orders.orders.contains_key(id) {
             c.fail(|| format!("order {id} was accepted (201) but does not exist"));
         }
+    }
+    c.finish()
+}
+
+/// Each order's view against its stream: at its version, with its status. A view behind
+/// its stream is lag, and a violation only once the stream's last event is older than the
+/// grace; a view at the stream's version that says another status is a projection bug.
+fn read_model(s: &Snapshot, o: &Options) -> RuleReport {
+    let mut c = Check::new(Rule::ReadModel, o);
+    let Some(orders) = &s.orders else { return c.skip(missing(&["order database"])) };
+    c.checked(orders.projected.len());
+    let grace = o.grace.as_secs() as i64;
+    let mut ids: Vec<(&Uuid, &Projected)> = orders.projected.iter().collect();
+    ids.sort_by_key(|(id, _)| **id);
+    let mut behind = 0;
+    for (id, p) in ids {
+        let status = orders.orders.get(id).map(|o| o.status);
+        match p.view {
+            Some((version, view_status)) if version == p.stream_version => {
+                if Some(view_status) != status {
+                    c.fail(|| format!("order {id}: its view says {view_status:?} at version {version}, its stream {status:?}"));
+                }
+            }
+            _ if p.last_age_secs <= grace => behind += 1,
+            None => c.fail(|| format!("order {id} has no view, {} s after its last event (stream version {})", p.last_age_secs, p.stream_version)),
+            Some((version, _)) => c.fail(|| {
+                format!("order {id}: its view is at version {version}, its stream at {}, last appended {} s ago", p.stream_version, p.last_age_secs)
+            }),
+        }
+    }
+    if behind > 0 {
+        c.note(format!("{behind} views behind their streams by less than the grace (the projector's lag)"));
     }
     c.finish()
 }

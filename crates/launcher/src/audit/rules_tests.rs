@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::audit::Report;
-use crate::audit::snapshot::{Charges, Customer, Item, Orders, Payment, Sink, Stock};
+use crate::audit::snapshot::{Charges, Customer, Item, Orders, Payment, Projected, Sink, Stock};
 
 const EUR: &str = "EUR";
 
@@ -20,6 +20,9 @@ fn shop() -> Snapshot {
     orders.orders.insert(id(12), order(Status::Cancelled, Some("out_of_stock"), 50_000));
     orders.orders.insert(id(13), order(Status::Cancelled, Some("payment_declined"), 99_999));
     orders.lines.insert(id(11), BTreeMap::from([(id(1), 3)]));
+    for (n, status) in [(11, Status::Confirmed), (12, Status::Cancelled), (13, Status::Cancelled)] {
+        orders.projected.insert(id(n), Projected { stream_version: 4, last_age_secs: 5, view: Some((4, status)) });
+    }
     let mut stock = Stock::default();
     stock.items.push(Item { product: id(1), available: 9, reserved: 3, initial: 10, restock: 2, reserve: 3 + 1, release: 1 });
     stock.reservations.insert(id(11), Reservation { state: "reserved".into(), lines: BTreeMap::from([(id(1), 3)]) });
@@ -72,9 +75,31 @@ fn a_consistent_shop_passes_every_rule() {
 #[test]
 fn an_order_left_placed_fails_only_the_terminal_rule() {
     let mut s = shop();
-    s.orders.as_mut().unwrap().orders.get_mut(&id(11)).unwrap().status = Status::Placed;
+    let orders = s.orders.as_mut().unwrap();
+    orders.orders.get_mut(&id(11)).unwrap().status = Status::Placed;
+    orders.projected.get_mut(&id(11)).unwrap().view = Some((4, Status::Placed));
     // Its reservation still counts as held (in flight), so stock stays consistent.
     assert_only(&s, "orders_terminal", &format!("order {} is still placed", id(11)));
+}
+
+#[test]
+fn a_view_that_disagrees_with_its_stream_or_lags_past_the_grace_is_reported() {
+    let mut s = shop();
+    s.orders.as_mut().unwrap().projected.get_mut(&id(11)).unwrap().view = Some((4, Status::Placed));
+    assert_only(&s, "read_model", &format!("order {}: its view says Placed at version 4, its stream Some(Confirmed)", id(11)));
+    // Behind by an event appended 5 s ago: the projector's lag, noted.
+    let mut s = shop();
+    s.orders.as_mut().unwrap().projected.get_mut(&id(12)).unwrap().view = Some((3, Status::Cancelled));
+    let r = report(&s, &Options::default());
+    assert!(r.passed(), "{}", r.to_text());
+    assert!(r.rule("read_model").unwrap().notes[0].contains("1 views behind"), "{:?}", r.rule("read_model"));
+    // The same, 61 s later; and a view missing altogether.
+    let p = s.orders.as_mut().unwrap().projected.get_mut(&id(12)).unwrap();
+    p.last_age_secs = 61;
+    assert_only(&s, "read_model", "its view is at version 3, its stream at 4, last appended 61 s ago");
+    let p = s.orders.as_mut().unwrap().projected.get_mut(&id(13)).unwrap();
+    (p.view, p.last_age_secs) = (None, 61);
+    assert_eq!(failing(&s).1.rule("read_model").unwrap().violations, 2);
 }
 
 #[test]

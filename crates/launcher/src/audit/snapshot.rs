@@ -42,6 +42,17 @@ pub(crate) struct Order {
 pub(crate) struct Orders {
     pub orders: HashMap<Uuid, Order>,
     pub lines: HashMap<Uuid, BTreeMap<Uuid, i64>>,
+    /// Each order's event stream against its view in the read model.
+    pub projected: HashMap<Uuid, Projected>,
+}
+
+/// An order's stream (its last version, and how long ago that was appended) and its view
+/// in `order_views` (version and status), if it has one.
+#[derive(Debug, Clone)]
+pub(crate) struct Projected {
+    pub stream_version: i32,
+    pub last_age_secs: i64,
+    pub view: Option<(i32, Status)>,
 }
 
 #[derive(Debug, Clone, Default)]
