@@ -1,5 +1,7 @@
-//! The order lookup: what the order API knows beyond the event (product names, the current
-//! status). It is a nicety: on any failure the notification is rendered from the event.
+//! The order lookup: what the order API knows beyond the event (product names). It is a
+//! nicety: on any failure the notification is rendered from the event. The status stays the
+//! event's: the event is what ended the order, while the order API answers from its read
+//! model, which may not have applied that event yet (docs/cqrs.md).
 
 use std::time::Duration;
 
@@ -16,7 +18,6 @@ use crate::render::{DataSource, Vars};
 /// The part of the order API's `GET /orders/{id}` answer used here.
 #[derive(Debug, Deserialize)]
 struct OrderView {
-    status: String,
     lines: Vec<LineView>,
 }
 
@@ -39,7 +40,7 @@ impl OrderLookup {
         OrderLookup { client, base, token, timeout, breaker }
     }
 
-    /// Adds what the order API says to `vars` (names, status; `data_source = lookup`), or
+    /// Adds what the order API says to `vars` (names; `data_source = lookup`), or
     /// leaves them as the event's and logs why.
     pub async fn enrich(&self, vars: &mut Vars) {
         match self.fetch(vars.order_id).await {
@@ -47,7 +48,6 @@ impl OrderLookup {
                 for line in &mut vars.lines {
                     line.name = order.lines.iter().find(|l| l.product_id == line.product_id).and_then(|l| l.name.clone());
                 }
-                vars.status = order.status;
                 vars.data_source = DataSource::Lookup;
             }
             Err(e) => tracing::warn!(order_id = %vars.order_id, error = format!("{e:#}"), "order lookup failed; rendering from the event's data"),

@@ -48,7 +48,7 @@ pub struct Vars {
     pub order_id: Uuid,
     pub customer_id: Uuid,
     pub event_type: EventType,
-    /// The order's status: the order API's when the lookup worked, else the event's.
+    /// The order's status, as the event says (`confirmed` or `cancelled`).
     pub status: String,
     /// Why it was cancelled (`out_of_stock`, `payment_declined`, `timeout`); null when confirmed.
     pub reason: Option<CancelReason>,
@@ -74,7 +74,7 @@ pub struct LineVars {
 
 impl Vars {
     /// The variables from the event alone (no names; status from the event type). The
-    /// lookup, when it works, fills in names and status.
+    /// lookup, when it works, fills in the names.
     pub fn from_event(event_type: EventType, order: &OrderSummary, reason: Option<CancelReason>, detail: Option<String>) -> Self {
         Vars {
             order_id: order.order_id,
