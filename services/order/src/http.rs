@@ -184,7 +184,7 @@ pub struct OrdersQuery {
 /// A customer's orders with their timelines, newest first, a page at a time (`after` = the
 /// `next` of the previous page), optionally in one status. The customer's own, or anyone's
 /// for an operator. Answered from the read model, which follows the orders' events within
-/// moments (`conveyor_projection_lag_seconds`).
+/// moments (`conveyor_projection_oldest_unapplied_age_seconds`).
 #[utoipa::path(get, path = "/customers/{customer_id}/orders", tag = "orders", params(("customer_id" = Uuid, Path), OrdersQuery), security(("bearer" = [])),
     responses((status = 200, body = Page<OrderView>), (status = 400, body = Problem, content_type = "application/problem+json"), AuthErrors))]
 async fn customer_orders(caller: Caller, State(pool): State<PgPool>, Path(customer_id): Path<Uuid>, Query(q): Query<OrdersQuery>) -> ApiResult<Json<Page<OrderView>>> {

@@ -39,7 +39,7 @@ pub const ORDER_VIEWS: Projection = Projection { name: "order_views", table: "or
 fn rebuilding(p: &Projection) -> Projection {
     Projection { name: REBUILD_NAME, table: REBUILD_TABLE, view: p.view }
 }
-const REBUILD_NAME: &str = "order_views@rebuild";
+const REBUILD_NAME: &str = "order_views_rebuild";
 const REBUILD_TABLE: &str = "order_views_rebuild";
 
 /// Events after a position, oldest first, of transactions no longer running.
@@ -163,7 +163,7 @@ pub async fn run(pool: PgPool, p: Projection, shutdown: CancellationToken) -> an
             match lag(&pool, &p).await {
                 Ok((events, seconds)) => {
                     metrics::gauge!("conveyor_projection_lag_events", "projection" => p.name).set(events as f64);
-                    metrics::gauge!("conveyor_projection_lag_seconds", "projection" => p.name).set(seconds);
+                    metrics::gauge!("conveyor_projection_oldest_unapplied_age_seconds", "projection" => p.name).set(seconds);
                 }
                 Err(e) => tracing::warn!(projection = p.name, error = %e, "reading the projection's lag failed"),
             }

@@ -72,6 +72,7 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("ConveyorQueueBacklogGrowing", "stock slowdown_ms under the steady order rate, then cleared"),
     ("ConveyorQueueOldestMessageTooOld", "the same slowdown: order.placed waits in stock's inbox"),
     ("ConveyorSagasOverdue", "(a stack of its own, orchestration) order-worker stopped while a saga waits for payment, started again"),
+    ("ConveyorProjectionLagging", "a writing transaction held open in the order database while orders keep coming, then rolled back"),
 ];
 
 #[tokio::test]
@@ -125,9 +126,16 @@ async fn every_alert_fires_on_its_fault_and_resolves_once_it_is_removed() {
     );
 
     // Phase 2. The stock slowdown makes every saga slow (the saga latency alert fires
-    // again: not asserted); killing catalog-worker touches nothing stock does.
+    // again: not asserted); killing catalog-worker touches nothing stock does; the held
+    // transaction stops only the order service's projector (the queues do not wait for
+    // old transactions), and no other alert looks at the read model.
     let catalog_worker = f.stack.worker["catalog"].trim_start_matches("http://").to_owned();
-    tokio::join!(stock_slowdown(&shop, alerts), target_down(&mut f.stack, &catalog_worker, alerts));
+    let order_db = f.stack.databases["order"].clone();
+    tokio::join!(
+        stock_slowdown(&shop, alerts),
+        target_down(&mut f.stack, &catalog_worker, alerts),
+        projection_held_back(&order_db, alerts),
+    );
 
     let placed = orders.stop().await;
     eprintln!("alerts: {} orders placed; waiting for every saga to end", placed.len());
@@ -503,6 +511,23 @@ async fn dead_letters(shop: &Shop, order_db: &str, alerts: Alerts<'_>) {
     })
     .await
     .unwrap();
+    alerts.resolved(alert, &labels, t, Duration::from_secs(60)).await;
+}
+
+/// ConveyorProjectionLagging: a writing transaction left open in the order database (a
+/// batch job, a session someone forgot) while orders keep coming. The projector applies only
+/// events of transactions older than every one still running, so the oldest event it has
+/// not applied ages; rolled back, the projector catches up by itself.
+async fn projection_held_back(order_db: &str, alerts: Alerts<'_>) {
+    use sqlx::Connection;
+    let (alert, labels) = ("ConveyorProjectionLagging", [("service", "order"), ("projection", "order_views")]);
+    alerts.quiet(alert, &labels).await;
+    let mut session = sqlx::PgConnection::connect(order_db).await.unwrap();
+    let t = Instant::now();
+    sqlx::raw_sql("BEGIN; SELECT pg_current_xact_id();").execute(&mut session).await.unwrap();
+    alerts.firing(alert, &labels, t, Duration::from_secs(90)).await;
+    let t = Instant::now();
+    sqlx::raw_sql("ROLLBACK").execute(&mut session).await.unwrap();
     alerts.resolved(alert, &labels, t, Duration::from_secs(60)).await;
 }
 
