@@ -7,7 +7,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 /// Listens for SIGINT, SIGTERM and SIGHUP from the moment it is installed (so they no longer
-/// kill xtask outright: it gets to stop its children and its PostgreSQL first).
+/// kill xtask outright: it gets to stop its children and its PostgreSQL first). A clone
+/// hears the same signals, for children run side by side.
+#[derive(Clone)]
 pub struct Signals {
     rx: watch::Receiver<Option<i32>>,
 }

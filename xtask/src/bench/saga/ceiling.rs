@@ -38,6 +38,8 @@ pub struct CeilingResult {
     pub confirmed_per_sec: f64,
     /// Messages not yet handled anywhere when pgbench stopped.
     pub left_in_queues: u64,
+    /// Events the projector had not applied to the order views when pgbench stopped.
+    pub unprojected: u64,
     /// pgbench's own figures: script runs per second, each `batch` sagas.
     pub pgbench_tps: f64,
     pub pgbench_latency_ms: Option<f64>,
@@ -101,6 +103,8 @@ pub async fn measure(
     let setup_path = out_dir.join("saga-ceiling-setup.sql");
     std::fs::write(&setup_path, &setup).with_context(|| format!("writing {}", setup_path.display()))?;
     step!(psql(bin_dir, &url, &setup, signals).await);
+    let projector = out_dir.join("saga-ceiling-projector.sql");
+    std::fs::write(&projector, replay::projector_script()).with_context(|| format!("writing {}", projector.display()))?;
 
     let mut results = Vec::new();
     for (variant, batch, relay_batch) in [("one message per transaction", 1, 1), ("consumers claiming 50 at a time", 50, 100)] {
@@ -114,13 +118,23 @@ pub async fn measure(
         let before = query_u64s(&step!(psql(bin_dir, &url, &stats_sql, signals).await))?;
         let a = sampler.snapshot();
         let started = super::ramp::unix_now();
-        let r = step!(pgbench(bin_dir, &url, &path, "saga_sql", batch as u32, opts.clients, opts.seconds, signals).await);
+        // The order worker's projector runs beside the saga's clients, in a client of its own,
+        // until they are done (the script runs under way at -T finish); then it is killed.
+        let mut projector_signals = signals.clone();
+        let projecting = pgbench(bin_dir, &url, &projector, "saga_projector", 1, 1, opts.seconds + 3600, &mut projector_signals);
+        let r = tokio::select! {
+            r = pgbench(bin_dir, &url, &path, "saga_sql", batch as u32, opts.clients, opts.seconds, signals) => step!(r),
+            p = projecting => {
+                step!(p);
+                anyhow::bail!("the projector's pgbench ended before the saga's; see {}", projector.display());
+            }
+        };
         let b = sampler.snapshot();
         // pgbench lets the script runs under way at -T finish: the run ends when it exits.
         let finished = super::ramp::unix_now();
         let labels = parse_labels(&step!(psql(bin_dir, &url, LABELS_SQL, signals).await));
         let counts = query_u64s(&step!(psql(bin_dir, &url, replay::COUNTS_SQL, signals).await))?;
-        let [placed, confirmed, sagas, left] = counts[..] else { anyhow::bail!("unexpected counts from the replay: {counts:?}") };
+        let [placed, confirmed, sagas, left, unprojected] = counts[..] else { anyhow::bail!("unexpected counts from the replay: {counts:?}") };
         anyhow::ensure!(sagas > 0, "the saga replay ({variant}) completed no saga in {} s; see {}", opts.seconds, path.display());
         // pgbench's connections are gone, so their statistics are in.
         let after = query_u64s(&step!(psql(bin_dir, &url, &stats_sql, signals).await))?;
@@ -128,7 +142,7 @@ pub async fn measure(
         // triggers keeping a copy of a message per inbox, to check what the replay sends.
         step!(psql(bin_dir, &url, replay::CAPTURE_SQL, signals).await);
         step!(pgbench(bin_dir, &url, &path, "saga_sql_samples", batch as u32, 1, 1, signals).await);
-        let samples = step!(psql(bin_dir, &url, replay::SAMPLES_SQL, signals).await);
+        let samples = step!(psql(bin_dir, &url, &replay::samples_sql(), signals).await);
         step!(psql(bin_dir, &url, replay::UNCAPTURE_SQL, signals).await);
         replay::check_samples(&samples)?;
         anyhow::ensure!(before.len() == 2 && after.len() == 2, "unexpected statistics of {DATABASE}: {before:?} {after:?}");
@@ -154,6 +168,7 @@ pub async fn measure(
             confirmed,
             confirmed_per_sec: rates[1] as f64 / window,
             left_in_queues: left,
+            unprojected,
             pgbench_tps: r.tps,
             pgbench_latency_ms: r.latency_avg_ms,
             deadlocks,
@@ -164,11 +179,12 @@ pub async fn measure(
             script: path,
         };
         println!(
-            "   → {}: {:.0} sagas/s complete ({:.0} confirmed/s), {} messages left in the queues, {} deadlocks; CPU: postgres {}, machine {}",
+            "   → {}: {:.0} sagas/s complete ({:.0} confirmed/s), {} messages left in the queues, {} events not projected, {} deadlocks; CPU: postgres {}, machine {}",
             res.variant,
             res.sagas_per_sec,
             res.confirmed_per_sec,
             res.left_in_queues,
+            res.unprojected,
             res.deadlocks,
             res.cpu.postgres.map_or("n/a".into(), |c| format!("{c:.2} cores")),
             res.cpu.machine_busy.map_or("n/a".into(), |c| format!("{c:.2} cores")),

@@ -9,24 +9,34 @@
 //! the same transactions:
 //!
 //! 1. **order-api** `POST /orders`: one transaction per order — idempotency key, product
-//!    copy, order with its line and first history entry, `order.placed` into the outbox,
-//!    the stored response.
+//!    copy, the order's `placed` event appended to its stream, `order.placed` into the
+//!    outbox, the stored response (the view of that one event).
 //! 2. **relays** (every publishing worker): claim outbox rows, copy them into each
 //!    subscriber's inbox (routing from `conveyor_contracts::routes`), delete them.
 //! 3. **stock-worker** `order.placed` (a batch handler): one transaction claims a batch
 //!    and, for the whole batch at once, looks up the orders handled already, locks the
 //!    items, records the reservations, moves the units, writes the movements and publishes
-//!    the `stock.reserved` events.
-//! 4. **payment-worker** `stock.reserved` (a batch handler): claims a batch and, for the
+//!    the `stock.reserved` events (to payment, and to order for the order's stream).
+//! 4. **order-worker** `stock.reserved`: claims a batch, locks its orders (the consumer's
+//!    lock keys) and, per message, reads the order's stream and appends `stock_reserved`.
+//! 5. **payment-worker** `stock.reserved` (a batch handler): claims a batch and, for the
 //!    whole batch at once, looks up the orders paid already, locks the customers, writes the
 //!    payments, debits the balances, writes the ledger entries and publishes the
 //!    `payment.captured` events.
-//! 5. **order-worker** `payment.captured`: claims a batch and, per message, confirms the
-//!    order (with its history entry), reads its lines and publishes `order.confirmed`.
-//! 6. **notification-worker** `order.confirmed` (lease mode): claims a batch (committed),
+//! 6. **order-worker** `payment.captured`: claims a batch, locks its orders and, per
+//!    message, reads the order's stream, appends `payment_captured` and `confirmed` and
+//!    publishes `order.confirmed`.
+//! 7. **notification-worker** `order.confirmed` (lease mode): claims a batch (committed),
 //!    then per message checks whether it was notified, reads the template, does the order
-//!    API's reads of the lookup (order, lines, history) and records the notification (each
+//!    API's read of the lookup (the order's view, or its stream if the projector has not
+//!    written the view yet) and records the notification with its `notification.sent` (each
 //!    its own transaction); then settles the batch.
+//! 8. **order-worker** `notification.sent`: claims a batch, locks its orders and, per
+//!    message, reads the order's stream and appends `notified`.
+//!
+//! Beside the script's clients, one more client runs the order worker's projector in a loop
+//! ([`projector_script`]): a batch of events after its position, the whole streams of their
+//! orders, the views made of them upserted, the position moved; one transaction each.
 //!
 //! The statements are the ones the services run, taken from their `sql` modules
 //! (`conveyor_order::sql`, `conveyor_stock::sql`, …) and from the engine's
@@ -43,8 +53,9 @@ use conveyor_contracts::service;
 pub const DIFFERENCES: &[&str] = &[
     "One database instead of one per service: the queue tables of each service live in their own schema; the services' tables share `public` (no two have the same name).",
     "A relay hop is one transaction (claim-and-delete from the outbox and insert into the subscriber's inbox, in one statement); our relay commits the inbox insert on the subscriber's database and then the outbox delete: one commit more per relayed batch and subscriber.",
-    "What the services compute in Rust is computed by SQL here: ids (UUID v7, by `saga_uuid_v7()`), event payloads and the stored response (`json_build_object`), and the values a handler reads from its message (`payload->'order'->>…`, once per batch in the claim).",
-    "No HTTP at all: the client's request to order-api, the notification worker's lookup (its three reads of the order database are replayed) and its webhook post are not.",
+    "What the services compute in Rust is computed by SQL here: ids (UUID v7, by `saga_uuid_v7()`; a notification's from its order and event by a hash, as the service's UUID v5), the order's events, the message payloads and the stored response (`jsonb_build_object`), the state an order's stream gives (its version, placed event and time, aggregated from the stream as it is read), the values a handler reads from its message (`payload->'order'->>…`, once per batch in the claim), and the projector's views (`saga_order_view`, PL/pgSQL, in the statement that writes them: PostgreSQL's CPU carries the fold the order worker does in Rust).",
+    "The order worker's claims take one topic each (stock.reserved, payment.captured, notification.sent, the script's steps in turn), where the shop's one consumer claims whatever of its topics is due, several kinds in one batch under load: more, smaller order-worker transactions here in the batched variant.",
+    "No HTTP at all: the client's request to order-api, the notification worker's lookup (its read of the order database is replayed) and its webhook post are not.",
     "No LISTEN/NOTIFY traffic: nobody listens, so the writers' wake-up check never notifies (as in the shop under load, when no worker is idle).",
     "Every order has one line of quantity 1, for a product and customer chosen uniformly, as the driver of the shop does.",
 ];
@@ -75,15 +86,15 @@ macro_rules! sql {
     };
 }
 
-// services/order/src/repo.rs
+mod order;
+
+// services/order/src/repo.rs and stream.rs (the projector's statements are in `order`)
 sql!(CLAIM_KEY, "services/order/src/repo.rs", conveyor_order::sql::CLAIM_KEY);
 sql!(PRODUCTS, "services/order/src/repo.rs", conveyor_order::sql::PRODUCTS);
-sql!(INSERT_ORDER, "services/order/src/repo.rs", conveyor_order::sql::INSERT_ORDER);
 sql!(SAVE_RESPONSE, "services/order/src/repo.rs", conveyor_order::sql::SAVE_RESPONSE);
-sql!(SETTLE, "services/order/src/repo.rs", conveyor_order::sql::SETTLE);
-sql!(LINES_OF, "services/order/src/repo.rs", conveyor_order::sql::LINES_OF);
-sql!(GET_ORDER, "services/order/src/repo.rs", conveyor_order::sql::GET_ORDER);
-sql!(HISTORY_OF, "services/order/src/repo.rs", conveyor_order::sql::HISTORY_OF);
+sql!(GET_VIEW, "services/order/src/repo.rs", conveyor_order::sql::GET_VIEW);
+sql!(APPEND, "services/order/src/stream.rs", conveyor_order::sql::APPEND);
+sql!(STREAMS, "services/order/src/stream.rs", conveyor_order::sql::STREAMS);
 
 // services/stock/src/repo.rs
 sql!(HANDLED, "services/stock/src/repo.rs", conveyor_stock::sql::HANDLED);
@@ -179,12 +190,12 @@ pub struct ScriptOptions {
     pub customers: u32,
 }
 
-/// Topics each consumer subscribes to (the services' `handlers::subscribe`).
+/// Topics each consumer subscribes to (the services' `handlers::subscribe`). The order
+/// worker's claims take one topic each instead (see [`DIFFERENCES`]).
 fn consumer_topics(svc: &str) -> &'static [&'static str] {
     match svc {
         service::STOCK => &["product.created", "product.updated", "order.placed", "payment.declined"],
         service::PAYMENT => &["stock.reserved"],
-        service::ORDER => &["product.created", "product.updated", "stock.rejected", "payment.captured", "payment.declined"],
         service::NOTIFICATION => &["order.confirmed", "order.cancelled"],
         _ => &[],
     }
@@ -204,17 +215,34 @@ pub fn script(o: &ScriptOptions) -> String {
         o.relay_batch
     );
     for i in 1..=b {
-        place(&mut s, o, i);
+        order::place(&mut s, o, i);
     }
     relay(&mut s, service::ORDER, o.relay_batch);
     stock(&mut s, b);
     relay(&mut s, service::STOCK, o.relay_batch);
+    order::record_reserved(&mut s, b);
     payment(&mut s, b);
     relay(&mut s, service::PAYMENT, o.relay_batch);
-    confirm(&mut s, b);
+    order::confirm(&mut s, b);
     relay(&mut s, service::ORDER, o.relay_batch);
     notify(&mut s, b);
+    relay(&mut s, service::NOTIFICATION, o.relay_batch);
+    order::record_notified(&mut s, b);
     around_pgbench_gset_bug(&s)
+}
+
+/// The order worker's projector (`projection::run`), for a pgbench client of its own beside
+/// the script's: one batch of up to 500 events per run, then a pause of 10 ms unless the
+/// batch was full (the projector's pause while events keep coming).
+pub fn projector_script() -> String {
+    let mut s = String::from(
+        "-- The order worker's projector, replayed by pgbench: one client runs it in a loop beside the saga's\n\
+         -- clients, as order-worker runs its projector task beside its consumer.\n\
+         -- Written by `cargo xtask bench saga`; the tables come from saga-ceiling-setup.sql.\n\n\\set j_n 0\n",
+    );
+    order::project(&mut s);
+    let _ = writeln!(s, "\\if :j_n < {}\n\\sleep 10 ms\n\\endif", order::PROJECTOR_BATCH);
+    s
 }
 
 /// pgbench (15 and earlier) grows its command array in steps of 128 at the end of each
@@ -286,28 +314,6 @@ fn publish(svc: &str, topic: &str, key: &str, payload: &str) -> String {
     format!("WITH {}\n{insert}", wake_cte(conveyor_queue::OUTBOX_CHANNEL, conveyor_queue::OUTBOX_WAKE_LOCK))
 }
 
-fn place(s: &mut String, o: &ScriptOptions, i: usize) {
-    let first = i == 1;
-    let _ = writeln!(s, "-- == order-api: POST /orders ({i} of {}), one transaction (services/order/src/http.rs place_order) ==", o.batch);
-    let _ = writeln!(s, "\\set p random(1, {})\n\\set c random(1, {})\nBEGIN;", o.products, o.customers);
-    if first {
-        let _ = writeln!(s, "-- claim_key ({}), RETURNING also the key and the order id, which the API makes in Rust", CLAIM_KEY.source);
-    }
-    let request = "json_build_object('customer_id', saga_customer(:c), 'lines', json_build_array(json_build_object('product_id', saga_product(:p), 'quantity', 1)))::text";
-    let _ = writeln!(s, "{}, key, order_id \\gset k_", bind(CLAIM_KEY.text, &["saga_uuid_v7()::text", request, "saga_uuid_v7()"]));
-    put(s, first, &PRODUCTS, &bind(PRODUCTS.text, &["ARRAY[saga_product(:p)]"]), " \\gset p_");
-    let order = bind(
-        INSERT_ORDER.text,
-        &[":k_order_id", "saga_customer(:c)", ":p_price_minor", ":p_currency", "'choreography'", "ARRAY[:p_id::uuid]", "ARRAY[:p_name::text]", "ARRAY[1]", "ARRAY[:p_price_minor::bigint]"],
-    );
-    put(s, first, &INSERT_ORDER, &order, ";");
-    let payload = "saga_placed(:k_order_id::uuid, saga_customer(:c), :p_id::uuid, 1, :p_price_minor::bigint, :k_created_at::timestamptz)";
-    put(s, first, &PUBLISH, &publish(service::ORDER, "order.placed", ":k_order_id", payload), ";");
-    let view = "saga_view(:k_order_id::uuid, saga_customer(:c), :p_id::uuid, :p_name::text, 1, :p_price_minor::bigint, :k_created_at::timestamptz)::jsonb";
-    put(s, first, &SAVE_RESPONSE, &bind(SAVE_RESPONSE.text, &[":k_key", "201", view]), ";");
-    let _ = writeln!(s, "COMMIT;\n");
-}
-
 /// The relay of `svc`'s worker: claim-and-delete outbox rows, insert them into every
 /// subscriber's inbox (routes from the contracts, to the choreography's services), in one
 /// statement.
@@ -349,10 +355,11 @@ fn relay(s: &mut String, svc: &str, limit: usize) {
     let _ = writeln!(s, "{stmt}\n{};\n", insert(&last.0, &last.1));
 }
 
-/// A transaction-mode consumer's claim with the values its handler reads, as arrays.
-fn tx_claim(svc: &str, batch: usize, select: &str) -> String {
+/// A transaction-mode consumer's claim of `topics` with the values its handler reads, as
+/// arrays.
+fn tx_claim(svc: &str, topics: &[&str], batch: usize, select: &str) -> String {
     let claim = claim_for_gset(conveyor_queue::sql::TX_CLAIM, select);
-    format!("{} \\gset", bind(&on_queue(&claim, svc), &[&text_array(consumer_topics(svc)), &batch.to_string(), "NULL"]))
+    format!("{} \\gset", bind(&on_queue(&claim, svc), &[&text_array(topics), &batch.to_string(), "NULL"]))
 }
 
 /// The i-th element of a claimed array, as `ty`.
@@ -366,7 +373,7 @@ fn stock(s: &mut String, batch: usize) {
     let _ = writeln!(s, "-- == stock-worker: order.placed, a batch in one transaction, one handler call (services/stock/src/handlers.rs reserve) ==\nBEGIN;");
     let select = "array_agg(payload::text) AS payloads, array_agg(payload->'order'->>'order_id') AS oids, \
                   array_agg(payload->'order'->'lines'->0->>'product_id') AS pids, array_agg(payload->'order'->'lines'->0->>'quantity') AS qtys";
-    let _ = writeln!(s, "{}", tx_claim(service::STOCK, batch, select));
+    let _ = writeln!(s, "{}", tx_claim(service::STOCK, consumer_topics(service::STOCK), batch, select));
     let (oids, pids, qtys) = (":oids::uuid[]", ":pids::uuid[]", ":qtys::bigint[]");
     let lines = format!("(SELECT array_agg(jsonb_build_array(jsonb_build_object('product_id', p, 'quantity', q))::text) FROM UNNEST({pids}, {qtys}) AS u(p, q))");
     let _ = writeln!(s, "\\if :n > 0");
@@ -386,7 +393,7 @@ fn payment(s: &mut String, batch: usize) {
     let _ = writeln!(s, "-- == payment-worker: stock.reserved, a batch in one transaction, one handler call (services/payment/src/handlers.rs capture) ==\nBEGIN;");
     let select = "array_agg(payload->'order'->>'order_id') AS oids, array_agg(payload->'order'->>'customer_id') AS cids, \
                   array_agg(payload->'order'->'total'->>'amount_minor') AS totals";
-    let _ = writeln!(s, "{}", tx_claim(service::PAYMENT, batch, select));
+    let _ = writeln!(s, "{}", tx_claim(service::PAYMENT, consumer_topics(service::PAYMENT), batch, select));
     let (oids, cids, totals) = (":oids::uuid[]", ":cids::uuid[]", ":totals::bigint[]");
     let _ = writeln!(s, "\\if :n > 0");
     put(s, true, &PAID, &bind(PAID.text, &[oids]), ";");
@@ -401,26 +408,12 @@ fn payment(s: &mut String, batch: usize) {
     let _ = writeln!(s, "COMMIT;\n");
 }
 
-fn confirm(s: &mut String, batch: usize) {
-    let _ = writeln!(s, "-- == order-worker: payment.captured, a batch in one transaction (services/order/src/handlers.rs settle) ==\nBEGIN;");
-    let _ = writeln!(s, "{}", tx_claim(service::ORDER, batch, "array_agg(payload->>'order_id') AS oids"));
-    for i in 1..=batch {
-        let oid = nth("oids", "uuid", i);
-        let _ = writeln!(s, "\\if :n >= {i}");
-        put(s, i == 1, &SETTLE, &bind(SETTLE.text, &[&oid, "'confirmed'", "NULL", "NULL"]), " \\gset o_");
-        put(s, i == 1, &LINES_OF, &bind(LINES_OF.text, &[&format!("ARRAY[{oid}]")]), " \\gset l_");
-        let confirmed = "saga_confirmed(:o_id::uuid, :o_customer_id::uuid, :l_product_id::uuid, :l_quantity::int, :l_unit_price_minor::bigint, :o_created_at::timestamptz, :o_updated_at::timestamptz)";
-        put(s, i == 1, &PUBLISH, &publish(service::ORDER, "order.confirmed", ":o_id", confirmed), ";");
-        let _ = writeln!(s, "\\endif");
-    }
-    let _ = writeln!(s, "COMMIT;\n");
-}
-
 fn notify(s: &mut String, batch: usize) {
     let _ = writeln!(
         s,
         "-- == notification-worker: order.confirmed in lease mode (crates/queue/src/consumer/lease.rs, services/notification/src/notifier.rs) ==\n\
-         -- the claim commits by itself; each notification is recorded in its own transaction; the batch is settled at the end"
+         -- the claim commits by itself; each notification is recorded with its notification.sent in its own transaction;\n\
+         -- the batch is settled at the end"
     );
     let select = "array_agg(message_id) AS ids, array_agg(attempts) AS atts, array_agg(payload->'order'->>'order_id') AS oids, \
                   array_agg(payload->'order'->>'customer_id') AS cids";
@@ -433,14 +426,10 @@ fn notify(s: &mut String, batch: usize) {
         let _ = writeln!(s, "\\if :n >= {i}");
         put(s, i == 1, &NOTIFIED, &bind(NOTIFIED.text, &[&oid, "'order.confirmed'"]), ";");
         put(s, i == 1, &TEMPLATE, &bind(TEMPLATE.text, &["'order.confirmed'"]), ";");
-        if i == 1 {
-            let _ = writeln!(s, "-- the lookup: order-api's GET /orders/{{id}} (services/order/src/http.rs get_order)");
-        }
-        put(s, i == 1, &GET_ORDER, &bind(GET_ORDER.text, &[&oid]), ";");
-        put(s, i == 1, &LINES_OF, &bind(LINES_OF.text, &[&format!("ARRAY[{oid}]")]), ";");
-        put(s, i == 1, &HISTORY_OF, &bind(HISTORY_OF.text, &[&format!("ARRAY[{oid}]")]), ";");
+        order::lookup(s, i == 1, &oid);
+        let id = format!("saga_notification_id({oid}, 'order.confirmed')");
         let args = [
-            "saga_uuid_v7()".to_owned(),
+            id.clone(),
             oid.clone(),
             "'order.confirmed'".to_owned(),
             cid,
@@ -451,8 +440,11 @@ fn notify(s: &mut String, batch: usize) {
             "now()".to_owned(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = writeln!(s, "BEGIN;");
         put(s, i == 1, &INSERT_NOTIFICATION, &bind(INSERT_NOTIFICATION.text, &args), ";");
-        let _ = writeln!(s, "\\endif");
+        let sent = format!("saga_sent({oid}, {id}, 'order.confirmed', saga_subject({oid}), now())");
+        put(s, i == 1, &PUBLISH, &publish(service::NOTIFICATION, "notification.sent", &oid, &sent), ";");
+        let _ = writeln!(s, "COMMIT;\n\\endif");
     }
     let _ = writeln!(s, "\\if :n > 0");
     let _ = writeln!(s, "{};", bind(&on_queue(conveyor_queue::sql::LEASE_DONE, service::NOTIFICATION), &[":ids", ":atts"]));
@@ -482,48 +474,76 @@ pub fn setup_sql(migrations: &[(String, String)], queue_migration: &str, product
     s
 }
 
-/// What a run leaves behind, cleared before each variant.
-pub const RESET_SQL: &str = "TRUNCATE orders, order_lines, order_status_history, idempotency_keys, reservations, movements, payments, ledger, notifications, \
+/// What a run leaves behind, cleared before each variant. (`orders`, `order_lines` and
+/// `order_status_history` are views of `order_events`.)
+pub const RESET_SQL: &str = "TRUNCATE order_events, order_views, idempotency_keys, reservations, movements, payments, ledger, notifications, \
      q_order.outbox, q_order.inbox, q_stock.outbox, q_stock.inbox, q_payment.outbox, q_payment.inbox, q_notification.outbox, q_notification.inbox, \
      q_order.inbox_done, q_stock.inbox_done, q_payment.inbox_done, q_notification.inbox_done;\n\
+     UPDATE projections SET tx = '0', seq = 0, updated_at = now();\n\
      UPDATE items SET available = 1000000000, reserved = 0;\n\
      UPDATE customers SET balance_minor = 1000000000000000;";
 
 /// The tables the replay writes, for VACUUM ANALYZE before a run.
 pub const TABLES: &[&str] = &[
-    "orders", "order_lines", "order_status_history", "idempotency_keys", "products", "items", "reservations", "movements", "customers",
+    "order_events", "order_views", "projections", "idempotency_keys", "products", "items", "reservations", "movements", "customers",
     "payments", "ledger", "notifications", "templates", "q_order.outbox", "q_order.inbox", "q_stock.outbox", "q_stock.inbox",
     "q_payment.outbox", "q_payment.inbox", "q_notification.outbox", "q_notification.inbox", "q_order.inbox_done", "q_stock.inbox_done",
     "q_payment.inbox_done", "q_notification.inbox_done",
 ];
 
-/// Counts after a run: orders placed, confirmed, sagas notified (complete), and messages
-/// still waiting anywhere.
-pub const COUNTS_SQL: &str = "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM orders WHERE status = 'confirmed'), \
+/// Counts after a run: orders placed, confirmed, sagas notified (complete), messages still
+/// waiting anywhere, and events the projector has not applied. From the event store itself,
+/// not from the views of the old tables (which join it with itself).
+pub const COUNTS_SQL: &str = "SELECT (SELECT count(*) FROM order_events WHERE type = 'placed'), (SELECT count(*) FROM order_events WHERE type = 'confirmed'), \
      (SELECT count(*) FROM notifications), \
      (SELECT count(*) FROM q_order.outbox) + (SELECT count(*) FROM q_stock.outbox) + (SELECT count(*) FROM q_payment.outbox) \
-     + (SELECT count(*) FROM q_stock.inbox) + (SELECT count(*) FROM q_payment.inbox) \
-     + (SELECT count(*) FROM q_order.inbox) + (SELECT count(*) FROM q_notification.inbox)";
+     + (SELECT count(*) FROM q_notification.outbox) + (SELECT count(*) FROM q_stock.inbox) + (SELECT count(*) FROM q_payment.inbox) \
+     + (SELECT count(*) FROM q_order.inbox) + (SELECT count(*) FROM q_notification.inbox), \
+     (SELECT count(*) FROM order_events e, projections p WHERE p.name = 'order_views' AND (e.tx, e.seq) > (p.tx, p.seq))";
 
 /// Sagas completed (notifications recorded) and orders confirmed in `[from, to)`, unix seconds.
 pub fn rates_sql(from: f64, to: f64) -> String {
     format!(
         "SELECT (SELECT count(*) FROM notifications WHERE created_at >= to_timestamp({from}) AND created_at < to_timestamp({to})), \
-         (SELECT count(*) FROM order_status_history WHERE status = 'confirmed' AND at >= to_timestamp({from}) AND at < to_timestamp({to}))"
+         (SELECT count(*) FROM order_events WHERE type = 'confirmed' AND at >= to_timestamp({from}) AND at < to_timestamp({to}))"
     )
 }
 
-/// One message of each kind the replay wrote, to check it reads as the contract's type.
-pub const SAMPLES_SQL: &str = "SELECT (SELECT payload FROM replay_samples WHERE inbox = 'q_stock.inbox'), \
-     (SELECT payload FROM replay_samples WHERE inbox = 'q_payment.inbox'), \
-     (SELECT payload FROM replay_samples WHERE inbox = 'q_order.inbox'), (SELECT payload FROM replay_samples WHERE inbox = 'q_notification.inbox')";
+/// The messages the replay sends, by the inbox they reach and their topic, each checked
+/// against its contract's type ([`check_samples`]).
+const SAMPLED: [(&str, &str); 6] = [
+    ("q_stock.inbox", "order.placed"),
+    ("q_payment.inbox", "stock.reserved"),
+    ("q_order.inbox", "stock.reserved"),
+    ("q_order.inbox", "payment.captured"),
+    ("q_notification.inbox", "order.confirmed"),
+    ("q_order.inbox", "notification.sent"),
+];
 
-/// Keeps the first message inserted into each inbox in `replay_samples` (for
-/// [`SAMPLES_SQL`]: handled messages leave the inbox), until [`UNCAPTURE_SQL`].
+/// The kinds of event the replay appends to the order's stream.
+const EVENTS: [&str; 5] = ["placed", "stock_reserved", "payment_captured", "confirmed", "notified"];
+
+/// One message of each kind the replay sent (see [`SAMPLED`]), one event of each kind it
+/// appended ([`EVENTS`]), the most complete order view the projector wrote with the events it
+/// was made of, and one stored response of `POST /orders`; `|`-separated, for
+/// [`check_samples`].
+pub fn samples_sql() -> String {
+    let messages = SAMPLED.iter().map(|(inbox, topic)| format!("(SELECT payload FROM replay_samples WHERE inbox = '{inbox} {topic}')"));
+    let events = EVENTS.iter().map(|t| format!("(SELECT data::text FROM order_events WHERE type = '{t}' LIMIT 1)"));
+    let view = "(SELECT json_build_object('view', v.view, 'stream', (SELECT json_agg(json_build_object('order_id', e.order_id, 'version', e.version, \
+                'at', e.at, 'event', e.data) ORDER BY e.version) FROM order_events e WHERE e.order_id = v.id AND e.version <= v.version)) \
+                FROM (SELECT id, version, view FROM order_views ORDER BY version DESC LIMIT 1) AS v)";
+    let response = "(SELECT response_body::text FROM idempotency_keys LIMIT 1)";
+    let all: Vec<String> = messages.chain(events).chain([view.to_owned(), response.to_owned()]).collect();
+    format!("SELECT {}", all.join(", "))
+}
+
+/// Keeps the first message of each topic inserted into each inbox in `replay_samples` (for
+/// [`samples_sql`]: handled messages leave the inbox), until [`UNCAPTURE_SQL`].
 pub const CAPTURE_SQL: &str = "DROP TABLE IF EXISTS replay_samples; CREATE TABLE replay_samples (inbox text PRIMARY KEY, payload text NOT NULL);
 CREATE OR REPLACE FUNCTION replay_sample() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO replay_samples VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, NEW.payload::text) ON CONFLICT DO NOTHING;
+    INSERT INTO replay_samples VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME || ' ' || NEW.topic, NEW.payload::text) ON CONFLICT DO NOTHING;
     RETURN NEW;
 END $$;
 CREATE TRIGGER replay_sample AFTER INSERT ON q_stock.inbox FOR EACH ROW EXECUTE FUNCTION replay_sample();
@@ -536,67 +556,79 @@ pub const UNCAPTURE_SQL: &str = "DROP TRIGGER replay_sample ON q_stock.inbox; DR
 DROP TRIGGER replay_sample ON q_order.inbox; DROP TRIGGER replay_sample ON q_notification.inbox;
 DROP FUNCTION replay_sample(); DROP TABLE replay_samples;";
 
-/// Checks that the replay's messages are what the services would read: each parses as
-/// its contract's event. `samples` as [`SAMPLES_SQL`] returns them, `|`-separated.
+/// Checks that what the replay wrote is what the services would read: each message parses
+/// as its contract's event, each event as the order service's `OrderEvent`, the stored
+/// response as its `OrderView`, and the projector's view is the one the service makes from
+/// the same events (`OrderView::from_stream`). `samples` as [`samples_sql`] returns them.
 pub fn check_samples(samples: &str) -> anyhow::Result<()> {
-    use conveyor_contracts::{OrderConfirmed, OrderPlaced, PaymentCaptured, StockReserved};
-    let parts: Vec<&str> = samples.split('|').collect();
-    anyhow::ensure!(parts.len() == 4 && parts.iter().all(|p| !p.is_empty()), "the replay left no message in some inbox: {samples:?}");
-    fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> anyhow::Result<()> {
-        serde_json::from_str::<T>(text).map(drop).map_err(|e| anyhow::anyhow!("the replay's {what} does not read as the contract's event ({e}): {text}"))
+    use conveyor_contracts::{NotificationSent, OrderConfirmed, OrderPlaced, PaymentCaptured, StockReserved};
+    use conveyor_order::stream::OrderEvent;
+    use conveyor_order::views::OrderView;
+
+    fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> anyhow::Result<T> {
+        serde_json::from_str::<T>(text).map_err(|e| anyhow::anyhow!("the replay's {what} does not read as the service's type ({e}): {text}"))
     }
-    parse::<OrderPlaced>("order.placed", parts[0])?;
-    parse::<StockReserved>("stock.reserved", parts[1])?;
-    parse::<PaymentCaptured>("payment.captured", parts[2])?;
-    parse::<OrderConfirmed>("order.confirmed", parts[3])
+    #[derive(serde::Deserialize)]
+    struct Projected {
+        view: OrderView,
+        stream: serde_json::Value,
+    }
+
+    let names: Vec<String> = SAMPLED
+        .iter()
+        .map(|(inbox, topic)| format!("{topic} in {inbox}"))
+        .chain(EVENTS.iter().map(|t| format!("{t} event")))
+        .chain(["order view".to_owned(), "stored response".to_owned()])
+        .collect();
+    let parts: Vec<&str> = samples.split('|').collect();
+    anyhow::ensure!(parts.len() == names.len(), "expected {} samples from the replay, got {}: {samples:?}", names.len(), parts.len());
+    if let Some((name, _)) = names.iter().zip(&parts).find(|(_, p)| p.is_empty()) {
+        anyhow::bail!("the replay wrote no {name}: {samples:?}");
+    }
+    let (messages, rest) = parts.split_at(SAMPLED.len());
+    let (events, rest) = rest.split_at(EVENTS.len());
+    let contracts: [fn(&str, &str) -> anyhow::Result<()>; SAMPLED.len()] = [
+        |w, t| parse::<OrderPlaced>(w, t).map(drop),
+        |w, t| parse::<StockReserved>(w, t).map(drop),
+        |w, t| parse::<StockReserved>(w, t).map(drop),
+        |w, t| parse::<PaymentCaptured>(w, t).map(drop),
+        |w, t| parse::<OrderConfirmed>(w, t).map(drop),
+        |w, t| parse::<NotificationSent>(w, t).map(drop),
+    ];
+    for ((check, name), text) in contracts.iter().zip(&names).zip(messages) {
+        check(name, text)?;
+    }
+    for ((kind, name), text) in EVENTS.iter().zip(&names[SAMPLED.len()..]).zip(events) {
+        let event: OrderEvent = parse(name, text)?;
+        anyhow::ensure!(event.kind() == *kind, "the replay's {name} reads as a {} event: {text}", event.kind());
+    }
+    let projected: Projected = parse("order view", rest[0])?;
+    let made = OrderView::from_stream(&stored_events(projected.stream).map_err(|e| anyhow::anyhow!("the replay's events of its order view: {e}"))?);
+    anyhow::ensure!(
+        made.as_ref() == Some(&projected.view),
+        "the replay's projector wrote a view the order service would not make of the same events:\n  replay:  {:?}\n  service: {made:?}",
+        projected.view
+    );
+    parse::<OrderView>("stored response", rest[1]).map(drop)
 }
 
-/// Ids, prices and payloads made by SQL where the services make them in Rust.
-const HELPERS: &str = r#"-- ===== helpers: what the services compute in Rust =====
--- A time-ordered id like Uuid::now_v7 (milliseconds first, then random bits).
-CREATE FUNCTION saga_uuid_v7() RETURNS uuid LANGUAGE sql VOLATILE AS $$
-  SELECT encode(overlay(uuid_send(gen_random_uuid()) PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) FROM 1 FOR 6), 'hex')::uuid
-$$;
--- The n-th product and customer, and a product's price in cents.
-CREATE FUNCTION saga_product(n int) RETURNS uuid LANGUAGE sql IMMUTABLE AS $$ SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid $$;
-CREATE FUNCTION saga_customer(n int) RETURNS uuid LANGUAGE sql IMMUTABLE AS $$ SELECT ('00000000-0000-4000-9000-' || lpad(to_hex(n), 12, '0'))::uuid $$;
-CREATE FUNCTION saga_price(n int) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$ SELECT 100 + (n % 900)::bigint $$;
--- conveyor_contracts::OrderSummary as serde writes it.
-CREATE FUNCTION saga_summary(order_id uuid, customer_id uuid, product_id uuid, quantity int, unit_price bigint, placed_at timestamptz) RETURNS json
-LANGUAGE sql IMMUTABLE AS $$
-  SELECT json_build_object('order_id', order_id, 'customer_id', customer_id,
-    'lines', json_build_array(json_build_object('product_id', product_id, 'quantity', quantity,
-                                                'unit_price', json_build_object('amount_minor', unit_price, 'currency', 'EUR'))),
-    'total', json_build_object('amount_minor', unit_price * quantity, 'currency', 'EUR'),
-    'placed_at', placed_at)
-$$;
--- The events' payloads: order.placed (and stock.reserved, the same summary), payment.captured, order.confirmed.
-CREATE FUNCTION saga_placed(order_id uuid, customer_id uuid, product_id uuid, quantity int, unit_price bigint, placed_at timestamptz) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$ SELECT json_build_object('order', saga_summary(order_id, customer_id, product_id, quantity, unit_price, placed_at))::text $$;
-CREATE FUNCTION saga_captured(order_id uuid, payment_id uuid, amount bigint) RETURNS text LANGUAGE sql IMMUTABLE AS $$
-  SELECT json_build_object('order_id', order_id, 'payment_id', payment_id, 'amount', json_build_object('amount_minor', amount, 'currency', 'EUR'))::text
-$$;
-CREATE FUNCTION saga_confirmed(order_id uuid, customer_id uuid, product_id uuid, quantity int, unit_price bigint, placed_at timestamptz, confirmed_at timestamptz)
-RETURNS text LANGUAGE sql IMMUTABLE AS $$
-  SELECT json_build_object('order', saga_summary(order_id, customer_id, product_id, quantity, unit_price, placed_at), 'confirmed_at', confirmed_at)::text
-$$;
--- The order-api's answer to POST /orders (OrderView), stored with the idempotency key.
-CREATE FUNCTION saga_view(order_id uuid, customer_id uuid, product_id uuid, name text, quantity int, unit_price bigint, at timestamptz) RETURNS json
-LANGUAGE sql IMMUTABLE AS $$
-  SELECT json_build_object('id', order_id, 'customer_id', customer_id, 'status', 'placed', 'reason', NULL, 'reason_detail', NULL,
-    'lines', json_build_array(json_build_object('product_id', product_id, 'name', name, 'quantity', quantity,
-                                                'unit_price', json_build_object('amount_minor', unit_price, 'currency', 'EUR'))),
-    'total', json_build_object('amount_minor', unit_price * quantity, 'currency', 'EUR'), 'saga_mode', 'choreography',
-    'created_at', at, 'updated_at', at, 'history', json_build_array(json_build_object('status', 'placed', 'reason', NULL, 'at', at)))
-$$;
--- The rendered notification (the worker renders the stored template in Rust).
-CREATE FUNCTION saga_subject(order_id uuid) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'Your order ' || order_id || ' is confirmed' $$;
-CREATE FUNCTION saga_body(order_id uuid) RETURNS text LANGUAGE sql IMMUTABLE AS $$
-  SELECT 'Hello,' || chr(10) || chr(10) || 'your order ' || order_id || ' of today is confirmed' || chr(10)
-      || '- 1 x Saga product at 4.50 EUR' || chr(10) || chr(10) || 'Total 4.50 EUR' || chr(10) || chr(10)
-      || 'Thank you for shopping with Conveyor.'
-$$;
-"#;
+/// An order's events as JSON (`order_id`, `version`, `at`, `event`), as the order service
+/// reads them.
+fn stored_events(json: serde_json::Value) -> serde_json::Result<Vec<conveyor_order::stream::StoredEvent>> {
+    // `At`: the events' time, as the order crate has it.
+    #[derive(serde::Deserialize)]
+    struct Stored<At> {
+        order_id: uuid::Uuid,
+        version: i32,
+        at: At,
+        event: conveyor_order::stream::OrderEvent,
+    }
+    let stored: Vec<Stored<_>> = serde_json::from_value(json)?;
+    Ok(stored.into_iter().map(|e| conveyor_order::stream::StoredEvent { order_id: e.order_id, version: e.version, at: e.at, event: e.event }).collect())
+}
+
+/// Ids, prices, events, payloads and views made by SQL where the services make them in Rust.
+const HELPERS: &str = include_str!("replay/helpers.sql");
 
 #[cfg(test)]
 mod tests {
@@ -632,32 +664,47 @@ mod tests {
     fn scripts_have_every_step_and_only_known_variables() {
         for batch in [1, 3] {
             let s = script(&ScriptOptions { batch, relay_batch: 100, products: 10, customers: 5 });
-            assert_eq!(s.matches("INSERT INTO orders").count(), batch);
-            for (schema, n) in [("q_order.outbox", 2 * batch + 2), ("q_stock.outbox", 3), ("q_payment.outbox", 3)] {
+            // placed, stock_reserved, payment_captured with confirmed, notified: one append each
+            assert_eq!(s.matches("INSERT INTO order_events").count(), 4 * batch);
+            for (schema, n) in [("q_order.outbox", 2 * batch + 2), ("q_stock.outbox", 3), ("q_payment.outbox", 3), ("q_notification.outbox", batch + 2)] {
                 // publishes (one per message; stock's and payment's batch handlers, one per
                 // batch) + the relay's claim (two FROMs in one statement)
                 assert!(s.matches(schema).count() >= n, "{schema}: {}", s.matches(schema).count());
             }
-            for sub in ["q_stock.inbox", "q_payment.inbox", "q_order.inbox", "q_notification.inbox"] {
-                assert!(s.contains(&format!("INSERT INTO {sub} ")), "nothing relayed into {sub}");
+            // Each relay inserts into every subscriber of its service's topics: order's twice
+            // (to stock and notification), payment's also into stock (payment.declined).
+            for (sub, relays) in [("q_stock.inbox", 3), ("q_payment.inbox", 1), ("q_order.inbox", 3), ("q_notification.inbox", 2)] {
+                assert_eq!(s.matches(&format!("INSERT INTO {sub} ")).count(), relays, "relays into {sub}");
             }
-            assert_eq!(s.matches("\\if ").count(), s.matches("\\endif").count());
-            assert_eq!(s.matches("BEGIN;").count(), s.matches("COMMIT;").count());
-            assert!(!s.contains('$'), "a parameter was left unbound");
-            // Every pgbench variable used is one the script sets.
-            let known = ["p", "c", "n", "ids", "oids", "pids", "qtys", "cids", "totals", "atts", "payloads"];
-            let prefixed = ["k_", "p_", "o_", "l_"];
-            let bytes = s.as_bytes();
-            for (i, _) in s.match_indices(':') {
-                if bytes.get(i + 1) == Some(&b':') || (i > 0 && bytes[i - 1] == b':') {
-                    continue;
-                }
-                let name: String = s[i + 1..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-                if name.is_empty() {
-                    continue;
-                }
-                assert!(known.contains(&name.as_str()) || prefixed.iter().any(|p| name.starts_with(p)), "unknown variable :{name}");
+            well_formed(&s);
+            assert!(!s.contains("INSERT INTO order_views"), "the projector runs in a client of its own");
+        }
+        let p = projector_script();
+        well_formed(&p);
+        // the position, the events after it and their streams, the views, the new position
+        for (statement, n) in [("FOR UPDATE SKIP LOCKED", 1), ("FROM order_events", 2), ("INSERT INTO order_views", 1), ("UPDATE projections", 1)] {
+            assert_eq!(p.matches(statement).count(), n, "{statement}");
+        }
+    }
+
+    /// Balanced `\if`s and transactions, every parameter bound, and every pgbench variable
+    /// used one a script sets.
+    fn well_formed(s: &str) {
+        assert_eq!(s.matches("\\if ").count(), s.matches("\\endif").count());
+        assert_eq!(s.matches("BEGIN;").count(), s.matches("COMMIT;").count());
+        assert!(!s.contains('$'), "a parameter was left unbound");
+        let known = ["p", "c", "n", "ids", "oids", "pids", "qtys", "cids", "totals", "atts", "payloads"];
+        let prefixed = ["k_", "p_", "s_", "v_", "j_"];
+        let bytes = s.as_bytes();
+        for (i, _) in s.match_indices(':') {
+            if bytes.get(i + 1) == Some(&b':') || (i > 0 && bytes[i - 1] == b':') {
+                continue;
             }
+            let name: String = s[i + 1..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if name.is_empty() {
+                continue;
+            }
+            assert!(known.contains(&name.as_str()) || prefixed.iter().any(|p| name.starts_with(p)), "unknown variable :{name}");
         }
     }
 
@@ -698,12 +745,69 @@ mod tests {
     }
 
     #[test]
-    fn samples_are_checked_against_the_contracts() {
-        let placed = r#"{"order":{"order_id":"0190f3c2-7d4e-7a61-9b2c-3f5e8d1a4b6c","customer_id":"00000000-0000-4000-9000-000000000001","lines":[{"product_id":"00000000-0000-4000-8000-000000000001","quantity":1,"unit_price":{"amount_minor":101,"currency":"EUR"}}],"total":{"amount_minor":101,"currency":"EUR"},"placed_at":"2026-01-01T00:00:00.123456+00:00"}}"#;
-        let captured = r#"{"order_id":"0190f3c2-7d4e-7a61-9b2c-3f5e8d1a4b6c","payment_id":"0190f3c2-7d4e-7a61-9b2c-3f5e8d1a4b6d","amount":{"amount_minor":101,"currency":"EUR"}}"#;
-        let confirmed = format!(r#"{{"order":{},"confirmed_at":"2026-01-01T00:00:01+00:00"}}"#, &placed[9..placed.len() - 1]);
-        check_samples(&format!("{placed}|{placed}|{captured}|{confirmed}")).unwrap();
-        assert!(check_samples(&format!("{placed}|{captured}|{captured}|{confirmed}")).is_err());
-        assert!(check_samples("|||").is_err());
+    fn samples_are_checked_against_the_services_types() {
+        let (order, customer, product) = ("0190f3c2-7d4e-7a61-9b2c-3f5e8d1a4b6c", "00000000-0000-4000-9000-000000000001", "00000000-0000-4000-8000-000000000001");
+        let price = r#"{"amount_minor":101,"currency":"EUR"}"#;
+        let summary = format!(r#"{{"order_id":"{order}","customer_id":"{customer}","lines":[{{"product_id":"{product}","quantity":1,"unit_price":{price}}}],"total":{price},"placed_at":"2026-01-01T00:00:00.123456+00:00"}}"#);
+        let placed = format!(r#"{{"order":{summary}}}"#);
+        let captured = format!(r#"{{"order_id":"{order}","payment_id":"0190f3c2-7d4e-7a61-9b2c-3f5e8d1a4b6d","amount":{price}}}"#);
+        let confirmed = format!(r#"{{"order":{summary},"confirmed_at":"2026-01-01T00:00:01+00:00"}}"#);
+        let sent = format!(r#"{{"order_id":"{order}","notification_id":"6e0c1c56-1b7a-4a43-8d6b-0b2e5c8f9a10","event_type":"order.confirmed","subject":"Your order {order} is confirmed","delivered_at":"2026-01-01T00:00:02+00:00"}}"#);
+        let events = [
+            format!(r#"{{"type":"placed","customer_id":"{customer}","lines":[{{"product_id":"{product}","name":"Saga product 1","quantity":1,"unit_price":{price}}}],"total":{price},"saga_mode":"choreography"}}"#),
+            format!(r#"{{"type":"stock_reserved","lines":[{{"product_id":"{product}","quantity":1}}]}}"#),
+            format!(r#"{{"type":"payment_captured","payment_id":"0190f3c2-7d4e-7a61-9b2c-3f5e8d1a4b6d","amount":{price}}}"#),
+            r#"{"type":"confirmed"}"#.to_owned(),
+            format!(r#"{{"type":"notified","notification_id":"6e0c1c56-1b7a-4a43-8d6b-0b2e5c8f9a10","event_type":"order.confirmed","subject":"Your order {order} is confirmed","delivered_at":"2026-01-01T00:00:02+00:00"}}"#),
+        ];
+        let stream: Vec<String> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!(r#"{{"order_id":"{order}","version":{},"at":"2026-01-01T00:00:0{i}.5+00:00","event":{e}}}"#, i + 1))
+            .collect();
+        let stream = format!("[{}]", stream.join(","));
+        let events_of = |n: usize| stored_events(serde_json::from_str(&stream).unwrap()).unwrap().into_iter().take(n).collect::<Vec<_>>();
+        let view = |n: usize| serde_json::to_string(&conveyor_order::views::OrderView::from_stream(&events_of(n)).unwrap()).unwrap();
+        let projected = format!(r#"{{"view":{},"stream":{stream}}}"#, view(5));
+        let samples = |messages: [&str; 6], projected: &str| format!("{}|{}|{projected}|{}", messages.join("|"), events.join("|"), view(1));
+        check_samples(&samples([&placed, &placed, &placed, &captured, &confirmed, &sent], &projected)).unwrap();
+        // A message that is not its topic's event, a view that is not the events'.
+        assert!(check_samples(&samples([&placed, &captured, &placed, &captured, &confirmed, &sent], &projected)).is_err());
+        let stale = format!(r#"{{"view":{},"stream":{stream}}}"#, view(4));
+        assert!(check_samples(&samples([&placed, &placed, &placed, &captured, &confirmed, &sent], &stale)).unwrap_err().to_string().contains("would not make"));
+        assert!(check_samples(&"|".repeat(12)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod tmp_dump {
+    #[test]
+    #[ignore]
+    fn dump() {
+        let root = crate::workspace_root();
+        let mut migs = Vec::new();
+        for svc in ["order", "stock", "payment", "notification"] {
+            let mut files: Vec<_> = std::fs::read_dir(root.join("services").join(svc).join("migrations")).unwrap().map(|e| e.unwrap().path()).collect();
+            files.sort();
+            for f in files { migs.push((f.display().to_string(), std::fs::read_to_string(&f).unwrap())); }
+        }
+        let mut q: Vec<_> = std::fs::read_dir(root.join("crates/queue/migrations")).unwrap().map(|e| e.unwrap().path()).collect();
+        q.sort();
+        let queue = q.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect::<Vec<_>>().join("\n");
+        std::fs::write("/tmp/replay/setup.sql", super::setup_sql(&migs, &queue, 10000, 10000)).unwrap();
+        for (b, r) in [(1, 1), (50, 100)] {
+            std::fs::write(format!("/tmp/replay/b{b}.sql"), super::script(&super::ScriptOptions { batch: b, relay_batch: r, products: 10000, customers: 10000 })).unwrap();
+        }
+        std::fs::write("/tmp/replay/reset.sql", super::RESET_SQL).unwrap();
+        std::fs::write("/tmp/replay/samples.sql", super::samples_sql()).unwrap();
+        std::fs::write("/tmp/replay/capture.sql", super::CAPTURE_SQL).unwrap();
+        std::fs::write("/tmp/replay/projloop.sql", super::projector_script()).unwrap();
+        std::fs::write("/tmp/replay/uncapture.sql", super::UNCAPTURE_SQL).unwrap();
+        std::fs::write("/tmp/replay/counts.sql", super::COUNTS_SQL).unwrap();
+    }
+    #[test]
+    #[ignore]
+    fn check() {
+        super::check_samples(std::fs::read_to_string("/tmp/replay/samples.out").unwrap().trim()).unwrap();
     }
 }
