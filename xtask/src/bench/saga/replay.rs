@@ -778,36 +778,3 @@ mod tests {
         assert!(check_samples(&"|".repeat(12)).is_err());
     }
 }
-
-#[cfg(test)]
-mod tmp_dump {
-    #[test]
-    #[ignore]
-    fn dump() {
-        let root = crate::workspace_root();
-        let mut migs = Vec::new();
-        for svc in ["order", "stock", "payment", "notification"] {
-            let mut files: Vec<_> = std::fs::read_dir(root.join("services").join(svc).join("migrations")).unwrap().map(|e| e.unwrap().path()).collect();
-            files.sort();
-            for f in files { migs.push((f.display().to_string(), std::fs::read_to_string(&f).unwrap())); }
-        }
-        let mut q: Vec<_> = std::fs::read_dir(root.join("crates/queue/migrations")).unwrap().map(|e| e.unwrap().path()).collect();
-        q.sort();
-        let queue = q.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect::<Vec<_>>().join("\n");
-        std::fs::write("/tmp/replay/setup.sql", super::setup_sql(&migs, &queue, 10000, 10000)).unwrap();
-        for (b, r) in [(1, 1), (50, 100)] {
-            std::fs::write(format!("/tmp/replay/b{b}.sql"), super::script(&super::ScriptOptions { batch: b, relay_batch: r, products: 10000, customers: 10000 })).unwrap();
-        }
-        std::fs::write("/tmp/replay/reset.sql", super::RESET_SQL).unwrap();
-        std::fs::write("/tmp/replay/samples.sql", super::samples_sql()).unwrap();
-        std::fs::write("/tmp/replay/capture.sql", super::CAPTURE_SQL).unwrap();
-        std::fs::write("/tmp/replay/projloop.sql", super::projector_script()).unwrap();
-        std::fs::write("/tmp/replay/uncapture.sql", super::UNCAPTURE_SQL).unwrap();
-        std::fs::write("/tmp/replay/counts.sql", super::COUNTS_SQL).unwrap();
-    }
-    #[test]
-    #[ignore]
-    fn check() {
-        super::check_samples(std::fs::read_to_string("/tmp/replay/samples.out").unwrap().trim()).unwrap();
-    }
-}

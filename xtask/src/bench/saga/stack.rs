@@ -481,8 +481,15 @@ where
 
 /// Waits until no order is `placed` (every saga ended); `Some(left)` when `limit` passed first.
 pub(super) async fn drain(pg_bin: &Path, order_db: &str, limit: Duration, signals: &mut Signals) -> Result<Result<Option<u64>, i32>> {
-    count_down(pg_bin, order_db, "SELECT count(*) FROM orders WHERE status = 'placed'", limit, signals).await
+    count_down(pg_bin, order_db, PLACED_SQL, limit, signals).await
 }
+
+/// Orders placed and not ended, from the order's event store: those placed less those that
+/// ended (an order ends once), two index-only scans. Polled every 100 ms while draining; the
+/// `orders` view (`status = 'placed'`) joins the whole store with itself for the same
+/// number, twice as slow.
+const PLACED_SQL: &str =
+    "SELECT (SELECT count(*) FROM order_events WHERE type = 'placed') - (SELECT count(*) FROM order_events WHERE type IN ('confirmed', 'cancelled'))";
 
 /// Waits until `count_sql` counts nothing in the database `url`, or `limit` passes
 /// (`Some(left)`).
