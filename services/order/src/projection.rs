@@ -43,9 +43,11 @@ const REBUILD_NAME: &str = "order_views_rebuild";
 const REBUILD_TABLE: &str = "order_views_rebuild";
 
 /// Events after a position, oldest first, of transactions no longer running.
-pub const NEXT_EVENTS: &str = "SELECT order_id, tx::text::bigint, seq FROM order_events
-     WHERE (tx, seq) > ($1::text::xid8, $2) AND tx < pg_snapshot_xmin(pg_current_snapshot())
-     ORDER BY tx, seq LIMIT $3";
+/// (Ordered by the table's columns, not the bigint output: the `(tx, seq)` index gives the
+/// order, no sort.)
+pub const NEXT_EVENTS: &str = "SELECT e.order_id, e.tx::text::bigint, e.seq FROM order_events e
+     WHERE (e.tx, e.seq) > ($1::text::xid8, $2) AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY e.tx, e.seq LIMIT $3";
 
 /// How far a projection is behind: events not applied yet, and the age of the oldest.
 pub const LAG: &str = "SELECT count(*), coalesce(extract(epoch FROM now() - min(e.at))::float8, 0) FROM (
