@@ -129,7 +129,7 @@ impl Rule {
             Rule::Captures => "at most one capture per order, one for each confirmed order, none kept for a cancelled one",
             Rule::Balances => "balances equal opening balance + top-ups − captures + refunds",
             Rule::Notifications => "exactly one notification per terminal order, recorded and received",
-            Rule::OutboxesEmpty => "nothing left in any outbox",
+            Rule::OutboxesEmpty => "nothing left in any outbox (past the grace)",
             Rule::InboxesDrained => "nothing pending past its time (plus the grace) in any inbox",
             Rule::DeadLetters => "dead letters (listed; a violation unless allowed)",
         }

@@ -191,24 +191,42 @@ pub struct Rebuilt {
 /// Rebuilds `p` from the whole event store while the shop runs: replays every event into a
 /// fresh table, then, holding `p`'s position (its projector waits), swaps the fresh table in
 /// with the rebuild's position. Events appended meanwhile are applied by the projector from
-/// there. Needs the role that owns the tables (the migrator's): it creates, renames and
-/// drops tables. The projector's prepared statements follow the new table (PostgreSQL
-/// re-plans them by name after DDL).
+/// there. Runs as the role that owns `p`'s table (`SET ROLE`; connect as it, or as a member
+/// of it such as a superuser): the fresh table is that role's, as the migrations that may
+/// alter it later need, and gets the live table's grants, so the runtime role reads and
+/// writes it as before. The projector's and the APIs' prepared statements follow the new
+/// table (PostgreSQL re-plans them by name after DDL).
 pub async fn rebuild(pool: &PgPool, p: &Projection) -> anyhow::Result<Rebuilt> {
+    use sqlx::Connection;
     let started = Instant::now();
     let fresh = rebuilding(p);
-    let mut conn = pool.acquire().await?;
-    for sql in [
+    // A connection of its own: its role is changed for the rebuild, and it is closed after.
+    let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+    let owner: String = sqlx::query_scalar("SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = $1::regclass")
+        .bind(p.table)
+        .fetch_one(&mut conn)
+        .await?;
+    let grants: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END
+         FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = $1::regclass AND a.grantee <> c.relowner",
+    )
+    .bind(p.table)
+    .fetch_all(&mut conn)
+    .await?;
+    let mut setup = vec![
+        format!("SET ROLE {}", conveyor_queue::quote_ident(&owner)),
         format!("DROP TABLE IF EXISTS {}", fresh.table),
         format!("CREATE TABLE {} (LIKE {} INCLUDING ALL)", fresh.table, p.table),
-        format!("DELETE FROM projections WHERE name = '{}'", fresh.name),
-        format!("INSERT INTO projections (name) VALUES ('{}')", fresh.name),
-    ] {
-        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await?;
+    ];
+    setup.extend(grants.iter().map(|(privilege, grantee)| format!("GRANT {privilege} ON {} TO {grantee}", fresh.table)));
+    setup.push(format!("DELETE FROM projections WHERE name = '{}'", fresh.name));
+    setup.push(format!("INSERT INTO projections (name) VALUES ('{}')", fresh.name));
+    for sql in setup {
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await?;
     }
     let mut events = 0;
     loop {
-        let mut tx = pool.begin().await?;
+        let mut tx = conn.begin().await?;
         let n = apply_batch(&mut tx, &fresh, 5000, false).await?.unwrap_or(0);
         tx.commit().await?;
         events += n;
@@ -216,8 +234,8 @@ pub async fn rebuild(pool: &PgPool, p: &Projection) -> anyhow::Result<Rebuilt> {
             break;
         }
     }
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR UPDATE").bind(p.name).execute(&mut *tx).await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query(POSITION).bind(p.name).execute(&mut *tx).await?;
     events += apply_batch(&mut tx, &fresh, 5000, false).await?.unwrap_or(0);
     let old = format!("{}_old", p.table);
     for sql in [
@@ -237,6 +255,7 @@ pub async fn rebuild(pool: &PgPool, p: &Projection) -> anyhow::Result<Rebuilt> {
     sqlx::query("DELETE FROM projections WHERE name = $1").bind(fresh.name).execute(&mut *tx).await?;
     let views: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {}", p.table))).fetch_one(&mut *tx).await?;
     tx.commit().await?;
+    conn.close().await?;
     metrics::counter!("conveyor_projection_rebuilds_total", "projection" => p.name).increment(1);
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(projection = p.name, events, views, seconds, "projection rebuilt and swapped in");

@@ -208,12 +208,21 @@ async fn read_payment(conn: &mut PgConnection) -> Result<Payment> {
 async fn read_queue(svc: &str, conn: &mut PgConnection, options: &Options) -> Result<Queue> {
     let limit = options.examples as i64;
     let grace = options.grace.as_secs_f64();
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.outbox").fetch_one(&mut *conn).await?;
-    let rows: Vec<(Uuid, String, i64)> =
-        sqlx::query_as("SELECT message_id, topic, extract(epoch FROM now() - created_at)::bigint FROM conveyor.outbox ORDER BY message_id LIMIT $1")
-            .bind(limit)
-            .fetch_all(&mut *conn)
-            .await?;
+    let (outbox, relaying): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE created_at < now() - make_interval(secs => $1)), count(*) FILTER (WHERE created_at >= now() - make_interval(secs => $1))
+         FROM conveyor.outbox",
+    )
+    .bind(grace)
+    .fetch_one(&mut *conn)
+    .await?;
+    let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
+        "SELECT message_id, topic, extract(epoch FROM now() - created_at)::bigint FROM conveyor.outbox
+         WHERE created_at < now() - make_interval(secs => $1) ORDER BY message_id LIMIT $2",
+    )
+    .bind(grace)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
     let outbox_examples = rows.into_iter().map(|(id, topic, age)| format!("{topic} message {id}, published {age} s ago, not relayed")).collect();
     let (overdue, waiting): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE visible_at < now() - make_interval(secs => $1)), count(*) FILTER (WHERE visible_at >= now() - make_interval(secs => $1))
@@ -244,7 +253,7 @@ async fn read_queue(svc: &str, conn: &mut PgConnection, options: &Options) -> Re
             .fetch_all(conn)
             .await?;
     let dead_examples = rows.into_iter().map(|(id, topic, attempts, last_error)| DeadLetter { id, topic, attempts, last_error }).collect();
-    Ok(Queue { service: svc.to_owned(), outbox, outbox_examples, overdue, overdue_examples, waiting, dead, dead_examples })
+    Ok(Queue { service: svc.to_owned(), outbox, relaying, outbox_examples, overdue, overdue_examples, waiting, dead, dead_examples })
 }
 
 #[derive(Deserialize)]

@@ -375,6 +375,9 @@ fn outboxes_empty(s: &Snapshot, o: &Options) -> RuleReport {
     c.checked(s.queues.len());
     for q in &s.queues {
         c.fail_listed(q.outbox, q.outbox_examples.iter().map(|e| format!("{} outbox: {e}", q.service)));
+        if q.relaying > 0 {
+            c.note(format!("{} outbox: {} messages published within the grace, being relayed", q.service, q.relaying));
+        }
     }
     c.finish()
 }

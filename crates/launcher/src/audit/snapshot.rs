@@ -147,8 +147,11 @@ pub(crate) struct DeadLetter {
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
     pub service: String,
+    /// Outbox rows published more than the grace ago: a relay that does not run.
     pub outbox: i64,
-    /// `message id, topic, age` of the oldest rows left in the outbox.
+    /// Outbox rows published within the grace: being relayed.
+    pub relaying: i64,
+    /// `message id, topic, age` of the oldest rows left in the outbox past the grace.
     pub outbox_examples: Vec<String>,
     /// Pending (or leased) inbox rows whose time came more than the grace ago.
     pub overdue: i64,

@@ -155,7 +155,7 @@ async fn the_audit_passes_a_settled_shop_and_reports_each_planted_violation_unde
     // The queue tables of a service whose worker is stopped, so nothing moves what is planted.
     f.stack.stop_process("catalog-worker").await.unwrap();
     let planted = Uuid::now_v7();
-    exec(&catalog, &format!("INSERT INTO conveyor.outbox (message_id, topic, payload) VALUES ('{planted}', 'audit.planted', '{{}}')")).await;
+    exec(&catalog, &format!("INSERT INTO conveyor.outbox (message_id, topic, payload, created_at) VALUES ('{planted}', 'audit.planted', '{{}}', now() - interval '2 minutes')")).await;
     only(&targets, &options, "outboxes_empty", &format!("catalog outbox: audit.planted message {planted}")).await;
     exec(&catalog, &format!("DELETE FROM conveyor.outbox WHERE message_id = '{planted}'")).await;
 

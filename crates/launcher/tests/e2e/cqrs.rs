@@ -49,9 +49,12 @@ async fn the_read_model_rebuilds_while_orders_keep_coming_and_ends_equal_to_the_
     })
     .await
     .unwrap();
+    let owner = || async { sqlx::query_scalar::<_, String>("SELECT tableowner::text FROM pg_tables WHERE tablename = 'order_views'").fetch_one(&orders).await.unwrap() };
+    let migrator = owner().await;
     let (code, out) = xtask(&["projections", "rebuild", "--stack", &stack]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("views swapped in"), "{out}");
+    assert_eq!(owner().await, migrator, "the fresh table is the migrator's, like the one it replaced");
     let ids = placing.await.unwrap();
     for id in &ids {
         assert_eq!(f.shop.wait_terminal(*id, SAGA).await.unwrap(), Terminal::Confirmed);

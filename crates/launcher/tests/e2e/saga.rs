@@ -108,8 +108,11 @@ async fn the_same_idempotency_key_gives_one_order_and_the_same_answer(mode: Saga
     let other = f.shop.place_order("key-1", customer, &[(product, 2)]).await.unwrap();
     assert_eq!(other.0, 409, "{other:?}");
     assert!(other.1["detail"].as_str().unwrap().contains("Idempotency-Key") || other.1["detail"].as_str().unwrap().contains("key"));
-    let orders = f.shop.get("order", &format!("/customers/{customer}/orders")).await.unwrap().unwrap();
-    assert_eq!(orders["items"].as_array().unwrap().len(), 1);
+    // The list is the read model: it shows the order once the projector has applied it.
+    let listed = || async { anyhow::Ok(f.shop.get("order", &format!("/customers/{customer}/orders")).await?.unwrap()["items"].as_array().unwrap().len()) };
+    wait_for("the order in its customer's list", SAGA, || async { Ok(listed().await? > 0) }).await.unwrap();
+    f.shop.wait_terminal(first.1["id"].as_str().unwrap().parse().unwrap(), SAGA).await.unwrap();
+    assert_eq!(listed().await.unwrap(), 1);
     f.stop().await;
 }
 

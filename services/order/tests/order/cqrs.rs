@@ -237,7 +237,29 @@ async fn a_rebuild_equals_the_live_projection_and_the_shop_keeps_running_meanwhi
     assert_eq!(live.len(), ids.len());
     // The API has prepared its statements on the live table; they must follow the swap.
     view(&shop, ids[0]).await;
+    // A runtime role's grants and the table's owner carry over to the fresh table.
+    let (owner, reader) = (format!("owner_{}", Uuid::now_v7().simple()), format!("reader_{}", Uuid::now_v7().simple()));
+    for sql in [
+        format!("CREATE ROLE {owner} NOLOGIN"),
+        format!("CREATE ROLE {reader} NOLOGIN"),
+        format!("ALTER TABLE order_views OWNER TO {owner}"),
+        format!("GRANT SELECT, UPDATE ON order_views TO {reader}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON projections TO {owner}"),
+        format!("GRANT SELECT ON order_events TO {owner}"),
+        format!("GRANT USAGE, CREATE ON SCHEMA public TO {owner}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&shop.pool).await.unwrap();
+    }
     let rebuilt = projection::rebuild(&shop.pool, &ORDER_VIEWS).await.unwrap();
+    let (now_owner, can_read, can_update, can_delete): (String, bool, bool, bool) = sqlx::query_as(
+        "SELECT tableowner::text, has_table_privilege($1, 'order_views', 'SELECT'), has_table_privilege($1, 'order_views', 'UPDATE'),
+                has_table_privilege($1, 'order_views', 'DELETE') FROM pg_tables WHERE tablename = 'order_views'",
+    )
+    .bind(&reader)
+    .fetch_one(&shop.pool)
+    .await
+    .unwrap();
+    assert_eq!((now_owner, can_read, can_update, can_delete), (owner.clone(), true, true, false));
     assert_eq!((rebuilt.views, rebuilt.events >= ids.len()), (ids.len() as i64, true), "{rebuilt:?}");
     assert_eq!(all_views(&shop.pool).await, live);
     assert_eq!(view(&shop, ids[0]).await["status"], "confirmed", "prepared statements read the new table");
@@ -247,6 +269,9 @@ async fn a_rebuild_equals_the_live_projection_and_the_shop_keeps_running_meanwhi
     assert_eq!(after.len(), ids.len() + more.len());
     let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'order_views%'").fetch_one(&shop.pool).await.unwrap();
     assert_eq!(tables, 1, "nothing left behind");
+    for sql in [format!("DROP OWNED BY {owner}, {reader}"), format!("DROP ROLE {owner}"), format!("DROP ROLE {reader}")] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&shop.pool).await.unwrap();
+    }
 }
 
 /// A projection with a bug: it forgets the timeline and calls every order placed.
