@@ -54,7 +54,11 @@ pub async fn run(args: Args, signals: &mut Signals) -> Result<i32> {
         match args.action {
             Action::Status => {
                 let (events, seconds) = projection::lag(&pool, &ORDER_VIEWS).await?;
-                println!("{}: {events} event(s) behind, the oldest appended {seconds:.3} s ago", ORDER_VIEWS.name);
+                if events == 0 {
+                    println!("{}: 0 events behind (caught up)", ORDER_VIEWS.name);
+                } else {
+                    println!("{}: {events} event(s) behind, the oldest appended {seconds:.3} s ago", ORDER_VIEWS.name);
+                }
             }
             Action::Rebuild => {
                 println!("xtask: rebuilding {} from the event store (the shop keeps running)", ORDER_VIEWS.name);

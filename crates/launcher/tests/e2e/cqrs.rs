@@ -68,7 +68,7 @@ async fn the_read_model_rebuilds_while_orders_keep_coming_and_ends_equal_to_the_
     .unwrap();
     let (code, out) = xtask(&["projections", "status", "--stack", &stack]).await;
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("order_views: 0 event(s) behind"), "{out}");
+    assert!(out.contains("order_views: 0 events behind (caught up)"), "{out}");
     let metrics_url = format!("{}/metrics", f.stack.worker["order"]);
     wait_for("the projector's lag of 0 on its metrics", SAGA, || async {
         let text = reqwest::get(&metrics_url).await?.text().await?;
