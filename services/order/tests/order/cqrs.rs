@@ -26,12 +26,6 @@ async fn placed(shop: &Shop) -> (Uuid, Uuid) {
     (order["id"].as_str().unwrap().parse().unwrap(), customer)
 }
 
-async fn view(shop: &Shop, id: Uuid) -> Value {
-    let resp = shop.api.get(&format!("/orders/{id}")).await;
-    assert_eq!(resp.status, 200, "{}", resp.text);
-    resp.json
-}
-
 fn steps(view: &Value) -> Vec<&str> {
     view["timeline"].as_array().unwrap().iter().map(|t| t["step"].as_str().unwrap()).collect()
 }
@@ -53,7 +47,7 @@ fn notified(order_id: Uuid, event_type: &str) -> NotificationSent {
 async fn the_choreographys_facts_make_the_timeline_each_once_however_often_they_arrive() {
     let shop = shop().await;
     let (id, customer) = placed(&shop).await;
-    let product_id: Uuid = view(&shop, id).await["lines"][0]["product_id"].as_str().unwrap().parse().unwrap();
+    let product_id: Uuid = shop.view(id).await["lines"][0]["product_id"].as_str().unwrap().parse().unwrap();
     let reserved = StockReserved { order: summary(id, customer, product_id) };
     let captured = PaymentCaptured { order_id: id, payment_id: Uuid::now_v7(), amount: money(2500, "EUR") };
     // Payment's answer overtakes stock's: the timeline still shows the saga's order.
@@ -72,7 +66,7 @@ async fn the_choreographys_facts_make_the_timeline_each_once_however_often_they_
     assert_eq!(shop.drain().await, 6);
     assert_eq!(kinds(&shop.pool, id).await, ["placed", "payment_captured", "confirmed", "stock_reserved", "notified"]);
 
-    let order = view(&shop, id).await;
+    let order = shop.view(id).await;
     assert_eq!(order["status"], "confirmed");
     assert_eq!(order["version"], 5);
     assert_eq!(steps(&order), ["placed", "stock_reserved", "payment_captured", "confirmed", "notified"]);
@@ -95,11 +89,11 @@ async fn both_cancellations_record_what_the_other_service_said() {
     deliver(&shop.pool, &StockRejected { order_id: rejected, reason: "product Mug: 2 wanted, 1 available".into() }).await;
     deliver(&shop.pool, &PaymentDeclined { order_id: declined, reason: "balance 10.00 EUR is below 25.00 EUR".into() }).await;
     shop.drain().await;
-    let order = view(&shop, rejected).await;
+    let order = shop.view(rejected).await;
     assert_eq!(steps(&order), ["placed", "stock_rejected", "cancelled"]);
     assert_eq!(order["timeline"][1]["detail"], "stock rejected: product Mug: 2 wanted, 1 available");
     assert_eq!(order["timeline"][2]["detail"], "cancelled (out_of_stock): product Mug: 2 wanted, 1 available");
-    let order = view(&shop, declined).await;
+    let order = shop.view(declined).await;
     assert_eq!(steps(&order), ["placed", "payment_declined", "cancelled"]);
     assert_eq!(order["reason"], "payment_declined");
 }
@@ -120,7 +114,7 @@ async fn the_orchestrated_saga_records_the_replies_and_a_refund_after_a_timeout(
     // A confirm that contradicts the cancellation changes nothing.
     deliver(&shop.pool, &ConfirmOrder { order_id: id, payment_id, amount: money(2500, "EUR") }).await;
     shop.drain().await;
-    let order = view(&shop, id).await;
+    let order = shop.view(id).await;
     assert_eq!(order["status"], "cancelled");
     assert_eq!(steps(&order), ["placed", "stock_reserved", "payment_captured", "cancelled", "stock_released", "payment_refunded"]);
     assert_eq!(order["timeline"][1]["reserved"], serde_json::json!([{"product_id": order["lines"][0]["product_id"], "quantity": 2}]));
@@ -169,8 +163,8 @@ async fn an_append_that_commits_late_is_not_skipped_by_the_projector() {
     assert_eq!(pending, 1, "B counts as lag");
     slow.commit().await.unwrap();
     assert_eq!(shop.project().await, 2);
-    assert_eq!(view(&shop, a).await["version"], 2);
-    assert_eq!(view(&shop, b).await["version"], 2);
+    assert_eq!(shop.view(a).await["version"], 2);
+    assert_eq!(shop.view(b).await["version"], 2);
     assert_eq!(projection::lag(&shop.pool, &ORDER_VIEWS).await.unwrap().0, 0);
 }
 
@@ -184,9 +178,9 @@ async fn an_order_just_placed_reads_from_its_events_until_projected() {
     let id: Uuid = placed["id"].as_str().unwrap().parse().unwrap();
     let projected: i64 = sqlx::query_scalar("SELECT count(*) FROM order_views WHERE id = $1").bind(id).fetch_one(&shop.pool).await.unwrap();
     assert_eq!(projected, 0, "the projector has not run");
-    assert_eq!(view(&shop, id).await, placed, "GET answers from the events what POST answered");
+    assert_eq!(shop.view(id).await, placed, "GET answers from the events what POST answered");
     shop.project().await;
-    assert_eq!(view(&shop, id).await, placed, "and the projection says the same");
+    assert_eq!(shop.view(id).await, placed, "and the projection says the same");
     shop.api.get(&format!("/orders/{}", Uuid::now_v7())).await.problem(404);
 }
 
@@ -236,7 +230,7 @@ async fn a_rebuild_equals_the_live_projection_and_the_shop_keeps_running_meanwhi
     let live = all_views(&shop.pool).await;
     assert_eq!(live.len(), ids.len());
     // The API has prepared its statements on the live table; they must follow the swap.
-    view(&shop, ids[0]).await;
+    shop.view(ids[0]).await;
     // A runtime role's grants and the table's owner carry over to the fresh table.
     let (owner, reader) = (format!("owner_{}", Uuid::now_v7().simple()), format!("reader_{}", Uuid::now_v7().simple()));
     for sql in [
@@ -262,7 +256,7 @@ async fn a_rebuild_equals_the_live_projection_and_the_shop_keeps_running_meanwhi
     assert_eq!((now_owner, can_read, can_update, can_delete), (owner.clone(), true, true, false));
     assert_eq!((rebuilt.views, rebuilt.events >= ids.len()), (ids.len() as i64, true), "{rebuilt:?}");
     assert_eq!(all_views(&shop.pool).await, live);
-    assert_eq!(view(&shop, ids[0]).await["status"], "confirmed", "prepared statements read the new table");
+    assert_eq!(shop.view(ids[0]).await["status"], "confirmed", "prepared statements read the new table");
     // Orders go on being placed and settled, and the projector picks up from the rebuild's position.
     let more = mixed_run(&shop).await;
     let after = all_views(&shop.pool).await;

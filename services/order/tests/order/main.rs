@@ -89,6 +89,13 @@ impl Shop {
         resp.json
     }
 
+    /// `GET /orders/{id}`, which must answer 200.
+    pub async fn view(&self, id: Uuid) -> Value {
+        let resp = self.api.get(&format!("/orders/{id}")).await;
+        assert_eq!(resp.status, 200, "{}", resp.text);
+        resp.json
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         let sql = match table {
             "orders" => "SELECT count(*) FROM orders",

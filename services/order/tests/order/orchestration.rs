@@ -17,12 +17,6 @@ async fn orchestrated_order(shop: &Shop) -> Uuid {
     shop.placed(Uuid::now_v7(), &[(&mug, 2)]).await["id"].as_str().unwrap().parse().unwrap()
 }
 
-async fn view(shop: &Shop, id: Uuid) -> Value {
-    let resp = shop.api.get(&format!("/orders/{id}")).await;
-    assert_eq!(resp.status, 200, "{}", resp.text);
-    resp.json
-}
-
 fn topics(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(t, _)| t.as_str()).collect()
 }
@@ -61,7 +55,7 @@ async fn placing_in_orchestration_mode_records_it_and_starts_the_coordinators_sa
     let choreography = Shop { api: api(&shop.pool, SagaMode::Choreography), ..shop };
     let again = choreography.place("orchestrated", &body).await;
     assert_eq!((again.status.as_u16(), &again.json), (201, &placed.json));
-    assert_eq!(view(&choreography, id.parse().unwrap()).await["saga_mode"], "orchestration");
+    assert_eq!(choreography.view(id.parse().unwrap()).await["saga_mode"], "orchestration");
     let other = choreography.placed(customer, &[(&lamp, 1)]).await;
     assert_eq!(other["saga_mode"], "choreography");
     assert_eq!(topics(&outbox(&choreography.pool).await), ["saga.start", "order.placed"]);
@@ -74,7 +68,7 @@ async fn order_confirm_settles_once_and_every_repeat_is_answered_with_the_status
     deliver(&shop.pool, &confirm(id)).await;
     assert_eq!(shop.drain().await, 1);
 
-    let order = view(&shop, id).await;
+    let order = shop.view(id).await;
     assert_eq!((order["status"].as_str(), order["saga_mode"].as_str()), (Some("confirmed"), Some("orchestration")));
     assert_eq!(order["history"].as_array().unwrap().len(), 2);
     let events = outbox(&shop.pool).await;
@@ -90,7 +84,7 @@ async fn order_confirm_settles_once_and_every_repeat_is_answered_with_the_status
     for msg in [repeat, late] {
         assert_eq!(inbox_state(&shop.pool, msg).await.0, "done", "a no-op, not a failure");
     }
-    assert_eq!(view(&shop, id).await, order);
+    assert_eq!(shop.view(id).await, order);
     let events = outbox(&shop.pool).await;
     assert_eq!(topics(&events), ["saga.start", "order.confirmed", "order.replied", "order.replied", "order.replied"]);
     assert!(events[3..].iter().all(|(_, e)| *e == json!({"order_id": id, "status": "confirmed"})), "{events:?}");
@@ -104,7 +98,7 @@ async fn order_cancel_for_a_timeout_is_stored_published_and_answered() {
     deliver(&shop.pool, &cancel).await;
     assert_eq!(shop.drain().await, 1);
 
-    let order = view(&shop, id).await;
+    let order = shop.view(id).await;
     assert_eq!((order["status"].as_str(), order["reason"].as_str()), (Some("cancelled"), Some("timeout")));
     assert_eq!(order["reason_detail"], "payment did not answer within 30s");
     assert_eq!(order["history"][1], json!({"status": "cancelled", "reason": "timeout", "at": order["updated_at"]}));
@@ -119,7 +113,7 @@ async fn order_cancel_for_a_timeout_is_stored_published_and_answered() {
     deliver(&shop.pool, &cancel).await;
     deliver(&shop.pool, &confirm(id)).await;
     assert_eq!(shop.drain().await, 2);
-    assert_eq!(view(&shop, id).await, order);
+    assert_eq!(shop.view(id).await, order);
     let events = outbox(&shop.pool).await;
     assert_eq!(topics(&events), ["saga.start", "order.cancelled", "order.replied", "order.replied", "order.replied"]);
     assert!(events[3..].iter().all(|(_, e)| *e == json!({"order_id": id, "status": "cancelled"})), "{events:?}");
@@ -132,7 +126,7 @@ async fn every_cancel_reason_the_coordinator_sends_is_kept() {
         let id = orchestrated_order(&shop).await;
         deliver(&shop.pool, &CancelOrder { order_id: id, reason, detail: format!("because {reason:?}") }).await;
         assert_eq!(shop.drain().await, 1);
-        let order = view(&shop, id).await;
+        let order = shop.view(id).await;
         assert_eq!((order["status"].as_str(), order["reason"].as_str()), (Some("cancelled"), Some(reason.as_str())));
     }
 }

@@ -19,12 +19,6 @@ fn id_of(order: &Value) -> Uuid {
     order["id"].as_str().unwrap().parse().unwrap()
 }
 
-async fn view(shop: &Shop, id: Uuid) -> Value {
-    let resp = shop.api.get(&format!("/orders/{id}")).await;
-    assert_eq!(resp.status, 200, "{}", resp.text);
-    resp.json
-}
-
 fn statuses(order: &Value) -> Vec<&str> {
     order["history"].as_array().unwrap().iter().map(|h| h["status"].as_str().unwrap()).collect()
 }
@@ -69,7 +63,7 @@ async fn payment_captured_confirms_once() {
     deliver(&shop.pool, &captured).await;
     assert_eq!(shop.drain().await, 1);
 
-    let order = view(&shop, id).await;
+    let order = shop.view(id).await;
     assert_eq!(order["status"], "confirmed");
     assert!(order["reason"].is_null());
     assert_eq!(statuses(&order), ["placed", "confirmed"]);
@@ -86,7 +80,7 @@ async fn payment_captured_confirms_once() {
     for msg in [repeat, late] {
         assert_eq!(inbox_state(&shop.pool, msg).await.0, "done");
     }
-    assert_eq!(view(&shop, id).await, order);
+    assert_eq!(shop.view(id).await, order);
     assert_eq!(outbox(&shop.pool).await.len(), 2);
 }
 
@@ -100,7 +94,7 @@ async fn stock_rejected_cancels_as_out_of_stock_once() {
     deliver_with_id(&shop.pool, msg, &rejected).await; // a repeated relay: the inbox drops it
     assert_eq!(shop.drain().await, 1);
 
-    let order = view(&shop, id).await;
+    let order = shop.view(id).await;
     assert_eq!((order["status"].as_str(), order["reason"].as_str()), (Some("cancelled"), Some("out_of_stock")));
     assert_eq!(order["reason_detail"], "product Mug: 2 wanted, 1 available");
     assert_eq!(statuses(&order), ["placed", "cancelled"]);
@@ -121,7 +115,7 @@ async fn stock_rejected_cancels_as_out_of_stock_once() {
     for msg in [repeat, late] {
         assert_eq!(inbox_state(&shop.pool, msg).await.0, "done", "a no-op, not a failure");
     }
-    assert_eq!(view(&shop, id).await, order);
+    assert_eq!(shop.view(id).await, order);
     assert_eq!(outbox(&shop.pool).await.len(), 2);
 }
 
@@ -132,7 +126,7 @@ async fn payment_declined_cancels_as_payment_declined_once() {
     let declined = PaymentDeclined { order_id: id, reason: "balance 10.00 EUR is below 25.00 EUR".into() };
     deliver(&shop.pool, &declined).await;
     assert_eq!(shop.drain().await, 1);
-    let order = view(&shop, id).await;
+    let order = shop.view(id).await;
     assert_eq!((order["status"].as_str(), order["reason"].as_str()), (Some("cancelled"), Some("payment_declined")));
     assert_eq!(order["reason_detail"], "balance 10.00 EUR is below 25.00 EUR");
     let events = outbox(&shop.pool).await;
@@ -142,7 +136,7 @@ async fn payment_declined_cancels_as_payment_declined_once() {
     let repeat = deliver(&shop.pool, &declined).await;
     assert_eq!(shop.drain().await, 1);
     assert_eq!(inbox_state(&shop.pool, repeat).await.0, "done", "a no-op, not a failure");
-    assert_eq!(view(&shop, id).await, order);
+    assert_eq!(shop.view(id).await, order);
     assert_eq!(outbox(&shop.pool).await.len(), 2);
 }
 
