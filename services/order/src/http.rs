@@ -158,10 +158,7 @@ async fn get_order(caller: Caller, State(pool): State<PgPool>, Path(id): Path<Uu
     let mut conn = pool.acquire().await?;
     let view = match repo::get_view(&mut conn, id).await? {
         Some(view) => view,
-        None => {
-            let streams = stream::load(&mut conn, &[id]).await?;
-            streams.get(&id).and_then(|s| OrderView::from_stream(s)).ok_or_else(|| ApiError::NotFound(format!("no order with id {id}")))?
-        }
+        None => OrderView::from_stream(&stream::stream_of(&mut conn, id).await?).ok_or_else(|| ApiError::NotFound(format!("no order with id {id}")))?,
     };
     caller.require_customer(view.customer_id)?;
     Ok(Json(view))

@@ -96,12 +96,18 @@ async fn apply_batch(conn: &mut PgConnection, p: &Projection, batch: i64, skip_l
     Ok(Some(events.len()))
 }
 
-/// One batch of `p` in its own transaction; `None` if another projector holds it.
-pub async fn project_once(pool: &PgPool, p: &Projection, batch: i64) -> sqlx::Result<Option<usize>> {
-    let mut tx = pool.begin().await?;
-    let applied = apply_batch(&mut tx, p, batch, true).await?;
+/// [`apply_batch`] in a transaction of its own on `conn`, committed.
+async fn apply_committed(conn: &mut PgConnection, p: &Projection, batch: i64, skip_locked: bool) -> sqlx::Result<Option<usize>> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    let applied = apply_batch(&mut tx, p, batch, skip_locked).await?;
     tx.commit().await?;
     Ok(applied)
+}
+
+/// One batch of `p` in its own transaction; `None` if another projector holds it.
+pub async fn project_once(pool: &PgPool, p: &Projection, batch: i64) -> sqlx::Result<Option<usize>> {
+    apply_committed(&mut *pool.acquire().await?, p, batch, true).await
 }
 
 /// Whether events visible in the snapshot `$2` are still to be applied by projection `$1`.
@@ -114,16 +120,15 @@ const PENDING_IN: &str = "SELECT EXISTS (SELECT 1 FROM order_events e, projectio
 /// for those (a few milliseconds, unless a transaction stays open).
 pub async fn catch_up(pool: &PgPool, p: &Projection) -> sqlx::Result<usize> {
     let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(pool).await?;
+    let mut conn = pool.acquire().await?;
     let mut total = 0;
     loop {
-        let mut tx = pool.begin().await?;
-        let n = apply_batch(&mut tx, p, 1000, false).await?.unwrap_or(0);
-        tx.commit().await?;
+        let n = apply_committed(&mut conn, p, 1000, false).await?.unwrap_or(0);
         total += n;
         if n > 0 {
             continue;
         }
-        if !sqlx::query_scalar::<_, bool>(PENDING_IN).bind(p.name).bind(&snapshot).fetch_one(pool).await? {
+        if !sqlx::query_scalar::<_, bool>(PENDING_IN).bind(p.name).bind(&snapshot).fetch_one(&mut *conn).await? {
             return Ok(total);
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -226,9 +231,7 @@ pub async fn rebuild(pool: &PgPool, p: &Projection) -> anyhow::Result<Rebuilt> {
     }
     let mut events = 0;
     loop {
-        let mut tx = conn.begin().await?;
-        let n = apply_batch(&mut tx, &fresh, 5000, false).await?.unwrap_or(0);
-        tx.commit().await?;
+        let n = apply_committed(&mut conn, &fresh, 5000, false).await?.unwrap_or(0);
         events += n;
         if n < 100 {
             break;

@@ -167,7 +167,12 @@ pub async fn load(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<B
 
 /// One order's state, or `None` if there is no such order.
 pub async fn order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Option<Order>> {
-    Ok(load(conn, &[order_id]).await?.get(&order_id).and_then(|s| Order::from_stream(s)))
+    Ok(Order::from_stream(&stream_of(conn, order_id).await?))
+}
+
+/// One order's stream, by version (empty if there is no such order).
+pub async fn stream_of(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Vec<StoredEvent>> {
+    Ok(load(conn, &[order_id]).await?.remove(&order_id).unwrap_or_default())
 }
 
 /// Appends `events` at versions `expected + 1 …`; returns the time they were recorded.

@@ -89,6 +89,13 @@ impl Shop {
         resp.json
     }
 
+    /// A Mug at 12.50 EUR, known to the order service.
+    pub async fn mug(&self) -> Product {
+        let mug = product("Mug", money(1250, "EUR"), 1);
+        self.sync(&[&mug]).await;
+        mug
+    }
+
     /// `GET /orders/{id}`, which must answer 200.
     pub async fn view(&self, id: Uuid) -> Value {
         let resp = self.api.get(&format!("/orders/{id}")).await;
@@ -106,6 +113,11 @@ impl Shop {
         };
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
+}
+
+/// The id of an order's view.
+pub fn id_of(order: &Value) -> Uuid {
+    order["id"].as_str().unwrap().parse().unwrap()
 }
 
 pub fn order(customer: Uuid, lines: &[(&Product, i64)]) -> Value {

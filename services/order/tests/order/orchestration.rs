@@ -8,13 +8,12 @@ use conveyor_platform::testing::{deliver, inbox_state, outbox};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{Shop, api, money, order, product, shop_in};
+use crate::{Shop, api, id_of, money, order, product, shop_in};
 
 /// An orchestration shop with one placed order of 2 × 12.50 EUR; returns its id.
 async fn orchestrated_order(shop: &Shop) -> Uuid {
-    let mug = product("Mug", money(1250, "EUR"), 1);
-    shop.sync(&[&mug]).await;
-    shop.placed(Uuid::now_v7(), &[(&mug, 2)]).await["id"].as_str().unwrap().parse().unwrap()
+    let mug = shop.mug().await;
+    id_of(&shop.placed(Uuid::now_v7(), &[(&mug, 2)]).await)
 }
 
 fn topics(events: &[(String, Value)]) -> Vec<&str> {

@@ -6,17 +6,12 @@ use conveyor_platform::testing::{deliver, deliver_with_id, inbox_state, outbox};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{Shop, money, product, shop};
+use crate::{Shop, id_of, money, product, shop};
 
 /// A shop with one placed order of 2 × 12.50 EUR; returns the order's view.
 async fn placed_order(shop: &Shop) -> Value {
-    let mug = product("Mug", money(1250, "EUR"), 1);
-    shop.sync(&[&mug]).await;
+    let mug = shop.mug().await;
     shop.placed(Uuid::now_v7(), &[(&mug, 2)]).await
-}
-
-fn id_of(order: &Value) -> Uuid {
-    order["id"].as_str().unwrap().parse().unwrap()
 }
 
 fn statuses(order: &Value) -> Vec<&str> {
