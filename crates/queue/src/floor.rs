@@ -176,6 +176,7 @@ pub(crate) struct SweepProbe {
 }
 
 /// What a claim index is ordered by.
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Positions {
     /// A `timestamptz` (the inbox's `visible_at`).
     Time,

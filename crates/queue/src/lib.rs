@@ -19,6 +19,7 @@ mod grants;
 mod message;
 mod prune;
 mod publish;
+pub mod pull;
 mod relay;
 mod retry;
 pub mod trace;

@@ -60,6 +60,8 @@ pub async fn prune_once(pool: &PgPool, window: Duration, batch: i64) -> Result<u
             }
         }
     }
+    // The rows of pulled topics every subscriber has passed (see `pull`).
+    total += crate::pull::prune_pulled(pool, batch).await?;
     metrics::counter!("conveyor_queue_pruned_total").increment(total);
     Ok(total)
 }

@@ -249,7 +249,7 @@ impl Relay {
         let listening = shutdown.child_token();
         let _stop_listening = listening.clone().drop_guard();
         let topics = self.topics.to_vec();
-        spawn_listener(self.outbox.clone(), &wake::OUTBOX, topics, Some(self.floor.clone()), idle.clone(), vec![wake.clone()], listening);
+        spawn_listener(self.outbox.clone(), &wake::OUTBOX, topics, wake::ProbeFrom::Floor(self.floor.clone(), crate::floor::Positions::UuidV7), idle.clone(), vec![wake.clone()], listening);
         let loops = (0..self.opts.concurrency.max(1)).map(|_| self.relay_loop(&wake, &idle, &shutdown));
         let sweeps = self.floor.sweep_loop(&self.outbox, &SWEEP, &self.topics, &wake, &shutdown);
         futures::future::join(futures::future::join_all(loops), sweeps).await;

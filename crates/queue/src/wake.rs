@@ -33,13 +33,20 @@ use tokio_util::sync::CancellationToken;
 use crate::floor::{Floor, Positions};
 
 /// A notification channel: its name, the advisory lock key idle listeners hold, and the
-/// query that tells whether there is work (`$1`: the listener's topics; `$2`: the claim
-/// floor of the listener's claimer, or NULL, as `positions` says).
+/// query that tells whether there is work (`$1`: the listener's topics; then what the
+/// listener's [`ProbeFrom`] binds).
 pub(crate) struct Channel {
     pub name: &'static str,
     pub lock_key: i64,
     pub probe: &'static str,
-    pub positions: Positions,
+}
+
+/// Where a listener's probe looks from: a claimer's floor (`$2`, NULL when it has none, of
+/// the floor's index type), or the partition cursors of a pull subscriber (`$2` to `$4`).
+#[derive(Clone)]
+pub(crate) enum ProbeFrom {
+    Floor(Arc<Floor>, Positions),
+    Cursors(Arc<crate::pull::Cursors>),
 }
 
 // A probe must not walk the dead entries a held xmin horizon keeps in the index: it reads
@@ -53,7 +60,6 @@ pub(crate) const OUTBOX: Channel = Channel {
     // The smallest UUID v7 of a minute ago, as 32 hex digits.
     probe: "SELECT EXISTS (SELECT 1 FROM conveyor.outbox WHERE topic = ANY($1) AND message_id >= greatest($2::uuid, \
             (lpad(to_hex((extract(epoch FROM now() - interval '1 minute') * 1000)::bigint), 12, '0') || '00000000000000000000')::uuid))",
-    positions: Positions::UuidV7,
 };
 
 pub(crate) const INBOX: Channel = Channel {
@@ -61,12 +67,27 @@ pub(crate) const INBOX: Channel = Channel {
     lock_key: crate::INBOX_WAKE_LOCK,
     probe: "SELECT EXISTS (SELECT 1 FROM conveyor.inbox WHERE state IN ('pending', 'running') AND visible_at <= now() \
             AND visible_at >= greatest($2::timestamptz, now() - interval '1 minute') AND topic = ANY($1))",
-    positions: Positions::Time,
 };
 
-/// Runs `channel`'s probe on `conn`, from `floor`'s position when it has one.
-async fn probe<'c>(conn: impl sqlx::PgExecutor<'c>, channel: &Channel, topics: &[String], floor: Option<&Floor>) -> Result<bool, sqlx::Error> {
-    channel.positions.bind(sqlx::query_scalar(channel.probe).bind(topics), floor.and_then(Floor::at)).fetch_one(conn).await
+/// A publisher's outbox as its pull subscribers see it (see `pull`): writers notify on the
+/// relay's channel, and the probe asks whether any partition holds a row past this process's
+/// cursor of it.
+pub(crate) const PULL: Channel = Channel {
+    name: crate::OUTBOX_CHANNEL,
+    lock_key: crate::OUTBOX_WAKE_LOCK,
+    probe: concat!("SELECT EXISTS (", crate::pull::parts_with_work!(), ")"),
+};
+
+/// Runs `channel`'s probe on `conn`, from where `from` says.
+async fn probe<'c>(conn: impl sqlx::PgExecutor<'c>, channel: &Channel, topics: &[String], from: &ProbeFrom) -> Result<bool, sqlx::Error> {
+    let q = sqlx::query_scalar(channel.probe).bind(topics);
+    match from {
+        ProbeFrom::Floor(floor, positions) => positions.bind(q, floor.at()).fetch_one(conn).await,
+        ProbeFrom::Cursors(cursors) => {
+            let (parts, txs, seqs) = cursors.arrays();
+            q.bind(parts).bind(txs).bind(seqs).fetch_one(conn).await
+        }
+    }
 }
 
 /// How loops and their listener meet: loops count themselves idle while they wait, and
@@ -148,7 +169,7 @@ pub(crate) fn spawn_listener(
     pool: PgPool,
     channel: &'static Channel,
     topics: Vec<String>,
-    floor: Option<Arc<Floor>>,
+    from: ProbeFrom,
     idle: Arc<Idle>,
     wakes: Vec<Arc<Notify>>,
     shutdown: CancellationToken,
@@ -200,7 +221,7 @@ pub(crate) fn spawn_listener(
                             Err(e) if is_lock_timeout(&e) => {}
                             Err(e) => return Err(e),
                         }
-                        let work = probe(&mut listener, channel, &topics, floor.as_deref()).await?;
+                        let work = probe(&mut listener, channel, &topics, &from).await?;
                         if work {
                             poke();
                         }

@@ -81,7 +81,7 @@ impl Consumer {
             .bind(self.opts.batch_size)
             .fetch_all(&mut *conn)
             .await?;
-        record_claim(rows.len());
+        record_claim("inbox", rows.len());
         if rows.is_empty() {
             return Ok(0);
         }

@@ -10,6 +10,7 @@
 
 mod handler;
 mod lease;
+mod pull;
 mod tx;
 
 use std::collections::HashMap;
@@ -97,6 +98,9 @@ pub struct Consumer {
     retries: RetryClock,
     /// Asked before each claim how long to wait first (see [`Consumer::pause_before_claim`]).
     pause: Option<Pause>,
+    /// Publishers whose outbox this consumer pulls its transaction-mode topics from (see
+    /// [`Consumer::pull_from`]).
+    sources: Vec<pull::Source>,
 }
 
 /// How long a claim loop waits before its next claim; zero: not at all.
@@ -143,6 +147,7 @@ impl Consumer {
             floor: Arc::new(Floor::new(sweep_interval(ConsumerOptions::default().poll_interval))),
             retries: RetryClock::default(),
             pause: None,
+            sources: Vec::new(),
         }
     }
 
@@ -186,6 +191,21 @@ impl Consumer {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => {}
         }
+    }
+
+    /// Pulls the transaction-mode topics from the outbox of the publisher `source` (its
+    /// database: `publisher`) instead of having a relay push them into the inbox (see
+    /// [`crate::pull`]): each claim loop claims one of the publisher's partitions, reads a
+    /// batch of its log, runs the handlers and moves the partition's cursor in one
+    /// transaction of this database. A message whose handler fails goes to the inbox, where
+    /// the usual loops retry it. The role of `publisher` needs SELECT on `conveyor.outbox`
+    /// and INSERT, UPDATE on `conveyor.pull_positions` there, nothing else. The publisher's
+    /// relay must not route these topics.
+    pub fn pull_from(mut self, source: impl Into<String>, publisher: PgPool) -> Self {
+        let source = source.into();
+        assert!(!self.sources.iter().any(|s| s.name == source), "pulling from {source} twice");
+        self.sources.push(pull::Source::new(source, publisher));
+        self
     }
 
     /// Handles `E` in transaction mode with the default retry policy (3 attempts).
@@ -260,7 +280,12 @@ impl Consumer {
         if !self.tx_topics.is_empty() {
             self.floor.sweep_if_due(&mut conn, &tx::SWEEP, &self.tx_topics).await?;
         }
-        Ok(self.tx_cycle(&mut conn).await? + self.lease_cycle(&mut conn, &never).await?)
+        let mut pulled = 0;
+        for src in &self.sources {
+            let mut publisher = src.pool.acquire().await?;
+            pulled += self.pull_cycle(src, &mut conn, &mut publisher, &mut Vec::new(), &mut false).await?;
+        }
+        Ok(pulled + self.tx_cycle(&mut conn).await? + self.lease_cycle(&mut conn, &never).await?)
     }
 
     /// Runs until `shutdown` is cancelled, then stops claiming, lets in-flight work finish
@@ -271,7 +296,7 @@ impl Consumer {
         let listening = shutdown.child_token();
         let _stop_listening = listening.clone().drop_guard();
         let topics = self.topics().map(str::to_owned).collect();
-        spawn_listener(self.pool.clone(), &wake::INBOX, topics, Some(self.floor.clone()), idle.clone(), vec![tx_wake.clone(), lease_wake.clone()], listening);
+        spawn_listener(self.pool.clone(), &wake::INBOX, topics, wake::ProbeFrom::Floor(self.floor.clone(), crate::floor::Positions::Time), idle.clone(), vec![tx_wake.clone(), lease_wake.clone()], listening.clone());
 
         let n = self.opts.concurrency.max(1);
         let tx_loops = (!self.tx_topics.is_empty()).then(|| (0..n).map(|_| self.tx_loop(&tx_wake, &idle, &shutdown)));
@@ -281,10 +306,22 @@ impl Consumer {
                 self.floor.sweep_loop(&self.pool, &tx::SWEEP, &self.tx_topics, &tx_wake, &shutdown).await;
             }
         };
-        futures::future::join3(
+        // Pull loops, a listener on each publisher and a reporter of the positions.
+        let shutdown = &shutdown;
+        let pulls = self.sources.iter().filter(|_| !self.tx_topics.is_empty()).map(|src| {
+            let (wake, idle) = (Arc::new(Notify::new()), Arc::new(Idle::default()));
+            let from = wake::ProbeFrom::Cursors(src.cursors.clone());
+            spawn_listener(src.pool.clone(), &wake::PULL, self.tx_topics.clone(), from, idle.clone(), vec![wake.clone()], listening.clone());
+            async move {
+                let loops = (0..n).map(|_| self.pull_loop(src, &wake, &idle, shutdown));
+                futures::future::join(futures::future::join_all(loops), self.report_positions(src, Duration::from_secs(1), shutdown)).await;
+            }
+        });
+        futures::future::join4(
             futures::future::join_all(tx_loops.into_iter().flatten()),
             futures::future::join_all(lease_loops.into_iter().flatten()),
             sweeps,
+            futures::future::join_all(pulls),
         )
         .await;
         Ok(())
@@ -408,8 +445,8 @@ pub(crate) fn record_done<'a>(rows: impl IntoIterator<Item = &'a crate::message:
     }
 }
 
-pub(crate) fn record_claim(n: usize) {
+pub(crate) fn record_claim(queue: &'static str, n: usize) {
     if n > 0 {
-        metrics::histogram!("conveyor_queue_claim_batch_size", "queue" => "inbox").record(n as f64);
+        metrics::histogram!("conveyor_queue_claim_batch_size", "queue" => queue).record(n as f64);
     }
 }

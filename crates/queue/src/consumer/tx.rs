@@ -98,7 +98,7 @@ impl Consumer {
             self.floor.claimed(newest.timestamp_micros());
         }
         rows.sort_unstable_by_key(|r| r.message_id); // publish order
-        record_claim(rows.len());
+        record_claim("inbox", rows.len());
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(0);
@@ -184,7 +184,7 @@ impl Consumer {
 
     /// Takes the lock keys every subscription of `rows` names (see [`crate::LockKeys`]),
     /// all in one statement; nothing when no subscription names any.
-    async fn lock_batch(&self, conn: &mut PgConnection, rows: &[InboxRow], batch: &Batch) -> Result<(), super::HandlerError> {
+    pub(super) async fn lock_batch(&self, conn: &mut PgConnection, rows: &[InboxRow], batch: &Batch) -> Result<(), super::HandlerError> {
         let mut keys = Vec::new();
         let mut topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
         topics.sort_unstable();
@@ -203,7 +203,7 @@ impl Consumer {
 
     /// Runs the handler of `run` (consecutive messages of one topic) and records how long
     /// it took per message.
-    async fn run_tx_handler(&self, conn: &mut PgConnection, run: &[&InboxRow]) -> Result<(), super::HandlerError> {
+    pub(super) async fn run_tx_handler(&self, conn: &mut PgConnection, run: &[&InboxRow]) -> Result<(), super::HandlerError> {
         let Some(topic) = run.first().map(|r| r.topic.as_str()) else { return Ok(()) };
         let sub = &self.tx_subs[topic];
         let started = Instant::now();

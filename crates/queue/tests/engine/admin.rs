@@ -134,6 +134,11 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
         (&p.subscriber, sql::LEASE_DONE, "('{00000000-0000-0000-0000-000000000000}', '{1}')", "inbox_pkey"),
         (&p.subscriber, sql::PRUNE, "('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff', 3600000, 1000)", "inbox_done_pkey"),
         (&p.publisher, sql::RELAY_CLAIM, "('{test.ping}', 100, '00000000-0000-0000-0000-000000000000')", "outbox_pkey"),
+        // Pull delivery: a partition's log from its cursor, the partitions with work, and
+        // the publisher's pruning of what every subscriber passed.
+        (&p.publisher, conveyor_queue::pull::READ, "(3, 0, 0, '{test.ping}', 100)", "outbox_pull_idx"),
+        (&p.publisher, conveyor_queue::pull::PARTS_WITH_WORK, "('{test.ping}', '{0,1,2}', '{0,0,0}', '{0,0,0}')", "outbox_pull_idx"),
+        (&p.publisher, conveyor_queue::pull::PRUNE, "(1000)", "outbox_pkey"),
         // Scraped for metrics every few seconds: counts what waits (the inbox holds nothing
         // else now: a scan of it is a count of its rows), never the dedupe record.
         (&p.subscriber, sql::DEPTH, "", ""),
@@ -174,7 +179,7 @@ async fn the_queue_schema_keeps_its_own_migration_history_beside_a_services() {
     service.run(&pool).await.unwrap();
     let queue_history = count(&pool, "SELECT count(*) FROM conveyor._sqlx_migrations").await;
     let service_history = count(&pool, "SELECT count(*) FROM public._sqlx_migrations").await;
-    assert_eq!((queue_history, service_history), (2, 1));
+    assert_eq!((queue_history, service_history), (3, 1));
     assert_eq!(count(&pool, "SELECT count(*) FROM conveyor.inbox").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM orders").await, 0);
 }

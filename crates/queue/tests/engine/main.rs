@@ -11,6 +11,7 @@ mod floor;
 mod lease;
 mod pause;
 mod publish_relay;
+mod pull;
 mod schedule;
 mod shutdown;
 mod traces;

@@ -1,0 +1,314 @@
+//! Pull mode (see [`crate::pull`]): claim a partition's cursor, read the publisher's log
+//! after it, run the handlers and move the cursor, in one transaction of the subscriber.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// How soon a loop looks again when rows wait behind a running transaction: first, and at
+/// most (doubling in between).
+const HELD_FIRST: Duration = Duration::from_millis(1);
+const HELD_MAX: Duration = Duration::from_millis(50);
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Consumer, Failure, record_claim, record_done};
+use crate::message::InboxRow;
+use crate::pull::{ADVANCE, CLAIM_CURSOR, CURSORS, Cursors, ENSURE_CURSORS, FAILED, PARTS, PARTS_WITH_WORK, READ, REPORT};
+use crate::trace::{self, Batch};
+use crate::wake::{Idle, sleep_or_cancel};
+use crate::Error;
+
+/// A publisher this consumer pulls from.
+pub(crate) struct Source {
+    /// The publisher's name: its cursors' `source` in this database.
+    pub name: String,
+    pub pool: PgPool,
+    pub cursors: Arc<Cursors>,
+    /// Whether this database holds its cursors yet.
+    ready: AtomicBool,
+}
+
+impl Source {
+    pub fn new(name: String, pool: PgPool) -> Self {
+        Source { name, pool, cursors: Arc::default(), ready: AtomicBool::new(false) }
+    }
+}
+
+/// A row of the publisher's log as read, with its position.
+#[derive(sqlx::FromRow)]
+struct LogRow {
+    #[sqlx(flatten)]
+    row: InboxRow,
+    tx: i64,
+    seq: i64,
+}
+
+/// What one pull loop keeps between cycles: its connections (the subscriber's, and a
+/// read-only one to the publisher) and the partitions it knows to have work.
+#[derive(Default)]
+pub(super) struct PullLoop {
+    conn: Option<PoolConnection<Postgres>>,
+    publisher: Option<PoolConnection<Postgres>>,
+    todo: Vec<i16>,
+    /// Rows were there that could not be read yet (see [`crate::pull::PARTS_WITH_WORK`]).
+    held: bool,
+}
+
+impl Consumer {
+    /// One pull cycle: a batch of one partition with work, handled and passed; `Ok(0)` when
+    /// no partition has any (or all that have are claimed by other loops). `held` tells
+    /// whether some partition had rows that cannot be read until older transactions end.
+    pub(super) async fn pull_cycle(
+        &self,
+        src: &Source,
+        conn: &mut PgConnection,
+        publisher: &mut PgConnection,
+        todo: &mut Vec<i16>,
+        held: &mut bool,
+    ) -> Result<usize, Error> {
+        if !src.ready.load(Ordering::Relaxed) {
+            sqlx::query(ENSURE_CURSORS).bind(&src.name).bind(PARTS as i32).execute(&mut *conn).await?;
+            src.ready.store(true, Ordering::Relaxed);
+        }
+        loop {
+            if todo.is_empty() {
+                let (parts, txs, seqs) = src.cursors.arrays();
+                let found: Vec<(i16, bool)> =
+                    sqlx::query_as(PARTS_WITH_WORK).bind(&self.tx_topics).bind(parts).bind(txs).bind(seqs).fetch_all(&mut *publisher).await?;
+                *held = found.iter().any(|(_, ready)| !ready);
+                *todo = found.into_iter().filter_map(|(part, ready)| ready.then_some(part)).collect();
+                if todo.is_empty() {
+                    return Ok(0);
+                }
+                // Loops start at different partitions.
+                let start = rand::random_range(0..todo.len());
+                todo.rotate_left(start);
+            }
+            let started = SystemTime::now();
+            let mut tx = conn.begin().await?;
+            let claimed: Option<(i16, i64, i64)> = sqlx::query_as(CLAIM_CURSOR).bind(&src.name).bind(&*todo).fetch_optional(&mut *tx).await?;
+            let Some((part, at_tx, at_seq)) = claimed else {
+                // Every partition with work is being read by another loop.
+                todo.clear();
+                tx.rollback().await?;
+                return Ok(0);
+            };
+            todo.retain(|p| *p != part);
+            src.cursors.saw(part, at_tx, at_seq);
+            let read: Vec<LogRow> = sqlx::query_as(READ)
+                .bind(part)
+                .bind(at_tx)
+                .bind(at_seq)
+                .bind(&self.tx_topics)
+                .bind(self.opts.batch_size)
+                .fetch_all(&mut *publisher)
+                .await?;
+            let Some(&LogRow { tx: last_tx, seq: last_seq, .. }) = read.last() else {
+                tx.rollback().await?;
+                continue;
+            };
+            let n = read.len();
+            if n as i64 >= self.opts.batch_size {
+                todo.push(part); // more there: come back after the others
+            }
+            let rows: Vec<InboxRow> = read.into_iter().map(|r| r.row).filter(|r| self.tx_subs.contains_key(&r.topic)).collect();
+            record_claim("pull", rows.len());
+            let batch = Batch::start("receive", started, Some(&self.name), rows.iter().map(|r| r.topic.as_str()));
+            rows.iter().for_each(|r| batch.link(&r.headers.0));
+            batch.statement(&trace::PULL_READ, started, Some(rows.len()), None);
+            let mut all_ok = self.lock_batch(&mut tx, &rows, &batch).await.is_ok();
+            let refs: Vec<&InboxRow> = rows.iter().collect();
+            for run in refs.chunk_by(|a, b| a.topic == b.topic) {
+                if !all_ok || self.run_tx_handler(&mut tx, run).await.is_err() {
+                    all_ok = false;
+                    break;
+                }
+            }
+            if !all_ok {
+                batch.run(&trace::ROLLBACK, tx.rollback()).await?;
+                return self.pull_isolated(src, conn, part, (at_tx, at_seq), (last_tx, last_seq), &rows, &batch).await.map(|_| n);
+            }
+            batch.run(&trace::PULL_ADVANCE, sqlx::query(ADVANCE).bind(&src.name).bind(part).bind(last_tx).bind(last_seq).execute(&mut *tx)).await?;
+            batch.run(&trace::COMMIT, tx.commit()).await?;
+            src.cursors.saw(part, last_tx, last_seq);
+            record_done(&rows);
+            return Ok(n);
+        }
+    }
+
+    /// After a failure: the same rows again, each under its own savepoint; the ones that
+    /// fail go to the inbox, and the cursor moves past all of them.
+    #[allow(clippy::too_many_arguments)]
+    async fn pull_isolated(
+        &self,
+        src: &Source,
+        conn: &mut PgConnection,
+        part: i16,
+        from: (i64, i64),
+        to: (i64, i64),
+        rows: &[InboxRow],
+        batch: &Batch,
+    ) -> Result<usize, Error> {
+        let mut tx = conn.begin().await?;
+        let claimed: Option<(i16, i64, i64)> = sqlx::query_as(CLAIM_CURSOR).bind(&src.name).bind([part]).fetch_optional(&mut *tx).await?;
+        if claimed != Some((part, from.0, from.1)) {
+            // Another loop took the partition meanwhile: these rows are its to handle.
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let locked = {
+            let mut savepoint = tx.begin().await?;
+            let locked = self.lock_batch(&mut savepoint, rows, batch).await;
+            if locked.is_ok() { savepoint.commit().await? } else { savepoint.rollback().await? }
+            locked.is_ok()
+        };
+        let (mut done, mut failed) = (Vec::new(), Vec::new());
+        for row in rows {
+            let mut savepoint = tx.begin().await?;
+            let outcome = match locked {
+                true => self.run_tx_handler(&mut savepoint, &[row]).await,
+                false => match self.lock_batch(&mut savepoint, std::slice::from_ref(row), batch).await {
+                    Ok(()) => self.run_tx_handler(&mut savepoint, &[row]).await,
+                    Err(e) => Err(e),
+                },
+            };
+            match outcome {
+                Ok(()) => {
+                    savepoint.commit().await?;
+                    done.push(row);
+                }
+                Err(err) => {
+                    savepoint.rollback().await?;
+                    let sub = &self.tx_subs[&row.topic];
+                    failed.push((row, Failure::new(&row.topic, row.message_id, 1, &sub.retry, &err)));
+                }
+            }
+        }
+        batch
+            .run(&trace::INBOX_SETTLE, async {
+                if !failed.is_empty() {
+                    let headers: Vec<String> = failed.iter().map(|(r, _)| serde_json::to_string(&r.headers.0).unwrap_or_else(|_| "{}".to_owned())).collect();
+                    sqlx::query(FAILED)
+                        .bind(failed.iter().map(|(r, _)| r.message_id).collect::<Vec<_>>())
+                        .bind(failed.iter().map(|(r, _)| r.topic.as_str()).collect::<Vec<_>>())
+                        .bind(failed.iter().map(|(r, _)| r.key.as_deref()).collect::<Vec<_>>())
+                        .bind(failed.iter().map(|(r, _)| r.payload.get()).collect::<Vec<_>>())
+                        .bind(headers)
+                        .bind(failed.iter().map(|(r, _)| r.published_at).collect::<Vec<_>>())
+                        .bind(failed.iter().map(|(_, f)| f.dead).collect::<Vec<_>>())
+                        .bind(failed.iter().map(|(_, f)| f.delay_ms).collect::<Vec<_>>())
+                        .bind(failed.iter().map(|(_, f)| f.error.as_str()).collect::<Vec<_>>())
+                        .bind(failed.iter().map(|(_, f)| f.counted).collect::<Vec<_>>())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query(ADVANCE).bind(&src.name).bind(part).bind(to.0).bind(to.1).execute(&mut *tx).await?;
+                Ok::<_, sqlx::Error>(())
+            })
+            .await?;
+        batch.run(&trace::COMMIT, tx.commit()).await?;
+        src.cursors.saw(part, to.0, to.1);
+        self.retries.scheduled(failed.iter().map(|(_, f)| f));
+        record_done(done.iter().copied());
+        Ok(rows.len())
+    }
+
+    /// One pull loop of `src`, until `shutdown` (see [`Consumer::run`]).
+    pub(super) async fn pull_loop(&self, src: &Source, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
+        let grace = self.opts.shutdown_grace;
+        let mut pacer = self.pacer(wake, idle, shutdown, "pull consumer");
+        let mut state = PullLoop::default();
+        let mut held_for = Duration::ZERO;
+        while !shutdown.is_cancelled() {
+            self.pause(shutdown).await;
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let cycle = async {
+                let conn = self.loop_conn(&mut state.conn).await?;
+                if state.publisher.is_none() {
+                    state.publisher = Some(src.pool.acquire().await?);
+                }
+                let publisher = state.publisher.as_mut().expect("filled above");
+                tokio::select! {
+                    r = self.pull_cycle(src, conn, publisher, &mut state.todo, &mut state.held) => r.map(Some),
+                    _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => Ok(None),
+                }
+            }
+            .await;
+            let cycle = match cycle {
+                Ok(None) => {
+                    tracing::warn!(?grace, "shutdown grace over: rolling back the batch in flight");
+                    return;
+                }
+                Ok(Some(n)) => Ok(n),
+                Err(e) => {
+                    (state.conn, state.publisher) = (None, None);
+                    state.todo.clear();
+                    Err(e)
+                }
+            };
+            // Rows committed behind a transaction still running: no notification says when
+            // that one ends, so look again soon (sooner than the poll), backing off.
+            if matches!(cycle, Ok(0)) && std::mem::take(&mut state.held) {
+                held_for = (held_for * 2).clamp(HELD_FIRST, HELD_MAX);
+                if sleep_or_cancel(held_for, shutdown).await {
+                    break;
+                }
+                continue;
+            }
+            held_for = Duration::ZERO;
+            pacer.due = self.retries.next_due();
+            pacer.after(cycle, notified).await;
+        }
+    }
+
+    /// Reports this subscriber's committed cursors of `src` into the publisher's
+    /// `conveyor.pull_positions` every `every`, when they moved, until `shutdown`.
+    pub(super) async fn report_positions(&self, src: &Source, every: std::time::Duration, shutdown: &CancellationToken) {
+        let mut last: Option<Vec<(i16, i64, i64)>> = None;
+        loop {
+            if let Err(e) = self.report_once(src, &mut last).await {
+                tracing::warn!(error = %e, source = src.name, "cannot report the pull positions; trying again");
+            }
+            if sleep_or_cancel(every, shutdown).await {
+                return;
+            }
+        }
+    }
+
+    async fn report_once(&self, src: &Source, last: &mut Option<Vec<(i16, i64, i64)>>) -> Result<(), Error> {
+        let mut now: Vec<(i16, i64, i64)> = sqlx::query_as(CURSORS).bind(&src.name).fetch_all(&self.pool).await?;
+        now.sort_unstable();
+        if now.is_empty() || last.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        now.iter().for_each(|&(part, tx, seq)| src.cursors.saw(part, tx, seq));
+        sqlx::query(REPORT)
+            .bind(&self.name)
+            .bind(now.iter().map(|c| c.0).collect::<Vec<_>>())
+            .bind(now.iter().map(|c| c.1).collect::<Vec<_>>())
+            .bind(now.iter().map(|c| c.2).collect::<Vec<_>>())
+            .bind(&self.tx_topics)
+            .execute(&src.pool)
+            .await?;
+        *last = Some(now);
+        Ok(())
+    }
+
+    /// Reports the pull positions once now (see [`Consumer::run`], which does it every
+    /// second): for tests, and before a subscriber stops for good.
+    pub async fn report_pull_positions(&self) -> Result<(), Error> {
+        for src in &self.sources {
+            self.report_once(src, &mut None).await?;
+        }
+        Ok(())
+    }
+}
