@@ -44,6 +44,10 @@ pub struct Args {
     /// Do not measure RabbitMQ (and do not install or start it).
     #[arg(long)]
     pub no_rabbitmq: bool,
+    /// How ours delivers: push (outbox → relay → inbox, as the services run) or pull (the
+    /// consumer reads the publisher's outbox with cursors of its own).
+    #[arg(long, default_value = "push", value_parser = ["push", "pull"])]
+    pub delivery: String,
 }
 
 /// Where Debian's package puts the broker's start script (the one in /usr/sbin only
@@ -131,7 +135,7 @@ async fn measure(args: &Args, bin: &Path, pg: &Postgres, rabbit: Result<&Rabbit,
         .arg("--postgres-server")
         .arg(if pg.cluster.is_some() { "private durable cluster" } else { "DATABASE_URL" })
         .args(["--producers", &args.producers.to_string(), "--consumers", &args.consumers.to_string()])
-        .args(["--batches", &args.batches, "--paced", &args.paced.to_string()])
+        .args(["--batches", &args.batches, "--paced", &args.paced.to_string(), "--delivery", &args.delivery])
         .arg("--out-dir")
         .arg(&results_dir)
         .current_dir(workspace_root());
@@ -146,7 +150,8 @@ async fn measure(args: &Args, bin: &Path, pg: &Postgres, rabbit: Result<&Rabbit,
             cmd.args(["--amqp-url", &r.amqp_url(), "--rabbitmq-version", &rabbitmq_version(), "--rabbitmq-pid", &r.pid().to_string()]);
         }
         Err(why) => {
-            cmd.args(["--rabbitmq-missing", why]);
+            // One argument: the reason may itself start with "--" ("--no-rabbitmq").
+            cmd.arg(format!("--rabbitmq-missing={why}"));
         }
     }
     match proc::run(cmd, signals).await? {

@@ -82,6 +82,11 @@ struct Cli {
     /// queue (0: no paced runs).
     #[arg(long, default_value_t = 0.5)]
     paced: f64,
+    /// How ours delivers: `push` (outbox → relay → inbox → consumer, what the services run
+    /// today) or `pull` (the consumer reads the publisher's outbox as a log, with cursors in
+    /// its own database; see the queue crate's `pull`).
+    #[arg(long, value_enum, default_value_t = Delivery::Push)]
+    delivery: Delivery,
     /// Smoke mode: 1 s warm-up and 3 s per scenario; checks the harness end to end, judges
     /// no speed.
     #[arg(long)]
@@ -91,9 +96,17 @@ struct Cli {
     out_dir: Option<PathBuf>,
 }
 
+/// How our side delivers (see `--delivery`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Push,
+    Pull,
+}
+
 /// What every scenario needs to know.
 pub struct Config {
     pub postgres_url: String,
+    pub delivery: Delivery,
     pub producers: usize,
     pub consumers: usize,
     pub prefetch: Option<u16>,
@@ -136,6 +149,7 @@ async fn run(mut cli: Cli) -> Result<()> {
     }
     let cfg = Config {
         postgres_url: cli.postgres_url.clone(),
+        delivery: cli.delivery,
         producers: cli.producers as usize,
         consumers: cli.consumers as usize,
         prefetch: cli.prefetch,
@@ -250,10 +264,11 @@ async fn run(mut cli: Cli) -> Result<()> {
             postgres_fsync: fsync,
             postgres_synchronous_commit: synchronous_commit,
             per_batch,
-            ours_relay: format!(
-                "the engine's default: {} loop, up to {} rows a claim, woken by NOTIFY",
-                relay.concurrency, relay.batch_size
-            ),
+            ours_relay: match cli.delivery {
+                Delivery::Push => format!("the engine's default: {} loop, up to {} rows a claim, woken by NOTIFY", relay.concurrency, relay.batch_size),
+                Delivery::Pull => format!("pull: no relay; {} claim loops over {} partitions, the publisher's pruner every {} s", cli.consumers, conveyor_queue::pull::PARTS, ours::PULL_PRUNE_EVERY.as_secs()),
+            },
+            ours_pull: cli.delivery == Delivery::Pull,
             pgmq_read: format!(
                 "`read_with_poll` of up to a batch (visibility timeout {} s; an empty queue polled every {} ms by the server), the code gets the messages, then `delete` (one id or an array) in its own transaction",
                 pgmq::VISIBILITY_TIMEOUT_S,
@@ -326,6 +341,10 @@ impl Runner<'_> {
         }
         let f = probe.figures();
         let queue_table = match system {
+            // Pull reads the publisher's outbox; push claims from the subscriber's inbox.
+            System::Ours if self.cfg.delivery == Delivery::Pull => {
+                diag::table_stats(&conveyor_devpg::with_database(&self.cfg.postgres_url, ours::PUBLISHER_DB), "conveyor", "outbox").await
+            }
             System::Ours => diag::table_stats(&conveyor_devpg::with_database(&self.cfg.postgres_url, ours::SUBSCRIBER_DB), "conveyor", "inbox").await,
             System::Pgmq => {
                 diag::table_stats(&conveyor_devpg::with_database(&self.cfg.postgres_url, pgmq::DATABASE), "pgmq", &format!("q_{}", pgmq::QUEUE)).await

@@ -7,11 +7,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use conveyor_benches::{BenchEvent, fresh_db};
-use conveyor_queue::{Consumer, ConsumerOptions, Delivery, Outgoing, Relay, RelayOptions, Routes, handler_fn, publish_all};
+use conveyor_queue::{Consumer, ConsumerOptions, Delivery, Outgoing, Pruner, Relay, RelayOptions, Routes, handler_fn, publish_all};
 use futures::FutureExt;
 use sqlx::PgPool;
 
-use crate::Config;
+use crate::{Config, Delivery as Mode};
+
+/// With pull delivery, how often the publisher's pruner deletes what the subscriber passed
+/// (pgmq deletes each message as it is consumed; our log's rows must go too).
+pub const PULL_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::measure::{Probe, drive, stamp_of};
 
 /// The relay's settings: the engine's defaults (one loop, 100 rows a claim), whatever the
@@ -47,7 +51,7 @@ async fn measure(cfg: &Config, batch: usize, probe: &Arc<Probe>, publisher: &PgP
     )?
     .with_options(relay_options());
     let p = probe.clone();
-    let consumer = Consumer::new(subscriber.clone())
+    let mut consumer = Consumer::new(subscriber.clone())
         .named("peers")
         .with_options(ConsumerOptions { concurrency: cfg.consumers, batch_size: batch as i64, ..Default::default() })
         .subscribe(handler_fn(move |_conn, msg: Delivery<BenchEvent>| {
@@ -57,13 +61,27 @@ async fn measure(cfg: &Config, batch: usize, probe: &Arc<Probe>, publisher: &PgP
 
     let mut tasks = Vec::new();
     let stop = probe.stop().clone();
-    tasks.push((
-        "relay".to_owned(),
-        tokio::spawn({
-            let stop = stop.clone();
-            async move { relay.run(stop).await.context("relay") }
-        }),
-    ));
+    match cfg.delivery {
+        Mode::Push => tasks.push((
+            "relay".to_owned(),
+            tokio::spawn({
+                let stop = stop.clone();
+                async move { relay.run(stop).await.context("relay") }
+            }),
+        )),
+        Mode::Pull => {
+            consumer = consumer.pull_from("pub", publisher.clone());
+            let mut pruner = Pruner::new(publisher.clone());
+            (pruner.interval, pruner.batch) = (PULL_PRUNE_EVERY, 10_000);
+            tasks.push((
+                "pruner".to_owned(),
+                tokio::spawn({
+                    let stop = stop.clone();
+                    async move { pruner.run(stop).await.context("pruner") }
+                }),
+            ));
+        }
+    }
     tasks.push((
         "consumer".to_owned(),
         tokio::spawn(async move { consumer.run(stop).await.context("consumer") }),

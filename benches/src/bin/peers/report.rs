@@ -109,6 +109,9 @@ pub struct Settings {
     /// Per batch: the in-flight window (published, not yet consumed) and RabbitMQ's prefetch.
     pub per_batch: Vec<BatchSettings>,
     pub ours_relay: String,
+    /// Ours pulled (the consumer read the publisher's outbox) instead of being pushed to.
+    #[serde(default)]
+    pub ours_pull: bool,
     pub pgmq_read: String,
     /// Paced runs offer this fraction of the slowest system's saturated rate (0: none).
     pub paced_fraction: f64,
@@ -420,12 +423,20 @@ pub fn markdown(r: &Report) -> String {
     }
 
     let _ = writeln!(s, "\n## How each system is driven\n");
+    if st.ours_pull {
+        let _ = writeln!(
+            s,
+            "- **ours (pull)**: a producer publishes its batch into the outbox with one statement (its own transaction, as pgmq's `send`); the consumer ({}) claims a partition's cursor in the subscriber's database (`FOR UPDATE SKIP LOCKED`), reads up to a batch of the publisher's outbox after it, runs the handler and moves the cursor, all in one transaction of the subscriber: exactly-once effect; the publisher's pruner deletes what the subscriber reported passed.",
+            st.ours_relay
+        );
+    } else {
     let _ = writeln!(
         s,
         "- **ours**: a producer publishes its batch into the outbox with one statement (its own transaction, as pgmq's `send`; in a service the publish joins the transaction of the state change); the relay ({}) moves it into the subscriber's inbox (another database of the same server; the outbox side commits asynchronously, since a lost delete only means a redelivery the inbox drops); a transaction-mode consumer claims up to a batch — deleting it from the inbox and recording it in `inbox_done` —, runs the handler and commits, all in one transaction: {}.",
         st.ours_relay,
         System::Ours.guarantee()
     );
+    }
     let _ = writeln!(s, "- **pgmq**: logged queue; `send` (batch 1) or `send_batch`; {}.", st.pgmq_read);
     let _ = writeln!(
         s,
@@ -514,6 +525,7 @@ mod tests {
                 postgres_synchronous_commit: "on".into(),
                 per_batch: vec![BatchSettings { batch: 1, window: 1000, rabbitmq_prefetch: 100 }],
                 ours_relay: "1 loop, 100 a claim".into(),
+                ours_pull: false,
                 pgmq_read: "read, then delete".into(),
                 paced_fraction: 0.5,
             },

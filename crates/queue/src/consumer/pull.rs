@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 /// How soon a loop looks again when rows wait behind a running transaction: first, and at
 /// most (doubling in between).
 const HELD_FIRST: Duration = Duration::from_millis(1);
-const HELD_MAX: Duration = Duration::from_millis(50);
+const HELD_MAX: Duration = Duration::from_millis(10);
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
