@@ -110,9 +110,15 @@ WITH batch AS (
 gone AS (DELETE FROM conveyor.outbox WHERE message_id = ANY (ARRAY(SELECT message_id FROM batch)) RETURNING 1)
 SELECT count(*) FROM gone";
 
-/// Moves messages whose handler failed from the log into the subscriber's inbox: pending
-/// until their backoff ends, or dead; one attempt counted unless snoozed.
-pub const FAILED: &str = "\
+/// Puts messages read from the log into the subscriber's inbox, in the transaction that
+/// moves the cursor past them: those of lease-mode topics (claimable at once, no attempt
+/// made: `$7`..`$10` false, 0, '', false), and those whose handler failed (pending until
+/// their backoff ends, or dead; one attempt counted unless snoozed). Wakes the inbox's
+/// idle loops like a relay's delivery.
+pub const TO_INBOX: &str = concat!(
+    "WITH ",
+    crate::wake::wake_cte!("conveyor_inbox", 7165066987023786497),
+    "
 INSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at, state, attempts, visible_at, errors)
 SELECT m.id, m.topic, m.key, m.payload::json, m.headers::json, m.published_at,
        CASE WHEN m.dead THEN 'dead' ELSE 'pending' END,
@@ -121,7 +127,9 @@ SELECT m.id, m.topic, m.key, m.payload::json, m.headers::json, m.published_at,
        CASE WHEN m.counted THEN jsonb_build_array(jsonb_build_object('attempt', 1, 'at', now(), 'error', m.error)) ELSE '[]'::jsonb END
 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::bool[], $8::bigint[], $9::text[], $10::bool[])
      AS m(id, topic, key, payload, headers, published_at, dead, delay_ms, error, counted)
-ON CONFLICT (message_id) DO NOTHING";
+CROSS JOIN wake
+ON CONFLICT (message_id) DO NOTHING"
+);
 
 /// Where this process last knew each partition's cursor of one publisher: what its own
 /// loops committed, or read under a claim. Another process's progress makes it stale

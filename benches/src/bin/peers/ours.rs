@@ -29,7 +29,9 @@ pub const SUBSCRIBER_DB: &str = "peers_ours_sub";
 
 /// Fresh publisher and subscriber databases, checkpointed.
 pub async fn prepare(cfg: &Config) -> Result<(PgPool, PgPool)> {
-    let conns = (cfg.producers.max(cfg.consumers) + 4) as u32;
+    // Pull: the publisher serves the producers, a connection per claim loop, the reporter and
+    // the pruner.
+    let conns = (cfg.producers + cfg.consumers + 4) as u32;
     let publisher = fresh_db(&cfg.postgres_url, PUBLISHER_DB, conns).await.context("creating the publisher's database")?;
     let subscriber = fresh_db(&cfg.postgres_url, SUBSCRIBER_DB, conns).await.context("creating the subscriber's database")?;
     sqlx::raw_sql("CHECKPOINT").execute(&publisher).await?;

@@ -193,12 +193,13 @@ impl Consumer {
         }
     }
 
-    /// Pulls the transaction-mode topics from the outbox of the publisher `source` (its
+    /// Pulls this consumer's topics from the outbox of the publisher `source` (its
     /// database: `publisher`) instead of having a relay push them into the inbox (see
     /// [`crate::pull`]): each claim loop claims one of the publisher's partitions, reads a
-    /// batch of its log, runs the handlers and moves the partition's cursor in one
-    /// transaction of this database. A message whose handler fails goes to the inbox, where
-    /// the usual loops retry it. The role of `publisher` needs SELECT on `conveyor.outbox`
+    /// batch of its log, runs the transaction-mode handlers and moves the partition's
+    /// cursor in one transaction of this database. A message whose handler fails goes to
+    /// the inbox, where the usual loops retry it; lease-mode messages go to the inbox too,
+    /// for the lease loops. The role of `publisher` needs SELECT on `conveyor.outbox`
     /// and INSERT, UPDATE on `conveyor.pull_positions` there, nothing else. The publisher's
     /// relay must not route these topics.
     pub fn pull_from(mut self, source: impl Into<String>, publisher: PgPool) -> Self {
@@ -308,10 +309,10 @@ impl Consumer {
         };
         // Pull loops, a listener on each publisher and a reporter of the positions.
         let shutdown = &shutdown;
-        let pulls = self.sources.iter().filter(|_| !self.tx_topics.is_empty()).map(|src| {
+        let pulls = self.sources.iter().map(|src| {
             let (wake, idle) = (Arc::new(Notify::new()), Arc::new(Idle::default()));
             let from = wake::ProbeFrom::Cursors(src.cursors.clone());
-            spawn_listener(src.pool.clone(), &wake::PULL, self.tx_topics.clone(), from, idle.clone(), vec![wake.clone()], listening.clone());
+            spawn_listener(src.pool.clone(), &wake::PULL, self.topics().map(str::to_owned).collect(), from, idle.clone(), vec![wake.clone()], listening.clone());
             async move {
                 let loops = (0..n).map(|_| self.pull_loop(src, &wake, &idle, shutdown));
                 futures::future::join(futures::future::join_all(loops), self.report_positions(src, Duration::from_secs(1), shutdown)).await;

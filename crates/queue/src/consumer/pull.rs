@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Consumer, Failure, record_claim, record_done};
 use crate::message::InboxRow;
-use crate::pull::{ADVANCE, CLAIM_CURSOR, CURSORS, Cursors, ENSURE_CURSORS, FAILED, PARTS, PARTS_WITH_WORK, READ, REPORT};
+use crate::pull::{ADVANCE, CLAIM_CURSOR, CURSORS, Cursors, ENSURE_CURSORS, PARTS, PARTS_WITH_WORK, READ, REPORT, TO_INBOX};
 use crate::trace::{self, Batch};
 use crate::wake::{Idle, sleep_or_cancel};
 use crate::Error;
@@ -103,7 +103,7 @@ impl Consumer {
                 .bind(part)
                 .bind(at_tx)
                 .bind(at_seq)
-                .bind(&self.tx_topics)
+                .bind(self.topics().collect::<Vec<_>>())
                 .bind(self.opts.batch_size)
                 .fetch_all(&mut *publisher)
                 .await?;
@@ -115,8 +115,11 @@ impl Consumer {
             if n as i64 >= self.opts.batch_size {
                 todo.push(part); // more there: come back after the others
             }
-            let rows: Vec<InboxRow> = read.into_iter().map(|r| r.row).filter(|r| self.tx_subs.contains_key(&r.topic)).collect();
-            record_claim("pull", rows.len());
+            // Transaction-mode messages are handled here; lease-mode ones go to the inbox,
+            // where the lease loops claim them.
+            let (rows, leased): (Vec<InboxRow>, Vec<InboxRow>) =
+                read.into_iter().map(|r| r.row).filter(|r| self.tx_subs.contains_key(&r.topic) || self.lease_subs.contains_key(&r.topic)).partition(|r| self.tx_subs.contains_key(&r.topic));
+            record_claim("pull", rows.len() + leased.len());
             let batch = Batch::start("receive", started, Some(&self.name), rows.iter().map(|r| r.topic.as_str()));
             rows.iter().for_each(|r| batch.link(&r.headers.0));
             batch.statement(&trace::PULL_READ, started, Some(rows.len()), None);
@@ -130,8 +133,10 @@ impl Consumer {
             }
             if !all_ok {
                 batch.run(&trace::ROLLBACK, tx.rollback()).await?;
-                return self.pull_isolated(src, conn, part, (at_tx, at_seq), (last_tx, last_seq), &rows, &batch).await.map(|_| n);
+                return self.pull_isolated(src, conn, part, (at_tx, at_seq), (last_tx, last_seq), &rows, &leased, &batch).await.map(|_| n);
             }
+            let leased: Vec<(&InboxRow, Option<&Failure>)> = leased.iter().map(|r| (r, None)).collect();
+            batch.run(&trace::INBOX_DELIVER, to_inbox(&mut tx, &leased)).await?;
             batch.run(&trace::PULL_ADVANCE, sqlx::query(ADVANCE).bind(&src.name).bind(part).bind(last_tx).bind(last_seq).execute(&mut *tx)).await?;
             batch.run(&trace::COMMIT, tx.commit()).await?;
             src.cursors.saw(part, last_tx, last_seq);
@@ -151,6 +156,7 @@ impl Consumer {
         from: (i64, i64),
         to: (i64, i64),
         rows: &[InboxRow],
+        leased: &[InboxRow],
         batch: &Batch,
     ) -> Result<usize, Error> {
         let mut tx = conn.begin().await?;
@@ -188,24 +194,10 @@ impl Consumer {
                 }
             }
         }
+        let to_move: Vec<(&InboxRow, Option<&Failure>)> = failed.iter().map(|(r, f)| (*r, Some(f))).chain(leased.iter().map(|r| (r, None))).collect();
         batch
             .run(&trace::INBOX_SETTLE, async {
-                if !failed.is_empty() {
-                    let headers: Vec<String> = failed.iter().map(|(r, _)| serde_json::to_string(&r.headers.0).unwrap_or_else(|_| "{}".to_owned())).collect();
-                    sqlx::query(FAILED)
-                        .bind(failed.iter().map(|(r, _)| r.message_id).collect::<Vec<_>>())
-                        .bind(failed.iter().map(|(r, _)| r.topic.as_str()).collect::<Vec<_>>())
-                        .bind(failed.iter().map(|(r, _)| r.key.as_deref()).collect::<Vec<_>>())
-                        .bind(failed.iter().map(|(r, _)| r.payload.get()).collect::<Vec<_>>())
-                        .bind(headers)
-                        .bind(failed.iter().map(|(r, _)| r.published_at).collect::<Vec<_>>())
-                        .bind(failed.iter().map(|(_, f)| f.dead).collect::<Vec<_>>())
-                        .bind(failed.iter().map(|(_, f)| f.delay_ms).collect::<Vec<_>>())
-                        .bind(failed.iter().map(|(_, f)| f.error.as_str()).collect::<Vec<_>>())
-                        .bind(failed.iter().map(|(_, f)| f.counted).collect::<Vec<_>>())
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                to_inbox(&mut tx, &to_move).await?;
                 sqlx::query(ADVANCE).bind(&src.name).bind(part).bind(to.0).bind(to.1).execute(&mut *tx).await?;
                 Ok::<_, sqlx::Error>(())
             })
@@ -286,6 +278,7 @@ impl Consumer {
 
     async fn report_once(&self, src: &Source, last: &mut Option<Vec<(i16, i64, i64)>>) -> Result<(), Error> {
         let mut now: Vec<(i16, i64, i64)> = sqlx::query_as(CURSORS).bind(&src.name).fetch_all(&self.pool).await?;
+        let topics: Vec<&str> = self.topics().collect();
         now.sort_unstable();
         if now.is_empty() || last.as_ref() == Some(&now) {
             return Ok(());
@@ -296,7 +289,7 @@ impl Consumer {
             .bind(now.iter().map(|c| c.0).collect::<Vec<_>>())
             .bind(now.iter().map(|c| c.1).collect::<Vec<_>>())
             .bind(now.iter().map(|c| c.2).collect::<Vec<_>>())
-            .bind(&self.tx_topics)
+            .bind(topics)
             .execute(&src.pool)
             .await?;
         *last = Some(now);
@@ -311,4 +304,27 @@ impl Consumer {
         }
         Ok(())
     }
+}
+
+/// Puts `rows` into this database's inbox (see [`TO_INBOX`]): each with its failure, or, with
+/// none, as a delivery of a lease-mode message.
+async fn to_inbox(conn: &mut PgConnection, rows: &[(&InboxRow, Option<&Failure>)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let headers: Vec<String> = rows.iter().map(|(r, _)| serde_json::to_string(&r.headers.0).unwrap_or_else(|_| "{}".to_owned())).collect();
+    sqlx::query(TO_INBOX)
+        .bind(rows.iter().map(|(r, _)| r.message_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(r, _)| r.topic.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(r, _)| r.key.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(r, _)| r.payload.get()).collect::<Vec<_>>())
+        .bind(headers)
+        .bind(rows.iter().map(|(r, _)| r.published_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, f)| f.is_some_and(|f| f.dead)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, f)| f.map_or(0, |f| f.delay_ms)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, f)| f.map_or("", |f| f.error.as_str())).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, f)| f.is_some_and(|f| f.counted)).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
+    Ok(())
 }

@@ -185,3 +185,44 @@ async fn killed_relay_between_insert_and_delete_delivers_no_duplicate_effect() {
     while consumer.process_once().await.unwrap() > 0 {}
     assert_exactly_once(&p.subscriber, &ids).await;
 }
+
+#[tokio::test]
+#[ignore = "child process of killed_pulling_consumer_loses_nothing"]
+async fn child_pulling_consumer() {
+    let Some((publisher, sub)) = child_env() else { return };
+    let (publisher, pool) = (pool(&publisher, 5).await, pool(&sub, 5).await);
+    // Pulls a batch, writes the effect of its first message, then hangs with the
+    // transaction that would move the cursor open.
+    let consumer = Consumer::new(pool)
+        .with_options(ConsumerOptions { batch_size: 20, ..fast_options(1) })
+        .subscribe(handler_fn(|conn, msg: Delivery<Ping>| {
+            async move {
+                record_effect(conn, &msg).await?;
+                hang_forever().await;
+            }
+            .boxed()
+        }))
+        .pull_from("pub", publisher);
+    consumer.process_once().await.unwrap();
+}
+
+#[tokio::test]
+async fn killed_pulling_consumer_loses_nothing_and_its_partition_is_taken_at_once() {
+    let p = pair().await;
+    let ids = p.publish(0..20).await;
+    let child = spawn_child("crash::child_pulling_consumer", &[("CHILD_PUB", &p.publisher_db.url), ("CHILD_SUB", &p.subscriber_db.url)]).await;
+    sigkill(child).await;
+    // Its transaction dies with its connection: no effect, the cursor where it was, the
+    // partition free for the next claim.
+    let consumer = Consumer::new(p.subscriber.clone())
+        .with_options(ConsumerOptions { batch_size: 20, ..fast_options(1) })
+        .subscribe(handler_fn(|conn, msg: Delivery<Ping>| async move { Ok(record_effect(conn, &msg).await?) }.boxed()))
+        .pull_from("pub", p.publisher.clone());
+    wait_until("every pulled message is handled", Duration::from_secs(30), || async {
+        consumer.process_once().await.unwrap();
+        count(&p.subscriber, "SELECT count(*) FROM effects").await == 20
+    })
+    .await;
+    assert_exactly_once(&p.subscriber, &ids).await;
+    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox").await, 0);
+}

@@ -151,3 +151,30 @@ async fn an_idle_pulling_consumer_is_woken_by_a_publish() {
     running.await.unwrap().unwrap();
     assert_exactly_once(&p.subscriber, &ids).await;
 }
+
+#[tokio::test]
+async fn lease_mode_topics_are_pulled_into_the_inbox_for_the_lease_loops() {
+    let p = pair().await;
+    let pool = p.subscriber.clone();
+    let consumer = Consumer::new(p.subscriber.clone())
+        .with_options(fast_options(1))
+        .subscribe_leased(
+            move |msg: Delivery<Ping>| {
+                let pool = pool.clone();
+                async move {
+                    let mut conn = pool.acquire().await?;
+                    Ok(record_effect(&mut conn, &msg).await?)
+                }
+            },
+            conveyor_queue::LeaseOptions::default(),
+        )
+        .pull_from("pub", p.publisher.clone());
+    let ids = p.publish(0..30).await;
+    wait_until("every leased message is handled", Duration::from_secs(30), || async {
+        consumer.process_once().await.unwrap();
+        count(&p.subscriber, "SELECT count(*) FROM effects").await == 30
+    })
+    .await;
+    assert_exactly_once(&p.subscriber, &ids).await;
+    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM conveyor.inbox_done WHERE attempts = 1").await, 30);
+}
