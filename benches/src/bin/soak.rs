@@ -69,6 +69,11 @@ struct Args {
     /// Producers pause while more than this many messages are published and not yet handled.
     #[arg(long, default_value_t = 10_000)]
     max_pending: u64,
+    /// How ours delivers: push (outbox → relay → inbox → consumers, as the services run
+    /// today) or pull (the consumers read the publisher's outbox with cursors of their own;
+    /// no relay, no inbox for what succeeds).
+    #[arg(long, value_parser = ["push", "pull"], default_value = "push")]
+    delivery: String,
     /// Relay loops (RelayOptions::concurrency; production default 1).
     #[arg(long, default_value_t = 1)]
     relays: usize,
@@ -161,6 +166,7 @@ impl Args {
             max_pending: self.max_pending,
             relays: self.relays,
             relay_batch: self.relay_batch,
+            pull: self.delivery == "pull",
             consumers: self.consumers,
             consumer_batch: self.consumer_batch,
             poll_interval_s: self.poll_interval.as_secs_f64(),

@@ -48,6 +48,9 @@ pub struct Settings {
     pub max_pending: u64,
     pub relays: usize,
     pub relay_batch: i64,
+    /// Ours pulled (`--delivery pull`): no relay; the consumers read the publisher's outbox.
+    #[serde(default)]
+    pub pull: bool,
     /// Consumer claim loops (`ConsumerOptions::concurrency`).
     pub consumers: usize,
     pub consumer_batch: i64,
@@ -255,6 +258,7 @@ pub(crate) mod fixtures {
             max_pending: 10_000,
             relays: 1,
             relay_batch: 100,
+            pull: false,
             consumers: 4,
             consumer_batch: 50,
             poll_interval_s: 1.0,

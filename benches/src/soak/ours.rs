@@ -39,6 +39,9 @@ pub async fn start(admin_url: &str, cfg: &Settings, poll_interval: Duration, loa
         dbs.push(Db { name: name.into(), stats: stats::pool(&url).await?, url });
     }
 
+    if cfg.pull {
+        return start_pulled(cfg, poll_interval, load, publisher, subscriber, dbs);
+    }
     let stop = CancellationToken::new();
     let relay = Relay::new(
         publisher.clone(),
@@ -99,6 +102,54 @@ pub async fn start(admin_url: &str, cfg: &Settings, poll_interval: Duration, loa
     })
 }
 
+/// `--delivery pull`: no relay; the consumers pull from the publisher's outbox, whose
+/// pruner deletes what they reported passed; the subscriber's pruner keeps its inbox's
+/// records (of retried messages only) as with push.
+fn start_pulled(cfg: &Settings, poll_interval: Duration, load: &Arc<Load>, publisher: PgPool, subscriber: PgPool, dbs: Vec<Db>) -> Result<Started> {
+    let stop = CancellationToken::new();
+    let consumer = Consumer::new(subscriber.clone())
+        .named("soak")
+        .with_options(ConsumerOptions { concurrency: cfg.consumers, batch_size: cfg.consumer_batch, poll_interval, ..Default::default() })
+        .subscribe(handler_fn(load::handler(load.clone())))
+        .pull_from("pub", publisher.clone());
+    let mut tasks: Vec<(String, tokio::task::JoinHandle<Result<()>>)> = Vec::new();
+    let s = stop.clone();
+    tasks.push(("consumer".into(), tokio::spawn(async move { consumer.run(s).await.context("consumer") })));
+    for (name, pool) in [("pruner (publisher)", publisher.clone()), ("pruner (subscriber)", subscriber.clone())] {
+        let mut pruner = Pruner::new(pool);
+        pruner.window = Duration::from_secs_f64(cfg.prune_window_s);
+        pruner.interval = Duration::from_secs_f64(cfg.prune_interval_s);
+        pruner.batch = cfg.prune_batch;
+        let s = stop.clone();
+        tasks.push((name.into(), tokio::spawn(async move { pruner.run(s).await.context("pruner") })));
+    }
+    let topics = vec![BenchEvent::TOPIC.to_owned()];
+    let table = |db: usize, name: &str, upstream: bool| Watched { db, schema: "conveyor".into(), table: name.into(), label: name.into(), upstream };
+    Ok(Started {
+        system: System::Ours,
+        version: Some("pull".into()),
+        dbs,
+        watched: vec![table(0, "outbox", true), table(1, "inbox", false)],
+        claim_indexes: vec![ClaimIndex {
+            table: "outbox".into(),
+            index: "outbox_pull_idx".into(),
+            read_by: "the consumers' reads of each partition from its cursor, and their probes for partitions with work".into(),
+        }],
+        probes: vec![Probe {
+            name: "pull read".into(),
+            db: 0,
+            schema: "conveyor".into(),
+            table: "outbox".into(),
+            kind: ProbeKind::PullRead { topics, batch: cfg.consumer_batch },
+        }],
+        tasks,
+        stop,
+        sinks: (0..cfg.producers).map(|_| Box::new(OutboxSink { pool: publisher.clone(), conn: None }) as Box<dyn Sink>).collect(),
+        pools: vec![publisher, subscriber],
+        pools08: Vec::new(),
+    })
+}
+
 /// Publishes into the outbox in the producer's own transaction, on a connection it keeps.
 struct OutboxSink {
     pool: PgPool,
@@ -128,12 +179,29 @@ impl Sink for OutboxSink {
     }
 }
 
-/// After the drain: the engine's own depth (`conveyor_queue::depth`).
-pub async fn leftover(publisher: &PgPool, subscriber: &PgPool) -> Result<(i64, i64, i64)> {
+/// After the drain: the engine's own depth (`conveyor_queue::depth`); pulled, the outbox's
+/// rows no cursor of the subscriber has passed (the others wait for the pruner).
+pub async fn leftover(publisher: &PgPool, subscriber: &PgPool, pulled: bool) -> Result<(i64, i64, i64)> {
     let (mut outbox, mut pending, mut dead) = (0, 0, 0);
-    for d in conveyor_queue::depth(publisher).await.context("depth of the publisher")? {
-        if d.table == conveyor_queue::QueueTable::Outbox {
-            outbox += d.count;
+    if pulled {
+        let cursors: Vec<(i16, i64, i64)> =
+            sqlx::query_as("SELECT part, tx::text::bigint, seq FROM conveyor.pull_cursors WHERE source = 'pub'").fetch_all(subscriber).await?;
+        outbox = sqlx::query_scalar(
+            "SELECT count(*) FROM conveyor.outbox o WHERE NOT EXISTS (
+                 SELECT 1 FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS c(part, tx, seq)
+                 WHERE c.part = o.part AND (o.tx, o.seq) <= (c.tx::text::xid8, c.seq))",
+        )
+        .bind(cursors.iter().map(|c| c.0).collect::<Vec<_>>())
+        .bind(cursors.iter().map(|c| c.1).collect::<Vec<_>>())
+        .bind(cursors.iter().map(|c| c.2).collect::<Vec<_>>())
+        .fetch_one(publisher)
+        .await
+        .context("the outbox's rows no cursor has passed")?;
+    } else {
+        for d in conveyor_queue::depth(publisher).await.context("depth of the publisher")? {
+            if d.table == conveyor_queue::QueueTable::Outbox {
+                outbox += d.count;
+            }
         }
     }
     for d in conveyor_queue::depth(subscriber).await.context("depth of the subscriber")? {

@@ -11,6 +11,9 @@
 //!   beside the claim loops, bounded, and once a minute from the index's start) are not
 //!   probed: the index counters of every sample show them (see `stats`).
 //! - ours, outbox: the relay's claim (`RELAY_CLAIM`) with its batch and floor, likewise.
+//! - ours, pulled (`--delivery pull`): the consumers' read of one partition of the
+//!   publisher's log (`conveyor_queue::pull::READ`), from the position the subscriber last
+//!   reported for it.
 //! - pgmq: `pgmq.read` of the consumers' batch (it has no floor: every read starts at the
 //!   smallest msg_id).
 //!
@@ -35,6 +38,9 @@ const PGMQ_VT_S: i32 = 30;
 pub enum ProbeKind {
     InboxClaim { topics: Vec<String>, batch: i64 },
     RelayClaim { topics: Vec<String>, batch: i64 },
+    /// A pull consumer's read of partition 0 of the publisher's log, from the cursor the
+    /// subscriber last reported there (at most a second behind its real one).
+    PullRead { topics: Vec<String>, batch: i64 },
     PgmqRead { queue: String, batch: i64 },
 }
 
@@ -62,6 +68,13 @@ pub async fn run(pool: &PgPool, p: &Probe) -> Result<ProbeReading> {
         }
         ProbeKind::RelayClaim { topics, batch } => {
             sqlx::query(conveyor_queue::sql::RELAY_CLAIM).bind(topics).bind(batch).bind(conveyor_queue::sql::v7_floor(floor_at)).fetch_all(&mut *tx).await
+        }
+        ProbeKind::PullRead { topics, batch } => {
+            let (tx_at, seq): (i64, i64) =
+                sqlx::query_as("SELECT coalesce(max(tx::text::bigint), 0), coalesce(max(seq), 0) FROM conveyor.pull_positions WHERE part = 0")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            sqlx::query(conveyor_queue::pull::READ).bind(0i16).bind(tx_at).bind(seq).bind(topics).bind(batch).fetch_all(&mut *tx).await
         }
         ProbeKind::PgmqRead { queue, batch } => {
             sqlx::query("SELECT msg_id FROM pgmq.read($1, $2, $3)").bind(queue).bind(PGMQ_VT_S).bind(*batch as i32).fetch_all(&mut *tx).await

@@ -76,7 +76,8 @@ pub struct ClaimIndex {
 /// A system started on fresh databases, consuming; producers not yet publishing.
 pub struct Started {
     pub system: System,
-    /// pgmq's installed version; `None` for ours (this workspace).
+    /// pgmq's installed version; for ours `pull` when it pulls (`--delivery pull`), `None`
+    /// when it is pushed to.
     pub version: Option<String>,
     pub dbs: Vec<Db>,
     pub watched: Vec<Watched>,
@@ -109,7 +110,7 @@ impl Started {
     /// / pgmq's queue rows, dead letters)`. One exact count each, once.
     pub async fn leftover(&self) -> Result<(i64, i64, i64)> {
         match self.system {
-            System::Ours => super::ours::leftover(&self.dbs[0].stats, &self.dbs[1].stats).await,
+            System::Ours => super::ours::leftover(&self.dbs[0].stats, &self.dbs[1].stats, self.version.as_deref() == Some("pull")).await,
             System::Pgmq => super::pgmq::leftover(&self.dbs[0].stats).await,
         }
     }

@@ -3,13 +3,15 @@
 --
 -- Each row records the transaction that wrote it (tx) and a sequence number (seq): readers
 -- go in (tx, seq) order and only below the oldest running transaction, so a late commit
--- never lands behind a cursor. `part` spreads rows over 16 partitions by key (or id), each
--- read by one claim loop at a time. Identity columns need no privilege on their sequence,
--- so publishers' roles stay as they are.
+-- never lands behind a cursor. `part` spreads rows over 16 partitions, each read by one
+-- claim loop at a time: by key, so one key's messages stay in order; a message without a
+-- key by its transaction, so what one transaction publishes is read in one batch. Identity
+-- columns need no privilege on their sequence, so publishers' roles stay as they are.
 ALTER TABLE conveyor.outbox
     ADD COLUMN tx   xid8     NOT NULL DEFAULT pg_current_xact_id(),
     ADD COLUMN seq  bigint   GENERATED ALWAYS AS IDENTITY,
-    ADD COLUMN part smallint GENERATED ALWAYS AS ((hashtextextended(coalesce(key, message_id::text), 0) & 15)::smallint) STORED;
+    ADD COLUMN part smallint GENERATED ALWAYS AS
+        ((CASE WHEN key IS NULL THEN tx::text::bigint ELSE hashtextextended(key, 0) END & 15)::smallint) STORED;
 CREATE INDEX outbox_pull_idx ON conveyor.outbox (part, tx, seq);
 
 -- A subscriber's cursor of each partition of each publisher (source) it pulls from. Each

@@ -16,8 +16,9 @@
 //!   sorts after its cursor: a transaction that commits late can never slip in behind it.
 //!   The price: a *writing* transaction held open anywhere in the cluster holds delivery
 //!   back until it ends (a read-only snapshot does not).
-//! - **Partitions.** Each row falls in one of [`PARTS`] partitions by a hash of its key
-//!   (or of its id when it has none), and a subscriber keeps one cursor per partition.
+//! - **Partitions.** Each row falls in one of [`PARTS`] partitions, by a hash of its key
+//!   (or, without a key, by its transaction, so that what one transaction publishes is read
+//!   in one batch), and a subscriber keeps one cursor per partition.
 //!   Parallel claim loops (of one process or many) claim partitions' cursors with
 //!   `FOR UPDATE SKIP LOCKED`, so each partition is read by one loop at a time and
 //!   messages with the same key are handled in publish order.
@@ -43,9 +44,10 @@ pub const PARTS: i16 = 16;
 /// The partitions (`part`) whose log holds a row past the cursor this process knows of it,
 /// and whether that row can be read yet (`ready`: its transaction is older than every one
 /// still running; if not, nothing of the partition can be, and no notification will say
-/// when it can). `$2`, `$3`, `$4`: partitions, and their cursors' `tx` (as bigint) and
-/// `seq`. Rows of every topic count: a subscriber's cursor moves past rows of topics it
-/// does not handle. One index probe per partition.
+/// when it can), the partition whose next row is oldest first (loops serve them in that
+/// order: close to one queue's order). `$2`, `$3`, `$4`: partitions, and their cursors' `tx`
+/// (as bigint) and `seq`. Rows of every topic count: a subscriber's cursor moves past rows
+/// of topics it does not handle. One index probe per partition.
 macro_rules! parts_with_work {
     () => {
         "SELECT c.part, o.tx < pg_snapshot_xmin(pg_current_snapshot()) AS ready
@@ -54,7 +56,8 @@ CROSS JOIN LATERAL (
     SELECT o.tx FROM conveyor.outbox AS o
     WHERE o.part = c.part AND (o.tx, o.seq) > (c.tx::text::xid8, c.seq)
     ORDER BY o.tx, o.seq LIMIT 1) AS o
-WHERE cardinality($1::text[]) >= 0"
+WHERE cardinality($1::text[]) >= 0
+ORDER BY o.tx"
     };
 }
 pub(crate) use parts_with_work;

@@ -84,12 +84,10 @@ impl Consumer {
                 if todo.is_empty() {
                     return Ok(0);
                 }
-                // Loops start at different partitions.
-                let start = rand::random_range(0..todo.len());
-                todo.rotate_left(start);
             }
             let started = SystemTime::now();
             let mut tx = conn.begin().await?;
+            // The first partition of the list nobody else is reading (oldest work first).
             let claimed: Option<(i16, i64, i64)> = sqlx::query_as(CLAIM_CURSOR).bind(&src.name).bind(&*todo).fetch_optional(&mut *tx).await?;
             let Some((part, at_tx, at_seq)) = claimed else {
                 // Every partition with work is being read by another loop.
