@@ -2,8 +2,8 @@
 -- kept in their own databases.
 --
 -- Each row records the transaction that wrote it (tx) and a sequence number (seq): readers
--- go in (tx, seq) order and only below the oldest running transaction, so a late commit
--- never lands behind a cursor. `part` spreads rows over 16 partitions, each read by one
+-- go in (tx, seq) order, and remember the transactions still running below their cursor,
+-- so a late commit never lands behind a cursor unread. `part` spreads rows over 16 partitions, each read by one
 -- claim loop at a time: by key, so one key's messages stay in order; a message without a
 -- key by its transaction, so what one transaction publishes is read in one batch. Identity
 -- columns need no privilege on their sequence, so publishers' roles stay as they are.
@@ -14,14 +14,18 @@ ALTER TABLE conveyor.outbox
         ((CASE WHEN key IS NULL THEN tx::text::bigint ELSE hashtextextended(key, 0) END & 15)::smallint) STORED;
 CREATE INDEX outbox_pull_idx ON conveyor.outbox (part, tx, seq);
 
--- A subscriber's cursor of each partition of each publisher (source) it pulls from. Each
--- claim of a partition locks its row; the update that moves it commits with the handlers'
--- writes. Updated in place many times a second: leave room for HOT updates.
+-- A subscriber's cursor of each partition of each publisher (source) it pulls from: every
+-- row up to (tx, seq) is handled, but those of the transactions in pending_tx, which were
+-- still running when the cursor passed them (of each, the rows after pending_seq remain).
+-- Each claim of a partition locks its row; the update that moves it commits with the
+-- handlers' writes. Updated in place many times a second: leave room for HOT updates.
 CREATE TABLE conveyor.pull_cursors (
-    source text     NOT NULL,
-    part   smallint NOT NULL,
-    tx     xid8     NOT NULL DEFAULT '0',
-    seq    bigint   NOT NULL DEFAULT 0,
+    source      text     NOT NULL,
+    part        smallint NOT NULL,
+    tx          xid8     NOT NULL DEFAULT '0',
+    seq         bigint   NOT NULL DEFAULT 0,
+    pending_tx  bigint[] NOT NULL DEFAULT '{}',
+    pending_seq bigint[] NOT NULL DEFAULT '{}',
     PRIMARY KEY (source, part)
 ) WITH (fillfactor = 50);
 
@@ -33,6 +37,7 @@ CREATE TABLE conveyor.pull_positions (
     part        smallint    NOT NULL,
     tx          xid8        NOT NULL,
     seq         bigint      NOT NULL,
+    pending_tx  bigint[]    NOT NULL DEFAULT '{}',
     topics      text[]      NOT NULL,
     reported_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (subscriber, part)

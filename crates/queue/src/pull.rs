@@ -11,11 +11,13 @@
 //!
 //! - **The log's order.** Every outbox row carries the id of the transaction that wrote it
 //!   (`tx`, an `xid8`) and a sequence number (`seq`); a subscriber reads in `(tx, seq)`
-//!   order and only rows of transactions older than every transaction still running
-//!   (`tx < pg_snapshot_xmin(pg_current_snapshot())`). Every row it has not read yet then
-//!   sorts after its cursor: a transaction that commits late can never slip in behind it.
-//!   The price: a *writing* transaction held open anywhere in the cluster holds delivery
-//!   back until it ends (a read-only snapshot does not).
+//!   order. Transactions do not commit in id order, so a cursor is a position *and* the
+//!   transactions below it that were still running when it passed them (`pending`; from
+//!   the read's own snapshot, `pg_snapshot_xip`): each later read also looks for their rows,
+//!   and drops one from the list once it has ended and its rows are read. A transaction
+//!   held open for minutes (a long report with a write, a migration) holds back nothing
+//!   but its own rows, and costs each read one index probe. This is PgQ's idea (batches
+//!   between snapshots) with a cursor that can stop anywhere in a batch.
 //! - **Partitions.** Each row falls in one of [`PARTS`] partitions, by a hash of its key
 //!   (or, without a key, by its transaction, so that what one transaction publishes is read
 //!   in one batch), and a subscriber keeps one cursor per partition.
@@ -41,23 +43,24 @@ use std::sync::Mutex;
 /// one subscriber read a publisher at once.
 pub const PARTS: i16 = 16;
 
-/// The partitions (`part`) whose log holds a row past the cursor this process knows of it,
-/// and whether that row can be read yet (`ready`: its transaction is older than every one
-/// still running; if not, nothing of the partition can be, and no notification will say
-/// when it can), the partition whose next row is oldest first (loops serve them in that
-/// order: close to one queue's order). `$2`, `$3`, `$4`: partitions, and their cursors' `tx`
-/// (as bigint) and `seq`. Rows of every topic count: a subscriber's cursor moves past rows
-/// of topics it does not handle. One index probe per partition.
+/// The partitions (`part`) with a row past the cursor this process knows of them, or a
+/// row of one of their pending transactions, the partition whose next row is oldest first
+/// (loops serve them in that order: close to one queue's order). `$2`, `$3`, `$4`:
+/// partitions and their cursors' `tx` (as bigint) and `seq`; `$5`, `$6`, `$7`: the pending
+/// transactions (partition, tx, the seq after which their rows remain). Rows of every topic
+/// count: a subscriber's cursor moves past rows of topics it does not handle. An index
+/// probe per partition and per pending transaction.
 macro_rules! parts_with_work {
     () => {
-        "SELECT c.part, o.tx < pg_snapshot_xmin(pg_current_snapshot()) AS ready
-FROM unnest($2::smallint[], $3::bigint[], $4::bigint[]) AS c(part, tx, seq)
-CROSS JOIN LATERAL (
-    SELECT o.tx FROM conveyor.outbox AS o
-    WHERE o.part = c.part AND (o.tx, o.seq) > (c.tx::text::xid8, c.seq)
-    ORDER BY o.tx, o.seq LIMIT 1) AS o
-WHERE cardinality($1::text[]) >= 0
-ORDER BY o.tx"
+        "SELECT c.part FROM unnest($2::smallint[], $3::bigint[], $4::bigint[]) AS c(part, tx, seq)
+CROSS JOIN LATERAL (SELECT least(
+    (SELECT o.tx FROM conveyor.outbox AS o
+     WHERE o.part = c.part AND (o.tx, o.seq) > (c.tx::text::xid8, c.seq) ORDER BY o.tx, o.seq LIMIT 1),
+    (SELECT min(o.tx) FROM unnest($5::smallint[], $6::bigint[], $7::bigint[]) AS p(part, tx, seq)
+     JOIN conveyor.outbox AS o ON o.part = p.part AND o.tx = p.tx::text::xid8 AND o.seq > p.seq
+     WHERE p.part = c.part)) AS head) AS h
+WHERE h.head IS NOT NULL AND cardinality($1::text[]) >= 0
+ORDER BY h.head"
     };
 }
 pub(crate) use parts_with_work;
@@ -65,17 +68,32 @@ pub(crate) use parts_with_work;
 /// See [`parts_with_work`].
 pub const PARTS_WITH_WORK: &str = parts_with_work!();
 
-/// Reads one partition's log after a cursor (`$1`: partition; `$2`, `$3`: the cursor's tx
-/// and seq; `$4`: the topics handled; `$5`: how many rows). Rows of other topics come back
-/// without their payload, so the cursor can move past them.
+/// Reads one partition's log after a cursor: the remaining rows of its pending transactions
+/// (`$4`, `$5`: their tx and the seq after which), then the rows past its position (`$2`,
+/// `$3`), in `(tx, seq)` order, `$7` at most. Rows of topics other than `$6` come back
+/// without their payload, so the cursor can move past them. Each row carries the
+/// transactions running at the read's snapshot (`xip`), for the next cursor's pending.
+/// Only committed rows are visible to a read: those of running transactions are the ones
+/// the cursor must come back for.
 pub const READ: &str = "\
+WITH r AS (
+    SELECT * FROM (
+        (SELECT o.message_id, o.topic, o.key, o.payload, o.headers, o.created_at, o.tx, o.seq
+         FROM unnest($4::bigint[], $5::bigint[]) AS p(tx, seq)
+         JOIN conveyor.outbox AS o ON o.part = $1 AND o.tx = p.tx::text::xid8 AND o.seq > p.seq
+         ORDER BY o.tx, o.seq LIMIT $7)
+        UNION ALL
+        (SELECT o.message_id, o.topic, o.key, o.payload, o.headers, o.created_at, o.tx, o.seq
+         FROM conveyor.outbox AS o
+         WHERE o.part = $1 AND (o.tx, o.seq) > ($2::text::xid8, $3)
+         ORDER BY o.tx, o.seq LIMIT $7)) AS u
+    ORDER BY tx, seq LIMIT $7)
 SELECT message_id, topic, key,
-       CASE WHEN topic = ANY($4) THEN payload ELSE 'null'::json END AS payload,
-       CASE WHEN topic = ANY($4) THEN headers ELSE '{}'::json END AS headers,
-       0 AS attempts, created_at AS published_at, tx::text::bigint AS tx, seq
-FROM conveyor.outbox
-WHERE part = $1 AND (tx, seq) > ($2::text::xid8, $3) AND tx < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY tx, seq LIMIT $5";
+       CASE WHEN topic = ANY($6) THEN payload ELSE 'null'::json END AS payload,
+       CASE WHEN topic = ANY($6) THEN headers ELSE '{}'::json END AS headers,
+       0 AS attempts, created_at AS published_at, tx::text::bigint AS tx, seq,
+       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS x) AS xip
+FROM r ORDER BY tx, seq";
 
 /// The subscriber's cursors of one publisher, created at the start.
 pub const ENSURE_CURSORS: &str = "\
@@ -85,30 +103,36 @@ ON CONFLICT (source, part) DO NOTHING";
 /// Claims the first cursor of `$2` (partitions in the loop's order of preference) nobody
 /// holds.
 pub const CLAIM_CURSOR: &str = "\
-SELECT part, tx::text::bigint AS tx, seq FROM conveyor.pull_cursors
+SELECT part, tx::text::bigint AS tx, seq, pending_tx, pending_seq FROM conveyor.pull_cursors
 WHERE source = $1 AND part = ANY($2)
 ORDER BY array_position($2, part) LIMIT 1 FOR UPDATE SKIP LOCKED";
 
-pub const ADVANCE: &str = "UPDATE conveyor.pull_cursors SET tx = $3::text::xid8, seq = $4 WHERE source = $1 AND part = $2";
+pub const ADVANCE: &str = "\
+UPDATE conveyor.pull_cursors SET tx = $3::text::xid8, seq = $4, pending_tx = $5, pending_seq = $6 WHERE source = $1 AND part = $2";
 
 /// The committed cursors of one publisher, for the report and the cache.
-pub const CURSORS: &str = "SELECT part, tx::text::bigint AS tx, seq FROM conveyor.pull_cursors WHERE source = $1";
+pub const CURSORS: &str = "SELECT part, tx::text::bigint AS tx, seq, pending_tx, pending_seq FROM conveyor.pull_cursors WHERE source = $1";
 
-/// The subscriber's report into the publisher's database (`$1`: the subscriber; `$5`: the
-/// topics it pulls).
+/// The subscriber's report into the publisher's database (`$1`: the subscriber; `$2`..`$4`:
+/// partitions, positions; `$5`: each partition's pending transactions, as text arrays
+/// (`'{1,2}'`, since arrays of arrays must be rectangular); `$6`: the topics it pulls).
 pub const REPORT: &str = "\
-INSERT INTO conveyor.pull_positions (subscriber, part, tx, seq, topics)
-SELECT $1, c.part, c.tx::text::xid8, c.seq, $5 FROM unnest($2::smallint[], $3::bigint[], $4::bigint[]) AS c(part, tx, seq)
-ON CONFLICT (subscriber, part) DO UPDATE SET tx = excluded.tx, seq = excluded.seq, topics = excluded.topics, reported_at = now()";
+INSERT INTO conveyor.pull_positions (subscriber, part, tx, seq, pending_tx, topics)
+SELECT $1, c.part, c.tx::text::xid8, c.seq, c.pending::bigint[], $6
+FROM unnest($2::smallint[], $3::bigint[], $4::bigint[], $5::text[]) AS c(part, tx, seq, pending)
+ON CONFLICT (subscriber, part) DO UPDATE
+SET tx = excluded.tx, seq = excluded.seq, pending_tx = excluded.pending_tx, topics = excluded.topics, reported_at = now()";
 
 /// The publisher's pruning of pulled rows: up to `$1` rows of topics somebody pulls that
-/// every subscriber pulling their topic has passed, oldest first. Returns how many.
+/// every subscriber pulling their topic has passed (at or below its position, and not of a
+/// transaction it still waits for), oldest first. Returns how many.
 pub const PRUNE: &str = "\
 WITH batch AS (
     SELECT o.message_id FROM conveyor.outbox AS o
     WHERE EXISTS (SELECT 1 FROM conveyor.pull_positions AS p WHERE o.topic = ANY (p.topics))
       AND NOT EXISTS (SELECT 1 FROM conveyor.pull_positions AS p
-                      WHERE o.topic = ANY (p.topics) AND p.part = o.part AND (o.tx, o.seq) > (p.tx, p.seq))
+                      WHERE o.topic = ANY (p.topics) AND p.part = o.part
+                        AND ((o.tx, o.seq) > (p.tx, p.seq) OR o.tx::text::bigint = ANY (p.pending_tx)))
     ORDER BY o.message_id LIMIT $1),
 gone AS (DELETE FROM conveyor.outbox WHERE message_id = ANY (ARRAY(SELECT message_id FROM batch)) RETURNING 1)
 SELECT count(*) FROM gone";
@@ -134,33 +158,106 @@ CROSS JOIN wake
 ON CONFLICT (message_id) DO NOTHING"
 );
 
+/// A partition's cursor: every row up to `(tx, seq)` is handled, but those of the
+/// transactions in `pending` (tx, and the seq after which its rows remain), which were still
+/// running when the cursor passed them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub tx: i64,
+    pub seq: i64,
+    pub pending: Vec<(i64, i64)>,
+}
+
+impl Cursor {
+    pub fn new(tx: i64, seq: i64, pending_tx: &[i64], pending_seq: &[i64]) -> Self {
+        Cursor { tx, seq, pending: pending_tx.iter().copied().zip(pending_seq.iter().copied()).collect() }
+    }
+
+    /// The cursor after a read from this one (see [`READ`]) that returned `rows` (their
+    /// `(tx, seq)`, in order; `limit` at most) at a snapshot where the transactions `xip`
+    /// were running.
+    pub fn after(&self, rows: &[(i64, i64)], limit: usize, xip: &[i64]) -> Cursor {
+        let cut = rows.len() >= limit;
+        let last = rows.last().copied();
+        let mut pending = Vec::new();
+        for &(t, s) in &self.pending {
+            match last {
+                // The read stopped inside this transaction's rows: the rest remain.
+                Some((lt, ls)) if cut && lt == t => pending.push((t, ls)),
+                // It stopped before reaching them.
+                Some((lt, _)) if cut && lt < t => pending.push((t, s)),
+                // Every visible row of it was read: done once it has ended (a running
+                // transaction's rows are not visible).
+                _ if xip.contains(&t) => pending.push((t, s)),
+                _ => {}
+            }
+        }
+        let (mut tx, mut seq) = (self.tx, self.seq);
+        if let Some(l) = last
+            && l > (tx, seq)
+        {
+            (tx, seq) = l;
+        }
+        // Transactions running below the new position: their rows were not visible.
+        for &x in xip {
+            if x < tx && !pending.iter().any(|p| p.0 == x) {
+                pending.push((x, 0));
+            }
+        }
+        pending.sort_unstable();
+        Cursor { tx, seq, pending }
+    }
+
+    pub fn pending_tx(&self) -> Vec<i64> {
+        self.pending.iter().map(|p| p.0).collect()
+    }
+
+    pub fn pending_seq(&self) -> Vec<i64> {
+        self.pending.iter().map(|p| p.1).collect()
+    }
+}
+
 /// Where this process last knew each partition's cursor of one publisher: what its own
 /// loops committed, or read under a claim. Another process's progress makes it stale
-/// (lower), which only costs a claim that finds less than it hoped.
+/// (behind), which only costs a claim that finds less than it hoped.
 pub(crate) struct Cursors {
-    at: Mutex<Vec<(i64, i64)>>,
+    at: Mutex<Vec<Cursor>>,
 }
 
 impl Default for Cursors {
     fn default() -> Self {
-        Cursors { at: Mutex::new(vec![(0, 0); PARTS as usize]) }
+        Cursors { at: Mutex::new(vec![Cursor::default(); PARTS as usize]) }
     }
 }
 
+/// The arrays [`PARTS_WITH_WORK`] takes: partitions and positions, then the pending
+/// transactions' partitions, tx and seq.
+pub(crate) type CursorArrays = (Vec<i16>, Vec<i64>, Vec<i64>, Vec<i16>, Vec<i64>, Vec<i64>);
+
 impl Cursors {
-    /// Partitions, tx and seq as the arrays the statements take.
-    pub fn arrays(&self) -> (Vec<i16>, Vec<i64>, Vec<i64>) {
+    pub fn arrays(&self) -> CursorArrays {
         let at = self.at.lock().expect("cursors");
-        ((0..PARTS).collect(), at.iter().map(|c| c.0).collect(), at.iter().map(|c| c.1).collect())
+        let mut a: CursorArrays = Default::default();
+        for (part, c) in at.iter().enumerate() {
+            a.0.push(part as i16);
+            a.1.push(c.tx);
+            a.2.push(c.seq);
+            for &(t, s) in &c.pending {
+                a.3.push(part as i16);
+                a.4.push(t);
+                a.5.push(s);
+            }
+        }
+        a
     }
 
-    /// Records a cursor seen committed; never moves one back.
-    pub fn saw(&self, part: i16, tx: i64, seq: i64) {
+    /// Records a cursor seen committed (or locked); never goes back to an older position.
+    pub fn saw(&self, part: i16, cursor: &Cursor) {
         let mut at = self.at.lock().expect("cursors");
         if let Some(c) = at.get_mut(part as usize)
-            && (tx, seq) > *c
+            && (cursor.tx, cursor.seq) >= (c.tx, c.seq)
         {
-            *c = (tx, seq);
+            *c = cursor.clone();
         }
     }
 }
@@ -175,5 +272,45 @@ pub async fn prune_pulled(pool: &sqlx::PgPool, batch: i64) -> Result<u64, crate:
         if n < batch {
             return Ok(total);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cursor;
+
+    fn cursor(tx: i64, seq: i64, pending: &[(i64, i64)]) -> Cursor {
+        Cursor { tx, seq, pending: pending.to_vec() }
+    }
+
+    #[test]
+    fn a_transaction_running_below_the_new_position_becomes_pending() {
+        // Read rows of 10 and 12 while 11 and 13 run; 13 is above the position: read later.
+        let c = cursor(5, 3, &[]).after(&[(10, 1), (12, 2)], 100, &[11, 13]);
+        assert_eq!(c, cursor(12, 2, &[(11, 0)]));
+    }
+
+    #[test]
+    fn a_pending_transaction_is_dropped_once_ended_and_read_and_kept_while_running() {
+        let c = cursor(12, 2, &[(11, 0), (9, 0)]);
+        // 11 committed (its row read), 9 still runs.
+        assert_eq!(c.after(&[(11, 7)], 100, &[9]), cursor(12, 2, &[(9, 0)]));
+        // 9 aborted (no rows) and nothing new: both done.
+        assert_eq!(c.after(&[], 100, &[]), cursor(12, 2, &[]));
+    }
+
+    #[test]
+    fn a_read_cut_inside_a_pending_transaction_keeps_the_rest_of_it() {
+        let c = cursor(12, 2, &[(9, 0), (11, 0)]);
+        // The limit (2) was reached inside 9's rows: 9 resumes after seq 5, 11 not reached.
+        assert_eq!(c.after(&[(9, 4), (9, 5)], 2, &[]), cursor(12, 2, &[(9, 5), (11, 0)]));
+        // Reached 11 and past it: both read.
+        assert_eq!(c.after(&[(9, 4), (11, 1), (13, 1)], 3, &[]), cursor(13, 1, &[]));
+    }
+
+    #[test]
+    fn a_cut_read_keeps_what_it_did_not_reach() {
+        // Stopped at (9, 5), below pending 11: 11 stays whatever its state.
+        assert_eq!(cursor(12, 2, &[(11, 0)]).after(&[(9, 5)], 1, &[]), cursor(12, 2, &[(11, 0)]));
     }
 }

@@ -42,7 +42,7 @@ pub(crate) struct Channel {
 }
 
 /// Where a listener's probe looks from: a claimer's floor (`$2`, NULL when it has none, of
-/// the floor's index type), or the partition cursors of a pull subscriber (`$2` to `$4`).
+/// the floor's index type), or the partition cursors of a pull subscriber (`$2` to `$7`).
 #[derive(Clone)]
 pub(crate) enum ProbeFrom {
     Floor(Arc<Floor>, Positions),
@@ -71,7 +71,7 @@ pub(crate) const INBOX: Channel = Channel {
 
 /// A publisher's outbox as its pull subscribers see it (see `pull`): writers notify on the
 /// relay's channel, and the probe asks whether any partition holds a row past this process's
-/// cursor of it.
+/// cursor of it (or of a transaction the cursor waits for).
 pub(crate) const PULL: Channel = Channel {
     name: crate::OUTBOX_CHANNEL,
     lock_key: crate::OUTBOX_WAKE_LOCK,
@@ -84,8 +84,8 @@ async fn probe<'c>(conn: impl sqlx::PgExecutor<'c>, channel: &Channel, topics: &
     match from {
         ProbeFrom::Floor(floor, positions) => positions.bind(q, floor.at()).fetch_one(conn).await,
         ProbeFrom::Cursors(cursors) => {
-            let (parts, txs, seqs) = cursors.arrays();
-            q.bind(parts).bind(txs).bind(seqs).fetch_one(conn).await
+            let a = cursors.arrays();
+            q.bind(a.0).bind(a.1).bind(a.2).bind(a.3).bind(a.4).bind(a.5).fetch_one(conn).await
         }
     }
 }

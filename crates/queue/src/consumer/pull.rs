@@ -3,12 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
-
-/// How soon a loop looks again when rows wait behind a running transaction: first, and at
-/// most (doubling in between).
-const HELD_FIRST: Duration = Duration::from_millis(1);
-const HELD_MAX: Duration = Duration::from_millis(10);
+use std::time::SystemTime;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
@@ -17,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Consumer, Failure, record_claim, record_done};
 use crate::message::InboxRow;
-use crate::pull::{ADVANCE, CLAIM_CURSOR, CURSORS, Cursors, ENSURE_CURSORS, PARTS, PARTS_WITH_WORK, READ, REPORT, TO_INBOX};
+use crate::pull::{ADVANCE, CLAIM_CURSOR, CURSORS, Cursor, Cursors, ENSURE_CURSORS, PARTS, PARTS_WITH_WORK, READ, REPORT, TO_INBOX};
 use crate::trace::{self, Batch};
 use crate::wake::{Idle, sleep_or_cancel};
 use crate::Error;
@@ -38,13 +33,31 @@ impl Source {
     }
 }
 
-/// A row of the publisher's log as read, with its position.
+/// A row of the publisher's log as read, with its position and the transactions running
+/// at the read's snapshot.
 #[derive(sqlx::FromRow)]
 struct LogRow {
     #[sqlx(flatten)]
     row: InboxRow,
     tx: i64,
     seq: i64,
+    xip: Vec<i64>,
+}
+
+/// A cursor as claimed.
+#[derive(sqlx::FromRow)]
+struct Claimed {
+    part: i16,
+    tx: i64,
+    seq: i64,
+    pending_tx: Vec<i64>,
+    pending_seq: Vec<i64>,
+}
+
+impl Claimed {
+    fn cursor(&self) -> Cursor {
+        Cursor::new(self.tx, self.seq, &self.pending_tx, &self.pending_seq)
+    }
 }
 
 /// What one pull loop keeps between cycles: its connections (the subscriber's, and a
@@ -54,33 +67,29 @@ pub(super) struct PullLoop {
     conn: Option<PoolConnection<Postgres>>,
     publisher: Option<PoolConnection<Postgres>>,
     todo: Vec<i16>,
-    /// Rows were there that could not be read yet (see [`crate::pull::PARTS_WITH_WORK`]).
-    held: bool,
 }
 
 impl Consumer {
     /// One pull cycle: a batch of one partition with work, handled and passed; `Ok(0)` when
-    /// no partition has any (or all that have are claimed by other loops). `held` tells
-    /// whether some partition had rows that cannot be read until older transactions end.
-    pub(super) async fn pull_cycle(
-        &self,
-        src: &Source,
-        conn: &mut PgConnection,
-        publisher: &mut PgConnection,
-        todo: &mut Vec<i16>,
-        held: &mut bool,
-    ) -> Result<usize, Error> {
+    /// no partition has any (or all that have are claimed by other loops).
+    pub(super) async fn pull_cycle(&self, src: &Source, conn: &mut PgConnection, publisher: &mut PgConnection, todo: &mut Vec<i16>) -> Result<usize, Error> {
         if !src.ready.load(Ordering::Relaxed) {
             sqlx::query(ENSURE_CURSORS).bind(&src.name).bind(PARTS as i32).execute(&mut *conn).await?;
             src.ready.store(true, Ordering::Relaxed);
         }
         loop {
             if todo.is_empty() {
-                let (parts, txs, seqs) = src.cursors.arrays();
-                let found: Vec<(i16, bool)> =
-                    sqlx::query_as(PARTS_WITH_WORK).bind(&self.tx_topics).bind(parts).bind(txs).bind(seqs).fetch_all(&mut *publisher).await?;
-                *held = found.iter().any(|(_, ready)| !ready);
-                *todo = found.into_iter().filter_map(|(part, ready)| ready.then_some(part)).collect();
+                let a = src.cursors.arrays();
+                *todo = sqlx::query_scalar(PARTS_WITH_WORK)
+                    .bind(&self.tx_topics)
+                    .bind(a.0)
+                    .bind(a.1)
+                    .bind(a.2)
+                    .bind(a.3)
+                    .bind(a.4)
+                    .bind(a.5)
+                    .fetch_all(&mut *publisher)
+                    .await?;
                 if todo.is_empty() {
                     return Ok(0);
                 }
@@ -88,24 +97,27 @@ impl Consumer {
             let started = SystemTime::now();
             let mut tx = conn.begin().await?;
             // The first partition of the list nobody else is reading (oldest work first).
-            let claimed: Option<(i16, i64, i64)> = sqlx::query_as(CLAIM_CURSOR).bind(&src.name).bind(&*todo).fetch_optional(&mut *tx).await?;
-            let Some((part, at_tx, at_seq)) = claimed else {
+            let claimed: Option<Claimed> = sqlx::query_as(CLAIM_CURSOR).bind(&src.name).bind(&*todo).fetch_optional(&mut *tx).await?;
+            let Some(claimed) = claimed else {
                 // Every partition with work is being read by another loop.
                 todo.clear();
                 tx.rollback().await?;
                 return Ok(0);
             };
+            let (part, from) = (claimed.part, claimed.cursor());
             todo.retain(|p| *p != part);
-            src.cursors.saw(part, at_tx, at_seq);
+            src.cursors.saw(part, &from);
             let read: Vec<LogRow> = sqlx::query_as(READ)
                 .bind(part)
-                .bind(at_tx)
-                .bind(at_seq)
+                .bind(from.tx)
+                .bind(from.seq)
+                .bind(from.pending_tx())
+                .bind(from.pending_seq())
                 .bind(self.topics().collect::<Vec<_>>())
                 .bind(self.opts.batch_size)
                 .fetch_all(&mut *publisher)
                 .await?;
-            let Some(&LogRow { tx: last_tx, seq: last_seq, .. }) = read.last() else {
+            let Some(xip) = read.first().map(|r| r.xip.clone()) else {
                 tx.rollback().await?;
                 continue;
             };
@@ -113,10 +125,15 @@ impl Consumer {
             if n as i64 >= self.opts.batch_size {
                 todo.push(part); // more there: come back after the others
             }
+            let positions: Vec<(i64, i64)> = read.iter().map(|r| (r.tx, r.seq)).collect();
+            let to = from.after(&positions, self.opts.batch_size as usize, &xip);
             // Transaction-mode messages are handled here; lease-mode ones go to the inbox,
             // where the lease loops claim them.
-            let (rows, leased): (Vec<InboxRow>, Vec<InboxRow>) =
-                read.into_iter().map(|r| r.row).filter(|r| self.tx_subs.contains_key(&r.topic) || self.lease_subs.contains_key(&r.topic)).partition(|r| self.tx_subs.contains_key(&r.topic));
+            let (rows, leased): (Vec<InboxRow>, Vec<InboxRow>) = read
+                .into_iter()
+                .map(|r| r.row)
+                .filter(|r| self.tx_subs.contains_key(&r.topic) || self.lease_subs.contains_key(&r.topic))
+                .partition(|r| self.tx_subs.contains_key(&r.topic));
             record_claim("pull", rows.len() + leased.len());
             let batch = Batch::start("receive", started, Some(&self.name), rows.iter().map(|r| r.topic.as_str()));
             rows.iter().for_each(|r| batch.link(&r.headers.0));
@@ -131,13 +148,13 @@ impl Consumer {
             }
             if !all_ok {
                 batch.run(&trace::ROLLBACK, tx.rollback()).await?;
-                return self.pull_isolated(src, conn, part, (at_tx, at_seq), (last_tx, last_seq), &rows, &leased, &batch).await.map(|_| n);
+                return self.pull_isolated(src, conn, part, &from, &to, &rows, &leased, &batch).await.map(|_| n);
             }
             let leased: Vec<(&InboxRow, Option<&Failure>)> = leased.iter().map(|r| (r, None)).collect();
             batch.run(&trace::INBOX_DELIVER, to_inbox(&mut tx, &leased)).await?;
-            batch.run(&trace::PULL_ADVANCE, sqlx::query(ADVANCE).bind(&src.name).bind(part).bind(last_tx).bind(last_seq).execute(&mut *tx)).await?;
+            batch.run(&trace::PULL_ADVANCE, advance(&mut tx, &src.name, part, &to)).await?;
             batch.run(&trace::COMMIT, tx.commit()).await?;
-            src.cursors.saw(part, last_tx, last_seq);
+            src.cursors.saw(part, &to);
             record_done(&rows);
             return Ok(n);
         }
@@ -151,15 +168,15 @@ impl Consumer {
         src: &Source,
         conn: &mut PgConnection,
         part: i16,
-        from: (i64, i64),
-        to: (i64, i64),
+        from: &Cursor,
+        to: &Cursor,
         rows: &[InboxRow],
         leased: &[InboxRow],
         batch: &Batch,
     ) -> Result<usize, Error> {
         let mut tx = conn.begin().await?;
-        let claimed: Option<(i16, i64, i64)> = sqlx::query_as(CLAIM_CURSOR).bind(&src.name).bind([part]).fetch_optional(&mut *tx).await?;
-        if claimed != Some((part, from.0, from.1)) {
+        let claimed: Option<Claimed> = sqlx::query_as(CLAIM_CURSOR).bind(&src.name).bind([part]).fetch_optional(&mut *tx).await?;
+        if claimed.map(|c| c.cursor()).as_ref() != Some(from) {
             // Another loop took the partition meanwhile: these rows are its to handle.
             tx.rollback().await?;
             return Ok(0);
@@ -196,12 +213,11 @@ impl Consumer {
         batch
             .run(&trace::INBOX_SETTLE, async {
                 to_inbox(&mut tx, &to_move).await?;
-                sqlx::query(ADVANCE).bind(&src.name).bind(part).bind(to.0).bind(to.1).execute(&mut *tx).await?;
-                Ok::<_, sqlx::Error>(())
+                advance(&mut tx, &src.name, part, to).await
             })
             .await?;
         batch.run(&trace::COMMIT, tx.commit()).await?;
-        src.cursors.saw(part, to.0, to.1);
+        src.cursors.saw(part, to);
         self.retries.scheduled(failed.iter().map(|(_, f)| f));
         record_done(done.iter().copied());
         Ok(rows.len())
@@ -212,7 +228,6 @@ impl Consumer {
         let grace = self.opts.shutdown_grace;
         let mut pacer = self.pacer(wake, idle, shutdown, "pull consumer");
         let mut state = PullLoop::default();
-        let mut held_for = Duration::ZERO;
         while !shutdown.is_cancelled() {
             self.pause(shutdown).await;
             if shutdown.is_cancelled() {
@@ -228,7 +243,7 @@ impl Consumer {
                 }
                 let publisher = state.publisher.as_mut().expect("filled above");
                 tokio::select! {
-                    r = self.pull_cycle(src, conn, publisher, &mut state.todo, &mut state.held) => r.map(Some),
+                    r = self.pull_cycle(src, conn, publisher, &mut state.todo) => r.map(Some),
                     _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => Ok(None),
                 }
             }
@@ -245,16 +260,6 @@ impl Consumer {
                     Err(e)
                 }
             };
-            // Rows committed behind a transaction still running: no notification says when
-            // that one ends, so look again soon (sooner than the poll), backing off.
-            if matches!(cycle, Ok(0)) && std::mem::take(&mut state.held) {
-                held_for = (held_for * 2).clamp(HELD_FIRST, HELD_MAX);
-                if sleep_or_cancel(held_for, shutdown).await {
-                    break;
-                }
-                continue;
-            }
-            held_for = Duration::ZERO;
             pacer.due = self.retries.next_due();
             pacer.after(cycle, notified).await;
         }
@@ -263,7 +268,7 @@ impl Consumer {
     /// Reports this subscriber's committed cursors of `src` into the publisher's
     /// `conveyor.pull_positions` every `every`, when they moved, until `shutdown`.
     pub(super) async fn report_positions(&self, src: &Source, every: std::time::Duration, shutdown: &CancellationToken) {
-        let mut last: Option<Vec<(i16, i64, i64)>> = None;
+        let mut last: Option<Vec<(i16, Cursor)>> = None;
         loop {
             if let Err(e) = self.report_once(src, &mut last).await {
                 tracing::warn!(error = %e, source = src.name, "cannot report the pull positions; trying again");
@@ -274,19 +279,25 @@ impl Consumer {
         }
     }
 
-    async fn report_once(&self, src: &Source, last: &mut Option<Vec<(i16, i64, i64)>>) -> Result<(), Error> {
-        let mut now: Vec<(i16, i64, i64)> = sqlx::query_as(CURSORS).bind(&src.name).fetch_all(&self.pool).await?;
-        let topics: Vec<&str> = self.topics().collect();
-        now.sort_unstable();
+    async fn report_once(&self, src: &Source, last: &mut Option<Vec<(i16, Cursor)>>) -> Result<(), Error> {
+        let rows: Vec<Claimed> = sqlx::query_as(CURSORS).bind(&src.name).fetch_all(&self.pool).await?;
+        let mut now: Vec<(i16, Cursor)> = rows.iter().map(|c| (c.part, c.cursor())).collect();
+        now.sort_unstable_by_key(|c| c.0);
         if now.is_empty() || last.as_ref() == Some(&now) {
             return Ok(());
         }
-        now.iter().for_each(|&(part, tx, seq)| src.cursors.saw(part, tx, seq));
+        now.iter().for_each(|(part, c)| src.cursors.saw(*part, c));
+        let topics: Vec<&str> = self.topics().collect();
+        let pending: Vec<String> = now
+            .iter()
+            .map(|(_, c)| format!("{{{}}}", c.pending.iter().map(|p| p.0.to_string()).collect::<Vec<_>>().join(",")))
+            .collect();
         sqlx::query(REPORT)
             .bind(&self.name)
             .bind(now.iter().map(|c| c.0).collect::<Vec<_>>())
-            .bind(now.iter().map(|c| c.1).collect::<Vec<_>>())
-            .bind(now.iter().map(|c| c.2).collect::<Vec<_>>())
+            .bind(now.iter().map(|c| c.1.tx).collect::<Vec<_>>())
+            .bind(now.iter().map(|c| c.1.seq).collect::<Vec<_>>())
+            .bind(pending)
             .bind(topics)
             .execute(&src.pool)
             .await?;
@@ -324,5 +335,11 @@ async fn to_inbox(conn: &mut PgConnection, rows: &[(&InboxRow, Option<&Failure>)
         .bind(rows.iter().map(|(_, f)| f.is_some_and(|f| f.counted)).collect::<Vec<_>>())
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+/// Moves a partition's cursor to `to`.
+async fn advance(conn: &mut PgConnection, source: &str, part: i16, to: &Cursor) -> Result<(), sqlx::Error> {
+    sqlx::query(ADVANCE).bind(source).bind(part).bind(to.tx).bind(to.seq).bind(to.pending_tx()).bind(to.pending_seq()).execute(conn).await?;
     Ok(())
 }

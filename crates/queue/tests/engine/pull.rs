@@ -87,21 +87,30 @@ async fn two_pulling_processes_have_every_effect_exactly_once_with_retries_and_a
 }
 
 #[tokio::test]
-async fn a_transaction_that_commits_late_is_not_skipped() {
+async fn a_transaction_held_open_holds_back_only_its_own_messages_which_come_when_it_commits() {
     let p = pair().await;
-    let consumer = puller(&p, Arc::default(), fast_options(1));
-    // The first message's transaction stays open while later ones commit.
+    let consumer = puller(&p, Arc::default(), ConsumerOptions { batch_size: 3, ..fast_options(1) });
+    // The first message's transaction stays open while later ones, with later ids, commit.
     let mut late = p.publisher.begin().await.unwrap();
     let first = Outgoing::event(&Ping { n: 100 }).unwrap();
     publish_all(&mut late, std::slice::from_ref(&first)).await.unwrap();
     let mut ids = p.publish(101..110).await;
     while consumer.process_once().await.unwrap() > 0 {}
-    assert_eq!(count(&p.subscriber, "SELECT count(*) FROM effects").await, 0, "nothing is read past a transaction still running");
+    assert_exactly_once(&p.subscriber, &ids).await;
+    // The cursors passed it while it ran: they remember it.
+    let waiting: i64 = count(&p.subscriber, "SELECT count(*) FROM conveyor.pull_cursors WHERE cardinality(pending_tx) > 0").await;
+    assert!(waiting > 0, "no cursor remembers the running transaction");
 
     late.commit().await.unwrap();
     while consumer.process_once().await.unwrap() > 0 {}
     ids.push(first.id);
     assert_exactly_once(&p.subscriber, &ids).await;
+    // Its rows read and it ended: forgotten at the next read of each partition.
+    p.publish(200..240).await;
+    while consumer.process_once().await.unwrap() > 0 {}
+    let remembered: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT unnest(pending_tx) FROM conveyor.pull_cursors").fetch_all(&p.subscriber).await.unwrap();
+    let running: Vec<i64> = sqlx::query_scalar("SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS x").fetch_all(&p.publisher).await.unwrap();
+    assert!(remembered.iter().all(|t| running.contains(t)), "cursors still wait for ended transactions: {remembered:?}");
 }
 
 #[tokio::test]
