@@ -70,11 +70,23 @@ pub async fn run(pool: &PgPool, p: &Probe) -> Result<ProbeReading> {
             sqlx::query(conveyor_queue::sql::RELAY_CLAIM).bind(topics).bind(batch).bind(conveyor_queue::sql::v7_floor(floor_at)).fetch_all(&mut *tx).await
         }
         ProbeKind::PullRead { topics, batch } => {
-            let (tx_at, seq): (i64, i64) =
-                sqlx::query_as("SELECT coalesce(max(tx::text::bigint), 0), coalesce(max(seq), 0) FROM conveyor.pull_positions WHERE part = 0")
-                    .fetch_one(&mut *tx)
-                    .await?;
-            sqlx::query(conveyor_queue::pull::READ).bind(0i16).bind(tx_at).bind(seq).bind(topics).bind(batch).fetch_all(&mut *tx).await
+            let (tx_at, seq, pending): (i64, i64, Vec<i64>) = sqlx::query_as(
+                "SELECT coalesce(max(tx::text::bigint), 0), coalesce(max(seq), 0), coalesce(max(pending_tx), '{}')
+                 FROM conveyor.pull_positions WHERE part = 0",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let from_start = vec![0i64; pending.len()];
+            sqlx::query(conveyor_queue::pull::READ)
+                .bind(0i16)
+                .bind(tx_at)
+                .bind(seq)
+                .bind(pending)
+                .bind(from_start)
+                .bind(topics)
+                .bind(batch)
+                .fetch_all(&mut *tx)
+                .await
         }
         ProbeKind::PgmqRead { queue, batch } => {
             sqlx::query("SELECT msg_id FROM pgmq.read($1, $2, $3)").bind(queue).bind(PGMQ_VT_S).bind(*batch as i32).fetch_all(&mut *tx).await

@@ -49,15 +49,18 @@ pub const PARTS: i16 = 16;
 /// partitions and their cursors' `tx` (as bigint) and `seq`; `$5`, `$6`, `$7`: the pending
 /// transactions (partition, tx, the seq after which their rows remain). Rows of every topic
 /// count: a subscriber's cursor moves past rows of topics it does not handle. An index
-/// probe per partition and per pending transaction.
+/// probe per partition and per pending transaction (LATERAL, so that no plan walks a whole
+/// partition: under a held horizon a partition's index keeps every pruned row's entry).
 macro_rules! parts_with_work {
     () => {
         "SELECT c.part FROM unnest($2::smallint[], $3::bigint[], $4::bigint[]) AS c(part, tx, seq)
 CROSS JOIN LATERAL (SELECT least(
     (SELECT o.tx FROM conveyor.outbox AS o
      WHERE o.part = c.part AND (o.tx, o.seq) > (c.tx::text::xid8, c.seq) ORDER BY o.tx, o.seq LIMIT 1),
-    (SELECT min(o.tx) FROM unnest($5::smallint[], $6::bigint[], $7::bigint[]) AS p(part, tx, seq)
-     JOIN conveyor.outbox AS o ON o.part = p.part AND o.tx = p.tx::text::xid8 AND o.seq > p.seq
+    (SELECT min(f.tx) FROM unnest($5::smallint[], $6::bigint[], $7::bigint[]) AS p(part, tx, seq)
+     CROSS JOIN LATERAL (
+         SELECT o.tx FROM conveyor.outbox AS o
+         WHERE o.part = p.part AND o.tx = p.tx::text::xid8 AND o.seq > p.seq LIMIT 1) AS f
      WHERE p.part = c.part)) AS head) AS h
 WHERE h.head IS NOT NULL AND cardinality($1::text[]) >= 0
 ORDER BY h.head"
@@ -78,9 +81,12 @@ pub const PARTS_WITH_WORK: &str = parts_with_work!();
 pub const READ: &str = "\
 WITH r AS (
     SELECT * FROM (
-        (SELECT o.message_id, o.topic, o.key, o.payload, o.headers, o.created_at, o.tx, o.seq
-         FROM unnest($4::bigint[], $5::bigint[]) AS p(tx, seq)
-         JOIN conveyor.outbox AS o ON o.part = $1 AND o.tx = p.tx::text::xid8 AND o.seq > p.seq
+        (SELECT o.* FROM unnest($4::bigint[], $5::bigint[]) AS p(tx, seq)
+         CROSS JOIN LATERAL (
+             SELECT o.message_id, o.topic, o.key, o.payload, o.headers, o.created_at, o.tx, o.seq
+             FROM conveyor.outbox AS o
+             WHERE o.part = $1 AND o.tx = p.tx::text::xid8 AND o.seq > p.seq
+             ORDER BY o.seq LIMIT $7) AS o
          ORDER BY o.tx, o.seq LIMIT $7)
         UNION ALL
         (SELECT o.message_id, o.topic, o.key, o.payload, o.headers, o.created_at, o.tx, o.seq
