@@ -85,6 +85,7 @@ pub async fn run(pool: &PgPool, p: &Probe) -> Result<ProbeReading> {
                 .bind(from_start)
                 .bind(topics)
                 .bind(batch)
+                .bind(true) // as a consumer reads while a long transaction holds the horizon
                 .fetch_all(&mut *tx)
                 .await
         }

@@ -11,13 +11,19 @@
 //!
 //! - **The log's order.** Every outbox row carries the id of the transaction that wrote it
 //!   (`tx`, an `xid8`) and a sequence number (`seq`); a subscriber reads in `(tx, seq)`
-//!   order. Transactions do not commit in id order, so a cursor is a position *and* the
-//!   transactions below it that were still running when it passed them (`pending`; from
-//!   the read's own snapshot, `pg_snapshot_xip`): each later read also looks for their rows,
-//!   and drops one from the list once it has ended and its rows are read. A transaction
-//!   held open for minutes (a long report with a write, a migration) holds back nothing
-//!   but its own rows, and costs each read one index probe. This is PgQ's idea (batches
-//!   between snapshots) with a cursor that can stop anywhere in a batch.
+//!   order. Transactions do not commit in id order: normally a read takes only rows of
+//!   transactions older than every one still running (`pg_snapshot_xmin`), so nothing can
+//!   commit behind it later, and a loop that finds rows waiting behind a running
+//!   transaction looks again within 1–10 ms. When the oldest running transaction stays the
+//!   same for [`PASS_AFTER`] (a long report with a write, a migration, a held snapshot with
+//!   an xid), reads pass it: the cursor then also holds the transactions below its position
+//!   that were still running when it passed them (`pending`, from the read's own snapshot,
+//!   `pg_snapshot_xip`); each later read also looks for their rows, and forgets one once it
+//!   has ended and its rows are read. Such a transaction holds back nothing but its own
+//!   rows, and costs each read one index probe (PgQ's batches between snapshots, with a
+//!   cursor that can stop anywhere in a batch). Passing always would cost the common case:
+//!   every read would carry the short transactions in flight (a third of the throughput at
+//!   batch 1 in `bench peers`).
 //! - **Partitions.** Each row falls in one of [`PARTS`] partitions, by a hash of its key
 //!   (or, without a key, by its transaction, so that what one transaction publishes is read
 //!   in one batch), and a subscriber keeps one cursor per partition.
@@ -43,27 +49,64 @@ use std::sync::Mutex;
 /// one subscriber read a publisher at once.
 pub const PARTS: i16 = 16;
 
+/// How long the oldest running transaction must stay the oldest before reads pass it.
+pub const PASS_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The oldest running transaction as a process last saw it, since when, and whether reads
+/// pass it.
+#[derive(Default)]
+pub(crate) struct Horizon {
+    seen: Mutex<(Option<(i64, std::time::Instant)>, bool)>,
+}
+
+impl Horizon {
+    /// Whether reads pass the oldest running transaction, as the last look (see
+    /// [`Horizon::pass`]) decided.
+    pub fn passing(&self) -> bool {
+        self.seen.lock().expect("horizon").1
+    }
+
+    /// Records `xmin` as seen now; true when it has been the oldest for [`PASS_AFTER`].
+    pub fn pass(&self, xmin: i64) -> bool {
+        let mut seen = self.seen.lock().expect("horizon");
+        let pass = match seen.0 {
+            Some((x, since)) if x == xmin => since.elapsed() >= PASS_AFTER,
+            _ => {
+                seen.0 = Some((xmin, std::time::Instant::now()));
+                false
+            }
+        };
+        seen.1 = pass;
+        pass
+    }
+}
+
 /// The partitions (`part`) with a row past the cursor this process knows of them, or a
 /// row of one of their pending transactions, the partition whose next row is oldest first
-/// (loops serve them in that order: close to one queue's order). `$2`, `$3`, `$4`:
-/// partitions and their cursors' `tx` (as bigint) and `seq`; `$5`, `$6`, `$7`: the pending
-/// transactions (partition, tx, the seq after which their rows remain). Rows of every topic
-/// count: a subscriber's cursor moves past rows of topics it does not handle. An index
-/// probe per partition and per pending transaction (LATERAL, so that no plan walks a whole
-/// partition: under a held horizon a partition's index keeps every pruned row's entry).
+/// (loops serve them in that order: close to one queue's order); whether that row can be
+/// read without passing a running transaction (`ready`: it is older than every running
+/// one, or it is a pending transaction's); and the oldest running transaction (`xmin`).
+/// `$2`, `$3`, `$4`: partitions and their cursors' `tx` (as bigint) and `seq`; `$5`, `$6`,
+/// `$7`: the pending transactions (partition, tx, the seq after which their rows remain).
+/// Rows of every topic count: a subscriber's cursor moves past rows of topics it does not
+/// handle. An index probe per partition and per pending transaction (LATERAL, so that no
+/// plan walks a whole partition: under a held horizon a partition's index keeps every
+/// pruned row's entry).
 macro_rules! parts_with_work {
     () => {
-        "SELECT c.part FROM unnest($2::smallint[], $3::bigint[], $4::bigint[]) AS c(part, tx, seq)
-CROSS JOIN LATERAL (SELECT least(
+        "SELECT c.part, h.pending IS NOT NULL OR h.head < pg_snapshot_xmin(pg_current_snapshot()) AS ready,
+       pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin
+FROM unnest($2::smallint[], $3::bigint[], $4::bigint[]) AS c(part, tx, seq)
+CROSS JOIN LATERAL (SELECT
     (SELECT o.tx FROM conveyor.outbox AS o
-     WHERE o.part = c.part AND (o.tx, o.seq) > (c.tx::text::xid8, c.seq) ORDER BY o.tx, o.seq LIMIT 1),
+     WHERE o.part = c.part AND (o.tx, o.seq) > (c.tx::text::xid8, c.seq) ORDER BY o.tx, o.seq LIMIT 1) AS head,
     (SELECT min(f.tx) FROM unnest($5::smallint[], $6::bigint[], $7::bigint[]) AS p(part, tx, seq)
      CROSS JOIN LATERAL (
          SELECT o.tx FROM conveyor.outbox AS o
          WHERE o.part = p.part AND o.tx = p.tx::text::xid8 AND o.seq > p.seq LIMIT 1) AS f
-     WHERE p.part = c.part)) AS head) AS h
-WHERE h.head IS NOT NULL AND cardinality($1::text[]) >= 0
-ORDER BY h.head"
+     WHERE p.part = c.part) AS pending) AS h
+WHERE (h.head IS NOT NULL OR h.pending IS NOT NULL) AND cardinality($1::text[]) >= 0
+ORDER BY least(h.head, h.pending)"
     };
 }
 pub(crate) use parts_with_work;
@@ -73,7 +116,8 @@ pub const PARTS_WITH_WORK: &str = parts_with_work!();
 
 /// Reads one partition's log after a cursor: the remaining rows of its pending transactions
 /// (`$4`, `$5`: their tx and the seq after which), then the rows past its position (`$2`,
-/// `$3`), in `(tx, seq)` order, `$7` at most. Rows of topics other than `$6` come back
+/// `$3`) of transactions older than every running one, or (`$8`: passing) of every
+/// committed one, in `(tx, seq)` order, `$7` at most. Rows of topics other than `$6` come back
 /// without their payload, so the cursor can move past them. Each row carries the
 /// transactions running at the read's snapshot (`xip`), for the next cursor's pending.
 /// Only committed rows are visible to a read: those of running transactions are the ones
@@ -92,6 +136,7 @@ WITH r AS (
         (SELECT o.message_id, o.topic, o.key, o.payload, o.headers, o.created_at, o.tx, o.seq
          FROM conveyor.outbox AS o
          WHERE o.part = $1 AND (o.tx, o.seq) > ($2::text::xid8, $3)
+           AND ($8 OR o.tx < pg_snapshot_xmin(pg_current_snapshot()))
          ORDER BY o.tx, o.seq LIMIT $7)) AS u
     ORDER BY tx, seq LIMIT $7)
 SELECT message_id, topic, key,
@@ -100,6 +145,18 @@ SELECT message_id, topic, key,
        0 AS attempts, created_at AS published_at, tx::text::bigint AS tx, seq,
        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS x) AS xip
 FROM r ORDER BY tx, seq";
+
+/// [`READ`] for the common case: a cursor with no pending transaction that does not pass
+/// the oldest running one (`$1`..`$3`, `$6`, `$7` as there); no `xip`, since no new pending
+/// transaction can come of it (every running one is above what it reads).
+pub const READ_BELOW_HORIZON: &str = "\
+SELECT message_id, topic, key,
+       CASE WHEN topic = ANY($4) THEN payload ELSE 'null'::json END AS payload,
+       CASE WHEN topic = ANY($4) THEN headers ELSE '{}'::json END AS headers,
+       0 AS attempts, created_at AS published_at, tx::text::bigint AS tx, seq, '{}'::bigint[] AS xip
+FROM conveyor.outbox
+WHERE part = $1 AND (tx, seq) > ($2::text::xid8, $3) AND tx < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY tx, seq LIMIT $5";
 
 /// The subscriber's cursors of one publisher, created at the start.
 pub const ENSURE_CURSORS: &str = "\

@@ -284,7 +284,7 @@ impl Consumer {
         let mut pulled = 0;
         for src in &self.sources {
             let mut publisher = src.pool.acquire().await?;
-            pulled += self.pull_cycle(src, &mut conn, &mut publisher, &mut Vec::new()).await?;
+            pulled += self.pull_cycle(src, &mut conn, &mut publisher, &mut Vec::new(), &mut false).await?;
         }
         Ok(pulled + self.tx_cycle(&mut conn).await? + self.lease_cycle(&mut conn, &never).await?)
     }

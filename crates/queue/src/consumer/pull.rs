@@ -3,7 +3,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+/// How soon a loop looks again when rows wait behind a running transaction: first, and at
+/// most (doubling in between).
+const HELD_FIRST: Duration = Duration::from_millis(1);
+const HELD_MAX: Duration = Duration::from_millis(10);
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
@@ -12,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Consumer, Failure, record_claim, record_done};
 use crate::message::InboxRow;
-use crate::pull::{ADVANCE, CLAIM_CURSOR, CURSORS, Cursor, Cursors, ENSURE_CURSORS, PARTS, PARTS_WITH_WORK, READ, REPORT, TO_INBOX};
+use crate::pull::{ADVANCE, CLAIM_CURSOR, CURSORS, Cursor, Cursors, ENSURE_CURSORS, Horizon, PARTS, PARTS_WITH_WORK, READ, READ_BELOW_HORIZON, REPORT, TO_INBOX};
 use crate::trace::{self, Batch};
 use crate::wake::{Idle, sleep_or_cancel};
 use crate::Error;
@@ -23,13 +28,16 @@ pub(crate) struct Source {
     pub name: String,
     pub pool: PgPool,
     pub cursors: Arc<Cursors>,
+    /// The publisher's oldest running transaction, and since when (reads pass it when it
+    /// stays: see `crate::pull`).
+    horizon: Horizon,
     /// Whether this database holds its cursors yet.
     ready: AtomicBool,
 }
 
 impl Source {
     pub fn new(name: String, pool: PgPool) -> Self {
-        Source { name, pool, cursors: Arc::default(), ready: AtomicBool::new(false) }
+        Source { name, pool, cursors: Arc::default(), horizon: Horizon::default(), ready: AtomicBool::new(false) }
     }
 }
 
@@ -67,12 +75,22 @@ pub(super) struct PullLoop {
     conn: Option<PoolConnection<Postgres>>,
     publisher: Option<PoolConnection<Postgres>>,
     todo: Vec<i16>,
+    /// The last look found rows waiting behind a running transaction.
+    held: bool,
 }
 
 impl Consumer {
     /// One pull cycle: a batch of one partition with work, handled and passed; `Ok(0)` when
-    /// no partition has any (or all that have are claimed by other loops).
-    pub(super) async fn pull_cycle(&self, src: &Source, conn: &mut PgConnection, publisher: &mut PgConnection, todo: &mut Vec<i16>) -> Result<usize, Error> {
+    /// no partition has any (or all that have are claimed by other loops). `held` tells
+    /// whether some partition had rows waiting behind a running transaction.
+    pub(super) async fn pull_cycle(
+        &self,
+        src: &Source,
+        conn: &mut PgConnection,
+        publisher: &mut PgConnection,
+        todo: &mut Vec<i16>,
+        held: &mut bool,
+    ) -> Result<usize, Error> {
         if !src.ready.load(Ordering::Relaxed) {
             sqlx::query(ENSURE_CURSORS).bind(&src.name).bind(PARTS as i32).execute(&mut *conn).await?;
             src.ready.store(true, Ordering::Relaxed);
@@ -80,7 +98,7 @@ impl Consumer {
         loop {
             if todo.is_empty() {
                 let a = src.cursors.arrays();
-                *todo = sqlx::query_scalar(PARTS_WITH_WORK)
+                let found: Vec<(i16, bool, i64)> = sqlx::query_as(PARTS_WITH_WORK)
                     .bind(&self.tx_topics)
                     .bind(a.0)
                     .bind(a.1)
@@ -90,6 +108,10 @@ impl Consumer {
                     .bind(a.5)
                     .fetch_all(&mut *publisher)
                     .await?;
+                // A running transaction that stays the oldest is passed (see `crate::pull`).
+                let passing = found.first().is_some_and(|f| src.horizon.pass(f.2));
+                *held = !passing && found.iter().any(|f| !f.1);
+                *todo = found.into_iter().filter(|f| passing || f.1).map(|f| f.0).collect();
                 if todo.is_empty() {
                     return Ok(0);
                 }
@@ -107,16 +129,29 @@ impl Consumer {
             let (part, from) = (claimed.part, claimed.cursor());
             todo.retain(|p| *p != part);
             src.cursors.saw(part, &from);
-            let read: Vec<LogRow> = sqlx::query_as(READ)
-                .bind(part)
-                .bind(from.tx)
-                .bind(from.seq)
-                .bind(from.pending_tx())
-                .bind(from.pending_seq())
-                .bind(self.topics().collect::<Vec<_>>())
-                .bind(self.opts.batch_size)
-                .fetch_all(&mut *publisher)
-                .await?;
+            let passing = src.horizon.passing();
+            let read: Vec<LogRow> = if from.pending.is_empty() && !passing {
+                sqlx::query_as(READ_BELOW_HORIZON)
+                    .bind(part)
+                    .bind(from.tx)
+                    .bind(from.seq)
+                    .bind(self.topics().collect::<Vec<_>>())
+                    .bind(self.opts.batch_size)
+                    .fetch_all(&mut *publisher)
+                    .await?
+            } else {
+                sqlx::query_as(READ)
+                    .bind(part)
+                    .bind(from.tx)
+                    .bind(from.seq)
+                    .bind(from.pending_tx())
+                    .bind(from.pending_seq())
+                    .bind(self.topics().collect::<Vec<_>>())
+                    .bind(self.opts.batch_size)
+                    .bind(passing)
+                    .fetch_all(&mut *publisher)
+                    .await?
+            };
             let Some(xip) = read.first().map(|r| r.xip.clone()) else {
                 tx.rollback().await?;
                 continue;
@@ -228,6 +263,7 @@ impl Consumer {
         let grace = self.opts.shutdown_grace;
         let mut pacer = self.pacer(wake, idle, shutdown, "pull consumer");
         let mut state = PullLoop::default();
+        let mut held_for = Duration::ZERO;
         while !shutdown.is_cancelled() {
             self.pause(shutdown).await;
             if shutdown.is_cancelled() {
@@ -243,7 +279,7 @@ impl Consumer {
                 }
                 let publisher = state.publisher.as_mut().expect("filled above");
                 tokio::select! {
-                    r = self.pull_cycle(src, conn, publisher, &mut state.todo) => r.map(Some),
+                    r = self.pull_cycle(src, conn, publisher, &mut state.todo, &mut state.held) => r.map(Some),
                     _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => Ok(None),
                 }
             }
@@ -260,6 +296,16 @@ impl Consumer {
                     Err(e)
                 }
             };
+            // Rows waiting behind a running transaction: no notification says when it ends,
+            // so look again soon (sooner than the poll), backing off.
+            if matches!(cycle, Ok(0)) && std::mem::take(&mut state.held) {
+                held_for = (held_for * 2).clamp(HELD_FIRST, HELD_MAX);
+                if sleep_or_cancel(held_for, shutdown).await {
+                    break;
+                }
+                continue;
+            }
+            held_for = Duration::ZERO;
             pacer.due = self.retries.next_due();
             pacer.after(cycle, notified).await;
         }

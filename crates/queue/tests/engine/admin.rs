@@ -136,7 +136,8 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
         (&p.publisher, sql::RELAY_CLAIM, "('{test.ping}', 100, '00000000-0000-0000-0000-000000000000')", "outbox_pkey"),
         // Pull delivery: a partition's log from its cursor, the partitions with work, and
         // the publisher's pruning of what every subscriber passed.
-        (&p.publisher, conveyor_queue::pull::READ, "(3, 0, 0, '{5}', '{0}', '{test.ping}', 100)", "outbox_pull_idx"),
+        (&p.publisher, conveyor_queue::pull::READ, "(3, 0, 0, '{5}', '{0}', '{test.ping}', 100, false)", "outbox_pull_idx"),
+        (&p.publisher, conveyor_queue::pull::READ, "(3, 0, 0, '{5}', '{0}', '{test.ping}', 100, true)", "outbox_pull_idx"),
         (&p.publisher, conveyor_queue::pull::PARTS_WITH_WORK, "('{test.ping}', '{0,1,2}', '{0,0,0}', '{0,0,0}', '{1}', '{5}', '{0}')", "outbox_pull_idx"),
         (&p.publisher, conveyor_queue::pull::PRUNE, "(1000)", "outbox_pkey"),
         // Scraped for metrics every few seconds: counts what waits (the inbox holds nothing

@@ -95,7 +95,12 @@ async fn a_transaction_held_open_holds_back_only_its_own_messages_which_come_whe
     let first = Outgoing::event(&Ping { n: 100 }).unwrap();
     publish_all(&mut late, std::slice::from_ref(&first)).await.unwrap();
     let mut ids = p.publish(101..110).await;
-    while consumer.process_once().await.unwrap() > 0 {}
+    // Passed once it has stayed the oldest running transaction for a moment.
+    wait_until("the later commits are delivered past the open transaction", Duration::from_secs(30), || async {
+        while consumer.process_once().await.unwrap() > 0 {}
+        count(&p.subscriber, "SELECT count(*) FROM effects").await == 9
+    })
+    .await;
     assert_exactly_once(&p.subscriber, &ids).await;
     // The cursors passed it while it ran: they remember it.
     let waiting: i64 = count(&p.subscriber, "SELECT count(*) FROM conveyor.pull_cursors WHERE cardinality(pending_tx) > 0").await;
