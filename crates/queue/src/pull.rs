@@ -29,7 +29,8 @@
 //!   in one batch), and a subscriber keeps one cursor per partition.
 //!   Parallel claim loops (of one process or many) claim partitions' cursors with
 //!   `FOR UPDATE SKIP LOCKED`, so each partition is read by one loop at a time and
-//!   messages with the same key are handled in publish order.
+//!   messages with the same key are handled in the order their transactions began (but a
+//!   message that fails, or one whose transaction a read passed, can come later).
 //! - **Failures** leave the log: a message whose handler fails is put into the
 //!   subscriber's own inbox (pending with its backoff, or dead), in the transaction that
 //!   moves the cursor past it, and the inbox's claim loops retry it like any other, with

@@ -5,11 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-/// How soon a loop looks again when rows wait behind a running transaction: first, and at
-/// most (doubling in between).
-const HELD_FIRST: Duration = Duration::from_millis(1);
-const HELD_MAX: Duration = Duration::from_millis(10);
-
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::Notify;
@@ -21,6 +16,11 @@ use crate::pull::{ADVANCE, CLAIM_CURSOR, CURSORS, Cursor, Cursors, ENSURE_CURSOR
 use crate::trace::{self, Batch};
 use crate::wake::{Idle, sleep_or_cancel};
 use crate::Error;
+
+/// How soon a loop looks again when rows wait behind a running transaction: first, and at
+/// most (doubling in between).
+const HELD_FIRST: Duration = Duration::from_millis(1);
+const HELD_MAX: Duration = Duration::from_millis(10);
 
 /// A publisher this consumer pulls from.
 pub(crate) struct Source {
