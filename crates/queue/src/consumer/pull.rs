@@ -216,23 +216,11 @@ impl Consumer {
             tx.rollback().await?;
             return Ok(0);
         }
-        let locked = {
-            let mut savepoint = tx.begin().await?;
-            let locked = self.lock_batch(&mut savepoint, rows, batch).await;
-            if locked.is_ok() { savepoint.commit().await? } else { savepoint.rollback().await? }
-            locked.is_ok()
-        };
+        let locked = self.lock_batch_isolated(&mut tx, rows, batch).await?;
         let (mut done, mut failed) = (Vec::new(), Vec::new());
         for row in rows {
             let mut savepoint = tx.begin().await?;
-            let outcome = match locked {
-                true => self.run_tx_handler(&mut savepoint, &[row]).await,
-                false => match self.lock_batch(&mut savepoint, std::slice::from_ref(row), batch).await {
-                    Ok(()) => self.run_tx_handler(&mut savepoint, &[row]).await,
-                    Err(e) => Err(e),
-                },
-            };
-            match outcome {
+            match self.run_isolated(&mut savepoint, row, locked, batch).await {
                 Ok(()) => {
                     savepoint.commit().await?;
                     done.push(row);

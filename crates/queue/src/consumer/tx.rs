@@ -131,14 +131,7 @@ impl Consumer {
     async fn tx_cycle_isolated(&self, conn: &mut PgConnection, ids: Vec<Uuid>, batch: &Batch) -> Result<usize, Error> {
         let mut tx = conn.begin().await?;
         let rows: Vec<InboxRow> = batch.run(&trace::INBOX_RECLAIM, sqlx::query_as(RECLAIM).bind(&ids).fetch_all(&mut *tx)).await?;
-        // The batch's keys up front again; if naming them failed, each message names its
-        // own under its savepoint (and a failure there is that message's).
-        let locked = {
-            let mut savepoint = tx.begin().await?;
-            let locked = self.lock_batch(&mut savepoint, &rows, batch).await;
-            if locked.is_ok() { savepoint.commit().await? } else { savepoint.rollback().await? }
-            locked.is_ok()
-        };
+        let locked = self.lock_batch_isolated(&mut tx, &rows, batch).await?;
         let (mut done, mut failures, mut copies) = (Vec::new(), Vec::new(), Vec::new());
         for row in &rows {
             let mut savepoint = tx.begin().await?;
@@ -148,14 +141,7 @@ impl Consumer {
                 copies.push(row);
                 continue;
             }
-            let outcome = match locked {
-                true => self.run_tx_handler(&mut savepoint, &[row]).await,
-                false => match self.lock_batch(&mut savepoint, std::slice::from_ref(row), batch).await {
-                    Ok(()) => self.run_tx_handler(&mut savepoint, &[row]).await,
-                    Err(e) => Err(e),
-                },
-            };
-            match outcome {
+            match self.run_isolated(&mut savepoint, row, locked, batch).await {
                 Ok(()) => {
                     savepoint.commit().await?;
                     done.push(row);
@@ -180,6 +166,25 @@ impl Consumer {
         self.retries.scheduled(&failures);
         record_done(done.iter().copied());
         Ok(rows.len())
+    }
+
+    /// The slow path's first step: the batch's keys up front again, under a savepoint of
+    /// `tx`; false when naming them failed (each message then names its own under its
+    /// savepoint, and a failure there is that message's).
+    pub(super) async fn lock_batch_isolated(&self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &[InboxRow], batch: &Batch) -> Result<bool, Error> {
+        let mut savepoint = tx.begin().await?;
+        let locked = self.lock_batch(&mut savepoint, rows, batch).await;
+        if locked.is_ok() { savepoint.commit().await? } else { savepoint.rollback().await? }
+        Ok(locked.is_ok())
+    }
+
+    /// Runs one message's handler on the slow path (under the caller's savepoint), taking
+    /// its own keys first unless the batch's are held (`locked`).
+    pub(super) async fn run_isolated(&self, conn: &mut PgConnection, row: &InboxRow, locked: bool, batch: &Batch) -> Result<(), super::HandlerError> {
+        if !locked {
+            self.lock_batch(conn, std::slice::from_ref(row), batch).await?;
+        }
+        self.run_tx_handler(conn, &[row]).await
     }
 
     /// Takes the lock keys every subscription of `rows` names (see [`crate::LockKeys`]),
