@@ -187,19 +187,23 @@ FROM unnest($2::smallint[], $3::bigint[], $4::bigint[], $5::text[]) AS c(part, t
 ON CONFLICT (subscriber, part) DO UPDATE
 SET tx = excluded.tx, seq = excluded.seq, pending_tx = excluded.pending_tx, topics = excluded.topics, reported_at = now()";
 
-/// The publisher's pruning of pulled rows: up to `$1` rows of topics somebody pulls that
-/// every subscriber pulling their topic has passed (at or below its position, and not of a
-/// transaction it still waits for), oldest first. Returns how many.
+/// The publisher's pruning of pulled rows: up to `$1` rows after `$2` (a message id) of
+/// topics somebody pulls that every subscriber pulling their topic has passed (at or below
+/// its position, and not of a transaction it still waits for), oldest first. Returns how
+/// many it deleted and the last id it deleted (NULL: none), where the next batch resumes:
+/// under a held horizon the key's start keeps the entries of every row pruned since, and
+/// walking them again for every batch grew the soak's latency with the hold's age.
 pub const PRUNE: &str = "\
 WITH batch AS (
     SELECT o.message_id FROM conveyor.outbox AS o
-    WHERE EXISTS (SELECT 1 FROM conveyor.pull_positions AS p WHERE o.topic = ANY (p.topics))
+    WHERE o.message_id > $2
+      AND EXISTS (SELECT 1 FROM conveyor.pull_positions AS p WHERE o.topic = ANY (p.topics))
       AND NOT EXISTS (SELECT 1 FROM conveyor.pull_positions AS p
                       WHERE o.topic = ANY (p.topics) AND p.part = o.part
                         AND ((o.tx, o.seq) > (p.tx, p.seq) OR o.tx::text::bigint = ANY (p.pending_tx)))
     ORDER BY o.message_id LIMIT $1),
-gone AS (DELETE FROM conveyor.outbox WHERE message_id = ANY (ARRAY(SELECT message_id FROM batch)) RETURNING 1)
-SELECT count(*) FROM gone";
+gone AS (DELETE FROM conveyor.outbox WHERE message_id = ANY (ARRAY(SELECT message_id FROM batch)) RETURNING message_id)
+SELECT count(*), max(message_id) FROM gone";
 
 /// Puts messages read from the log into the subscriber's inbox, in the transaction that
 /// moves the cursor past them: those of lease-mode topics (claimable at once, no attempt
@@ -327,14 +331,15 @@ impl Cursors {
 }
 
 /// Deletes the rows of pulled topics every subscriber has passed (see [`PRUNE`]), `batch`
-/// rows per statement; returns how many.
+/// rows per statement, each batch after the last; returns how many.
 pub async fn prune_pulled(pool: &sqlx::PgPool, batch: i64) -> Result<u64, crate::Error> {
-    let mut total = 0;
+    let (mut total, mut after) = (0, uuid::Uuid::nil());
     loop {
-        let n: i64 = sqlx::query_scalar(PRUNE).bind(batch).fetch_one(pool).await?;
+        let (n, last): (i64, Option<uuid::Uuid>) = sqlx::query_as(PRUNE).bind(batch).bind(after).fetch_one(pool).await?;
         total += n as u64;
-        if n < batch {
-            return Ok(total);
+        match last {
+            Some(last) if n >= batch => after = last,
+            _ => return Ok(total),
         }
     }
 }

@@ -139,7 +139,7 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
         (&p.publisher, conveyor_queue::pull::READ, "(3, 0, 0, '{5}', '{0}', '{test.ping}', 100, false)", "outbox_pull_idx"),
         (&p.publisher, conveyor_queue::pull::READ, "(3, 0, 0, '{5}', '{0}', '{test.ping}', 100, true)", "outbox_pull_idx"),
         (&p.publisher, conveyor_queue::pull::PARTS_WITH_WORK, "('{test.ping}', '{0,1,2}', '{0,0,0}', '{0,0,0}', '{1}', '{5}', '{0}')", "outbox_pull_idx"),
-        (&p.publisher, conveyor_queue::pull::PRUNE, "(1000)", "outbox_pkey"),
+        (&p.publisher, conveyor_queue::pull::PRUNE, "(1000, '00000000-0000-0000-0000-000000000000')", "outbox_pkey"),
         // Scraped for metrics every few seconds: counts what waits (the inbox holds nothing
         // else now: a scan of it is a count of its rows), never the dedupe record.
         (&p.subscriber, sql::DEPTH, "", ""),
