@@ -203,7 +203,7 @@ WITH batch AS (
                         AND ((o.tx, o.seq) > (p.tx, p.seq) OR o.tx::text::bigint = ANY (p.pending_tx)))
     ORDER BY o.message_id LIMIT $1),
 gone AS (DELETE FROM conveyor.outbox WHERE message_id = ANY (ARRAY(SELECT message_id FROM batch)) RETURNING message_id)
-SELECT count(*), max(message_id) FROM gone";
+SELECT (SELECT count(*) FROM gone), (SELECT message_id FROM gone ORDER BY message_id DESC LIMIT 1)";
 
 /// Puts messages read from the log into the subscriber's inbox, in the transaction that
 /// moves the cursor past them: those of lease-mode topics (claimable at once, no attempt
