@@ -219,17 +219,10 @@ impl Consumer {
         let locked = self.lock_batch_isolated(&mut tx, rows, batch).await?;
         let (mut done, mut failed) = (Vec::new(), Vec::new());
         for row in rows {
-            let mut savepoint = tx.begin().await?;
-            match self.run_isolated(&mut savepoint, row, locked, batch).await {
-                Ok(()) => {
-                    savepoint.commit().await?;
-                    done.push(row);
-                }
-                Err(err) => {
-                    savepoint.rollback().await?;
-                    let sub = &self.tx_subs[&row.topic];
-                    failed.push((row, Failure::new(&row.topic, row.message_id, 1, &sub.retry, &err)));
-                }
+            // A row read from the log has made no attempt yet: a failure is attempt 1.
+            match self.handle_isolated(tx.begin().await?, row, locked, batch).await? {
+                None => done.push(row),
+                Some(failure) => failed.push((row, failure)),
             }
         }
         let to_move: Vec<(&InboxRow, Option<&Failure>)> = failed.iter().map(|(r, f)| (*r, Some(f))).chain(leased.iter().map(|r| (r, None))).collect();

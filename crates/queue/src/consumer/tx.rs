@@ -141,16 +141,9 @@ impl Consumer {
                 copies.push(row);
                 continue;
             }
-            match self.run_isolated(&mut savepoint, row, locked, batch).await {
-                Ok(()) => {
-                    savepoint.commit().await?;
-                    done.push(row);
-                }
-                Err(err) => {
-                    savepoint.rollback().await?;
-                    let sub = &self.tx_subs[&row.topic];
-                    failures.push(Failure::new(&row.topic, row.message_id, row.attempts + 1, &sub.retry, &err));
-                }
+            match self.handle_isolated(savepoint, row, locked, batch).await? {
+                None => done.push(row),
+                Some(failure) => failures.push(failure),
             }
         }
         let mut settled_ids: Vec<Uuid> = done.iter().map(|r| r.message_id).collect();
@@ -178,13 +171,35 @@ impl Consumer {
         Ok(locked.is_ok())
     }
 
-    /// Runs one message's handler on the slow path (under the caller's savepoint), taking
-    /// its own keys first unless the batch's are held (`locked`).
-    pub(super) async fn run_isolated(&self, conn: &mut PgConnection, row: &InboxRow, locked: bool, batch: &Batch) -> Result<(), super::HandlerError> {
-        if !locked {
-            self.lock_batch(conn, std::slice::from_ref(row), batch).await?;
+    /// Runs one message's handler on the slow path under `savepoint`, taking its own keys
+    /// first unless the batch's are held (`locked`); commits the savepoint when it
+    /// succeeds, or rolls it back and returns the failure to record.
+    pub(super) async fn handle_isolated(
+        &self,
+        mut savepoint: sqlx::Transaction<'_, sqlx::Postgres>,
+        row: &InboxRow,
+        locked: bool,
+        batch: &Batch,
+    ) -> Result<Option<Failure>, Error> {
+        let outcome = match locked {
+            true => Ok(()),
+            false => self.lock_batch(&mut savepoint, std::slice::from_ref(row), batch).await,
+        };
+        let outcome = match outcome {
+            Ok(()) => self.run_tx_handler(&mut savepoint, &[row]).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                savepoint.commit().await?;
+                Ok(None)
+            }
+            Err(err) => {
+                savepoint.rollback().await?;
+                let sub = &self.tx_subs[&row.topic];
+                Ok(Some(Failure::new(&row.topic, row.message_id, row.attempts + 1, &sub.retry, &err)))
+            }
         }
-        self.run_tx_handler(conn, &[row]).await
     }
 
     /// Takes the lock keys every subscription of `rows` names (see [`crate::LockKeys`]),
