@@ -185,7 +185,11 @@ pub async fn leftover(publisher: &PgPool, subscriber: &PgPool, pulled: bool) -> 
     let (mut outbox, mut pending, mut dead) = (0, 0, 0);
     if pulled {
         let cursors: Vec<(i16, i64, i64)> =
-            sqlx::query_as("SELECT part, tx::text::bigint, seq FROM conveyor.pull_cursors WHERE source = 'pub'").fetch_all(subscriber).await?;
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT part, tx, seq FROM ({}) AS c", conveyor_queue::pull::CURSORS)))
+                .bind("pub")
+                .bind(i32::from(conveyor_queue::pull::PARTS))
+                .fetch_all(subscriber)
+                .await?;
         outbox = sqlx::query_scalar(
             "SELECT count(*) FROM conveyor.outbox o WHERE NOT EXISTS (
                  SELECT 1 FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS c(part, tx, seq)

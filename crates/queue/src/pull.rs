@@ -31,6 +31,13 @@
 //!   `FOR UPDATE SKIP LOCKED`, so each partition is read by one loop at a time and
 //!   messages with the same key are handled in the order their transactions began (but a
 //!   message that fails, or one whose transaction a read passed, can come later).
+//! - **Cursor rows.** A cursor moves by a new row: each move deletes its partition's row of
+//!   generation `gen` and inserts `gen + 1`, and a claim locks the newest generation
+//!   found by one backward index probe. An update in place would keep every version
+//!   written while the xmin horizon is held, and each claim would walk them to the live
+//!   one (measured: 3 → 3,261 buffers per claim after two minutes of a held snapshot at
+//!   800 msgs/s, with p99 growing alongside); old generations' entries sit behind the
+//!   newest in the index, where no probe goes.
 //! - **Failures** leave the log: a message whose handler fails is put into the
 //!   subscriber's own inbox (pending with its backoff, or dead), in the transaction that
 //!   moves the cursor past it, and the inbox's claim loops retry it like any other, with
@@ -159,23 +166,39 @@ FROM conveyor.outbox
 WHERE part = $1 AND (tx, seq) > ($2::text::xid8, $3) AND tx < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY tx, seq LIMIT $5";
 
-/// The subscriber's cursors of one publisher, created at the start.
+/// The subscriber's cursors of one publisher, created at the start (generation 0 of each
+/// partition that has none yet).
 pub const ENSURE_CURSORS: &str = "\
-INSERT INTO conveyor.pull_cursors (source, part) SELECT $1, p FROM generate_series(0, $2 - 1) AS p
-ON CONFLICT (source, part) DO NOTHING";
+INSERT INTO conveyor.pull_cursors (source, part)
+SELECT $1, p FROM generate_series(0, $2 - 1) AS p
+WHERE NOT EXISTS (SELECT 1 FROM conveyor.pull_cursors AS c WHERE c.source = $1 AND c.part = p)
+ON CONFLICT DO NOTHING";
 
 /// Claims the first cursor of `$2` (partitions in the loop's order of preference) nobody
-/// holds.
+/// holds: the newest generation of each (one backward index probe: see "Cursor rows" in
+/// the module docs), locked with `SKIP LOCKED`. A generation another loop has just
+/// replaced cannot be locked (the row is gone), so the claim skips it rather than return
+/// a stale position.
 pub const CLAIM_CURSOR: &str = "\
-SELECT part, tx::text::bigint AS tx, seq, pending_tx, pending_seq FROM conveyor.pull_cursors
-WHERE source = $1 AND part = ANY($2)
-ORDER BY array_position($2, part) LIMIT 1 FOR UPDATE SKIP LOCKED";
+SELECT c.part, c.gen, c.tx::text::bigint AS tx, c.seq, c.pending_tx, c.pending_seq
+FROM unnest($2::smallint[]) WITH ORDINALITY AS l(part, i)
+JOIN conveyor.pull_cursors AS c ON c.source = $1 AND c.part = l.part
+ AND c.gen = (SELECT g.gen FROM conveyor.pull_cursors AS g WHERE g.source = $1 AND g.part = l.part ORDER BY g.gen DESC LIMIT 1)
+ORDER BY l.i LIMIT 1 FOR UPDATE OF c SKIP LOCKED";
 
+/// Moves a claimed cursor (`$1`, `$2`, of generation `$3`) to `$4`..`$7`: the next
+/// generation replaces it.
 pub const ADVANCE: &str = "\
-UPDATE conveyor.pull_cursors SET tx = $3::text::xid8, seq = $4, pending_tx = $5, pending_seq = $6 WHERE source = $1 AND part = $2";
+WITH gone AS (DELETE FROM conveyor.pull_cursors WHERE source = $1 AND part = $2 AND gen = $3)
+INSERT INTO conveyor.pull_cursors (source, part, gen, tx, seq, pending_tx, pending_seq)
+VALUES ($1, $2, $3 + 1, $4::text::xid8, $5, $6, $7)";
 
-/// The committed cursors of one publisher, for the report and the cache.
-pub const CURSORS: &str = "SELECT part, tx::text::bigint AS tx, seq, pending_tx, pending_seq FROM conveyor.pull_cursors WHERE source = $1";
+/// The committed cursors of one publisher (the newest generation of each partition), for
+/// the report and the cache.
+pub const CURSORS: &str = "\
+SELECT c.part, c.gen, c.tx::text::bigint AS tx, c.seq, c.pending_tx, c.pending_seq
+FROM generate_series(0, $2 - 1) AS p
+CROSS JOIN LATERAL (SELECT * FROM conveyor.pull_cursors AS c WHERE c.source = $1 AND c.part = p ORDER BY c.gen DESC LIMIT 1) AS c";
 
 /// The subscriber's report into the publisher's database (`$1`: the subscriber; `$2`..`$4`:
 /// partitions, positions; `$5`: each partition's pending transactions, as text arrays

@@ -177,7 +177,7 @@ pub(crate) const INBOX_RELEASE: Statement = Statement { name: "release conveyor.
 pub(crate) const OUTBOX_CLAIM: Statement = Statement { name: "claim conveyor.outbox", operation: "DELETE", table: "conveyor.outbox" };
 pub(crate) const INBOX_DELIVER: Statement = Statement { name: "deliver conveyor.inbox", operation: "INSERT", table: "conveyor.inbox" };
 pub(crate) const PULL_READ: Statement = Statement { name: "read conveyor.outbox", operation: "SELECT", table: "conveyor.outbox" };
-pub(crate) const PULL_ADVANCE: Statement = Statement { name: "advance conveyor.pull_cursors", operation: "UPDATE", table: "conveyor.pull_cursors" };
+pub(crate) const PULL_ADVANCE: Statement = Statement { name: "advance conveyor.pull_cursors", operation: "INSERT", table: "conveyor.pull_cursors" };
 pub(crate) const COMMIT: Statement = Statement { name: "commit", operation: "COMMIT", table: "" };
 pub(crate) const ROLLBACK: Statement = Statement { name: "rollback", operation: "ROLLBACK", table: "" };
 

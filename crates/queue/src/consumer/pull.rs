@@ -56,6 +56,8 @@ struct LogRow {
 #[derive(sqlx::FromRow)]
 struct Claimed {
     part: i16,
+    #[sqlx(rename = "gen")]
+    generation: i64,
     tx: i64,
     seq: i64,
     pending_tx: Vec<i64>,
@@ -126,7 +128,7 @@ impl Consumer {
                 tx.rollback().await?;
                 return Ok(0);
             };
-            let (part, from) = (claimed.part, claimed.cursor());
+            let (part, from, generation) = (claimed.part, claimed.cursor(), claimed.generation);
             todo.retain(|p| *p != part);
             src.cursors.saw(part, &from);
             let passing = src.horizon.passing();
@@ -183,11 +185,11 @@ impl Consumer {
             }
             if !all_ok {
                 batch.run(&trace::ROLLBACK, tx.rollback()).await?;
-                return self.pull_isolated(src, conn, part, &from, &to, &rows, &leased, &batch).await.map(|_| n);
+                return self.pull_isolated(src, conn, part, (generation, &from), &to, &rows, &leased, &batch).await.map(|_| n);
             }
             let leased: Vec<(&InboxRow, Option<&Failure>)> = leased.iter().map(|r| (r, None)).collect();
             batch.run(&trace::INBOX_DELIVER, to_inbox(&mut tx, &leased)).await?;
-            batch.run(&trace::PULL_ADVANCE, advance(&mut tx, &src.name, part, &to)).await?;
+            batch.run(&trace::PULL_ADVANCE, advance(&mut tx, &src.name, part, generation, &to)).await?;
             batch.run(&trace::COMMIT, tx.commit()).await?;
             src.cursors.saw(part, &to);
             record_done(&rows);
@@ -203,7 +205,7 @@ impl Consumer {
         src: &Source,
         conn: &mut PgConnection,
         part: i16,
-        from: &Cursor,
+        (generation, from): (i64, &Cursor),
         to: &Cursor,
         rows: &[InboxRow],
         leased: &[InboxRow],
@@ -211,7 +213,7 @@ impl Consumer {
     ) -> Result<usize, Error> {
         let mut tx = conn.begin().await?;
         let claimed: Option<Claimed> = sqlx::query_as(CLAIM_CURSOR).bind(&src.name).bind([part]).fetch_optional(&mut *tx).await?;
-        if claimed.map(|c| c.cursor()).as_ref() != Some(from) {
+        if claimed.map(|c| (c.generation, c.cursor())).as_ref() != Some(&(generation, from.clone())) {
             // Another loop took the partition meanwhile: these rows are its to handle.
             tx.rollback().await?;
             return Ok(0);
@@ -229,7 +231,7 @@ impl Consumer {
         batch
             .run(&trace::INBOX_SETTLE, async {
                 to_inbox(&mut tx, &to_move).await?;
-                advance(&mut tx, &src.name, part, to).await
+                advance(&mut tx, &src.name, part, generation, to).await
             })
             .await?;
         batch.run(&trace::COMMIT, tx.commit()).await?;
@@ -307,7 +309,7 @@ impl Consumer {
     }
 
     async fn report_once(&self, src: &Source, last: &mut Option<Vec<(i16, Cursor)>>) -> Result<(), Error> {
-        let rows: Vec<Claimed> = sqlx::query_as(CURSORS).bind(&src.name).fetch_all(&self.pool).await?;
+        let rows: Vec<Claimed> = sqlx::query_as(CURSORS).bind(&src.name).bind(PARTS as i32).fetch_all(&self.pool).await?;
         let mut now: Vec<(i16, Cursor)> = rows.iter().map(|c| (c.part, c.cursor())).collect();
         now.sort_unstable_by_key(|c| c.0);
         if now.is_empty() || last.as_ref() == Some(&now) {
@@ -365,8 +367,8 @@ async fn to_inbox(conn: &mut PgConnection, rows: &[(&InboxRow, Option<&Failure>)
     Ok(())
 }
 
-/// Moves a partition's cursor to `to`.
-async fn advance(conn: &mut PgConnection, source: &str, part: i16, to: &Cursor) -> Result<(), sqlx::Error> {
-    sqlx::query(ADVANCE).bind(source).bind(part).bind(to.tx).bind(to.seq).bind(to.pending_tx()).bind(to.pending_seq()).execute(conn).await?;
+/// Moves a partition's cursor, claimed at generation `generation`, to `to`.
+async fn advance(conn: &mut PgConnection, source: &str, part: i16, generation: i64, to: &Cursor) -> Result<(), sqlx::Error> {
+    sqlx::query(ADVANCE).bind(source).bind(part).bind(generation).bind(to.tx).bind(to.seq).bind(to.pending_tx()).bind(to.pending_seq()).execute(conn).await?;
     Ok(())
 }

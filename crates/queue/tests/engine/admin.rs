@@ -118,7 +118,9 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
          SELECT gen_random_uuid(), 'test.ping', 1, now(), now() FROM generate_series(1, 20000) g;
          ANALYZE conveyor.inbox_done;
          INSERT INTO conveyor.outbox (message_id, topic, payload) SELECT gen_random_uuid(), 'test.ping', '{}' FROM generate_series(1, 3000);
-         ANALYZE conveyor.inbox; ANALYZE conveyor.outbox",
+         ANALYZE conveyor.inbox; ANALYZE conveyor.outbox;
+         INSERT INTO conveyor.pull_cursors (source, part, gen) SELECT 'pub', p, g FROM generate_series(0, 15) p, generate_series(0, 999) g;
+         ANALYZE conveyor.pull_cursors",
     )
     .execute(&p.subscriber)
     .await
@@ -140,6 +142,10 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
         (&p.publisher, conveyor_queue::pull::READ, "(3, 0, 0, '{5}', '{0}', '{test.ping}', 100, true)", "outbox_pull_idx"),
         (&p.publisher, conveyor_queue::pull::PARTS_WITH_WORK, "('{test.ping}', '{0,1,2}', '{0,0,0}', '{0,0,0}', '{1}', '{5}', '{0}')", "outbox_pull_idx"),
         (&p.publisher, conveyor_queue::pull::PRUNE, "(1000, '00000000-0000-0000-0000-000000000000')", "outbox_pkey"),
+        // A partition's cursor: the newest generation only, found by a backward probe
+        // (the older ones, while the horizon is held, are many).
+        (&p.subscriber, conveyor_queue::pull::CLAIM_CURSOR, "('pub', '{3,1,2}')", "Scan Backward using pull_cursors_pkey"),
+        (&p.subscriber, conveyor_queue::pull::CURSORS, "('pub', 16)", "Scan Backward using pull_cursors_pkey"),
         // Scraped for metrics every few seconds: counts what waits (the inbox holds nothing
         // else now: a scan of it is a count of its rows), never the dedupe record.
         (&p.subscriber, sql::DEPTH, "", ""),
@@ -156,7 +162,7 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
         // The outbox and the inbox hold only what waits (every row counts for depth); the
         // claims still read their index only, and inbox_done is never walked whole.
         let scans_inbox = plan.contains("Seq Scan on inbox_done") || (plan.contains("Seq Scan on inbox") && ![sql::DEPTH, sql::OLDEST].contains(&statement));
-        let scans_outbox_to_claim = plan.contains("Seq Scan on outbox") && statement != sql::DEPTH;
+        let scans_outbox_to_claim = (plan.contains("Seq Scan on outbox") && statement != sql::DEPTH) || plan.contains("Seq Scan on pull_cursors");
         assert!(!scans_inbox && !scans_outbox_to_claim, "a statement that scans its table:\n{statement}\n{plan}");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DEALLOCATE s{i}; RESET plan_cache_mode"))).execute(&mut *conn).await.unwrap();
     }
@@ -180,7 +186,7 @@ async fn the_queue_schema_keeps_its_own_migration_history_beside_a_services() {
     service.run(&pool).await.unwrap();
     let queue_history = count(&pool, "SELECT count(*) FROM conveyor._sqlx_migrations").await;
     let service_history = count(&pool, "SELECT count(*) FROM public._sqlx_migrations").await;
-    assert_eq!((queue_history, service_history), (3, 1));
+    assert_eq!((queue_history, service_history), (4, 1));
     assert_eq!(count(&pool, "SELECT count(*) FROM conveyor.inbox").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM orders").await, 0);
 }
