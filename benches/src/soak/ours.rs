@@ -187,7 +187,8 @@ pub async fn leftover(publisher: &PgPool, subscriber: &PgPool, pulled: bool) -> 
         let cursors: Vec<(i16, i64, i64)> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT part, tx, seq FROM ({}) AS c", conveyor_queue::pull::CURSORS)))
                 .bind("pub")
-                .bind(i32::from(conveyor_queue::pull::PARTS))
+                .bind((0..conveyor_queue::pull::PARTS).collect::<Vec<i16>>())
+                .bind(vec![0_i64; conveyor_queue::pull::PARTS as usize])
                 .fetch_all(subscriber)
                 .await?;
         outbox = sqlx::query_scalar(

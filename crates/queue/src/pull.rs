@@ -36,8 +36,13 @@
 //!   found by one backward index probe. An update in place would keep every version
 //!   written while the xmin horizon is held, and each claim would walk them to the live
 //!   one (measured: 3 → 3,261 buffers per claim after two minutes of a held snapshot at
-//!   800 msgs/s, with p99 growing alongside); old generations' entries sit behind the
-//!   newest in the index, where no probe goes.
+//!   800 msgs/s, with p99 growing alongside). Old generations' index entries stay too, so
+//!   every lookup is bounded below by the generation the process last knew of the
+//!   partition (it only ever grows: a generation is replaced, never reused): a plan
+//!   can then only visit the generations written since, whichever the planner picks
+//!   (after an ANALYZE it saw one live row per partition and chose a bitmap scan and a
+//!   sort: 5,462 entries per claim, 1,459 buffers). One process per source knows the
+//!   newest; a second one's knowledge is at most a report interval old.
 //! - **Failures** leave the log: a message whose handler fails is put into the
 //!   subscriber's own inbox (pending with its backoff, or dead), in the transaction that
 //!   moves the cursor past it, and the inbox's claim loops retry it like any other, with
@@ -175,19 +180,21 @@ WHERE NOT EXISTS (SELECT 1 FROM conveyor.pull_cursors AS c WHERE c.source = $1 A
 ON CONFLICT DO NOTHING";
 
 /// Claims the first cursor of `$2` (partitions in the loop's order of preference) nobody
-/// holds: the newest generation of each (one backward index probe: see "Cursor rows" in
-/// the module docs), locked with `SKIP LOCKED`. A generation another loop has just
-/// replaced cannot be locked (the row is gone), so the claim skips it rather than return
-/// a stale position. One LATERAL probe per partition, in the list's order, until one is
-/// locked: a join would let the planner hash every generation of the source (it did, at
-/// 37,302 index entries for 16 live rows), and a sort above the locks would lock them all.
+/// holds, locked with `SKIP LOCKED`: the newest generation of each, looked for at or
+/// above the generation this process last knew of it (`$3`, one per partition; see
+/// "Cursor rows" in the module docs). A generation another loop has just replaced cannot
+/// be locked (the row is gone), so the claim skips it rather than return a stale
+/// position. One LATERAL probe per partition, in the list's order, until one is locked: a
+/// join would let the planner hash every generation of the source (it did, at 37,302
+/// index entries for 16 live rows), and a sort above the locks would lock them all.
 pub const CLAIM_CURSOR: &str = "\
 SELECT c.part, c.gen, c.tx::text::bigint AS tx, c.seq, c.pending_tx, c.pending_seq
-FROM unnest($2::smallint[]) AS l(part)
+FROM unnest($2::smallint[], $3::bigint[]) AS l(part, known)
 CROSS JOIN LATERAL (
     SELECT * FROM conveyor.pull_cursors AS c
     WHERE c.source = $1 AND c.part = l.part
-      AND c.gen = (SELECT g.gen FROM conveyor.pull_cursors AS g WHERE g.source = $1 AND g.part = l.part ORDER BY g.gen DESC LIMIT 1)
+      AND c.gen = (SELECT g.gen FROM conveyor.pull_cursors AS g
+                   WHERE g.source = $1 AND g.part = l.part AND g.gen >= l.known ORDER BY g.gen DESC LIMIT 1)
     LIMIT 1 FOR UPDATE SKIP LOCKED) AS c
 LIMIT 1";
 
@@ -198,12 +205,13 @@ WITH gone AS (DELETE FROM conveyor.pull_cursors WHERE source = $1 AND part = $2 
 INSERT INTO conveyor.pull_cursors (source, part, gen, tx, seq, pending_tx, pending_seq)
 VALUES ($1, $2, $3 + 1, $4::text::xid8, $5, $6, $7)";
 
-/// The committed cursors of one publisher (the newest generation of each partition), for
-/// the report and the cache.
+/// The committed cursors of one publisher (the newest generation of each partition `$2`,
+/// at or above `$3`, the generation this process knew), for the report and the cache.
 pub const CURSORS: &str = "\
 SELECT c.part, c.gen, c.tx::text::bigint AS tx, c.seq, c.pending_tx, c.pending_seq
-FROM generate_series(0, $2 - 1) AS p
-CROSS JOIN LATERAL (SELECT * FROM conveyor.pull_cursors AS c WHERE c.source = $1 AND c.part = p ORDER BY c.gen DESC LIMIT 1) AS c";
+FROM unnest($2::smallint[], $3::bigint[]) AS l(part, known)
+CROSS JOIN LATERAL (SELECT * FROM conveyor.pull_cursors AS c
+                    WHERE c.source = $1 AND c.part = l.part AND c.gen >= l.known ORDER BY c.gen DESC LIMIT 1) AS c";
 
 /// The subscriber's report into the publisher's database (`$1`: the subscriber; `$2`..`$4`:
 /// partitions, positions; `$5`: each partition's pending transactions, as text arrays
@@ -317,12 +325,13 @@ impl Cursor {
 /// loops committed, or read under a claim. Another process's progress makes it stale
 /// (behind), which only costs a claim that finds less than it hoped.
 pub(crate) struct Cursors {
-    at: Mutex<Vec<Cursor>>,
+    /// Each partition's cursor and its row's generation.
+    at: Mutex<Vec<(Cursor, i64)>>,
 }
 
 impl Default for Cursors {
     fn default() -> Self {
-        Cursors { at: Mutex::new(vec![Cursor::default(); PARTS as usize]) }
+        Cursors { at: Mutex::new(vec![(Cursor::default(), 0); PARTS as usize]) }
     }
 }
 
@@ -334,7 +343,7 @@ impl Cursors {
     pub fn arrays(&self) -> CursorArrays {
         let at = self.at.lock().expect("cursors");
         let mut a: CursorArrays = Default::default();
-        for (part, c) in at.iter().enumerate() {
+        for (part, (c, _)) in at.iter().enumerate() {
             a.0.push(part as i16);
             a.1.push(c.tx);
             a.2.push(c.seq);
@@ -347,14 +356,21 @@ impl Cursors {
         a
     }
 
-    /// Records a cursor seen committed (or locked); never goes back to an older position.
-    pub fn saw(&self, part: i16, cursor: &Cursor) {
+    /// Records a cursor seen committed (or locked) at `generation`; never goes back to an
+    /// older one.
+    pub fn saw(&self, part: i16, cursor: &Cursor, generation: i64) {
         let mut at = self.at.lock().expect("cursors");
         if let Some(c) = at.get_mut(part as usize)
-            && (cursor.tx, cursor.seq) >= (c.tx, c.seq)
+            && generation >= c.1
         {
-            *c = cursor.clone();
+            *c = (cursor.clone(), generation);
         }
+    }
+
+    /// The generation this process last knew of each partition of `parts`.
+    pub fn generations(&self, parts: &[i16]) -> Vec<i64> {
+        let at = self.at.lock().expect("cursors");
+        parts.iter().map(|&p| at.get(p as usize).map_or(0, |c| c.1)).collect()
     }
 }
 

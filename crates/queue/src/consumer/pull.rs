@@ -121,7 +121,8 @@ impl Consumer {
             let started = SystemTime::now();
             let mut tx = conn.begin().await?;
             // The first partition of the list nobody else is reading (oldest work first).
-            let claimed: Option<Claimed> = sqlx::query_as(CLAIM_CURSOR).bind(&src.name).bind(&*todo).fetch_optional(&mut *tx).await?;
+            let claimed: Option<Claimed> =
+                sqlx::query_as(CLAIM_CURSOR).bind(&src.name).bind(&*todo).bind(src.cursors.generations(todo)).fetch_optional(&mut *tx).await?;
             let Some(claimed) = claimed else {
                 // Every partition with work is being read by another loop.
                 todo.clear();
@@ -130,7 +131,7 @@ impl Consumer {
             };
             let (part, from, generation) = (claimed.part, claimed.cursor(), claimed.generation);
             todo.retain(|p| *p != part);
-            src.cursors.saw(part, &from);
+            src.cursors.saw(part, &from, generation);
             let passing = src.horizon.passing();
             let read: Vec<LogRow> = if from.pending.is_empty() && !passing {
                 sqlx::query_as(READ_BELOW_HORIZON)
@@ -191,7 +192,7 @@ impl Consumer {
             batch.run(&trace::INBOX_DELIVER, to_inbox(&mut tx, &leased)).await?;
             batch.run(&trace::PULL_ADVANCE, advance(&mut tx, &src.name, part, generation, &to)).await?;
             batch.run(&trace::COMMIT, tx.commit()).await?;
-            src.cursors.saw(part, &to);
+            src.cursors.saw(part, &to, generation + 1);
             record_done(&rows);
             return Ok(n);
         }
@@ -212,7 +213,8 @@ impl Consumer {
         batch: &Batch,
     ) -> Result<usize, Error> {
         let mut tx = conn.begin().await?;
-        let claimed: Option<Claimed> = sqlx::query_as(CLAIM_CURSOR).bind(&src.name).bind([part]).fetch_optional(&mut *tx).await?;
+        let claimed: Option<Claimed> =
+            sqlx::query_as(CLAIM_CURSOR).bind(&src.name).bind([part]).bind([generation]).fetch_optional(&mut *tx).await?;
         if claimed.map(|c| (c.generation, c.cursor())).as_ref() != Some(&(generation, from.clone())) {
             // Another loop took the partition meanwhile: these rows are its to handle.
             tx.rollback().await?;
@@ -235,7 +237,7 @@ impl Consumer {
             })
             .await?;
         batch.run(&trace::COMMIT, tx.commit()).await?;
-        src.cursors.saw(part, to);
+        src.cursors.saw(part, to, generation + 1);
         self.retries.scheduled(failed.iter().map(|(_, f)| f));
         record_done(done.iter().copied());
         Ok(rows.len())
@@ -309,13 +311,15 @@ impl Consumer {
     }
 
     async fn report_once(&self, src: &Source, last: &mut Option<Vec<(i16, Cursor)>>) -> Result<(), Error> {
-        let rows: Vec<Claimed> = sqlx::query_as(CURSORS).bind(&src.name).bind(PARTS as i32).fetch_all(&self.pool).await?;
+        let parts: Vec<i16> = (0..PARTS).collect();
+        let rows: Vec<Claimed> =
+            sqlx::query_as(CURSORS).bind(&src.name).bind(&parts).bind(src.cursors.generations(&parts)).fetch_all(&self.pool).await?;
+        rows.iter().for_each(|c| src.cursors.saw(c.part, &c.cursor(), c.generation));
         let mut now: Vec<(i16, Cursor)> = rows.iter().map(|c| (c.part, c.cursor())).collect();
         now.sort_unstable_by_key(|c| c.0);
         if now.is_empty() || last.as_ref() == Some(&now) {
             return Ok(());
         }
-        now.iter().for_each(|(part, c)| src.cursors.saw(*part, c));
         let topics: Vec<&str> = self.topics().collect();
         let pending: Vec<String> = now
             .iter()

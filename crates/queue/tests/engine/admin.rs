@@ -142,10 +142,11 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
         (&p.publisher, conveyor_queue::pull::READ, "(3, 0, 0, '{5}', '{0}', '{test.ping}', 100, true)", "outbox_pull_idx"),
         (&p.publisher, conveyor_queue::pull::PARTS_WITH_WORK, "('{test.ping}', '{0,1,2}', '{0,0,0}', '{0,0,0}', '{1}', '{5}', '{0}')", "outbox_pull_idx"),
         (&p.publisher, conveyor_queue::pull::PRUNE, "(1000, '00000000-0000-0000-0000-000000000000')", "outbox_pkey"),
-        // A partition's cursor: the newest generation only, found by a backward probe
-        // (the older ones, while the horizon is held, are many).
-        (&p.subscriber, conveyor_queue::pull::CLAIM_CURSOR, "('pub', '{3,1,2}')", "Scan Backward using pull_cursors_pkey"),
-        (&p.subscriber, conveyor_queue::pull::CURSORS, "('pub', 16)", "Scan Backward using pull_cursors_pkey"),
+        // A partition's cursor: the newest generation, looked for among those written
+        // since the one the process knew (the older ones, while the horizon is held, are
+        // many, and their entries stay in the index).
+        (&p.subscriber, conveyor_queue::pull::CLAIM_CURSOR, "('pub', '{3,1,2}', '{990,990,990}')", "AND (gen >= "),
+        (&p.subscriber, conveyor_queue::pull::CURSORS, "('pub', '{0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15}', '{990,990,990,990,990,990,990,990,990,990,990,990,990,990,990,990}')", "AND (gen >= "),
         // Scraped for metrics every few seconds: counts what waits (the inbox holds nothing
         // else now: a scan of it is a count of its rows), never the dedupe record.
         (&p.subscriber, sql::DEPTH, "", ""),
