@@ -1,15 +1,15 @@
 //! Least privilege, against a real PostgreSQL: every service's database provisioned as a
-//! deployment provisions it (`conveyor_devpg::provision_database`: a migrator, a runtime and
-//! a relay role), migrated and granted by the migrators' own code, then each role tried on
+//! deployment provisions it (`conveyor_devpg::provision_database`: a migrator, a runtime, a
+//! relay and a puller role), migrated and granted by the migrators' own code, then each role tried on
 //! what it may and may not do.
 
 use std::collections::BTreeMap;
 
-use conveyor_contracts::{service, subscribers_of};
+use conveyor_contracts::{publishers_to, service, subscribers_of};
 use conveyor_devpg::{DatabaseRoles, ProvisionedDatabase, provision_database};
 use conveyor_platform::db::Migrator;
 use conveyor_platform::{DbArgs, GrantArgs};
-use conveyor_queue::{Outgoing, Relay, Routes, publish};
+use conveyor_queue::{Consumer, Delivery, Event, Outgoing, Relay, Routes, handler_fn, publish};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
@@ -34,8 +34,8 @@ async fn shop() -> Shop {
     let prefix = format!("lp{}_", &Uuid::now_v7().simple().to_string()[22..]);
     let mut dbs = BTreeMap::new();
     for (svc, _) in SERVICES {
-        let receives = service::ALL.iter().any(|p| subscribers_of(p).contains(&svc));
-        let roles = DatabaseRoles::for_service(&prefix, svc, receives);
+        let (receives, publishes) = (!publishers_to(svc).is_empty(), !subscribers_of(svc).is_empty());
+        let roles = DatabaseRoles::for_service(&prefix, svc, receives, publishes);
         dbs.insert(svc, provision_database(&admin, &format!("{prefix}{svc}"), &roles).await.unwrap());
     }
     let migrations = SERVICES.iter().map(|(svc, migrator)| migrate(&dbs[svc], svc, migrator));
@@ -44,10 +44,14 @@ async fn shop() -> Shop {
 }
 
 fn grants(db: &ProvisionedDatabase) -> GrantArgs {
-    GrantArgs { runtime_role: Some(db.roles.runtime.clone()), relay_roles: db.roles.relay.iter().cloned().collect() }
+    GrantArgs {
+        runtime_role: Some(db.roles.runtime.clone()),
+        relay_roles: db.roles.relay.iter().cloned().collect(),
+        puller_roles: db.roles.puller.iter().cloned().collect(),
+    }
 }
 
-/// What `<svc>-migrator --runtime-role … --relay-role …` does, with the migrator's URL.
+/// What `<svc>-migrator --runtime-role … --relay-role … --puller-role …` does, with the migrator's URL.
 async fn migrate(db: &ProvisionedDatabase, svc: &str, migrator: &Migrator) -> anyhow::Result<()> {
     migrate_with(&db.migrator, &grants(db), svc, migrator).await
 }
@@ -180,7 +184,12 @@ async fn the_runtime_role_does_its_services_work_and_no_ddl() {
 async fn no_role_can_connect_to_another_services_database() {
     let shop = shop().await;
     for (svc, db) in &shop.dbs {
-        let roles = [Some((&db.roles.migrator, &db.migrator)), Some((&db.roles.runtime, &db.runtime)), db.roles.relay.as_ref().zip(db.relay.as_ref())];
+        let roles = [
+            Some((&db.roles.migrator, &db.migrator)),
+            Some((&db.roles.runtime, &db.runtime)),
+            db.roles.relay.as_ref().zip(db.relay.as_ref()),
+            db.roles.puller.as_ref().zip(db.puller.as_ref()),
+        ];
         for (role, url) in roles.into_iter().flatten() {
             connect(url).await;
             for (other_svc, other_db) in shop.dbs.iter().filter(|(o, _)| o != &svc) {
@@ -260,6 +269,86 @@ async fn the_relay_role_delivers_through_the_real_relay_and_can_do_nothing_else(
     allowed(&mut relay_conn, "INSERT INTO conveyor.inbox (message_id, topic, key, payload, headers, published_at) VALUES (gen_random_uuid(), 'x', NULL, '{}', '{}', now()) ON CONFLICT DO NOTHING").await;
 }
 
+/// A message of the order service, as the test's pulling consumer sees it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Placed {
+    order_id: String,
+}
+
+impl Event for Placed {
+    const TOPIC: &'static str = "order.placed";
+}
+
+#[tokio::test]
+async fn the_puller_role_pulls_through_the_real_consumer_and_can_do_nothing_else() {
+    let shop = shop().await;
+    let (order, stock) = (&shop.dbs[service::ORDER], &shop.dbs[service::STOCK]);
+    let puller_url = order.puller.clone().unwrap();
+
+    // The stock worker pulling the order outbox as deployed: its own database with its
+    // runtime role, the publisher's with the publisher's puller role.
+    let outbox = sqlx::PgPool::connect(&order.runtime).await.unwrap();
+    let msg = Outgoing::event(&Placed { order_id: "o-1".into() }).unwrap();
+    let mut tx = outbox.begin().await.unwrap();
+    publish(&mut tx, msg.clone()).await.unwrap();
+    tx.commit().await.unwrap();
+    let consumer = Consumer::new(sqlx::PgPool::connect(&stock.runtime).await.unwrap())
+        .named(service::STOCK)
+        .subscribe(handler_fn(|conn, m: Delivery<Placed>| {
+            Box::pin(async move {
+                // Any write of the subscriber's own: the effect that commits with the cursor.
+                sqlx::query("INSERT INTO conveyor.fault_flags (name, value) VALUES ($1, 1)")
+                    .bind(format!("seen_{}", m.payload.order_id.replace('-', "_")))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        }))
+        .pull_from(service::ORDER, sqlx::PgPool::connect(&puller_url).await.unwrap());
+    let mut handled = 0;
+    for _ in 0..200 {
+        handled += consumer.process_once().await.unwrap();
+        if handled > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(handled, 1);
+    let mut stock_admin = connect(&stock.admin).await;
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.fault_flags WHERE name = 'seen_o_1'").fetch_one(&mut stock_admin).await.unwrap();
+    assert_eq!(seen, 1);
+    consumer.report_pull_positions().await.unwrap();
+    let mut admin = connect(&order.admin).await;
+    let reported: i64 = sqlx::query_scalar("SELECT count(*) FROM conveyor.pull_positions WHERE subscriber = 'stock' AND tx > '0'")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(reported >= 1, "the pulled position is reported into the publisher's database");
+
+    // Nothing else: no message written, changed or deleted, no position deleted, nothing of
+    // the inbox or of the service's tables, no DDL.
+    let mut puller_conn = connect(&puller_url).await;
+    for sql in [
+        "INSERT INTO conveyor.outbox (message_id, topic, payload) VALUES (gen_random_uuid(), 'x', '{}')",
+        "UPDATE conveyor.outbox SET payload = '{}'",
+        "DELETE FROM conveyor.outbox",
+        "TRUNCATE conveyor.outbox",
+        "DELETE FROM conveyor.pull_positions",
+        "SELECT * FROM conveyor.inbox",
+        "SELECT * FROM conveyor.inbox_done",
+        "INSERT INTO conveyor.inbox (message_id, topic, payload, published_at) VALUES (gen_random_uuid(), 'x', '{}', now())",
+        "SELECT * FROM conveyor.fault_flags",
+        "SELECT * FROM public.orders",
+        "SELECT * FROM public._sqlx_migrations",
+        "CREATE TABLE conveyor.sneaky (x int)",
+        "CREATE TEMP TABLE sneaky (x int)",
+        "DROP TABLE conveyor.outbox",
+    ] {
+        refused(&mut puller_conn, sql).await;
+    }
+    allowed(&mut puller_conn, "SELECT count(*) FROM conveyor.outbox").await;
+}
+
 #[tokio::test]
 async fn later_tables_follow_and_a_second_run_changes_nothing() {
     let shop = shop().await;
@@ -290,12 +379,18 @@ async fn later_tables_follow_and_a_second_run_changes_nothing() {
 async fn the_migrator_refuses_roles_that_would_defeat_the_grants() {
     let shop = shop().await;
     let (catalog, order) = (&shop.dbs[service::CATALOG], &shop.dbs[service::ORDER]);
-    let with = |runtime: &str, relay: &[&str]| GrantArgs { runtime_role: Some(runtime.to_owned()), relay_roles: relay.iter().map(|s| s.to_string()).collect() };
+    let with = |runtime: &str, relay: &[&str]| GrantArgs {
+        runtime_role: Some(runtime.to_owned()),
+        relay_roles: relay.iter().map(|s| s.to_string()).collect(),
+        puller_roles: Vec::new(),
+    };
+    let puller = GrantArgs { puller_roles: vec![catalog.roles.runtime.clone()], ..with(&catalog.roles.runtime, &[]) };
     let cases = [
         (with("postgres", &[]), "is a superuser"),
         (with(&catalog.roles.migrator, &[]), "is the role this migrator runs as"),
         (with("no_such_role", &[]), "does not exist"),
         (with(&catalog.roles.runtime, &[&catalog.roles.runtime]), "both the runtime role and a relay role"),
+        (puller, "as a puller role and as the runtime or a relay role"),
     ];
     for (grants, expected) in cases {
         let e = migrate_with(&catalog.migrator, &grants, service::CATALOG, &conveyor_catalog::MIGRATOR).await.unwrap_err();

@@ -29,6 +29,11 @@ pub struct UpArgs {
     /// (choreography), or the coordinator sending each step's command (orchestration).
     #[arg(long, default_value_t = conveyor_contracts::SagaMode::Choreography)]
     saga_mode: conveyor_contracts::SagaMode,
+    /// How messages travel between the services: each publisher's relay copying them into
+    /// its subscribers' inboxes (push), or each subscriber reading its publishers'
+    /// outboxes (pull; crates/queue/README.md, "Pull delivery").
+    #[arg(long, value_enum, default_value_t = conveyor_launcher::Delivery::Push)]
+    delivery: conveyor_launcher::Delivery,
     /// Build and run release binaries.
     #[arg(long)]
     release: bool,
@@ -59,6 +64,7 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
     opts.base_port = Some(args.base_port);
     opts.log_format = "text".into();
     opts.saga_mode = args.saga_mode;
+    opts.delivery = args.delivery;
     let stack = tokio::select! {
         s = Stack::start(opts, |line| println!("  ✓ {line}")) => s?,
         sig = signals.wait() => return Ok(128 + sig),
@@ -72,7 +78,7 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
     println!("  ✓ demo data loaded: {} products, {} customers", demo.products.len(), demo.customers.len());
     println!();
     println!("Conveyor is up: ready {:.1} s after the build. Logs: {}", started.elapsed().as_secs_f64(), log_dir.display());
-    println!("Saga mode of new orders: {} (--saga-mode; docs/orchestration.md).", args.saga_mode);
+    println!("Saga mode of new orders: {} (--saga-mode; docs/orchestration.md). Delivery: {} (--delivery).", args.saga_mode, args.delivery);
     println!();
     for svc in conveyor_contracts::service::ALL {
         let url = &stack.api[svc];

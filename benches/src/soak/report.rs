@@ -166,7 +166,12 @@ pub fn markdown(r: &Report) -> String {
         cfg.producers, cfg.publish_batch, cfg.consumers, cfg.consumer_batch, cfg.sample_interval_s
     );
     for run in &r.runs {
+        let pulled = run.system == System::Ours && run.version.as_deref() == Some("pull");
         let extra = match run.system {
+            System::Ours if pulled => format!(
+                " Idle loops poll every {} s; the publisher's pruner deletes what every subscriber has passed every {} s (batch {}).",
+                cfg.poll_interval_s, cfg.prune_interval_s, cfg.prune_batch
+            ),
             System::Ours => format!(
                 " {} relay loop(s) (batch {}); idle loops poll every {} s; the pruner deletes done rows after a {} s window every {} s \
                  (batch {}; production: 1 h every 30 s).",
@@ -174,7 +179,8 @@ pub fn markdown(r: &Report) -> String {
             ),
             System::Pgmq => String::new(),
         };
-        let _ = writeln!(m, "- **{}**: {}.{extra}", run.name(), run.system.path());
+        let path = if pulled { System::PULLED_PATH } else { run.system.path() };
+        let _ = writeln!(m, "- **{}**: {}.{extra}", run.name(), path);
     }
     if cfg.hold.is_some() {
         super::report_hold::section(&mut m, r);

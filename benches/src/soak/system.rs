@@ -21,6 +21,11 @@ pub enum System {
 }
 
 impl System {
+    /// Ours' path with `--delivery pull`.
+    pub const PULLED_PATH: &'static str = "publish in a transaction into the outbox (database soak_pub) → transaction-mode consumers of \
+         database soak_sub read it with cursors of their own (claim a partition's cursor, read, handle, move the cursor in one \
+         transaction) → the publisher's pruner; no relay, no inbox";
+
     pub fn label(self) -> &'static str {
         match self {
             System::Ours => "ours",

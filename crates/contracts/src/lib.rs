@@ -83,6 +83,12 @@ pub fn subscribers_of(publisher: &str) -> Vec<&'static str> {
     service::ALL.into_iter().filter(|s| routes.topics().any(|t| routes.subscribers(t).iter().any(|x| x == s))).collect()
 }
 
+/// Which services `subscriber` receives messages from (the publishers whose outboxes it
+/// reads with pull delivery).
+pub fn publishers_to(subscriber: &str) -> Vec<&'static str> {
+    service::ALL.into_iter().filter(|p| subscribers_of(p).contains(&subscriber)).collect()
+}
+
 /// Limits every service enforces on what clients send.
 pub mod limits {
     /// Lines in one order.
@@ -125,6 +131,9 @@ mod tests {
         assert_eq!(subscribers_of(service::PAYMENT), vec![service::ORDER, service::STOCK, service::COORDINATOR]);
         assert_eq!(subscribers_of(service::COORDINATOR), vec![service::ORDER, service::STOCK, service::PAYMENT]);
         assert_eq!(subscribers_of(service::NOTIFICATION), vec![service::ORDER]);
+        assert_eq!(publishers_to(service::NOTIFICATION), vec![service::ORDER]);
+        assert_eq!(publishers_to(service::STOCK), vec![service::CATALOG, service::ORDER, service::PAYMENT, service::COORDINATOR]);
+        assert!(publishers_to(service::CATALOG).is_empty());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!   create; it runs the migrations and then grants the others their privileges;
 //! - the **runtime** role is what the service's APIs and workers connect as;
 //! - the **relay** role is what other services' relays deliver into this database's inbox
-//!   with (only for a service that receives messages).
+//!   with (only for a service that receives messages);
+//! - the **puller** role is what other services' workers read this database's outbox with
+//!   under pull delivery (only for a service that publishes to others).
 //!
 //! The roles get no attribute beyond LOGIN (no superuser, CREATEDB, CREATEROLE,
 //! replication); what they may do in the database is granted by the migrator
@@ -24,15 +26,19 @@ pub struct DatabaseRoles {
     pub runtime: String,
     /// `None` for a database nobody delivers messages to.
     pub relay: Option<String>,
+    /// `None` for a database whose outbox nobody reads.
+    pub puller: Option<String>,
 }
 
 impl DatabaseRoles {
-    /// `{prefix}{service}_migrator`, `…_runtime` and (when `relay`) `…_relay`.
-    pub fn for_service(prefix: &str, service: &str, relay: bool) -> Self {
+    /// `{prefix}{service}_migrator`, `…_runtime`, (when `relay`: it receives messages)
+    /// `…_relay` and (when `puller`: it publishes to others) `…_puller`.
+    pub fn for_service(prefix: &str, service: &str, relay: bool, puller: bool) -> Self {
         DatabaseRoles {
             migrator: format!("{prefix}{service}_migrator"),
             runtime: format!("{prefix}{service}_runtime"),
             relay: relay.then(|| format!("{prefix}{service}_relay")),
+            puller: puller.then(|| format!("{prefix}{service}_puller")),
         }
     }
 }
@@ -46,6 +52,7 @@ pub struct ProvisionedDatabase {
     pub migrator: String,
     pub runtime: String,
     pub relay: Option<String>,
+    pub puller: Option<String>,
 }
 
 /// Creates (or updates) the roles in `roles` — each gets LOGIN, a fresh random password and
@@ -55,7 +62,7 @@ pub struct ProvisionedDatabase {
 /// on migrating it and granting on it. Returns every role's URL of the database.
 pub async fn provision_database(admin_url: &str, database: &str, roles: &DatabaseRoles) -> Result<ProvisionedDatabase> {
     use sqlx::Connection;
-    let names = [Some(&roles.migrator), Some(&roles.runtime), roles.relay.as_ref()];
+    let names = [Some(&roles.migrator), Some(&roles.runtime), roles.relay.as_ref(), roles.puller.as_ref()];
     let names: Vec<&String> = names.into_iter().flatten().collect();
     for name in &names {
         check_role_name(name)?;
@@ -82,13 +89,17 @@ pub async fn provision_database(admin_url: &str, database: &str, roles: &Databas
         adopt(&admin, &roles.migrator).await?;
     }
     let _ = conn.close().await;
-    let url = |i: usize| with_user(&admin, names[i], &passwords[i]);
+    let url = |name: &String| {
+        let i = names.iter().position(|n| *n == name).expect("a role provisioned above");
+        with_user(&admin, names[i], &passwords[i])
+    };
     Ok(ProvisionedDatabase {
         roles: roles.clone(),
         admin: admin.clone(),
-        migrator: url(0),
-        runtime: url(1),
-        relay: roles.relay.as_ref().map(|_| url(2)),
+        migrator: url(&roles.migrator),
+        runtime: url(&roles.runtime),
+        relay: roles.relay.as_ref().map(url),
+        puller: roles.puller.as_ref().map(url),
     })
 }
 
@@ -168,8 +179,9 @@ mod tests {
         for bad in ["", "Stock", "a-b", "a\"b", "1a", &"x".repeat(64)] {
             assert!(check_role_name(bad).is_err(), "{bad:?}");
         }
-        let roles = DatabaseRoles::for_service("t_", "order", false);
+        let roles = DatabaseRoles::for_service("t_", "order", false, true);
         assert_eq!((roles.migrator.as_str(), roles.runtime.as_str(), roles.relay), ("t_order_migrator", "t_order_runtime", None));
+        assert_eq!(roles.puller.as_deref(), Some("t_order_puller"));
     }
 
     async fn connect(url: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
@@ -192,10 +204,11 @@ mod tests {
     async fn each_role_logs_in_with_its_password_and_the_migrator_owns_the_database() {
         let admin = crate::shared_admin_url().await;
         let prefix = prefix();
-        let roles = DatabaseRoles::for_service(&prefix, "stock", true);
+        let roles = DatabaseRoles::for_service(&prefix, "stock", true, true);
         let db = provision_database(&admin, &format!("{prefix}stock"), &roles).await.unwrap();
         let relay = (db.relay.as_deref().unwrap(), roles.relay.as_deref().unwrap());
-        for (url, role) in [(db.migrator.as_str(), roles.migrator.as_str()), (db.runtime.as_str(), roles.runtime.as_str()), relay] {
+        let puller = (db.puller.as_deref().unwrap(), roles.puller.as_deref().unwrap());
+        for (url, role) in [(db.migrator.as_str(), roles.migrator.as_str()), (db.runtime.as_str(), roles.runtime.as_str()), relay, puller] {
             let mut conn = connect(url).await.unwrap_or_else(|e| panic!("{role}: {e}"));
             assert_eq!(one::<String>(&mut conn, "SELECT current_user::text").await, role);
             let attributes: bool = one(&mut conn, "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication FROM pg_roles WHERE rolname = current_user").await;
@@ -230,7 +243,7 @@ mod tests {
         .execute(&mut conn)
         .await
         .unwrap();
-        let roles = DatabaseRoles::for_service(&prefix, "order", true);
+        let roles = DatabaseRoles::for_service(&prefix, "order", true, true);
         provision_database(&admin, &name, &roles).await.unwrap();
         let owners: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT pg_get_userbyid(relowner)::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

@@ -1,7 +1,8 @@
 //! The whole shop as real processes — the binaries we ship — for `cargo xtask up` and the
 //! end-to-end tests: one database per service with its own roles (least privilege, as in a
 //! deployment: the migrator's owns the schema, the runtime's has DML only, the relay's may
-//! only insert into the inbox), every migrator run to completion, then every API and worker
+//! only insert into the inbox, the puller's only read the outbox and report its position),
+//! every migrator run to completion, then every API and worker
 //! and a webhook receiver for notifications, each with its log file; processes can be
 //! killed (SIGKILL, like a crash) and started again.
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use conveyor_contracts::service;
 
+pub use conveyor_platform::Delivery;
 pub use process::tail;
 pub use shop::{Shop, Terminal, wait_for};
 
@@ -53,6 +55,9 @@ pub struct StackOptions {
     /// How new orders run their saga (the order API's `--saga-mode`). Every worker handles
     /// both modes, so an order in flight ends in the mode it started in whatever this is.
     pub saga_mode: conveyor_contracts::SagaMode,
+    /// How messages travel between the services (every worker's `--delivery`): relays
+    /// (push) or subscribers reading their publishers' outboxes (pull).
+    pub delivery: conveyor_platform::Delivery,
 }
 
 impl StackOptions {
@@ -67,6 +72,7 @@ impl StackOptions {
             extra_args: BTreeMap::new(),
             env: BTreeMap::new(),
             saga_mode: conveyor_contracts::SagaMode::default(),
+            delivery: conveyor_platform::Delivery::default(),
         }
     }
 
@@ -131,8 +137,9 @@ impl Stack {
         let mut roles = BTreeMap::new();
         for svc in service::ALL {
             let name = format!("{}{}", opts.db_prefix, database_name(svc));
-            let receives = service::ALL.iter().any(|p| conveyor_contracts::subscribers_of(p).contains(&svc));
-            let wanted = conveyor_devpg::DatabaseRoles::for_service(&opts.db_prefix, svc, receives);
+            let receives = !conveyor_contracts::publishers_to(svc).is_empty();
+            let publishes = !conveyor_contracts::subscribers_of(svc).is_empty();
+            let wanted = conveyor_devpg::DatabaseRoles::for_service(&opts.db_prefix, svc, receives, publishes);
             roles.insert(svc.to_owned(), conveyor_devpg::provision_database(&opts.admin_url, &name, &wanted).await?);
         }
         let databases: BTreeMap<String, String> = roles.iter().map(|(svc, db)| (svc.clone(), db.admin.clone())).collect();
@@ -207,10 +214,21 @@ impl Stack {
                     args.extend(["--saga-mode".into(), opts.saga_mode.to_string()]);
                 }
                 if role == "worker" {
-                    let relay_url = |s: &str| roles[s].relay.clone().expect("a subscriber has a relay role");
-                    let subs: Vec<String> = conveyor_contracts::subscribers_of(svc).iter().map(|s| format!("{s}={}", relay_url(s))).collect();
-                    if !subs.is_empty() {
-                        env.push(("SUBSCRIBERS".into(), subs.join(",")));
+                    // Push: the URLs of its subscribers' inboxes (their relay roles); pull:
+                    // of its publishers' outboxes (their puller roles).
+                    env.push(("DELIVERY".into(), opts.delivery.to_string()));
+                    let (var, peers) = match opts.delivery {
+                        conveyor_platform::Delivery::Push => {
+                            let url = |s: &str| roles[s].relay.clone().expect("a subscriber has a relay role");
+                            ("SUBSCRIBERS", conveyor_contracts::subscribers_of(svc).iter().map(|s| format!("{s}={}", url(s))).collect::<Vec<_>>())
+                        }
+                        conveyor_platform::Delivery::Pull => {
+                            let url = |p: &str| roles[p].puller.clone().expect("a publisher has a puller role");
+                            ("PUBLISHERS", conveyor_contracts::publishers_to(svc).iter().map(|p| format!("{p}={}", url(p))).collect())
+                        }
+                    };
+                    if !peers.is_empty() {
+                        env.push((var.into(), peers.join(",")));
                     }
                     if svc == service::NOTIFICATION {
                         args.extend(["--webhook-url".into(), format!("{sink}/notifications"), "--order-api-url".into(), api[service::ORDER].clone()]);
@@ -419,7 +437,11 @@ impl StackInfo {
 /// A migrator connects as the database's owner and grants the service's other roles.
 fn migrator_env(opts: &StackOptions, db: &conveyor_devpg::ProvisionedDatabase) -> Vec<(String, String)> {
     let mut env = vec![("RUNTIME_ROLE".into(), db.roles.runtime.clone())];
-    env.extend(db.roles.relay.clone().map(|relay| ("RELAY_ROLES".into(), relay)));
+    // Only the delivery's roles get rights: the other kind's role stays unable to connect.
+    match opts.delivery {
+        conveyor_platform::Delivery::Push => env.extend(db.roles.relay.clone().map(|relay| ("RELAY_ROLES".into(), relay))),
+        conveyor_platform::Delivery::Pull => env.extend(db.roles.puller.clone().map(|puller| ("PULLER_ROLES".into(), puller))),
+    }
     env.extend(common_env(opts, &db.migrator));
     env
 }

@@ -81,13 +81,50 @@ pub struct WorkerArgs {
     pub shutdown_grace: Duration,
 }
 
-/// Where a publishing service's relay delivers: one `name=postgres://…` per subscriber.
+/// How messages travel between the shop's services (the same for every worker of a shop).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Each publisher's relay copies its messages into its subscribers' inboxes.
+    #[default]
+    Push,
+    /// Each subscriber reads its publishers' outboxes with cursors of its own
+    /// (`conveyor_queue::pull`); no relay runs.
+    Pull,
+}
+
+impl Delivery {
+    /// The flag's value (`--delivery push`, `DELIVERY=pull`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Push => "push",
+            Delivery::Pull => "pull",
+        }
+    }
+}
+
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a worker's messages travel (see [`Delivery`]), and the other services' databases
+/// that needs: its subscribers' (push) or its publishers' (pull).
 #[derive(Debug, Clone, Args)]
-pub struct RelayArgs {
-    /// A subscriber's inbox database, as `name=postgres://…` (repeat the flag, or separate
-    /// entries with commas in the environment variable).
+pub struct DeliveryArgs {
+    /// push: this service's relay delivers into its subscribers' inboxes; pull: this
+    /// worker reads its publishers' outboxes, and nothing is relayed.
+    #[arg(long, env = "DELIVERY", value_enum, default_value_t = Delivery::Push)]
+    pub delivery: Delivery,
+    /// push: a subscriber's inbox database, as `name=postgres://…` (its relay role; repeat
+    /// the flag, or separate entries with commas in the environment variable).
     #[arg(long = "subscriber", env = "SUBSCRIBERS", value_delimiter = ',', value_parser = conveyor_queue::parse_subscriber, hide_env_values = true)]
     pub subscribers: Vec<(String, String)>,
+    /// pull: a publisher's database this worker reads the outbox of, as `name=postgres://…`
+    /// (its puller role; repeat the flag, or separate entries with commas).
+    #[arg(long = "publisher", env = "PUBLISHERS", value_delimiter = ',', value_parser = conveyor_queue::parse_subscriber, hide_env_values = true)]
+    pub publishers: Vec<(String, String)>,
 }
 
 /// Who a migrator grants privileges to in its database (see `grants`). The roles exist
@@ -103,6 +140,11 @@ pub struct GrantArgs {
     /// inbox, nothing else (repeat the flag, or separate roles with commas).
     #[arg(long = "relay-role", env = "RELAY_ROLES", value_delimiter = ',')]
     pub relay_roles: Vec<String>,
+    /// A role other services' workers pull this database's outbox with: SELECT on the
+    /// outbox, and their position reports into `conveyor.pull_positions`; nothing else
+    /// (repeat the flag, or separate roles with commas).
+    #[arg(long = "puller-role", env = "PULLER_ROLES", value_delimiter = ',')]
+    pub puller_roles: Vec<String>,
 }
 
 /// `250ms`, `3s`, `2m`, `1h`, or a bare number of seconds.

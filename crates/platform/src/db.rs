@@ -109,8 +109,8 @@ pub async fn migrate(db: &DbArgs, grants: &GrantArgs, service: &str, migrator: &
     migrator.run(&pool).await.with_context(|| format!("applying the {service} migrations"))?;
     require_migrated(&pool, service, migrator).await?;
     crate::grants::apply(&pool, grants).await?;
-    if grants.runtime_role.is_some() || !grants.relay_roles.is_empty() {
-        tracing::info!(service, runtime = ?grants.runtime_role, relay = ?grants.relay_roles, "privileges granted");
+    if grants.runtime_role.is_some() || !grants.relay_roles.is_empty() || !grants.puller_roles.is_empty() {
+        tracing::info!(service, runtime = ?grants.runtime_role, relay = ?grants.relay_roles, puller = ?grants.puller_roles, "privileges granted");
     }
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM public._sqlx_migrations WHERE success").fetch_one(&pool).await?;
     tracing::info!(service, applied, database = redact(&db.database_url), "database is migrated");

@@ -9,6 +9,9 @@
 //!   the migrator creates later (default privileges). No DDL, no TEMP, no ownership.
 //! - Each **relay** role (other services' relays delivering here): CONNECT, and what
 //!   `conveyor_queue::relay_grants` gives: INSERT on the inbox's delivery columns, no more.
+//! - Each **puller** role (other services' workers pulling this outbox): CONNECT, and what
+//!   `conveyor_queue::puller_grants` gives: SELECT on the outbox, and their position
+//!   reports in `conveyor.pull_positions`, no more.
 //! - PUBLIC: nothing (no CONNECT, no TEMP, no use of `public`), so no other service's role
 //!   can even connect.
 //!
@@ -32,7 +35,7 @@ const SCHEMAS: [(&str, &str); 2] = [("public", "public._sqlx_migrations"), ("con
 /// is named). Refuses roles that would make the grants meaningless: a superuser, the
 /// migrator's own role, one that owns objects here, or one role for both parts.
 pub async fn apply(pool: &PgPool, roles: &GrantArgs) -> anyhow::Result<()> {
-    if roles.runtime_role.is_none() && roles.relay_roles.is_empty() {
+    if roles.runtime_role.is_none() && roles.relay_roles.is_empty() && roles.puller_roles.is_empty() {
         return Ok(());
     }
     let mut tx = pool.begin().await?;
@@ -45,7 +48,7 @@ pub async fn apply(pool: &PgPool, roles: &GrantArgs) -> anyhow::Result<()> {
     if !owns_database {
         bail!("the migrator's role {me:?} does not own this database, so it cannot say who may connect: ALTER DATABASE … OWNER TO {}", quote_ident(&me));
     }
-    let named = roles.runtime_role.iter().chain(&roles.relay_roles);
+    let named = roles.runtime_role.iter().chain(&roles.relay_roles).chain(&roles.puller_roles);
     for role in named.clone() {
         check_role(&mut tx, role, &me).await?;
     }
@@ -53,6 +56,9 @@ pub async fn apply(pool: &PgPool, roles: &GrantArgs) -> anyhow::Result<()> {
         && roles.relay_roles.contains(runtime)
     {
         bail!("{runtime:?} is named as both the runtime role and a relay role; each needs a role of its own");
+    }
+    if let Some(both) = roles.puller_roles.iter().find(|p| roles.relay_roles.contains(p) || roles.runtime_role.as_ref() == Some(*p)) {
+        bail!("{both:?} is named as a puller role and as the runtime or a relay role; each needs a role of its own");
     }
     let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&mut *tx).await?;
     let database = quote_ident(&database);
@@ -66,12 +72,12 @@ pub async fn apply(pool: &PgPool, roles: &GrantArgs) -> anyhow::Result<()> {
     if let Some(runtime) = &roles.runtime_role {
         statements.extend(runtime_grants(runtime));
     }
-    for relay in &roles.relay_roles {
-        let relay_ident = quote_ident(relay);
-        statements.push(format!("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {relay_ident}"));
-        statements.push(format!("REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {relay_ident}"));
-        statements.push(format!("REVOKE ALL ON SCHEMA public FROM {relay_ident}"));
-        statements.extend(conveyor_queue::relay_grants(relay));
+    for (role, queue_grants) in roles.relay_roles.iter().map(|r| (r, conveyor_queue::relay_grants(r))).chain(roles.puller_roles.iter().map(|r| (r, conveyor_queue::puller_grants(r)))) {
+        let ident = quote_ident(role);
+        statements.push(format!("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {ident}"));
+        statements.push(format!("REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {ident}"));
+        statements.push(format!("REVOKE ALL ON SCHEMA public FROM {ident}"));
+        statements.extend(queue_grants);
     }
     for statement in &statements {
         sqlx::raw_sql(sqlx::AssertSqlSafe(statement.as_str()))

@@ -25,7 +25,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod worker;
 
-pub use config::{ApiArgs, DbArgs, GrantArgs, HttpArgs, LogArgs, RelayArgs, WorkerArgs};
+pub use config::{ApiArgs, DbArgs, Delivery, DeliveryArgs, GrantArgs, HttpArgs, LogArgs, WorkerArgs};
 pub use http::{ApiError, ApiResult, Json, Path, Query};
 
 use sqlx::PgPool;

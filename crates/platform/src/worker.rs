@@ -1,6 +1,7 @@
-//! The worker process every service runs: its consumers, its outbox relay, the pruner of
-//! done messages, any extra loops the service has, and a small HTTP server for health and
-//! metrics; all stopped together on SIGINT/SIGTERM or when one of them fails.
+//! The worker process every service runs: its consumers, its outbox relay (push delivery)
+//! or its reads of its publishers' outboxes (pull delivery), the pruner of done messages,
+//! any extra loops the service has, and a small HTTP server for health and metrics; all
+//! stopped together on SIGINT/SIGTERM or when one of them fails.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{RelayArgs, WorkerArgs};
+use crate::config::{Delivery, DeliveryArgs, WorkerArgs};
 
 /// A loop of the service's own: started with the worker's shutdown token.
 type Task = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send>;
@@ -23,12 +24,14 @@ pub struct Worker {
     args: WorkerArgs,
     consumer: Option<Consumer>,
     relay: Option<Relay>,
+    /// Pull delivery: the routes of this service's outbox, whose subscribers it registers.
+    pulled_routes: Option<conveyor_queue::Routes>,
     extra: Vec<(&'static str, Task)>,
 }
 
 impl Worker {
     pub fn new(service: &'static str, pool: PgPool, args: WorkerArgs) -> Self {
-        Worker { service, pool, args, consumer: None, relay: None, extra: Vec::new() }
+        Worker { service, pool, args, consumer: None, relay: None, pulled_routes: None, extra: Vec::new() }
     }
 
     /// The pool on this worker's database, for handlers that query it themselves (lease mode).
@@ -58,13 +61,49 @@ impl Worker {
         self
     }
 
-    /// Relays this service's outbox to the subscribers `contracts::routes` names for it,
-    /// at the URLs given by `--subscriber`.
-    pub fn with_relay(mut self, routes: conveyor_queue::Routes, relay: &RelayArgs) -> anyhow::Result<Self> {
+    /// Delivery between this service and the others (see [`Delivery`]), after
+    /// [`Worker::with_consumer`]: `routes` says who receives what this service publishes,
+    /// `publishers` who publishes what it receives (both from `contracts`).
+    ///
+    /// - push: relays this service's outbox to its subscribers, at the URLs of `--subscriber`;
+    /// - pull: its consumer reads each publisher's outbox at the URL of `--publisher` (one
+    ///   is needed for each of `publishers`), and its own outbox waits for its subscribers
+    ///   to pull it: they are registered at the start, so the pruner keeps their rows until
+    ///   they have read them.
+    pub fn with_delivery(mut self, routes: conveyor_queue::Routes, publishers: &[&str], args: &DeliveryArgs) -> anyhow::Result<Self> {
         crate::metrics::register_topics("outbox", routes.topics());
-        let relay = Relay::connect(self.pool.clone(), routes, relay.subscribers.iter().cloned())
-            .with_context(|| format!("configuring the {} relay (give each subscriber with --subscriber name=postgres://…)", self.service))?;
-        self.relay = Some(relay);
+        match args.delivery {
+            Delivery::Push => {
+                let relay = Relay::connect(self.pool.clone(), routes, args.subscribers.iter().cloned())
+                    .with_context(|| format!("configuring the {} relay (give each subscriber with --subscriber name=postgres://…)", self.service))?;
+                self.relay = Some(relay);
+            }
+            Delivery::Pull => {
+                let missing: Vec<&str> = publishers.iter().copied().filter(|p| !args.publishers.iter().any(|(name, _)| name == p)).collect();
+                if !missing.is_empty() {
+                    anyhow::bail!(
+                        "pull delivery: the {} worker reads the outboxes of {}; give each with --publisher name=postgres://… (missing: {})",
+                        self.service,
+                        publishers.join(", "),
+                        missing.join(", ")
+                    );
+                }
+                if let Some(mut consumer) = self.consumer.take() {
+                    for (name, url) in &args.publishers {
+                        let options: sqlx::postgres::PgConnectOptions =
+                            url.parse().with_context(|| format!("the database URL of publisher {name:?}"))?;
+                        // One connection per pull loop, the position reports and the wake-ups.
+                        let pool = sqlx::postgres::PgPoolOptions::new()
+                            .max_connections(self.args.concurrency as u32 + 2)
+                            .test_before_acquire(false)
+                            .connect_lazy_with(options);
+                        consumer = consumer.pull_from(name.clone(), pool);
+                    }
+                    self.consumer = Some(consumer);
+                }
+                self.pulled_routes = Some(routes);
+            }
+        }
         Ok(self)
     }
 
@@ -80,6 +119,9 @@ impl Worker {
     /// Runs everything until `shutdown` (or a failure, which stops the rest and is returned).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let service = self.service;
+        if let Some(routes) = &self.pulled_routes {
+            conveyor_queue::pull::expect_pullers(&self.pool, routes).await.context("registering the subscribers that pull this outbox")?;
+        }
         let stop = shutdown.child_token();
         let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         let (pool, http) = (self.pool.clone(), self.args.http.clone());

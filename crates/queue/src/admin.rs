@@ -17,14 +17,15 @@ use crate::{Error, Headers};
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum QueueTable {
-    /// Published here, not relayed yet.
+    /// Published here, not relayed (or, pulled, not read by every subscriber) yet.
     Outbox,
     /// Delivered here, to be handled by this service.
     Inbox,
 }
 
 /// How many messages of a topic wait in a state: `pending`, `running` or `dead` in the
-/// inbox, `pending` in the outbox. Done rows are not counted: they are the dedupe record,
+/// inbox, `pending` in the outbox (not relayed yet, or, pulled, not read by every
+/// subscriber yet: see `pull::PASSED`). Done rows are not counted: they are the dedupe record,
 /// as many as the window holds, and counting them would scan them at every scrape; each
 /// count here reads only the rows its partial index holds.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -37,16 +38,20 @@ pub struct Depth {
     pub oldest_age_seconds: Option<f64>,
 }
 
-pub const DEPTH: &str = "SELECT 'outbox' AS \"table\", topic, 'pending' AS state, count(*) AS count,
+pub const DEPTH: &str = concat!(
+    "SELECT 'outbox' AS \"table\", topic, 'pending' AS state, count(*) AS count,
                 extract(epoch FROM now() - min(created_at))::float8 AS oldest_age_seconds
-         FROM conveyor.outbox GROUP BY topic
+         FROM conveyor.outbox AS o WHERE NOT ",
+    crate::pull::passed!(),
+    " GROUP BY topic
          UNION ALL
          SELECT 'inbox', topic, state, count(*), extract(epoch FROM now() - min(published_at))::float8
          FROM conveyor.inbox WHERE state IN ('pending', 'running') GROUP BY topic, state
          UNION ALL
          SELECT 'inbox', topic, 'dead', count(*), NULL
          FROM conveyor.inbox WHERE state = 'dead' GROUP BY topic
-         ORDER BY 1, 2, 3";
+         ORDER BY 1, 2, 3"
+);
 
 /// Depth of every topic and waiting state, outbox and inbox.
 pub async fn depth(pool: &PgPool) -> Result<Vec<Depth>, Error> {
@@ -57,11 +62,15 @@ pub async fn depth(pool: &PgPool) -> Result<Vec<Depth>, Error> {
     .await?)
 }
 
-pub const OLDEST: &str = "SELECT extract(epoch FROM now() - min(t))::float8 FROM (
-            (SELECT created_at AS t FROM conveyor.outbox ORDER BY message_id LIMIT 1)
+pub const OLDEST: &str = concat!(
+    "SELECT extract(epoch FROM now() - min(t))::float8 FROM (
+            (SELECT created_at AS t FROM conveyor.outbox AS o WHERE NOT ",
+    crate::pull::passed!(),
+    " ORDER BY message_id LIMIT 1)
             UNION ALL
             (SELECT min(published_at) FROM conveyor.inbox WHERE state IN ('pending', 'running'))
-         ) oldest";
+         ) oldest"
+);
 
 /// Age of the oldest message still waiting anywhere in this database: in the outbox, or
 /// pending or running in the inbox. `None` when nothing waits.

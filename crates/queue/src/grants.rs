@@ -2,6 +2,8 @@
 //! migrator to run (it owns the queue's tables; role names are deployment settings, so they
 //! are not written into the migrations).
 //!
+//! (And what a puller's role may do in a publisher's database: [`puller_grants`].)
+//!
 //! A relay runs exactly one statement there, `relay::DELIVER`: an INSERT of the
 //! [`DELIVERY_COLUMNS`] of `conveyor.inbox`, `ON CONFLICT DO NOTHING` without a conflict
 //! target (a target would need SELECT on its column), plus the wake-up's
@@ -32,6 +34,24 @@ pub fn relay_grants(role: &str) -> Vec<String> {
         format!("REVOKE ALL ON SCHEMA conveyor FROM {role}"),
         format!("GRANT USAGE ON SCHEMA conveyor TO {role}"),
         format!("GRANT INSERT ({}) ON conveyor.inbox TO {role}", DELIVERY_COLUMNS.join(", ")),
+    ]
+}
+
+/// Statements that leave `role` with exactly a puller's rights in the queue schema of a
+/// publisher's database (`crate::pull`): reading the outbox as a log (SELECT), and its
+/// position reports (`pull::REPORT`: INSERT … ON CONFLICT DO UPDATE, which needs SELECT and
+/// UPDATE too) into `conveyor.pull_positions`. It cannot write or delete a message, or read
+/// or touch any other table. Revoked first, like [`relay_grants`].
+pub fn puller_grants(role: &str) -> Vec<String> {
+    let role = quote_ident(role);
+    vec![
+        format!("REVOKE ALL ON ALL TABLES IN SCHEMA conveyor FROM {role}"),
+        format!("REVOKE ALL ON ALL SEQUENCES IN SCHEMA conveyor FROM {role}"),
+        format!("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA conveyor FROM {role}"),
+        format!("REVOKE ALL ON SCHEMA conveyor FROM {role}"),
+        format!("GRANT USAGE ON SCHEMA conveyor TO {role}"),
+        format!("GRANT SELECT ON conveyor.outbox TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE ON conveyor.pull_positions TO {role}"),
     ]
 }
 

@@ -31,7 +31,7 @@ pub use consumer::{
     lock_keys_fn,
 };
 pub use error::Error;
-pub use grants::{DELIVERY_COLUMNS, quote_ident, relay_grants};
+pub use grants::{DELIVERY_COLUMNS, puller_grants, quote_ident, relay_grants};
 pub use message::{Delivery, Event, Headers, MessageId, Outgoing};
 pub use prune::{Pruner, prune_once};
 pub use publish::{publish, publish_all, publish_event, schedule};

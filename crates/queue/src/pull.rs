@@ -50,7 +50,9 @@
 //! - **Pruning.** The publisher cannot see the subscribers' databases, so each subscriber
 //!   reports its committed cursors into the publisher's `conveyor.pull_positions` (its only
 //!   write there) every second; the publisher's pruner deletes the rows of pulled topics
-//!   that every subscriber pulling that topic has passed.
+//!   that every subscriber pulling that topic has passed. A publisher registers the
+//!   subscribers its routes name before they report ([`expect_pullers`]), so that none
+//!   finds its topics pruned because it started last.
 //!
 //! A topic is delivered either by a relay or by pull, never both: the relay claims the
 //! topics it routes, and the rows of topics nobody routes stay in the outbox for their
@@ -223,23 +225,70 @@ FROM unnest($2::smallint[], $3::bigint[], $4::bigint[], $5::text[]) AS c(part, t
 ON CONFLICT (subscriber, part) DO UPDATE
 SET tx = excluded.tx, seq = excluded.seq, pending_tx = excluded.pending_tx, topics = excluded.topics, reported_at = now()";
 
-/// The publisher's pruning of pulled rows: up to `$1` rows after `$2` (a message id) of
-/// topics somebody pulls that every subscriber pulling their topic has passed (at or below
-/// its position, and not of a transaction it still waits for), oldest first. Returns how
-/// many it deleted and the last id it deleted (NULL: none), where the next batch resumes:
-/// under a held horizon the key's start keeps the entries of every row pruned since, and
-/// walking them again for every batch grew the soak's latency with the hold's age.
-pub const PRUNE: &str = "\
-WITH batch AS (
+/// Whether the outbox row `o` has been pulled by everyone who pulls it: somebody pulls
+/// its topic (a reported or expected position lists it), and every such position of its
+/// partition is at or past it and waits for nothing of its transaction. Such a row waits
+/// for the pruner only, so the depth gauges and the audit do not count it.
+macro_rules! passed {
+    () => {
+        "(EXISTS (SELECT 1 FROM conveyor.pull_positions AS p WHERE o.topic = ANY (p.topics))
+  AND NOT EXISTS (SELECT 1 FROM conveyor.pull_positions AS p
+                  WHERE o.topic = ANY (p.topics) AND p.part = o.part
+                    AND ((o.tx, o.seq) > (p.tx, p.seq) OR o.tx::text::bigint = ANY (p.pending_tx))))"
+    };
+}
+pub(crate) use passed;
+
+/// See [`passed`]: a condition on an outbox row aliased `o`.
+pub const PASSED: &str = passed!();
+
+/// The publisher's pruning of pulled rows: up to `$1` rows after `$2` (a message id) that
+/// everyone who pulls them has passed ([`PASSED`]), oldest first. Returns how many it
+/// deleted and the last id it deleted (NULL: none), where the next batch resumes: under a
+/// held horizon the key's start keeps the entries of every row pruned since, and walking
+/// them again for every batch grew the soak's latency with the hold's age.
+pub const PRUNE: &str = concat!(
+    "WITH batch AS (
     SELECT o.message_id FROM conveyor.outbox AS o
-    WHERE o.message_id > $2
-      AND EXISTS (SELECT 1 FROM conveyor.pull_positions AS p WHERE o.topic = ANY (p.topics))
-      AND NOT EXISTS (SELECT 1 FROM conveyor.pull_positions AS p
-                      WHERE o.topic = ANY (p.topics) AND p.part = o.part
-                        AND ((o.tx, o.seq) > (p.tx, p.seq) OR o.tx::text::bigint = ANY (p.pending_tx)))
+    WHERE o.message_id > $2 AND ",
+    passed!(),
+    "
     ORDER BY o.message_id LIMIT $1),
 gone AS (DELETE FROM conveyor.outbox WHERE message_id = ANY (ARRAY(SELECT message_id FROM batch)) RETURNING message_id)
-SELECT (SELECT count(*) FROM gone), (SELECT message_id FROM gone ORDER BY message_id DESC LIMIT 1)";
+SELECT (SELECT count(*) FROM gone), (SELECT message_id FROM gone ORDER BY message_id DESC LIMIT 1)"
+);
+
+/// The publisher's expected pull subscribers (`$1`, with `$2` the topics routed to each, as
+/// text arrays): a position before everything in each partition, unless they have one
+/// already, in which case only the topics are added. Until a subscriber has reported, the
+/// pruner then keeps every row of its topics (see [`expect_pullers`]).
+pub const EXPECT: &str = "\
+INSERT INTO conveyor.pull_positions (subscriber, part, tx, seq, topics)
+SELECT s.subscriber, p, '0', 0, s.topics::text[]
+FROM unnest($1::text[], $2::text[]) AS s(subscriber, topics) CROSS JOIN generate_series(0, $3 - 1) AS p
+ON CONFLICT (subscriber, part) DO UPDATE
+SET topics = ARRAY(SELECT DISTINCT t FROM unnest(pull_positions.topics || excluded.topics) AS t ORDER BY t)";
+
+/// Registers the subscribers `routes` names as pulling their topics from this (the
+/// publisher's) database, before they have read anything: the pruner deletes a pulled
+/// row once every subscriber *known* to pull its topic has passed it, so a subscriber
+/// that had not started yet would otherwise find the rows of its topics gone, pruned
+/// after the others passed them. A publisher's worker runs this at its start (a
+/// replication slot is made before its consumer connects, for the same reason).
+pub async fn expect_pullers(pool: &sqlx::PgPool, routes: &crate::Routes) -> Result<(), crate::Error> {
+    let mut by_subscriber: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for topic in routes.topics() {
+        for s in routes.subscribers(topic) {
+            by_subscriber.entry(s.as_str()).or_default().push(topic);
+        }
+    }
+    if by_subscriber.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<String> = by_subscriber.values().map(|t| format!("{{{}}}", t.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(","))).collect();
+    sqlx::query(EXPECT).bind(by_subscriber.keys().collect::<Vec<_>>()).bind(topics).bind(i32::from(PARTS)).execute(pool).await?;
+    Ok(())
+}
 
 /// Puts messages read from the log into the subscriber's inbox, in the transaction that
 /// moves the cursor past them: those of lease-mode topics (claimable at once, no attempt

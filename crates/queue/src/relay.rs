@@ -67,7 +67,7 @@ pub fn parse_subscriber(s: &str) -> Result<(String, String), String> {
     let (name, url) = s.split_once('=').ok_or_else(|| "expected NAME=URL (e.g. stock=postgres://…), got no '='".to_owned())?;
     let name = name.trim();
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(format!("subscriber name {name:?} must be letters, digits, '-' or '_'"));
+        return Err(format!("the name {name:?} must be letters, digits, '-' or '_'"));
     }
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(format!("the database URL of {name:?} must start with postgres:// or postgresql://"));

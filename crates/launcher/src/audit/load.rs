@@ -208,22 +208,25 @@ async fn read_payment(conn: &mut PgConnection) -> Result<Payment> {
 async fn read_queue(svc: &str, conn: &mut PgConnection, options: &Options) -> Result<Queue> {
     let limit = options.examples as i64;
     let grace = options.grace.as_secs_f64();
-    let (outbox, relaying): (i64, i64) = sqlx::query_as(
+    // Pulled rows every subscriber has read wait only for the pruner: not counted.
+    let (outbox, relaying): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FILTER (WHERE created_at < now() - make_interval(secs => $1)), count(*) FILTER (WHERE created_at >= now() - make_interval(secs => $1))
-         FROM conveyor.outbox",
-    )
+         FROM conveyor.outbox AS o WHERE NOT {}",
+        conveyor_queue::pull::PASSED
+    )))
     .bind(grace)
     .fetch_one(&mut *conn)
     .await?;
-    let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
-        "SELECT message_id, topic, extract(epoch FROM now() - created_at)::bigint FROM conveyor.outbox
-         WHERE created_at < now() - make_interval(secs => $1) ORDER BY message_id LIMIT $2",
-    )
+    let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT message_id, topic, extract(epoch FROM now() - created_at)::bigint FROM conveyor.outbox AS o
+         WHERE created_at < now() - make_interval(secs => $1) AND NOT {} ORDER BY message_id LIMIT $2",
+        conveyor_queue::pull::PASSED
+    )))
     .bind(grace)
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    let outbox_examples = rows.into_iter().map(|(id, topic, age)| format!("{topic} message {id}, published {age} s ago, not relayed")).collect();
+    let outbox_examples = rows.into_iter().map(|(id, topic, age)| format!("{topic} message {id}, published {age} s ago, not relayed or pulled")).collect();
     let (overdue, waiting): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE visible_at < now() - make_interval(secs => $1)), count(*) FILTER (WHERE visible_at >= now() - make_interval(secs => $1))
          FROM conveyor.inbox WHERE state IN ('pending', 'running')",

@@ -12,6 +12,7 @@ mod flags;
 mod metrics;
 mod orchestration;
 mod prometheus;
+mod pull;
 mod race;
 mod roles;
 mod saga;

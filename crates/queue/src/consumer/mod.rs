@@ -35,7 +35,9 @@ use crate::{Error, Event, RetryPolicy};
 /// Tuning shared by a consumer's subscriptions.
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {
-    /// Claim loops per mode; each holds one connection while it works.
+    /// Claim loops per mode, each holding one connection while it works: the inbox's
+    /// transaction and lease modes get this many each; the publishers pulled from share
+    /// this many (at least one each).
     pub concurrency: usize,
     /// Messages claimed at a time.
     pub batch_size: i64,
@@ -307,14 +309,17 @@ impl Consumer {
                 self.floor.sweep_loop(&self.pool, &tx::SWEEP, &self.tx_topics, &tx_wake, &shutdown).await;
             }
         };
-        // Pull loops, a listener on each publisher and a reporter of the positions.
+        // Pull loops, a listener on each publisher and a reporter of the positions. The
+        // `concurrency` loops are shared among the publishers (at least one each): each
+        // holds a connection to this database, like the inbox's loops.
+        let per_source = (n / self.sources.len().max(1)).max(1);
         let shutdown = &shutdown;
         let pulls = self.sources.iter().map(|src| {
             let (wake, idle) = (Arc::new(Notify::new()), Arc::new(Idle::default()));
             let from = wake::ProbeFrom::Cursors(src.cursors.clone());
             spawn_listener(src.pool.clone(), &wake::PULL, self.topics().map(str::to_owned).collect(), from, idle.clone(), vec![wake.clone()], listening.clone());
             async move {
-                let loops = (0..n).map(|_| self.pull_loop(src, &wake, &idle, shutdown));
+                let loops = (0..per_source).map(|_| self.pull_loop(src, &wake, &idle, shutdown));
                 futures::future::join(futures::future::join_all(loops), self.report_positions(src, Duration::from_secs(1), shutdown)).await;
             }
         });

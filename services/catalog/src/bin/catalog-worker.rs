@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use conveyor_catalog::{MIGRATOR, SERVICE};
-use conveyor_platform::{RelayArgs, WorkerArgs};
+use conveyor_platform::{DeliveryArgs, WorkerArgs};
 
 /// Conveyor catalog worker: relays product.created / product.updated to their subscribers.
 #[derive(Parser)]
@@ -11,15 +11,15 @@ struct Args {
     #[command(flatten)]
     worker: WorkerArgs,
     #[command(flatten)]
-    relay: RelayArgs,
+    delivery: DeliveryArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let relay = args.relay;
+    let delivery = args.delivery;
     conveyor_platform::run_worker(SERVICE, "catalog-worker", args.worker, &MIGRATOR, |worker| async move {
-        worker.with_relay(conveyor_contracts::routes(SERVICE), &relay)
+        worker.with_delivery(conveyor_contracts::routes(SERVICE), &conveyor_contracts::publishers_to(SERVICE), &delivery)
     })
     .await
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use conveyor_coordinator::{MIGRATOR, SERVICE, Settings, saga};
-use conveyor_platform::{RelayArgs, WorkerArgs};
+use conveyor_platform::{DeliveryArgs, WorkerArgs};
 use futures::FutureExt;
 
 /// Conveyor coordinator worker: handles saga.start and the replies stock.replied,
@@ -16,7 +16,7 @@ struct Args {
     #[command(flatten)]
     worker: WorkerArgs,
     #[command(flatten)]
-    relay: RelayArgs,
+    delivery: DeliveryArgs,
     /// How long stock and payment each have to answer their command before the saga is
     /// compensated and the order cancelled with reason `timeout` (e.g. 30s, 500ms).
     #[arg(long, env = "CONVEYOR_STEP_TIMEOUT", default_value = "30s", value_parser = conveyor_platform::config::parse_duration)]
@@ -26,7 +26,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (relay, settings) = (args.relay, Settings { step_timeout: args.step_timeout });
+    let (delivery, settings) = (args.delivery, Settings { step_timeout: args.step_timeout });
     conveyor_platform::run_worker(SERVICE, "coordinator-worker", args.worker, &MIGRATOR, |worker| async move {
         let pool = worker.pool().clone();
         // A saga that has not moved for two step timeouts is overdue: its deadline should have moved it.
@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
         worker
             .with_consumer(consumer)
             .with_task("in-flight", move |stop| conveyor_coordinator::watch_in_flight(pool, Duration::from_secs(5), overdue, stop).boxed())
-            .with_relay(conveyor_contracts::routes(SERVICE), &relay)
+            .with_delivery(conveyor_contracts::routes(SERVICE), &conveyor_contracts::publishers_to(SERVICE), &delivery)
     })
     .await
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::Parser;
 use conveyor_notification::{FLAGS, MIGRATOR, Notifier, NotifierArgs, SERVICE};
 use conveyor_platform::faults::Faults;
-use conveyor_platform::{RelayArgs, WorkerArgs};
+use conveyor_platform::{DeliveryArgs, WorkerArgs};
 
 /// Conveyor notification worker: renders the stored template of each order.confirmed /
 /// order.cancelled (enriched by the order API when it answers) and POSTs it to the webhook,
@@ -20,7 +20,7 @@ struct Args {
     #[command(flatten)]
     worker: WorkerArgs,
     #[command(flatten)]
-    relay: RelayArgs,
+    delivery: DeliveryArgs,
     #[command(flatten)]
     notifier: NotifierArgs,
 }
@@ -28,12 +28,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (relay, notifier) = (args.relay, args.notifier);
+    let (delivery, notifier) = (args.delivery, args.notifier);
     conveyor_platform::run_worker(SERVICE, "notification-worker", args.worker, &MIGRATOR, |worker| async move {
         let pool = worker.pool().clone();
         let faults = Faults::watch(pool.clone(), &FLAGS);
         let consumer = Arc::new(Notifier::new(pool, &notifier)?.with_faults(faults)).subscribe(worker.consumer(), &notifier);
-        worker.with_consumer(consumer).with_relay(conveyor_contracts::routes(SERVICE), &relay)
+        worker.with_consumer(consumer).with_delivery(conveyor_contracts::routes(SERVICE), &conveyor_contracts::publishers_to(SERVICE), &delivery)
     })
     .await
 }

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use conveyor_platform::faults::Faults;
-use conveyor_platform::{RelayArgs, WorkerArgs};
+use conveyor_platform::{DeliveryArgs, WorkerArgs};
 use conveyor_stock::{FLAGS, MIGRATOR, SERVICE, faults, handlers};
 
 /// Conveyor stock worker: handles product.created / product.updated, order.placed and
@@ -16,17 +16,17 @@ struct Args {
     #[command(flatten)]
     worker: WorkerArgs,
     #[command(flatten)]
-    relay: RelayArgs,
+    delivery: DeliveryArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let relay = args.relay;
+    let delivery = args.delivery;
     conveyor_platform::run_worker(SERVICE, "stock-worker", args.worker, &MIGRATOR, |worker| async move {
         let flags = Faults::watch(worker.pool().clone(), &FLAGS);
         let consumer = faults::slowed(handlers::subscribe(worker.consumer()), flags);
-        worker.with_consumer(consumer).with_relay(conveyor_contracts::routes(SERVICE), &relay)
+        worker.with_consumer(consumer).with_delivery(conveyor_contracts::routes(SERVICE), &conveyor_contracts::publishers_to(SERVICE), &delivery)
     })
     .await
 }

@@ -522,7 +522,7 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "# Saga benchmark report\n");
     let _ = writeln!(
         s,
-        "{}; {} ({}); the shop's {} build; {}{}.",
+        "{}; {} ({}); the shop's {} build; {}; {} delivery{}.",
         r.machine.describe(),
         r.postgres,
         r.server,
@@ -531,6 +531,7 @@ pub fn markdown(r: &Report) -> String {
             None => format!("the {}", r.shop.mode),
             Some(_) => "the choreography, then the orchestration, each on a fresh stack".to_owned(),
         },
+        r.settings.delivery,
         if r.quick { "; QUICK smoke run: checks the harness, the figures mean nothing" } else { "" }
     );
     match &r.orchestration {
@@ -551,9 +552,10 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## Settings\n\n`cargo xtask bench saga{}{}`: ceiling {} s × {} clients; {} s of warm-up; steps of {} s from {}/s ×{} with {} bisections (at most {}/s); {} s at half rate; {}; at most {} requests in flight. Process logs: {}. Charts: saga-report.svg; every figure: saga-report.json.",
+        "\n## Settings\n\n`cargo xtask bench saga{}{}{}`: ceiling {} s × {} clients; {} s of warm-up; steps of {} s from {}/s ×{} with {} bisections (at most {}/s); {} s at half rate; {}; at most {} requests in flight. Process logs: {}. Charts: saga-report.svg; every figure: saga-report.json.",
         if r.quick { " --quick" } else { "" },
         if r.settings.mode == Mode::Choreography { String::new() } else { format!(" --mode {}", r.settings.mode.as_str()) },
+        if r.settings.delivery == conveyor_launcher::Delivery::Push { String::new() } else { format!(" --delivery {}", r.settings.delivery) },
         r.settings.ceiling_secs,
         r.settings.ceiling_clients,
         r.settings.warmup_secs,
@@ -1005,6 +1007,7 @@ mod tests {
         Settings {
             quick: false,
             mode,
+            delivery: conveyor_launcher::Delivery::Push,
             build: Build::Release,
             ceiling_secs: 20,
             ceiling_clients: 8,
@@ -1105,7 +1108,7 @@ mod tests {
         assert!(r.findings.iter().any(|f| f.contains("Messages per saga (every inbox, counted with the sagas that sent them): 4.0 at the highest sustained rate and 4.0 at half rate")), "{:?}", r.findings);
         let md = markdown(&full);
         for text in [
-            "the shop's release build; the choreography.",
+            "the shop's release build; the choreography; push delivery.",
             "| shop / batched ceiling | 40% | ≥ 50% | NOT met |",
             "p99 ≤ 100 ms",
             "## CPU per process",

@@ -164,6 +164,7 @@ pub async fn measure(s: &Settings, mode: SagaMode, admin_url: &str, pg_bin: &Pat
     let mut opts = StackOptions::new(admin_url.to_owned(), app_bin.to_path_buf(), log_dir.to_path_buf());
     opts.db_prefix = DB_PREFIX.to_owned();
     opts.saga_mode = mode;
+    opts.delivery = s.delivery;
     let mut stack = tokio::select! {
         st = Stack::start(opts, |line| println!("   ✓ {line}")) => st?,
         sig = signals.wait() => return Ok(Err(sig)),
