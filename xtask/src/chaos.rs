@@ -54,6 +54,10 @@ pub struct Args {
     /// How the orders run their saga: choreography, or orchestration by the coordinator.
     #[arg(long, default_value_t = conveyor_contracts::SagaMode::Choreography)]
     saga_mode: conveyor_contracts::SagaMode,
+    /// How messages travel: relays (push) or subscribers reading their publishers' outboxes
+    /// (pull); a killed worker is then a killed puller.
+    #[arg(long, value_enum, default_value_t = conveyor_launcher::Delivery::Push)]
+    delivery: conveyor_launcher::Delivery,
     /// Build and run release binaries.
     #[arg(long)]
     release: bool,
@@ -123,6 +127,7 @@ async fn with_pg(args: &Args, seed: u64, pg: &Postgres, signals: &mut Signals) -
     );
     opts.log_format = "text".into();
     opts.saga_mode = args.saga_mode;
+    opts.delivery = args.delivery;
     if pg.cluster.is_none() {
         // A server shared with other runs: databases of this run's own, so the audit sees
         // only this run's orders.
@@ -227,7 +232,7 @@ fn repeat_command(args: &Args, seed: u64, faults: &[FaultKind]) -> String {
         .collect();
     let secs = |d: Duration| format!("{}s", d.as_secs_f64());
     format!(
-        "cargo xtask chaos --seed {seed} --rounds {} --duration {} --rate {} --faults {} --products {} --customers {} --settle {} --fault-every {} --saga-mode {}{}",
+        "cargo xtask chaos --seed {seed} --rounds {} --duration {} --rate {} --faults {} --products {} --customers {} --settle {} --fault-every {} --saga-mode {} --delivery {}{}",
         args.rounds,
         secs(args.duration),
         args.rate,
@@ -241,6 +246,7 @@ fn repeat_command(args: &Args, seed: u64, faults: &[FaultKind]) -> String {
         secs(args.settle),
         secs(args.fault_every),
         args.saga_mode,
+        args.delivery,
         if args.release { " --release" } else { "" }
     )
 }

@@ -1,10 +1,10 @@
-//! catalog-worker: relays the catalog's outbox (product events) to stock and order.
+//! catalog-worker: delivers the catalog's outbox (product events) to stock and order.
 
 use clap::Parser;
 use conveyor_catalog::{MIGRATOR, SERVICE};
 use conveyor_platform::{DeliveryArgs, WorkerArgs};
 
-/// Conveyor catalog worker: relays product.created / product.updated to their subscribers.
+/// Conveyor catalog worker: delivers product.created / product.updated to their subscribers.
 #[derive(Parser)]
 #[command(name = "catalog-worker", version)]
 struct Args {

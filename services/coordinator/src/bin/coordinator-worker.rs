@@ -1,4 +1,4 @@
-//! coordinator-worker: runs the orchestrated sagas and relays their commands.
+//! coordinator-worker: runs the orchestrated sagas and delivers their commands.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use conveyor_platform::{DeliveryArgs, WorkerArgs};
 use futures::FutureExt;
 
 /// Conveyor coordinator worker: handles saga.start and the replies stock.replied,
-/// payment.replied and order.replied, and each step's saga.deadline; relays the commands
+/// payment.replied and order.replied, and each step's saga.deadline; delivers the commands
 /// (stock.reserve/release, payment.capture/refund, order.confirm/cancel) to their services.
 #[derive(Parser)]
 #[command(name = "coordinator-worker", version)]

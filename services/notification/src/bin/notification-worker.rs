@@ -1,5 +1,5 @@
 //! notification-worker: delivers a notification for every order.confirmed and
-//! order.cancelled, and relays notification.sent.
+//! order.cancelled, and delivers notification.sent.
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use conveyor_platform::{DeliveryArgs, WorkerArgs};
 
 /// Conveyor notification worker: renders the stored template of each order.confirmed /
 /// order.cancelled (enriched by the order API when it answers) and POSTs it to the webhook,
-/// once per order and event, behind timeouts and circuit breakers; relays notification.sent,
+/// once per order and event, behind timeouts and circuit breakers; delivers notification.sent,
 /// published as each delivery is recorded, to its subscribers. An operator can make it
 /// treat the receiver as down while it runs (`PATCH /admin/faults` of the notification API:
 /// receiver_down).

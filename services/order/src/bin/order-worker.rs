@@ -1,5 +1,5 @@
 //! order-worker: keeps the product copy, settles orders (appending to their event streams),
-//! projects the streams into the order views, and relays the order events.
+//! projects the streams into the order views, and delivers the order events.
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use conveyor_platform::{DeliveryArgs, WorkerArgs};
 /// payment.captured and payment.declined (the choreography), order.confirm and order.cancel
 /// (the coordinator's commands), and records stock.reserved, stock.replied, payment.replied
 /// and notification.sent in each order's event stream; projects the streams into the
-/// customers' order views (the read model); relays order.placed/confirmed/cancelled,
+/// customers' order views (the read model); delivers order.placed/confirmed/cancelled,
 /// saga.start and order.replied.
 #[derive(Parser)]
 #[command(name = "order-worker", version)]

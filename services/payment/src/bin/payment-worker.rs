@@ -1,4 +1,4 @@
-//! payment-worker: captures or declines reserved orders, refunds on command, and relays
+//! payment-worker: captures or declines reserved orders, refunds on command, and delivers
 //! payment events and replies.
 
 use clap::Parser;
@@ -8,7 +8,7 @@ use conveyor_platform::{DeliveryArgs, WorkerArgs};
 
 /// Conveyor payment worker: handles stock.reserved and the command payment.capture (capture
 /// or decline, with the simulated faults an operator switched on through `PATCH
-/// /admin/faults` of the payment API) and payment.refund; relays payment.captured /
+/// /admin/faults` of the payment API) and payment.refund; delivers payment.captured /
 /// payment.declined and the replies (payment.replied) to their subscribers.
 #[derive(Parser)]
 #[command(name = "payment-worker", version)]

@@ -1,4 +1,4 @@
-//! stock-worker: creates items, reserves and releases stock, and relays stock events and
+//! stock-worker: creates items, reserves and releases stock, and delivers stock events and
 //! replies.
 
 use clap::Parser;
@@ -7,7 +7,7 @@ use conveyor_platform::{DeliveryArgs, WorkerArgs};
 use conveyor_stock::{FLAGS, MIGRATOR, SERVICE, faults, handlers};
 
 /// Conveyor stock worker: handles product.created / product.updated, order.placed and
-/// payment.declined, and the commands stock.reserve / stock.release; relays stock.reserved /
+/// payment.declined, and the commands stock.reserve / stock.release; delivers stock.reserved /
 /// stock.rejected and the replies (stock.replied) to their subscribers. An operator
 /// can slow it down while it runs (`PATCH /admin/faults` of the stock API: slowdown_ms).
 #[derive(Parser)]
