@@ -33,8 +33,8 @@ CRD_API_VERSIONS = ["keda.sh/v1alpha1", "monitoring.coreos.com/v1"]
 # In the order of conveyor_contracts::service::ALL (and of image-contract.yaml).
 SERVICES = ["catalog", "order", "stock", "payment", "notification", "coordinator"]
 
-# Each service database's roles (docs/databases.md).
-ROLES = ["migrator", "runtime", "relay"]
+# Each service database's roles (docs/databases.md): relay is push delivery's, puller pull's.
+ROLES = ["migrator", "runtime", "relay", "puller"]
 
 WEBHOOK = "http://receiver.mail.svc:8080/hooks/conveyor"
 
@@ -57,6 +57,22 @@ def load_yaml(path: Path) -> Any:
 
 def contract() -> dict[str, Any]:
     return load_yaml(CHART / "image-contract.yaml")
+
+
+def subscribers(svc: str) -> list[str]:
+    """The services `svc` publishes to (image-contract.yaml): its relay's SUBSCRIBERS."""
+    (entry,) = [s for s in contract()["services"] if s["name"] == svc]
+    return entry["subscribers"]
+
+
+def publishers(svc: str) -> list[str]:
+    """The services that publish to `svc`, in the contract's order: its PUBLISHERS when pulled
+    (conveyor_contracts::publishers_to)."""
+    return [s["name"] for s in contract()["services"] if svc in s["subscribers"]]
+
+
+def delivery(values: dict[str, Any]) -> str:
+    return values.get("delivery", "push")
 
 
 # Every optional feature, as the values that switch it on, and the values that switch it off.
@@ -122,6 +138,8 @@ FEATURES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"saga": {"mode": "orchestration", "stepTimeout": "10s"}},
         {"saga": {"mode": "choreography"}},
     ),
+    # Every worker reads its publishers' outboxes (puller roles) instead of relays pushing.
+    "pull-delivery": ({"delivery": "pull"}, {"delivery": "push"}),
 }
 
 
@@ -146,11 +164,14 @@ def value_sets() -> dict[str, dict[str, Any]]:
         "example-production": load_yaml(EXAMPLES / "values-production.yaml"),
         "example-demo": load_yaml(EXAMPLES / "values-demo.yaml"),
     }
-    # KEDA's two triggers exclude each other, and so do the JWKS's sources: "all on" is
-    # rendered once with each trigger, with the keys at a URL.
-    all_on = merge(REQUIRED, *[on for name, (on, _) in FEATURES.items() if name not in ("keda-prometheus", "jwks-configmap")])
+    # KEDA's two triggers exclude each other, and so do the JWKS's sources and the two
+    # deliveries: "all on" is rendered once with each trigger, with the keys at a URL, pushed,
+    # and once more pulled.
+    alternatives = ("keda-prometheus", "jwks-configmap", "pull-delivery")
+    all_on = merge(REQUIRED, *[on for name, (on, _) in FEATURES.items() if name not in alternatives])
     sets["all-on"] = all_on
     sets["all-on-keda-prometheus"] = merge(all_on, FEATURES["keda-prometheus"][0])
+    sets["all-on-pull-delivery"] = merge(all_on, FEATURES["pull-delivery"][0])
     sets["all-off"] = merge(REQUIRED, *[off for _, (_, off) in FEATURES.items()])
     for name, (on, off) in FEATURES.items():
         sets[f"{name}-on"] = merge(REQUIRED, on)

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from chart import REQUIRED, SERVICES, VALUE_SETS, by_kind, contract, env_of, merge, rendered_documents
+from chart import REQUIRED, SERVICES, VALUE_SETS, by_kind, contract, delivery, env_of, merge, publishers, rendered_documents
 
 HOOK = "helm.sh/hook"
 
@@ -53,9 +53,14 @@ def test_each_process_reads_only_its_own_roles_secrets(name):
 
     def secret(svc, role):
         existing = roles[svc].get(role, {}).get("existingSecret")
-        return existing or f"shop-conveyor-{svc}-{ {'runtime': 'db', 'relay': 'db-relay', 'migrator': 'db-migrate'}[role] }"
+        return existing or f"shop-conveyor-{svc}-{ {'runtime': 'db', 'relay': 'db-relay', 'puller': 'db-puller', 'migrator': 'db-migrate'}[role] }"
 
     subscribers = {s["name"]: s["subscribers"] for s in contract()["services"]}
+    # Push: a worker's relay writes its subscribers' inboxes; pull: it reads its publishers' outboxes.
+    if delivery(VALUE_SETS[name]) == "pull":
+        peers = {svc: {secret(p, "puller") for p in publishers(svc)} for svc in SERVICES}
+    else:
+        peers = {svc: {secret(sub, "relay") for sub in subscribers[svc]} for svc in SERVICES}
     for d in by_kind(docs, "Deployment") + by_kind(docs, "Job"):
         labels = d["metadata"]["labels"]
         svc, component = labels.get("conveyor/service"), labels["app.kubernetes.io/component"]
@@ -64,7 +69,7 @@ def test_each_process_reads_only_its_own_roles_secrets(name):
         refs = secret_refs(d["spec"]["template"]["spec"])
         expected = {
             "api": {secret(svc, "runtime")},
-            "worker": {secret(svc, "runtime")} | {secret(sub, "relay") for sub in subscribers[svc]},
+            "worker": {secret(svc, "runtime")} | peers[svc],
             "migrator": {secret(svc, "migrator")},
         }[component]
         assert refs == expected, f"{d['kind']}/{d['metadata']['name']}"

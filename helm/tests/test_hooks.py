@@ -8,7 +8,7 @@ import base64
 
 import pytest
 
-from chart import REQUIRED, SERVICES, VALUE_SETS, by_kind, contract, env_of, merge, rendered_documents
+from chart import REQUIRED, SERVICES, VALUE_SETS, by_kind, contract, delivery, env_of, merge, publishers, rendered_documents, subscribers
 
 HOOK = "helm.sh/hook"
 WEIGHT = "helm.sh/hook-weight"
@@ -40,8 +40,10 @@ def test_a_migrator_hook_per_service(name):
         assert "DATABASE_URL" in env
         roles = VALUE_SETS[name].get("services", {}).get(svc, {}).get("database", {}).get("roles", {})
         assert env["RUNTIME_ROLE"] == (roles.get("runtime", {}).get("username") or f"{svc}_runtime")
-        receives = any(svc in s["subscribers"] for s in contract()["services"])
-        assert ("RELAY_ROLES" in env) == receives, svc
+        # Only the roles of the delivery in use are granted: relay (push) or puller (pull).
+        pull = delivery(VALUE_SETS[name]) == "pull"
+        assert ("RELAY_ROLES" in env) == (not pull and bool(publishers(svc))), svc
+        assert ("PULLER_ROLES" in env) == (pull and bool(subscribers(svc))), svc
         assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "migrator"
     # Ordered by weight, in saga order, one after the other.
     assert weights == sorted(weights) and len(set(weights)) == len(weights)

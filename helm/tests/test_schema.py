@@ -42,6 +42,7 @@ BAD = {
     "saga mode outside its enum": {"saga": {"mode": "hybrid"}},
     "bad step timeout": {"saga": {"stepTimeout": "a while"}},
     "unknown key in saga": {"saga": {"timeout": "30s"}},
+    "delivery outside its enum": {"delivery": "both"},
     "not a postgres URL": {"services": {"stock": {"database": {"roles": {"runtime": {"url": "mysql://x/stock"}}}}}},
     "one user for every service (before roles)": {"database": {"username": "conveyor", "password": "x"}},
     "a service-wide URL (before roles)": {"services": {"stock": {"database": {"url": "postgres://x/stock"}}}},

@@ -53,6 +53,11 @@ pub const DEPTH: &str = concat!(
          ORDER BY 1, 2, 3"
 );
 
+/// How many messages of the outbox some subscriber has still to receive: not relayed yet,
+/// or, pulled, not read by every subscriber yet (a row all have read waits only for the
+/// pruner).
+pub const OUTBOX_WAITING: &str = concat!("SELECT count(*) FROM conveyor.outbox AS o WHERE NOT ", crate::pull::passed!());
+
 /// Depth of every topic and waiting state, outbox and inbox.
 pub async fn depth(pool: &PgPool) -> Result<Vec<Depth>, Error> {
     Ok(sqlx::query_as(

@@ -26,15 +26,22 @@ pub fn quote_ident(name: &str) -> String {
 /// schema, in one transaction. (CONNECT on the database, and nothing in the service's own
 /// schema, is the migrator's part: `conveyor_platform::grants`.)
 pub fn relay_grants(role: &str) -> Vec<String> {
+    exactly(role, &[format!("INSERT ({}) ON conveyor.inbox", DELIVERY_COLUMNS.join(", "))])
+}
+
+/// Revokes whatever `role` held on the queue schema and its tables, sequences and
+/// functions, then grants USAGE on the schema and each of `privileges` (`PRIVILEGE ON table`).
+fn exactly(role: &str, privileges: &[String]) -> Vec<String> {
     let role = quote_ident(role);
-    vec![
+    let mut statements = vec![
         format!("REVOKE ALL ON ALL TABLES IN SCHEMA conveyor FROM {role}"),
         format!("REVOKE ALL ON ALL SEQUENCES IN SCHEMA conveyor FROM {role}"),
         format!("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA conveyor FROM {role}"),
         format!("REVOKE ALL ON SCHEMA conveyor FROM {role}"),
         format!("GRANT USAGE ON SCHEMA conveyor TO {role}"),
-        format!("GRANT INSERT ({}) ON conveyor.inbox TO {role}", DELIVERY_COLUMNS.join(", ")),
-    ]
+    ];
+    statements.extend(privileges.iter().map(|p| format!("GRANT {p} TO {role}")));
+    statements
 }
 
 /// Statements that leave `role` with exactly a puller's rights in the queue schema of a
@@ -43,16 +50,7 @@ pub fn relay_grants(role: &str) -> Vec<String> {
 /// UPDATE too) into `conveyor.pull_positions`. It cannot write or delete a message, or read
 /// or touch any other table. Revoked first, like [`relay_grants`].
 pub fn puller_grants(role: &str) -> Vec<String> {
-    let role = quote_ident(role);
-    vec![
-        format!("REVOKE ALL ON ALL TABLES IN SCHEMA conveyor FROM {role}"),
-        format!("REVOKE ALL ON ALL SEQUENCES IN SCHEMA conveyor FROM {role}"),
-        format!("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA conveyor FROM {role}"),
-        format!("REVOKE ALL ON SCHEMA conveyor FROM {role}"),
-        format!("GRANT USAGE ON SCHEMA conveyor TO {role}"),
-        format!("GRANT SELECT ON conveyor.outbox TO {role}"),
-        format!("GRANT SELECT, INSERT, UPDATE ON conveyor.pull_positions TO {role}"),
-    ]
+    exactly(role, &["SELECT ON conveyor.outbox".to_owned(), "SELECT, INSERT, UPDATE ON conveyor.pull_positions".to_owned()])
 }
 
 #[cfg(test)]

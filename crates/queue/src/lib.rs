@@ -44,7 +44,7 @@ pub use retry::RetryPolicy;
 pub mod sql {
     pub use crate::consumer::{LEASE_CLAIM, LEASE_DONE, LOCK_KEYS, TX_CLAIM};
     pub use crate::floor::MARGIN as CLAIM_FLOOR_MARGIN;
-    pub use crate::admin::{DEPTH, OLDEST};
+    pub use crate::admin::{DEPTH, OLDEST, OUTBOX_WAITING};
     pub use crate::prune::{PRUNE, v7_floor};
     pub use crate::publish::INSERT_ROWS as PUBLISH_INSERT;
     pub use crate::relay::CLAIM as RELAY_CLAIM;

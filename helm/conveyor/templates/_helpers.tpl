@@ -122,8 +122,10 @@ over it, as YAML. Takes (dict "root" $ "service" "catalog" "part" "api").
 A service's database roles (docs/databases.md): "migrator" owns the database and its schema
 and runs the migrator Job; "runtime" is what the service's API and worker connect as (DML
 only); "relay" is what the workers of the services that deliver to this one write its inbox
-with (INSERT only; a service nobody delivers to has none). The helpers below take
-(dict "root" $ "service" "catalog" "role" "runtime").
+with, with push delivery (INSERT only; a service nobody delivers to has none); "puller" is
+what the workers of the services it publishes to read its outbox with, with pull delivery
+(SELECT on the outbox, their position reports; a service that publishes to nobody has none).
+The helpers below take (dict "root" $ "service" "catalog" "role" "runtime").
 */}}
 
 {{/* The role's name: services.<svc>.database.roles.<role>.username, else <svc>_<role>. */}}
@@ -132,23 +134,74 @@ with (INSERT only; a service nobody delivers to has none). The helpers below tak
 {{- default (printf "%s_%s" .service .role) $r.username }}
 {{- end }}
 
+{{/*
+The services that publish to a service (whose `subscribers` in the image contract name it),
+in the contract's order, as a JSON list: the outboxes its worker reads with pull delivery
+(conveyor_contracts::publishers_to). Use: include "conveyor.publishers" (dict "root" $
+"service" "stock") | fromJsonArray
+*/}}
+{{- define "conveyor.publishers" -}}
+{{- $contract := include "conveyor.contract" .root | fromYaml }}
+{{- $publishers := list }}
+{{- range $contract.services }}{{ if has $.service .subscribers }}{{ $publishers = append $publishers .name }}{{ end }}{{ end }}
+{{- toJson $publishers }}
+{{- end }}
+
 {{/* Non-empty when some worker delivers to the service (it then has a relay role). Takes (dict "root" $ "service" "catalog"). */}}
 {{- define "conveyor.receives" -}}
+{{- if include "conveyor.publishers" . | fromJsonArray }}yes{{ end }}
+{{- end }}
+
+{{/* Non-empty when the service publishes to some other (it then has a puller role). Takes (dict "root" $ "service" "catalog"). */}}
+{{- define "conveyor.publishes" -}}
 {{- $contract := include "conveyor.contract" .root | fromYaml }}
-{{- range $contract.services }}{{ if has $.service .subscribers }}yes{{ end }}{{ end }}
+{{- range $contract.services }}{{ if and (eq .name $.service) .subscribers }}yes{{ end }}{{ end }}
+{{- end }}
+
+{{/*
+The role other services' workers reach a service's database with under the delivery in use
+(values `delivery`): "relay" with push when somebody delivers to it, "puller" with pull when
+it publishes to somebody; empty otherwise. Only this one of the two gets a Secret, is
+created by the demo PostgreSQL and is granted its privileges by the migrator. Takes
+(dict "root" $ "service" "catalog").
+*/}}
+{{- define "conveyor.deliveryRole" -}}
+{{- if eq .root.Values.delivery "pull" }}
+{{- if include "conveyor.publishes" . }}puller{{ end }}
+{{- else }}
+{{- if include "conveyor.receives" . }}relay{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The other services' databases a service's worker connects to under the delivery in use, as
+JSON: with push its subscribers' (their relay roles, in SUBSCRIBERS, one SUBSCRIBER_URL_<SVC>
+each), with pull its publishers' (their puller roles, in PUBLISHERS, one PUBLISHER_URL_<SVC>
+each). Takes (dict "root" $ "service" "catalog"). Use: … | fromJson
+*/}}
+{{- define "conveyor.workerPeers" -}}
+{{- if eq .root.Values.delivery "pull" }}
+{{- toJson (dict "role" "puller" "variable" "PUBLISHERS" "prefix" "PUBLISHER_URL_" "services" (include "conveyor.publishers" . | fromJsonArray)) }}
+{{- else }}
+{{- $contract := include "conveyor.contract" .root | fromYaml }}
+{{- $subscribers := list }}
+{{- range $contract.services }}{{ if eq .name $.service }}{{ $subscribers = .subscribers }}{{ end }}{{ end }}
+{{- toJson (dict "role" "relay" "variable" "SUBSCRIBERS" "prefix" "SUBSCRIBER_URL_" "services" $subscribers) }}
+{{- end }}
 {{- end }}
 
 {{/*
 Name of the Secret holding a role's URL: the role's existingSecret, else the chart's:
-<svc>-db (runtime), <svc>-db-relay (relay), <svc>-db-migrate (migrator; a hook, because on the
-first install regular resources do not exist yet when pre-install hooks run).
+<svc>-db (runtime), <svc>-db-relay (relay), <svc>-db-puller (puller), <svc>-db-migrate
+(migrator; a hook, because on the first install regular resources do not exist yet when
+pre-install hooks run).
 */}}
 {{- define "conveyor.roleSecretName" -}}
 {{- $r := get (get .root.Values.services .service).database.roles .role }}
 {{- if $r.existingSecret }}
 {{- $r.existingSecret }}
 {{- else }}
-{{- printf "%s-%s-%s" (include "conveyor.fullname" .root) .service (get (dict "runtime" "db" "relay" "db-relay" "migrator" "db-migrate") .role) }}
+{{- printf "%s-%s-%s" (include "conveyor.fullname" .root) .service (get (dict "runtime" "db" "relay" "db-relay" "puller" "db-puller" "migrator" "db-migrate") .role) }}
 {{- end }}
 {{- end }}
 

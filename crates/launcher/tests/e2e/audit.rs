@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use conveyor_launcher::audit::{self, Options, Report, Targets};
-use conveyor_launcher::{StackInfo, Terminal, wait_for};
+use conveyor_launcher::StackInfo;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::{SAGA, start};
+use crate::start;
 
 /// Audits and checks that `rule` alone failed, with an example containing `needle`.
 async fn only(targets: &Targets, options: &Options, rule: &str, needle: &str) -> Report {
@@ -34,22 +34,9 @@ async fn exec(db: &sqlx::PgPool, sql: &str) {
 #[tokio::test]
 async fn the_audit_passes_a_settled_shop_and_reports_each_planted_violation_under_its_rule() {
     let mut f = start("audit").await;
-    let product = f.product(1000, 5).await;
-    let rich = f.customer(1_000_000).await;
-    let poor = f.customer(500).await;
-    let confirmed = f.shop.order_placed(rich, &[(product, 2)]).await.unwrap();
-    let out_of_stock = f.shop.order_placed(rich, &[(product, 50)]).await.unwrap();
-    let declined = f.shop.order_placed(poor, &[(product, 1)]).await.unwrap();
-    assert_eq!(f.shop.wait_terminal(confirmed, SAGA).await.unwrap(), Terminal::Confirmed);
-    assert_eq!(f.shop.wait_terminal(out_of_stock, SAGA).await.unwrap(), Terminal::Cancelled("out_of_stock".into()));
-    assert_eq!(f.shop.wait_terminal(declined, SAGA).await.unwrap(), Terminal::Cancelled("payment_declined".into()));
-    // Settled: the release of the declined order's stock and every notification, recorded.
-    wait_for("the declined order's reservation to be released", SAGA, || async { Ok(f.shop.reservation(declined).await?.is_some_and(|r| r["state"] == "released")) })
-        .await
-        .unwrap();
-    for order in [confirmed, out_of_stock, declined] {
-        wait_for("the notification to be recorded", SAGA, || async { Ok(f.shop.notifications(order).await?.len() == 1) }).await.unwrap();
-    }
+    let settled = f.three_endings().await;
+    let (product, rich, poor) = (settled.product, settled.rich, settled.poor);
+    let [confirmed, out_of_stock, declined] = settled.orders;
 
     let info = StackInfo::read(&f.stack.info_path()).unwrap();
     assert_eq!(info, f.stack.info(), "stack.json describes the running stack");

@@ -21,7 +21,7 @@ mod traces;
 use std::time::Duration;
 
 use conveyor_contracts::SagaMode;
-use conveyor_launcher::{Shop, Stack, StackOptions, default_bin_dir};
+use conveyor_launcher::{Shop, Stack, StackOptions, Terminal, default_bin_dir, wait_for};
 use uuid::Uuid;
 
 /// Runs a scenario `async fn name(mode: SagaMode)` once per saga mode, as the tests
@@ -85,6 +85,15 @@ pub async fn start_with(test: &str, tweak: impl FnOnce(StackOptions) -> StackOpt
     Fixture { stack, shop, _turn: turn }
 }
 
+/// What [`Fixture::three_endings`] made.
+pub struct ThreeEndings {
+    pub product: Uuid,
+    pub rich: Uuid,
+    pub poor: Uuid,
+    /// Confirmed, cancelled out of stock, declined.
+    pub orders: [Uuid; 3],
+}
+
 impl Fixture {
     /// A product known to order and stock.
     pub async fn product(&self, price_minor: i64, stock: i64) -> Uuid {
@@ -95,6 +104,30 @@ impl Fixture {
 
     pub async fn customer(&self, balance_minor: i64) -> Uuid {
         self.shop.create_customer(Uuid::now_v7(), "Test Customer", "EUR", balance_minor).await.unwrap()
+    }
+
+    /// The saga's three endings, settled: a product (5 in stock, 10.00 EUR), a rich and a
+    /// poor customer, and their orders confirmed (2 units), cancelled out of stock (50) and
+    /// declined (1, its reservation released), each notified.
+    pub async fn three_endings(&self) -> ThreeEndings {
+        let product = self.product(1000, 5).await;
+        let rich = self.customer(1_000_000).await;
+        let poor = self.customer(500).await;
+        let confirmed = self.shop.order_placed(rich, &[(product, 2)]).await.unwrap();
+        let out_of_stock = self.shop.order_placed(rich, &[(product, 50)]).await.unwrap();
+        let declined = self.shop.order_placed(poor, &[(product, 1)]).await.unwrap();
+        assert_eq!(self.shop.wait_terminal(confirmed, SAGA).await.unwrap(), Terminal::Confirmed);
+        assert_eq!(self.shop.wait_terminal(out_of_stock, SAGA).await.unwrap(), Terminal::Cancelled("out_of_stock".into()));
+        assert_eq!(self.shop.wait_terminal(declined, SAGA).await.unwrap(), Terminal::Cancelled("payment_declined".into()));
+        wait_for("the declined order's reservation to be released", SAGA, || async {
+            Ok(self.shop.reservation(declined).await?.is_some_and(|r| r["state"] == "released"))
+        })
+        .await
+        .unwrap();
+        for order in [confirmed, out_of_stock, declined] {
+            wait_for("the notification to be recorded", SAGA, || async { Ok(self.shop.notifications(order).await?.len() == 1) }).await.unwrap();
+        }
+        ThreeEndings { product, rich, poor, orders: [confirmed, out_of_stock, declined] }
     }
 
     /// A pool on one service's database, for checks no API exposes.

@@ -512,8 +512,8 @@ async fn count_down(pg_bin: &Path, url: &str, count_sql: &str, limit: Duration, 
 /// ones whose time has not come: retries after their backoff, the coordinator's deadlines.)
 pub(super) const DUE_SQL: &str = "SELECT count(*) FROM conveyor.inbox WHERE state = 'running' OR (state = 'pending' AND visible_at <= now())";
 
-/// Messages published and not relayed yet.
-pub(super) const OUTBOX_SQL: &str = "SELECT count(*) FROM conveyor.outbox";
+/// Messages published and not relayed (or, pulled, not read by every subscriber) yet.
+pub(super) const OUTBOX_SQL: &str = conveyor_queue::sql::OUTBOX_WAITING;
 
 /// Waits until `count_sql` counts nothing in any of `databases` (service → URL), or `limit`
 /// passes (`Some(left)`, summed).
