@@ -90,13 +90,8 @@ impl Worker {
                 }
                 if let Some(mut consumer) = self.consumer.take() {
                     for (name, url) in &args.publishers {
-                        let options: sqlx::postgres::PgConnectOptions =
-                            url.parse().with_context(|| format!("the database URL of publisher {name:?}"))?;
                         // One connection per pull loop, the position reports and the wake-ups.
-                        let pool = sqlx::postgres::PgPoolOptions::new()
-                            .max_connections(self.args.concurrency as u32 + 2)
-                            .test_before_acquire(false)
-                            .connect_lazy_with(options);
+                        let pool = conveyor_queue::peer_pool("publisher", name, url, self.args.concurrency as u32 + 2)?;
                         consumer = consumer.pull_from(name.clone(), pool);
                     }
                     self.consumer = Some(consumer);

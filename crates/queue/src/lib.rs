@@ -35,7 +35,7 @@ pub use grants::{DELIVERY_COLUMNS, puller_grants, quote_ident, relay_grants};
 pub use message::{Delivery, Event, Headers, MessageId, Outgoing};
 pub use prune::{Pruner, prune_once};
 pub use publish::{publish, publish_all, publish_event, schedule};
-pub use relay::{ClaimedBatch, Relay, RelayOptions, Routes, parse_subscriber};
+pub use relay::{ClaimedBatch, Relay, RelayOptions, Routes, parse_subscriber, peer_pool};
 pub use retry::RetryPolicy;
 
 /// The engine's hot statements, for plan tests (every one must use its index under a

@@ -75,6 +75,15 @@ pub fn parse_subscriber(s: &str) -> Result<(String, String), String> {
     Ok((name.to_owned(), url.to_owned()))
 }
 
+/// A pool on another service's database as configuration gives it (`name=URL`, see
+/// [`parse_subscriber`]), of at most `max` connections, opened lazily: a relay's on a
+/// subscriber's inbox, or a puller's on a publisher's outbox (`kind` names which, for the
+/// error).
+pub fn peer_pool(kind: &str, name: &str, url: &str, max: u32) -> Result<PgPool, Error> {
+    let options: sqlx::postgres::PgConnectOptions = url.parse().map_err(|e| Error::Config(format!("database URL of {kind} {name:?}: {e}")))?;
+    Ok(sqlx::postgres::PgPoolOptions::new().max_connections(max).test_before_acquire(false).connect_lazy_with(options))
+}
+
 /// Tuning of a [`Relay`].
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
@@ -175,12 +184,7 @@ impl Relay {
     pub fn connect<I: IntoIterator<Item = (String, String)>>(outbox: PgPool, routes: Routes, urls: I) -> Result<Self, Error> {
         let mut pools = HashMap::new();
         for (name, url) in urls {
-            let options: sqlx::postgres::PgConnectOptions =
-                url.parse().map_err(|e| Error::Config(format!("database URL of subscriber {name:?}: {e}")))?;
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(8)
-                .test_before_acquire(false)
-                .connect_lazy_with(options);
+            let pool = peer_pool("subscriber", &name, &url, 8)?;
             pools.insert(name, pool);
         }
         Relay::new(outbox, routes, pools)
