@@ -258,14 +258,15 @@ gone AS (DELETE FROM conveyor.outbox WHERE message_id = ANY (ARRAY(SELECT messag
 SELECT (SELECT count(*) FROM gone), (SELECT message_id FROM gone ORDER BY message_id DESC LIMIT 1)"
 );
 
-/// The publisher's expected pull subscribers (`$1`, with `$2` the topics routed to each, as
-/// text arrays): a position before everything in each partition, unless they have one
-/// already, in which case only the topics are added. Until a subscriber has reported, the
-/// pruner then keeps every row of its topics (see [`expect_pullers`]).
+/// The publisher's expected pull subscribers (`$1`, `$2`: subscriber and topic routed to
+/// it, one pair per route): a position before everything in each partition, unless they
+/// have one already, in which case only the topics are added. Until a subscriber has
+/// reported, the pruner then keeps every row of its topics (see [`expect_pullers`]).
 pub const EXPECT: &str = "\
 INSERT INTO conveyor.pull_positions (subscriber, part, tx, seq, topics)
-SELECT s.subscriber, p, '0', 0, s.topics::text[]
-FROM unnest($1::text[], $2::text[]) AS s(subscriber, topics) CROSS JOIN generate_series(0, $3 - 1) AS p
+SELECT s.subscriber, p, '0', 0, s.topics
+FROM (SELECT subscriber, array_agg(topic ORDER BY topic) AS topics FROM unnest($1::text[], $2::text[]) AS r(subscriber, topic) GROUP BY subscriber) AS s
+CROSS JOIN generate_series(0, $3 - 1) AS p
 ON CONFLICT (subscriber, part) DO UPDATE
 SET topics = ARRAY(SELECT DISTINCT t FROM unnest(pull_positions.topics || excluded.topics) AS t ORDER BY t)";
 
@@ -276,17 +277,11 @@ SET topics = ARRAY(SELECT DISTINCT t FROM unnest(pull_positions.topics || exclud
 /// after the others passed them. A publisher's worker runs this at its start (a
 /// replication slot is made before its consumer connects, for the same reason).
 pub async fn expect_pullers(pool: &sqlx::PgPool, routes: &crate::Routes) -> Result<(), crate::Error> {
-    let mut by_subscriber: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-    for topic in routes.topics() {
-        for s in routes.subscribers(topic) {
-            by_subscriber.entry(s.as_str()).or_default().push(topic);
-        }
-    }
-    if by_subscriber.is_empty() {
+    let (subscribers, topics): (Vec<&str>, Vec<&str>) = routes.topics().flat_map(|t| routes.subscribers(t).iter().map(move |s| (s.as_str(), t))).unzip();
+    if subscribers.is_empty() {
         return Ok(());
     }
-    let topics: Vec<String> = by_subscriber.values().map(|t| format!("{{{}}}", t.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(","))).collect();
-    sqlx::query(EXPECT).bind(by_subscriber.keys().collect::<Vec<_>>()).bind(topics).bind(i32::from(PARTS)).execute(pool).await?;
+    sqlx::query(EXPECT).bind(subscribers).bind(topics).bind(i32::from(PARTS)).execute(pool).await?;
     Ok(())
 }
 
