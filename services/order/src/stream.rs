@@ -8,7 +8,7 @@
 //! and the table's `UNIQUE (order_id, type)` refuses a second copy of any fact however it
 //! arrives (a duplicate message, a replayed dead letter, a concurrent handler).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use conveyor_contracts::{CancelReason, Money, SagaMode};
@@ -132,18 +132,28 @@ impl Order {
             kinds: vec!["placed"],
         };
         for e in rest {
+            order.apply(&e.event);
             order.version = e.version;
-            order.kinds.push(e.event.kind());
-            match &e.event {
-                OrderEvent::Confirmed => (order.status, order.updated_at) = (OrderStatus::Confirmed, e.at),
-                OrderEvent::Cancelled { reason, detail } => {
-                    (order.status, order.updated_at) = (OrderStatus::Cancelled, e.at);
-                    (order.reason, order.reason_detail) = (Some(*reason), Some(detail.clone()));
-                }
-                _ => {}
+            if matches!(e.event, OrderEvent::Confirmed | OrderEvent::Cancelled { .. }) {
+                order.updated_at = e.at;
             }
         }
         Some(order)
+    }
+
+    /// Takes `event`, the next in the stream, into the state: the version moves on by one.
+    /// (`updated_at` is the store's time of a terminal event, set when it is read.)
+    pub fn apply(&mut self, event: &OrderEvent) {
+        self.version += 1;
+        self.kinds.push(event.kind());
+        match event {
+            OrderEvent::Confirmed => self.status = OrderStatus::Confirmed,
+            OrderEvent::Cancelled { reason, detail } => {
+                self.status = OrderStatus::Cancelled;
+                (self.reason, self.reason_detail) = (Some(*reason), Some(detail.clone()));
+            }
+            _ => {}
+        }
     }
 
     /// Whether the stream already has an event of `kind`.
@@ -175,40 +185,61 @@ pub async fn stream_of(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<
     Ok(load(conn, &[order_id]).await?.remove(&order_id).unwrap_or_default())
 }
 
-/// Appends `events` at versions `expected + 1 …`; returns the time they were recorded.
+/// Appends events, each to its order's stream at the version it names: `$1` to `$4` are
+/// their orders, versions, types and data, as arrays. Returns the time they were recorded
+/// (the transaction's, the same for all).
 pub const APPEND: &str = "INSERT INTO order_events (order_id, version, type, data)
-     SELECT $1, $2 + e.n, e.type, e.data FROM unnest($3::text[], $4::jsonb[]) WITH ORDINALITY AS e(type, data, n)
+     SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[])
      RETURNING at";
+
+/// An event to append: the next of the stream of `order_id`, at `version`.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEvent<'e> {
+    pub order_id: Uuid,
+    pub version: i32,
+    pub event: &'e OrderEvent,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
-    /// Another transaction appended to the stream since it was read (or recorded one of
-    /// these facts): read it again and decide again.
-    #[error("order {order_id} changed since version {expected} was read; read its events again")]
-    Conflict { order_id: Uuid, expected: i32 },
+    /// Another transaction appended to one of these streams since it was read (or
+    /// recorded one of these facts): read them again and decide again.
+    #[error("the events of order(s) {} changed since they were read; read them again", order_ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", "))]
+    Conflict { order_ids: Vec<Uuid> },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
 
 /// Appends `events` to the stream of `order_id`, which must still be at version `expected`
-/// (0 for a new order). An empty list appends nothing. On a conflict nothing is appended
-/// and the failed insert has aborted the caller's transaction: roll it back and decide
-/// again from a fresh read (a handler returns the conflict and the consumer retries it).
-#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "order_events", %order_id, expected))]
+/// (0 for a new order); see [`append_all`].
 pub async fn append(conn: &mut PgConnection, order_id: Uuid, expected: i32, events: &[OrderEvent]) -> Result<Option<DateTime<Utc>>, AppendError> {
+    let new: Vec<NewEvent> = events.iter().zip(expected + 1..).map(|(event, version)| NewEvent { order_id, version, event }).collect();
+    append_all(conn, &new).await
+}
+
+/// Appends `events` (of one order or many) in one statement; returns the time they were
+/// recorded, `None` for an empty list. Each must be at the version after the last one of
+/// its stream. On a conflict nothing is appended and the failed insert has aborted the
+/// caller's transaction: roll it back and decide again from a fresh read (a handler
+/// returns the conflict and the consumer retries it).
+#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "order_events", events = events.len()))]
+pub async fn append_all(conn: &mut PgConnection, events: &[NewEvent<'_>]) -> Result<Option<DateTime<Utc>>, AppendError> {
     if events.is_empty() {
         return Ok(None);
     }
-    let kinds: Vec<&str> = events.iter().map(OrderEvent::kind).collect();
-    let data: Vec<Json<&OrderEvent>> = events.iter().map(Json).collect();
-    match sqlx::query_scalar(APPEND).bind(order_id).bind(expected).bind(&kinds).bind(&data).fetch_all(conn).await {
+    let order_ids: Vec<Uuid> = events.iter().map(|e| e.order_id).collect();
+    let versions: Vec<i32> = events.iter().map(|e| e.version).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.kind()).collect();
+    let data: Vec<Json<&OrderEvent>> = events.iter().map(|e| Json(e.event)).collect();
+    match sqlx::query_scalar(APPEND).bind(&order_ids).bind(&versions).bind(&kinds).bind(&data).fetch_all(conn).await {
         Ok(at) => {
             metrics::counter!("conveyor_order_events_appended_total").increment(events.len() as u64);
             Ok(at.first().copied())
         }
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             metrics::counter!("conveyor_order_event_conflicts_total").increment(1);
-            Err(AppendError::Conflict { order_id, expected })
+            let order_ids = order_ids.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+            Err(AppendError::Conflict { order_ids })
         }
         Err(e) => Err(e.into()),
     }

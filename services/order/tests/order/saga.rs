@@ -143,3 +143,40 @@ async fn an_event_about_an_unknown_order_is_dead_at_once() {
     assert_eq!(inbox_state(&shop.pool, msg).await, ("dead".to_owned(), 1));
     assert!(outbox(&shop.pool).await.is_empty());
 }
+
+/// The worker handles a topic's messages a claimed batch at a time: several orders settled
+/// by one call, a repeat of one of them in the same batch a no-op, and an unknown order
+/// dead alone while the rest of its batch completes.
+#[tokio::test]
+async fn a_batch_settles_each_of_its_orders_once_and_an_unknown_one_dies_alone() {
+    let shop = shop().await;
+    let mug = shop.mug().await;
+    let (a, b, c) = (
+        id_of(&shop.placed(Uuid::now_v7(), &[(&mug, 1)]).await),
+        id_of(&shop.placed(Uuid::now_v7(), &[(&mug, 2)]).await),
+        id_of(&shop.placed(Uuid::now_v7(), &[(&mug, 3)]).await),
+    );
+    let captured = |order_id, amount_minor| PaymentCaptured { order_id, payment_id: Uuid::now_v7(), amount: money(amount_minor, "EUR") };
+    let unknown = Uuid::now_v7();
+    let msgs = [
+        deliver(&shop.pool, &captured(a, 1250)).await,
+        deliver(&shop.pool, &captured(b, 2500)).await,
+        deliver(&shop.pool, &captured(unknown, 100)).await,
+        deliver(&shop.pool, &captured(b, 2500)).await,
+        deliver(&shop.pool, &PaymentDeclined { order_id: c, reason: "card expired".into() }).await,
+        deliver(&shop.pool, &captured(c, 3750)).await,
+    ];
+    assert_eq!(shop.drain().await, 6);
+    assert_eq!(inbox_state(&shop.pool, msgs[2]).await, ("dead".to_owned(), 1), "an unknown order cannot become known");
+    for msg in msgs.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, m)| m) {
+        assert_eq!(inbox_state(&shop.pool, *msg).await, ("done".to_owned(), 1), "handled at its first attempt");
+    }
+    for (id, status, version) in [(a, "confirmed", 3), (b, "confirmed", 3), (c, "cancelled", 3)] {
+        let order = shop.view(id).await;
+        assert_eq!((order["status"].as_str(), order["version"].as_i64()), (Some(status), Some(version)), "{order}");
+    }
+    let published: Vec<(String, Uuid)> =
+        outbox(&shop.pool).await.into_iter().skip(3).map(|(t, p)| (t, p["order"]["order_id"].as_str().unwrap().parse().unwrap())).collect();
+    let published: Vec<(&str, Uuid)> = published.iter().map(|(t, id)| (t.as_str(), *id)).collect();
+    assert_eq!(published, [("order.confirmed", a), ("order.confirmed", b), ("order.cancelled", c)], "each order settled once, in publish order");
+}

@@ -1,15 +1,16 @@
 //! The order service's transactions in the replay: placing an order (order-api), the
 //! worker's handlers (each appends to the orders' event streams) and its projector.
 //!
-//! Every append follows a read of the order's stream, as `stream::append` follows
-//! `stream::order` in the service: the replay reads the stream with the service's `STREAMS`
-//! and keeps what the service's fold would (the version, the placed event and its time).
+//! Every append follows a read of the streams it appends to, as in the service: a worker's
+//! batch reads every stream it names with the service's `STREAMS` and keeps what the
+//! service's fold would (each order's version, placed event and time), then appends every
+//! event of the batch with one `APPEND`, as the worker's `handlers::handle` does.
 
 use std::fmt::Write as _;
 
 use conveyor_contracts::service;
 
-use super::{APPEND, CLAIM_KEY, GET_VIEW, PRODUCTS, PUBLISH, SAVE_RESPONSE, STREAMS, ScriptOptions, Sql, bind, nth, publish, put, tx_claim};
+use super::{APPEND, CLAIM_KEY, GET_VIEW, PRODUCTS, PUBLISH, SAVE_RESPONSE, STREAMS, ScriptOptions, Sql, bind, publish, publish_all, put, tx_claim};
 
 // services/order/src/projection.rs
 sql!(POSITION_SKIP_LOCKED, "services/order/src/projection.rs", conveyor_order::sql::POSITION_SKIP_LOCKED);
@@ -26,13 +27,18 @@ pub(super) const PROJECTOR_BATCH: usize = 500;
 /// The name of the order views' projection (`projection::ORDER_VIEWS`).
 const ORDER_VIEWS: &str = conveyor_order::projection::ORDER_VIEWS.name;
 
-/// `STREAMS` of one order as one row for `\gset`: the stream's version, its placed event and
-/// when it was placed.
-fn stream_for_gset(oid: &str) -> String {
+/// `STREAMS` of the claimed batch's orders (`:oids`) as one row for `\gset`: what the
+/// service's fold keeps of each (its version, its placed event and when it was placed), as
+/// arrays in the claim's order.
+fn streams_for_gset() -> String {
     format!(
-        "SELECT max(version) AS version, min(at) FILTER (WHERE version = 1) AS placed_at, (array_agg(data) FILTER (WHERE version = 1))[1] AS placed\n\
-         FROM ({}) AS s",
-        bind(STREAMS.text, &[&format!("ARRAY[{oid}]")])
+        "SELECT array_agg(s.version ORDER BY o.n) AS versions, array_agg(s.placed::text ORDER BY o.n) AS placeds, \
+         array_agg(s.placed_at ORDER BY o.n) AS placed_ats\n\
+         FROM unnest(:oids::uuid[]) WITH ORDINALITY AS o(id, n) JOIN (\n\
+         SELECT order_id, max(version) AS version, min(at) FILTER (WHERE version = 1) AS placed_at, \
+         (array_agg(data) FILTER (WHERE version = 1))[1] AS placed\n\
+         FROM ({}) AS e GROUP BY order_id) AS s ON s.order_id = o.id",
+        bind(STREAMS.text, &[":oids::uuid[]"])
     )
 }
 
@@ -49,7 +55,7 @@ pub(super) fn place(s: &mut String, o: &ScriptOptions, i: usize) {
     let _ = writeln!(s, "{}, key, order_id \\gset k_", bind(CLAIM_KEY.text, &["saga_uuid_v7()::text", request, "saga_uuid_v7()"]));
     put(s, first, &PRODUCTS, &bind(PRODUCTS.text, &["ARRAY[saga_product(:p)]"]), " \\gset p_");
     let event = "saga_placed_event(saga_customer(:c), :p_id::uuid, :p_name::text, 1, :p_price_minor::bigint)";
-    put(s, first, &APPEND, &bind(APPEND.text, &[":k_order_id::uuid", "0", "ARRAY['placed']", &format!("ARRAY[{event}]")]), ";");
+    put(s, first, &APPEND, &bind(APPEND.text, &["ARRAY[:k_order_id::uuid]", "ARRAY[1]", "ARRAY['placed']", &format!("ARRAY[{event}]")]), ";");
     let payload = format!("saga_placed(:k_order_id::uuid, {event}, :k_created_at::timestamptz)");
     put(s, first, &PUBLISH, &publish(service::ORDER, "order.placed", ":k_order_id", &payload), ";");
     let view = format!("saga_order_view(:k_order_id::uuid, ARRAY[1], ARRAY[:k_created_at::timestamptz], ARRAY[{event}])");
@@ -57,67 +63,76 @@ pub(super) fn place(s: &mut String, o: &ScriptOptions, i: usize) {
     let _ = writeln!(s, "COMMIT;\n");
 }
 
-/// What the order worker does with one message of a batch: the events it appends (their
-/// types and data, as SQL arrays) and whether it publishes `order.confirmed`.
+/// What the order worker does with each message of a batch: the events it appends (their
+/// types, and their data as an SQL array made from the message's payload) and whether it
+/// publishes `order.confirmed`.
 struct Handling<'a> {
     topic: &'a str,
-    /// What the handler is called in services/order/src/handlers.rs.
-    handler: &'a str,
+    /// How services/order/src/handlers.rs decides the message.
+    decision: &'a str,
     /// The claimed message's order id.
     order_id: &'a str,
-    types: &'a str,
-    /// The events' data, from `payload`: the claimed message's payload as jsonb.
+    types: &'a [&'a str],
+    /// The events' data, from `payload`: the message's payload as jsonb.
     data: fn(payload: &str) -> String,
     confirms: bool,
 }
 
-/// `stock.reserved` recorded as a fact of the order's stream (`record`).
+/// `stock.reserved` recorded as a fact of the order's stream (`Decision::Record`).
 pub(super) fn record_reserved(s: &mut String, batch: usize) {
     let data = |p: &str| format!("ARRAY[saga_reserved_event({p})]");
-    let h = Handling { topic: "stock.reserved", handler: "record", order_id: "payload->'order'->>'order_id'", types: "ARRAY['stock_reserved']", data, confirms: false };
+    let h = Handling { topic: "stock.reserved", decision: "Decision::Record", order_id: "payload->'order'->>'order_id'", types: &["stock_reserved"], data, confirms: false };
     worker(s, batch, &h);
 }
 
-/// `payment.captured` settles the order (`settle`): the capture and the confirmation
-/// appended, `order.confirmed` published.
+/// `payment.captured` settles the order (`Decision::Settle`): the capture and the
+/// confirmation appended, `order.confirmed` published.
 pub(super) fn confirm(s: &mut String, batch: usize) {
     let data = |p: &str| format!("ARRAY[saga_captured_event({p}), jsonb_build_object('type', 'confirmed')]");
-    let h = Handling { topic: "payment.captured", handler: "settle", order_id: "payload->>'order_id'", types: "ARRAY['payment_captured', 'confirmed']", data, confirms: true };
+    let h = Handling { topic: "payment.captured", decision: "Decision::Settle", order_id: "payload->>'order_id'", types: &["payment_captured", "confirmed"], data, confirms: true };
     worker(s, batch, &h);
 }
 
-/// `notification.sent` recorded as a fact of the order's stream (`record`).
+/// `notification.sent` recorded as a fact of the order's stream (`Decision::Record`).
 pub(super) fn record_notified(s: &mut String, batch: usize) {
     let data = |p: &str| format!("ARRAY[saga_notified_event({p})]");
-    let h = Handling { topic: "notification.sent", handler: "record", order_id: "payload->>'order_id'", types: "ARRAY['notified']", data, confirms: false };
+    let h = Handling { topic: "notification.sent", decision: "Decision::Record", order_id: "payload->>'order_id'", types: &["notified"], data, confirms: false };
     worker(s, batch, &h);
 }
 
-/// A batch of `h.topic` in one transaction: the claim, the lock on every order of the batch
-/// (`by_order`), then per message the order's stream and the append at its version.
+/// A batch of `h.topic` in one transaction and one handler call (`handlers::handle`): the
+/// claim, the lock on every order of the batch (`by_order`), one read of the batch's
+/// streams, one append of every message's events (numbered on from its order's version),
+/// and for confirmations one publish of them all.
 fn worker(s: &mut String, batch: usize, h: &Handling) {
-    let _ = writeln!(s, "-- == order-worker: {}, a batch in one transaction (services/order/src/handlers.rs {}) ==\nBEGIN;", h.topic, h.handler);
+    let _ = writeln!(
+        s,
+        "-- == order-worker: {}, a batch in one transaction, one handler call (services/order/src/handlers.rs handle, {}) ==\nBEGIN;",
+        h.topic, h.decision
+    );
     let select = format!("array_agg(payload::text) AS payloads, array_agg({}) AS oids", h.order_id);
     let _ = writeln!(s, "{}", tx_claim(service::ORDER, &[h.topic], batch, &select));
     let _ = writeln!(s, "\\if :n > 0");
     put(s, true, &LOCK_KEYS, &bind(LOCK_KEYS.text, &["(SELECT array_agg('order:' || o) FROM unnest(:oids::text[]) AS o)"]), ";");
-    let _ = writeln!(s, "\\endif");
-    for i in 1..=batch {
-        let (first, oid) = (i == 1, nth("oids", "uuid", i));
-        let _ = writeln!(s, "\\if :n >= {i}");
-        put(s, first, &STREAMS, &stream_for_gset(&oid), " \\gset s_");
-        let append = bind(APPEND.text, &[&oid, ":s_version::int", h.types, &(h.data)(&nth("payloads", "jsonb", i))]);
-        if h.confirms {
-            // The time the events were recorded (`stream::append` returns it) is confirmed_at.
-            put(s, first, &APPEND, &format!("WITH a AS ({append})\nSELECT min(at) AS at FROM a"), " \\gset s_");
-            let confirmed = format!("saga_confirmed({oid}, :s_placed::jsonb, :s_placed_at::timestamptz, :s_at::timestamptz)");
-            put(s, first, &PUBLISH, &publish(service::ORDER, "order.confirmed", &oid, &confirmed), ";");
-        } else {
-            put(s, first, &APPEND, &append, ";");
-        }
-        let _ = writeln!(s, "\\endif");
+    put(s, true, &STREAMS, &streams_for_gset(), " \\gset s_");
+    let types = format!("ARRAY[{}]", h.types.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", "));
+    let events = format!(
+        "WITH m AS (SELECT o, v, p, n FROM unnest(:oids::uuid[], :s_versions::int[], :payloads::jsonb[]) WITH ORDINALITY AS m(o, v, p, n)),\n\
+         e AS (SELECT m.o, m.v + x.k AS version, x.type, x.data, m.n, x.k FROM m, LATERAL unnest({types}, {}) WITH ORDINALITY AS x(type, data, k))",
+        (h.data)("m.p")
+    );
+    let all = |col: &str| format!("(SELECT array_agg({col} ORDER BY n, k) FROM e)");
+    let append = bind(APPEND.text, &[&all("o"), &all("version"), &all("type"), &all("data")]);
+    if h.confirms {
+        // The time the events were recorded (`stream::append_all` returns it) is confirmed_at.
+        put(s, true, &APPEND, &format!("{events},\na AS ({append})\nSELECT min(at) AS at FROM a"), " \\gset s_");
+        let confirmed = "(SELECT array_agg(saga_confirmed(o, pl::jsonb, pa, :s_at::timestamptz) ORDER BY n) \
+                         FROM unnest(:oids::uuid[], :s_placeds::text[], :s_placed_ats::timestamptz[]) WITH ORDINALITY AS u(o, pl, pa, n))";
+        put(s, true, &PUBLISH, &publish_all(service::ORDER, "order.confirmed", ":oids::text[]", confirmed), ";");
+    } else {
+        put(s, true, &APPEND, &format!("{events}\n{append}"), ";");
     }
-    let _ = writeln!(s, "COMMIT;\n");
+    let _ = writeln!(s, "\\endif\nCOMMIT;\n");
 }
 
 /// The notification worker's lookup, order-api's `GET /orders/{id}`: the order's view, or
