@@ -28,10 +28,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use conveyor_contracts::{
     CancelOrder, CancelReason, ConfirmOrder, Event, Money, NotificationSent, OrderCancelled, OrderConfirmed, OrderReplied, OrderSummary,
-    PaymentCaptured, PaymentDeclined, PaymentOutcome, PaymentReplied, Product, ProductCreated, ProductUpdated, StockOutcome, StockRejected,
-    StockReplied, StockReserved, limits,
+    PaymentCaptured, PaymentDeclined, PaymentOutcome, PaymentReplied, Product, ProductCreated, ProductUpdated, SagaMode, StockOutcome,
+    StockRejected, StockReplied, StockReserved, limits,
 };
-use conveyor_contracts::SagaMode;
 use conveyor_queue::{Consumer, Delivery, HandlerError, Outgoing, RetryPolicy, batch_handler_fn, handler_fn, lock_keys_fn};
 use futures::FutureExt;
 use sqlx::PgConnection;
