@@ -51,13 +51,9 @@ pub struct Args {
     /// Mean time between two faults.
     #[arg(long, default_value = "5s", value_parser = conveyor_launcher::audit::parse_duration)]
     fault_every: Duration,
-    /// How the orders run their saga: choreography, or orchestration by the coordinator.
-    #[arg(long, default_value_t = conveyor_contracts::SagaMode::Choreography)]
-    saga_mode: conveyor_contracts::SagaMode,
-    /// How messages travel: relays (push) or subscribers reading their publishers' outboxes
-    /// (pull); a killed worker is then a killed puller.
-    #[arg(long, value_enum, default_value_t = conveyor_launcher::Delivery::Push)]
-    delivery: conveyor_launcher::Delivery,
+    // --saga-mode, --delivery (pulled, a killed worker is a killed puller).
+    #[command(flatten)]
+    shop: crate::up::ShopArgs,
     /// Build and run release binaries.
     #[arg(long)]
     release: bool,
@@ -126,8 +122,7 @@ async fn with_pg(args: &Args, seed: u64, pg: &Postgres, signals: &mut Signals) -
         run_dir.join("logs"),
     );
     opts.log_format = "text".into();
-    opts.saga_mode = args.saga_mode;
-    opts.delivery = args.delivery;
+    args.shop.apply(&mut opts);
     if pg.cluster.is_none() {
         // A server shared with other runs: databases of this run's own, so the audit sees
         // only this run's orders.
@@ -245,8 +240,8 @@ fn repeat_command(args: &Args, seed: u64, faults: &[FaultKind]) -> String {
         args.customers,
         secs(args.settle),
         secs(args.fault_every),
-        args.saga_mode,
-        args.delivery,
+        args.shop.saga_mode,
+        args.shop.delivery,
         if args.release { " --release" } else { "" }
     )
 }

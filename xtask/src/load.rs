@@ -37,6 +37,9 @@ pub struct LoadArgs {
     /// Build and run release binaries (the load test, and the shop when xtask starts it).
     #[arg(long)]
     release: bool,
+    // --saga-mode and --delivery: for a shop xtask starts; a running one keeps its own.
+    #[command(flatten)]
+    shop: crate::up::ShopArgs,
     /// Extra options for conveyor-loadtest / goose, after `--`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "LOADTEST_ARGS")]
     args: Vec<String>,
@@ -82,6 +85,7 @@ async fn with_own_stack(args: &LoadArgs, pg: &Postgres, signals: &mut Signals) -
     opts.base_port = None;
     // Databases of their own (load_catalog, …), reused by the next run like `up` reuses its.
     opts.db_prefix = "load_".into();
+    args.shop.apply(&mut opts);
     let stack = tokio::select! {
         s = Stack::start(opts, |line| println!("  ✓ {line}")) => s?,
         sig = signals.wait() => return Ok(128 + sig),

@@ -25,15 +25,8 @@ pub struct UpArgs {
     /// BASE+101..BASE+106, Prometheus (when installed) on BASE+1010.
     #[arg(long, default_value_t = 8080)]
     base_port: u16,
-    /// How new orders run their saga: each service reacting to the last one's event
-    /// (choreography), or the coordinator sending each step's command (orchestration).
-    #[arg(long, default_value_t = conveyor_contracts::SagaMode::Choreography)]
-    saga_mode: conveyor_contracts::SagaMode,
-    /// How messages travel between the services: each publisher's relay copying them into
-    /// its subscribers' inboxes (push), or each subscriber reading its publishers'
-    /// outboxes (pull; crates/queue/README.md, "Pull delivery").
-    #[arg(long, value_enum, default_value_t = conveyor_launcher::Delivery::Push)]
-    delivery: conveyor_launcher::Delivery,
+    #[command(flatten)]
+    shop: ShopArgs,
     /// Build and run release binaries.
     #[arg(long)]
     release: bool,
@@ -63,8 +56,7 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
     let mut opts = StackOptions::new(pg.admin_url.clone(), bin_dir, log_dir.clone());
     opts.base_port = Some(args.base_port);
     opts.log_format = "text".into();
-    opts.saga_mode = args.saga_mode;
-    opts.delivery = args.delivery;
+    args.shop.apply(&mut opts);
     let stack = tokio::select! {
         s = Stack::start(opts, |line| println!("  ✓ {line}")) => s?,
         sig = signals.wait() => return Ok(128 + sig),
@@ -78,7 +70,7 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
     println!("  ✓ demo data loaded: {} products, {} customers", demo.products.len(), demo.customers.len());
     println!();
     println!("Conveyor is up: ready {:.1} s after the build. Logs: {}", started.elapsed().as_secs_f64(), log_dir.display());
-    println!("Saga mode of new orders: {} (--saga-mode; docs/orchestration.md). Delivery: {} (--delivery).", args.saga_mode, args.delivery);
+    println!("Saga mode of new orders: {} (--saga-mode; docs/orchestration.md). Delivery: {} (--delivery).", args.shop.saga_mode, args.shop.delivery);
     println!();
     for svc in conveyor_contracts::service::ALL {
         let url = &stack.api[svc];
@@ -261,5 +253,29 @@ async fn stop_prometheus(prometheus: Result<Option<Prometheus>>) {
         if tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await.is_err() {
             p.child.kill().await.ok();
         }
+    }
+}
+
+/// How a shop xtask starts runs its sagas and moves its messages: the options `up`, `chaos`
+/// and `load` share.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct ShopArgs {
+    /// How new orders run their saga: each service reacting to the last one's event
+    /// (choreography), or the coordinator sending each step's command (orchestration;
+    /// docs/orchestration.md).
+    #[arg(long, default_value_t = conveyor_contracts::SagaMode::Choreography)]
+    pub saga_mode: conveyor_contracts::SagaMode,
+    /// How messages travel between the services: each publisher's relay copying them into
+    /// its subscribers' inboxes (push), or each subscriber reading its publishers'
+    /// outboxes (pull; crates/queue/README.md, "Pull delivery").
+    #[arg(long, value_enum, default_value_t = conveyor_launcher::Delivery::Push)]
+    pub delivery: conveyor_launcher::Delivery,
+}
+
+impl ShopArgs {
+    /// Sets the stack's saga mode and delivery.
+    pub fn apply(&self, opts: &mut conveyor_launcher::StackOptions) {
+        opts.saga_mode = self.saga_mode;
+        opts.delivery = self.delivery;
     }
 }
