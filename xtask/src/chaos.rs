@@ -241,7 +241,7 @@ fn repeat_command(args: &Args, seed: u64, faults: &[FaultKind]) -> String {
         secs(args.settle),
         secs(args.fault_every),
         args.shop.saga_mode,
-        args.shop.delivery,
+        args.shop.delivery.delivery,
         if args.release { " --release" } else { "" }
     )
 }

@@ -70,7 +70,7 @@ async fn run(args: &UpArgs, pg: &Postgres, started: Instant, signals: &mut Signa
     println!("  ✓ demo data loaded: {} products, {} customers", demo.products.len(), demo.customers.len());
     println!();
     println!("Conveyor is up: ready {:.1} s after the build. Logs: {}", started.elapsed().as_secs_f64(), log_dir.display());
-    println!("Saga mode of new orders: {} (--saga-mode; docs/orchestration.md). Delivery: {} (--delivery).", args.shop.saga_mode, args.shop.delivery);
+    println!("Saga mode of new orders: {} (--saga-mode; docs/orchestration.md). Delivery: {} (--delivery).", args.shop.saga_mode, args.shop.delivery.delivery);
     println!();
     for svc in conveyor_contracts::service::ALL {
         let url = &stack.api[svc];
@@ -265,6 +265,13 @@ pub struct ShopArgs {
     /// docs/orchestration.md).
     #[arg(long, default_value_t = conveyor_contracts::SagaMode::Choreography)]
     pub saga_mode: conveyor_contracts::SagaMode,
+    #[command(flatten)]
+    pub delivery: DeliveryArg,
+}
+
+/// `--delivery`, alone: what `bench saga` takes beside its own `--mode`.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct DeliveryArg {
     /// How messages travel between the services: each publisher's relay copying them into
     /// its subscribers' inboxes (push), or each subscriber reading its publishers'
     /// outboxes (pull; crates/queue/README.md, "Pull delivery").
@@ -276,6 +283,6 @@ impl ShopArgs {
     /// Sets the stack's saga mode and delivery.
     pub fn apply(&self, opts: &mut conveyor_launcher::StackOptions) {
         opts.saga_mode = self.saga_mode;
-        opts.delivery = self.delivery;
+        opts.delivery = self.delivery.delivery;
     }
 }

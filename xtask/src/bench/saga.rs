@@ -56,10 +56,8 @@ pub struct Args {
     /// side. The ceiling replays the choreography's SQL and runs once.
     #[arg(long, value_enum, default_value_t = Mode::Choreography)]
     pub mode: Mode,
-    /// How the shop's messages travel: relays into the subscribers' inboxes (push), or
-    /// subscribers reading their publishers' outboxes (pull).
-    #[arg(long, value_enum, default_value_t = conveyor_launcher::Delivery::Push)]
-    pub delivery: conveyor_launcher::Delivery,
+    #[command(flatten)]
+    pub delivery: crate::up::DeliveryArg,
     /// Which build of the shop to run (default: release; debug with --quick).
     #[arg(long, value_enum)]
     pub build: Option<Build>,
@@ -196,7 +194,7 @@ impl Settings {
         let s = Settings {
             quick: a.quick,
             mode: a.mode,
-            delivery: a.delivery,
+            delivery: a.delivery.delivery,
             build: a.build.unwrap_or(if a.quick { Build::Debug } else { Build::Release }),
             ceiling_secs: a.ceiling_secs,
             ceiling_clients: a.ceiling_clients,
