@@ -110,10 +110,24 @@ impl Idle {
         }
         self.count.send_modify(|n| *n -= 1);
     }
+
+    /// Whether some loop is waiting now: its listener then holds the wake lock (or is
+    /// about to, and probes once it does), so what is written from now on wakes a loop.
+    pub fn any(&self) -> bool {
+        *self.count.borrow() > 0
+    }
 }
 
 /// What a claim loop does between cycles: recruit another loop after a full batch, wait
 /// (counted idle) after an empty one, back off after a failure.
+///
+/// After a partial batch, an inbox loop ([`Pacer::partial_waits`]) claims again at once
+/// only when no other loop is idle. When one is, its listener holds the wake lock, so
+/// every row written since is announced and wakes a loop: a claim now would only confirm
+/// an empty queue (three round trips; at 150 sagas/s the order database ran 2.4 claims per
+/// message). When none is, no writer announces anything, and the loop must look for
+/// itself. (A pull loop reads one partition of several, and a relay runs one loop: both
+/// always look again.)
 pub(crate) struct Pacer<'a> {
     pub wake: &'a Notify,
     pub idle: &'a Idle,
@@ -123,6 +137,8 @@ pub(crate) struct Pacer<'a> {
     /// Names the loop in logs and in `conveyor_queue_loop_errors_total{loop}`.
     pub what: &'static str,
     pub failures: u32,
+    /// Whether a partial batch may end in a wait (see above).
+    pub partial_waits: bool,
     /// When known, how soon a message becomes claimable without any notification (a
     /// retry's backoff ends): an idle wait ends then, if before the poll interval.
     pub due: Option<Duration>,
@@ -135,7 +151,7 @@ impl Pacer<'_> {
                 self.failures = 0;
                 if n as i64 >= self.batch_size {
                     self.wake.notify_one(); // more may wait: recruit an idle loop
-                } else if n == 0 {
+                } else if n == 0 || (self.partial_waits && self.idle.any()) {
                     let wait = self.due.map_or(self.poll, |due| due.min(self.poll));
                     self.idle.wait(notified, wait, self.shutdown).await;
                 }

@@ -33,10 +33,15 @@ WHERE i.message_id = ANY (ARRAY(SELECT message_id FROM c)) AND l.topic = i.topic
 RETURNING i.message_id, i.topic, i.key, i.payload, i.headers, i.attempts, i.published_at";
 
 /// Completion, fenced by the attempt: the rows leave the inbox for `inbox_done`.
+// The statements that settle leased rows find them by key (`message_id = ANY($1)`, an index
+// condition, where the join alone was not) and are planned at each call, like the claim:
+// a plan cached while the inbox was a few pages read it whole once it had grown (a seq
+// scan, or a walk of a whole index; 335–442 pages a call in the notification database at
+// 150 sagas/s, where a look-up reads about 7).
 pub const DONE: &str = "\
 WITH d AS (
     DELETE FROM conveyor.inbox AS i USING UNNEST($1::uuid[], $2::int[]) AS d(id, attempt)
-    WHERE i.message_id = d.id AND i.attempts = d.attempt AND i.state = 'running'
+    WHERE i.message_id = ANY($1) AND i.message_id = d.id AND i.attempts = d.attempt AND i.state = 'running'
     RETURNING i.message_id, i.topic, i.attempts, i.published_at, i.received_at, i.errors),
 n AS (
     INSERT INTO conveyor.inbox_done (message_id, topic, attempts, published_at, received_at, errors)
@@ -53,14 +58,14 @@ UPDATE conveyor.inbox AS i SET
         THEN i.errors || jsonb_build_array(jsonb_build_object('attempt', i.attempts, 'at', now(), 'error', f.error))
         ELSE i.errors END
 FROM UNNEST($1::uuid[], $2::int[], $3::bool[], $4::bigint[], $5::text[], $6::bool[]) AS f(id, attempt, dead, delay_ms, error, counted)
-WHERE i.message_id = f.id AND i.attempts = f.attempt AND i.state = 'running'
+WHERE i.message_id = ANY($1) AND i.message_id = f.id AND i.attempts = f.attempt AND i.state = 'running'
 RETURNING i.message_id";
 
 // Handing a claim back on shutdown does not count as an attempt.
 const RELEASE: &str = "\
 UPDATE conveyor.inbox AS i SET state = 'pending', attempts = i.attempts - 1, visible_at = now()
 FROM UNNEST($1::uuid[], $2::int[]) AS r(id, attempt)
-WHERE i.message_id = r.id AND i.attempts = r.attempt AND i.state = 'running'";
+WHERE i.message_id = ANY($1) AND i.message_id = r.id AND i.attempts = r.attempt AND i.state = 'running'";
 
 impl Consumer {
     /// One lease-mode cycle: claim a batch (one statement, committed), run its handlers
@@ -107,7 +112,7 @@ impl Consumer {
                 .map(|r| (r.message_id, r.attempts))
                 .unzip();
             tracing::warn!(?grace, released = ids.len(), "shutdown grace over: releasing leases in flight");
-            batch.run(&trace::INBOX_RELEASE, sqlx::query(RELEASE).bind(&ids).bind(&attempts).execute(&mut *conn)).await?;
+            batch.run(&trace::INBOX_RELEASE, sqlx::query(RELEASE).persistent(false).bind(&ids).bind(&attempts).execute(&mut *conn)).await?;
         }
         let settled = finished.len();
         batch.run(&trace::INBOX_SETTLE, self.settle(conn, finished)).await?;
@@ -142,13 +147,14 @@ impl Consumer {
         if !done.is_empty() {
             let ids: Vec<Uuid> = done.iter().map(|(r, _)| r.message_id).collect();
             let attempts: Vec<i32> = done.iter().map(|(r, _)| r.attempts).collect();
-            let ok: Vec<Uuid> = sqlx::query_scalar(DONE).bind(&ids).bind(&attempts).fetch_all(&mut *conn).await?;
+            let ok: Vec<Uuid> = sqlx::query_scalar(DONE).persistent(false).bind(&ids).bind(&attempts).fetch_all(&mut *conn).await?;
             record_done(done.iter().map(|(r, _)| *r).filter(|r| ok.contains(&r.message_id)));
             settled.extend(ok);
         }
         let failures: Vec<(&InboxRow, Failure)> = failed.into_iter().filter_map(|(r, o)| o.err().map(|f| (r, f))).collect();
         if !failures.is_empty() {
             let recorded: Vec<Uuid> = sqlx::query_scalar(FAILED)
+                .persistent(false)
                 .bind(failures.iter().map(|(_, f)| f.id).collect::<Vec<_>>())
                 .bind(failures.iter().map(|(r, _)| r.attempts).collect::<Vec<_>>())
                 .bind(failures.iter().map(|(_, f)| f.dead).collect::<Vec<_>>())

@@ -335,7 +335,7 @@ impl Consumer {
 
     async fn tx_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
         let grace = self.opts.shutdown_grace;
-        let mut pacer = self.pacer(wake, idle, shutdown, "consumer");
+        let mut pacer = self.pacer(wake, idle, shutdown, "consumer", true);
         let mut conn = None;
         while !shutdown.is_cancelled() {
             self.pause(shutdown).await;
@@ -366,7 +366,7 @@ impl Consumer {
     }
 
     async fn lease_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
-        let mut pacer = self.pacer(wake, idle, shutdown, "lease consumer");
+        let mut pacer = self.pacer(wake, idle, shutdown, "lease consumer", true);
         let mut conn = None;
         while !shutdown.is_cancelled() {
             self.pause(shutdown).await;
@@ -388,8 +388,8 @@ impl Consumer {
         }
     }
 
-    fn pacer<'a>(&self, wake: &'a Notify, idle: &'a Idle, shutdown: &'a CancellationToken, what: &'static str) -> Pacer<'a> {
-        Pacer { wake, idle, poll: self.opts.poll_interval, batch_size: self.opts.batch_size, shutdown, what, failures: 0, due: None }
+    fn pacer<'a>(&self, wake: &'a Notify, idle: &'a Idle, shutdown: &'a CancellationToken, what: &'static str, partial_waits: bool) -> Pacer<'a> {
+        Pacer { wake, idle, poll: self.opts.poll_interval, batch_size: self.opts.batch_size, shutdown, what, failures: 0, partial_waits, due: None }
     }
 
     /// The loop's own connection: a connection handed back to a sqlx pool is pinged first,

@@ -246,7 +246,7 @@ impl Consumer {
     /// One pull loop of `src`, until `shutdown` (see [`Consumer::run`]).
     pub(super) async fn pull_loop(&self, src: &Source, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
         let grace = self.opts.shutdown_grace;
-        let mut pacer = self.pacer(wake, idle, shutdown, "pull consumer");
+        let mut pacer = self.pacer(wake, idle, shutdown, "pull consumer", false);
         let mut state = PullLoop::default();
         let mut held_for = Duration::ZERO;
         while !shutdown.is_cancelled() {

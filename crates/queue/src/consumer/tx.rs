@@ -78,7 +78,7 @@ UPDATE conveyor.inbox AS i SET
         THEN i.errors || jsonb_build_array(jsonb_build_object('attempt', i.attempts + 1, 'at', now(), 'error', f.error))
         ELSE i.errors END
 FROM UNNEST($1::uuid[], $2::bool[], $3::bigint[], $4::text[], $5::bool[]) AS f(id, dead, delay_ms, error, counted)
-WHERE i.message_id = f.id";
+WHERE i.message_id = ANY($1) AND i.message_id = f.id"; // by key, planned at each call (see lease.rs's DONE)
 
 impl Consumer {
     /// One transaction-mode cycle. The batch first runs as a whole, without savepoints (the
@@ -248,6 +248,7 @@ async fn record_failures(conn: &mut PgConnection, failures: &[Failure]) -> Resul
         return Ok(());
     }
     sqlx::query(FAILED)
+        .persistent(false)
         .bind(failures.iter().map(|f| f.id).collect::<Vec<_>>())
         .bind(failures.iter().map(|f| f.dead).collect::<Vec<_>>())
         .bind(failures.iter().map(|f| f.delay_ms).collect::<Vec<_>>())
