@@ -169,6 +169,61 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
     }
 }
 
+/// Explains `statement` as a generic plan on `conn`.
+async fn generic_plan(conn: &mut sqlx::PgConnection, statement: &str, args: &str) -> String {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = force_generic_plan; PREPARE s AS {statement}"))).execute(&mut *conn).await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE s{args}"))).fetch_all(&mut *conn).await.unwrap();
+    sqlx::raw_sql("DEALLOCATE s; RESET plan_cache_mode").execute(&mut *conn).await.unwrap();
+    plan.join("\n")
+}
+
+#[tokio::test]
+async fn claims_keep_their_index_after_vacuum_empties_the_tables() {
+    // Vacuum used to cut an emptied inbox or outbox back to a few pages; a generic plan
+    // made then read the whole table (with a sort) at every claim while it filled again.
+    let p = pair().await;
+    let fill = |table: &str| {
+        format!(
+            "INSERT INTO conveyor.{table} (message_id, topic, payload{}) SELECT gen_random_uuid(), 'test.ping', jsonb_build_object('pad', repeat('x', 800)){} FROM generate_series(1, 3000);
+             DELETE FROM conveyor.{table}",
+            if table == "inbox" { ", published_at" } else { "" },
+            if table == "inbox" { ", now()" } else { "" },
+        )
+    };
+    for (pool, table) in [(&p.subscriber, "inbox"), (&p.publisher, "outbox")] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(fill(table))).execute(pool).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE conveyor.{table}"))).execute(pool).await.unwrap();
+    }
+    let pages: i32 = sqlx::query_scalar("SELECT relpages FROM pg_class WHERE oid = 'conveyor.inbox'::regclass").fetch_one(&p.subscriber).await.unwrap();
+    assert!(pages > 100, "the emptied inbox keeps its pages: {pages}");
+    use conveyor_queue::sql;
+    let cases = [
+        (&p.subscriber, sql::TX_CLAIM, "('{test.ping}', 10, NULL)", "Seq Scan on inbox"),
+        (&p.subscriber, sql::LEASE_CLAIM, "('{test.ping}', '{1000}', 10)", "Seq Scan on inbox"),
+        (&p.publisher, sql::RELAY_CLAIM, "('{test.ping}', 100, '00000000-0000-0000-0000-000000000000')", "Seq Scan on outbox"),
+    ];
+    for (pool, statement, args, scan) in cases {
+        let plan = generic_plan(&mut *pool.acquire().await.unwrap(), statement, args).await;
+        assert!(!plan.contains(scan) && !plan.contains("Sort"), "{statement}\n{plan}");
+    }
+}
+
+#[tokio::test]
+async fn a_claim_that_took_rows_plans_the_rest_of_its_transaction_generically() {
+    let p = pair().await;
+    p.publish(0..3).await;
+    p.relay_all().await;
+    let mut tx = p.subscriber.begin().await.unwrap();
+    let mode = || sqlx::query_scalar::<_, String>("SHOW plan_cache_mode");
+    assert_eq!(mode().fetch_one(&mut *tx).await.unwrap(), "auto");
+    let claimed = sqlx::query(conveyor_queue::sql::TX_CLAIM).bind(vec!["test.ping"]).bind(10i64).bind(None::<chrono::DateTime<chrono::Utc>>).fetch_all(&mut *tx).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert_eq!(mode().fetch_one(&mut *tx).await.unwrap(), "force_generic_plan", "the handlers' statements are planned once");
+    tx.commit().await.unwrap();
+    let mut conn = p.subscriber.acquire().await.unwrap();
+    assert_eq!(mode().fetch_one(&mut *conn).await.unwrap(), "auto", "only for that transaction");
+}
+
 #[tokio::test]
 async fn the_queue_schema_keeps_its_own_migration_history_beside_a_services() {
     let db = conveyor_devpg::test_db().await;
@@ -187,7 +242,7 @@ async fn the_queue_schema_keeps_its_own_migration_history_beside_a_services() {
     service.run(&pool).await.unwrap();
     let queue_history = count(&pool, "SELECT count(*) FROM conveyor._sqlx_migrations").await;
     let service_history = count(&pool, "SELECT count(*) FROM public._sqlx_migrations").await;
-    assert_eq!((queue_history, service_history), (4, 1));
+    assert_eq!((queue_history, service_history), (conveyor_queue::migrator().iter().count() as i64, 1));
     assert_eq!(count(&pool, "SELECT count(*) FROM conveyor.inbox").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM orders").await, 0);
 }
