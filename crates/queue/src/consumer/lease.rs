@@ -36,8 +36,9 @@ RETURNING i.message_id, i.topic, i.key, i.payload, i.headers, i.attempts, i.publ
 // The statements that settle leased rows find them by key (`message_id = ANY($1)`, an index
 // condition, where the join alone was not) and are planned at each call, like the claim:
 // a plan cached while the inbox was a few pages read it whole once it had grown (a seq
-// scan, or a walk of a whole index; 335–442 pages a call in the notification database at
-// 150 sagas/s, where a look-up reads about 7).
+// scan, or a walk of a whole index: 335–442 pages a call in the notification database at
+// 150 sagas/s; planned at each call, a median of 20 at 350 sagas/s, the dedupe insert
+// included).
 pub const DONE: &str = "\
 WITH d AS (
     DELETE FROM conveyor.inbox AS i USING UNNEST($1::uuid[], $2::int[]) AS d(id, attempt)
