@@ -107,6 +107,14 @@ async fn pruning_keeps_the_dedupe_window_and_dedupe_holds_inside_it() {
     assert_eq!(count(&p.subscriber, "SELECT count(*) FROM effects").await, 2500);
 }
 
+/// Explains `statement` as a generic plan on `conn`.
+async fn generic_plan(conn: &mut sqlx::PgConnection, statement: &str, args: &str) -> String {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = force_generic_plan; PREPARE s AS {statement}"))).execute(&mut *conn).await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE s{args}"))).fetch_all(&mut *conn).await.unwrap();
+    sqlx::raw_sql("DEALLOCATE s; RESET plan_cache_mode").execute(&mut *conn).await.unwrap();
+    plan.join("\n")
+}
+
 #[tokio::test]
 async fn hot_statements_use_their_indexes_even_under_generic_plans() {
     let p = pair().await;
@@ -152,29 +160,15 @@ async fn hot_statements_use_their_indexes_even_under_generic_plans() {
         (&p.subscriber, sql::DEPTH, "", ""),
         (&p.subscriber, sql::OLDEST, "", ""),
     ];
-    for (i, (pool, statement, args, index)) in cases.into_iter().enumerate() {
-        let mut conn = pool.acquire().await.unwrap();
-        sqlx::raw_sql("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE s{i} AS {statement}"))).execute(&mut *conn).await.unwrap();
-        let plan: Vec<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE s{i}{args}"))).fetch_all(&mut *conn).await.unwrap();
-        let plan = plan.join("\n");
+    for (pool, statement, args, index) in cases {
+        let plan = generic_plan(&mut pool.acquire().await.unwrap(), statement, args).await;
         assert!(plan.contains(index), "{statement}\n{plan}");
         // The outbox and the inbox hold only what waits (every row counts for depth); the
         // claims still read their index only, and inbox_done is never walked whole.
         let scans_inbox = plan.contains("Seq Scan on inbox_done") || (plan.contains("Seq Scan on inbox") && ![sql::DEPTH, sql::OLDEST].contains(&statement));
         let scans_outbox_to_claim = (plan.contains("Seq Scan on outbox") && statement != sql::DEPTH) || plan.contains("Seq Scan on pull_cursors");
         assert!(!scans_inbox && !scans_outbox_to_claim, "a statement that scans its table:\n{statement}\n{plan}");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DEALLOCATE s{i}; RESET plan_cache_mode"))).execute(&mut *conn).await.unwrap();
     }
-}
-
-/// Explains `statement` as a generic plan on `conn`.
-async fn generic_plan(conn: &mut sqlx::PgConnection, statement: &str, args: &str) -> String {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = force_generic_plan; PREPARE s AS {statement}"))).execute(&mut *conn).await.unwrap();
-    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE s{args}"))).fetch_all(&mut *conn).await.unwrap();
-    sqlx::raw_sql("DEALLOCATE s; RESET plan_cache_mode").execute(&mut *conn).await.unwrap();
-    plan.join("\n")
 }
 
 #[tokio::test]
@@ -182,16 +176,13 @@ async fn claims_keep_their_index_after_vacuum_empties_the_tables() {
     // Vacuum used to cut an emptied inbox or outbox back to a few pages; a generic plan
     // made then read the whole table (with a sort) at every claim while it filled again.
     let p = pair().await;
-    let fill = |table: &str| {
-        format!(
-            "INSERT INTO conveyor.{table} (message_id, topic, payload{}) SELECT gen_random_uuid(), 'test.ping', jsonb_build_object('pad', repeat('x', 800)){} FROM generate_series(1, 3000);
-             DELETE FROM conveyor.{table}",
-            if table == "inbox" { ", published_at" } else { "" },
-            if table == "inbox" { ", now()" } else { "" },
-        )
-    };
-    for (pool, table) in [(&p.subscriber, "inbox"), (&p.publisher, "outbox")] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(fill(table))).execute(pool).await.unwrap();
+    // The inbox also needs its publication time; the outbox stamps its own.
+    for (pool, table, column, value) in [(&p.subscriber, "inbox", ", published_at", ", now()"), (&p.publisher, "outbox", "", "")] {
+        let fill = format!(
+            "INSERT INTO conveyor.{table} (message_id, topic, payload{column}) SELECT gen_random_uuid(), 'test.ping', jsonb_build_object('pad', repeat('x', 800)){value} FROM generate_series(1, 3000);
+             DELETE FROM conveyor.{table}"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(fill)).execute(pool).await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE conveyor.{table}"))).execute(pool).await.unwrap();
     }
     let pages: i32 = sqlx::query_scalar("SELECT relpages FROM pg_class WHERE oid = 'conveyor.inbox'::regclass").fetch_one(&p.subscriber).await.unwrap();
@@ -203,7 +194,7 @@ async fn claims_keep_their_index_after_vacuum_empties_the_tables() {
         (&p.publisher, sql::RELAY_CLAIM, "('{test.ping}', 100, '00000000-0000-0000-0000-000000000000')", "Seq Scan on outbox"),
     ];
     for (pool, statement, args, scan) in cases {
-        let plan = generic_plan(&mut *pool.acquire().await.unwrap(), statement, args).await;
+        let plan = generic_plan(&mut pool.acquire().await.unwrap(), statement, args).await;
         assert!(!plan.contains(scan) && !plan.contains("Sort"), "{statement}\n{plan}");
     }
 }
