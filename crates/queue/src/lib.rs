@@ -12,6 +12,7 @@
 //! The engine knows topics and JSON payloads, nothing of the business that uses it.
 
 mod admin;
+mod conn;
 mod consumer;
 mod error;
 mod floor;

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::conn::LoopConn;
 use crate::floor::{Floor, sweep_interval};
 use crate::trace::{self, Batch};
 use crate::wake::{self, Idle, Pacer, spawn_listener, wake_cte};
@@ -227,8 +228,8 @@ impl Relay {
 
     /// Relays one batch; returns how many outbox rows it moved (0: nothing to do).
     pub async fn relay_once(&self) -> Result<usize, Error> {
-        let mut conns = Conns { outbox: Some(self.outbox.acquire().await?), ..Conns::default() };
-        self.floor.sweep_if_due(conns.outbox.as_mut().expect("just set"), &SWEEP, &self.topics).await?;
+        let mut conns = Conns::default();
+        self.floor.sweep_if_due(conns.outbox.get(&self.outbox).await?, &SWEEP, &self.topics).await?;
         self.relay_once_on(&mut conns).await
     }
 
@@ -236,10 +237,7 @@ impl Relay {
     /// one on the outbox and one per subscriber (sqlx pings every connection handed back
     /// to its pool: one more round trip per batch and database).
     async fn relay_once_on(&self, conns: &mut Conns) -> Result<usize, Error> {
-        if conns.outbox.is_none() {
-            conns.outbox = Some(self.outbox.acquire().await?);
-        }
-        let outbox = conns.outbox.as_mut().expect("filled above");
+        let outbox = conns.outbox.get(&self.outbox).await?;
         let Some(batch) = self.claim_in(outbox.begin().await?).await? else { return Ok(0) };
         batch.deliver_on(&mut conns.subscribers).await?;
         batch.ack().await
@@ -270,7 +268,7 @@ impl Relay {
             notified.as_mut().enable();
             let relayed = self.relay_once_on(&mut conns).await;
             if relayed.as_ref().is_err_and(|e| !matches!(e, Error::Delivery { .. })) {
-                conns.outbox = None; // it may be broken
+                conns.outbox.reset(); // it may be broken
             }
             // On failure the batch stays in the outbox and is tried again after the backoff.
             pacer.after(relayed, notified).await;
@@ -281,7 +279,7 @@ impl Relay {
 /// The connections a relay loop keeps between batches.
 #[derive(Default)]
 struct Conns {
-    outbox: Option<PoolConnection<Postgres>>,
+    outbox: LoopConn,
     subscribers: HashMap<String, PoolConnection<Postgres>>,
 }
 

@@ -30,6 +30,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::Replan;
 use crate::floor::{Floor, Positions};
 
 /// A notification channel: its name, the advisory lock key idle listeners hold, and the
@@ -224,6 +225,8 @@ pub(crate) fn spawn_listener(
             // Something may have been written while nobody listened.
             poke_all();
             let mut holding = false;
+            // The probe's plan is dropped now and then, like a loop's (see `conn`).
+            let mut replan = Replan::new();
             loop {
                 let want = *idle_rx.borrow_and_update() > 0;
                 let step: Result<(), sqlx::Error> = async {
@@ -237,6 +240,7 @@ pub(crate) fn spawn_listener(
                             Err(e) if is_lock_timeout(&e) => {}
                             Err(e) => return Err(e),
                         }
+                        replan.if_due(&mut listener).await?;
                         let work = probe(&mut listener, channel, &topics, &from).await?;
                         if work {
                             poke();

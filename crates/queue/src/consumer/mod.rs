@@ -18,8 +18,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +27,7 @@ use handler::{Batched, KeysDispatch, LeaseDispatch, TxDispatch, Typed};
 pub use lease::{CLAIM as LEASE_CLAIM, DONE as LEASE_DONE};
 pub use tx::{CLAIM_AS_DONE as TX_CLAIM, LOCK_KEYS};
 
+use crate::conn::LoopConn;
 use crate::floor::{Floor, sweep_interval};
 use crate::wake::{self, Idle, Pacer, spawn_listener};
 use crate::{Error, Event, RetryPolicy};
@@ -336,7 +336,7 @@ impl Consumer {
     async fn tx_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
         let grace = self.opts.shutdown_grace;
         let mut pacer = self.pacer(wake, idle, shutdown, "consumer", true);
-        let mut conn = None;
+        let mut conn = LoopConn::default();
         while !shutdown.is_cancelled() {
             self.pause(shutdown).await;
             if shutdown.is_cancelled() {
@@ -347,8 +347,8 @@ impl Consumer {
             notified.as_mut().enable();
             // A cycle runs to its end unless shutdown's grace runs out first; dropping it
             // then rolls its transaction back, which releases its claims.
-            let cycle = match self.loop_conn(&mut conn).await {
-                Err(e) => Err(e),
+            let cycle = match conn.get(&self.pool).await {
+                Err(e) => Err(e.into()),
                 Ok(c) => tokio::select! {
                     r = self.tx_cycle(c) => r,
                     _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
@@ -358,7 +358,7 @@ impl Consumer {
                 },
             };
             if cycle.is_err() {
-                conn = None;
+                conn.reset();
             }
             pacer.due = self.retries.next_due();
             pacer.after(cycle, notified).await;
@@ -367,7 +367,7 @@ impl Consumer {
 
     async fn lease_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
         let mut pacer = self.pacer(wake, idle, shutdown, "lease consumer", true);
-        let mut conn = None;
+        let mut conn = LoopConn::default();
         while !shutdown.is_cancelled() {
             self.pause(shutdown).await;
             if shutdown.is_cancelled() {
@@ -376,12 +376,12 @@ impl Consumer {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let cycle = match self.loop_conn(&mut conn).await {
-                Err(e) => Err(e),
+            let cycle = match conn.get(&self.pool).await {
+                Err(e) => Err(e.into()),
                 Ok(c) => self.lease_cycle(c, shutdown).await,
             };
             if cycle.is_err() {
-                conn = None;
+                conn.reset();
             }
             pacer.due = self.retries.next_due();
             pacer.after(cycle, notified).await;
@@ -390,15 +390,6 @@ impl Consumer {
 
     fn pacer<'a>(&self, wake: &'a Notify, idle: &'a Idle, shutdown: &'a CancellationToken, what: &'static str, partial_waits: bool) -> Pacer<'a> {
         Pacer { wake, idle, poll: self.opts.poll_interval, batch_size: self.opts.batch_size, shutdown, what, failures: 0, partial_waits, due: None }
-    }
-
-    /// The loop's own connection: a connection handed back to a sqlx pool is pinged first,
-    /// one more round trip per cycle, so each loop keeps one (a fresh one after a failure).
-    async fn loop_conn<'s>(&self, slot: &'s mut Option<PoolConnection<Postgres>>) -> Result<&'s mut PgConnection, Error> {
-        if slot.is_none() {
-            *slot = Some(self.pool.acquire().await?);
-        }
-        Ok(slot.as_mut().expect("filled above"))
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Consumer, Failure, record_claim, record_done};
+use crate::conn::LoopConn;
 use crate::message::InboxRow;
 use crate::pull::{ADVANCE, CLAIM_CURSOR, CURSORS, Cursor, Cursors, ENSURE_CURSORS, Horizon, PARTS, PARTS_WITH_WORK, READ, READ_BELOW_HORIZON, REPORT, TO_INBOX};
 use crate::trace::{self, Batch};
@@ -74,7 +75,7 @@ impl Claimed {
 /// read-only one to the publisher) and the partitions it knows to have work.
 #[derive(Default)]
 pub(super) struct PullLoop {
-    conn: Option<PoolConnection<Postgres>>,
+    conn: LoopConn,
     publisher: Option<PoolConnection<Postgres>>,
     todo: Vec<i16>,
     /// The last look found rows waiting behind a running transaction.
@@ -258,7 +259,7 @@ impl Consumer {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let cycle = async {
-                let conn = self.loop_conn(&mut state.conn).await?;
+                let conn = state.conn.get(&self.pool).await?;
                 if state.publisher.is_none() {
                     state.publisher = Some(src.pool.acquire().await?);
                 }
@@ -276,7 +277,8 @@ impl Consumer {
                 }
                 Ok(Some(n)) => Ok(n),
                 Err(e) => {
-                    (state.conn, state.publisher) = (None, None);
+                    state.conn.reset();
+                    state.publisher = None;
                     state.todo.clear();
                     Err(e)
                 }
