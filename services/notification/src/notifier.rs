@@ -134,20 +134,21 @@ impl Notifier {
             // Another copy of this event is being delivered right now: look again when it is done.
             return Err(HandlerError::snooze(std::time::Duration::from_secs(1), anyhow!("{event_type} of order {order_id} is being delivered already")));
         };
-        let mut conn = self.pool.acquire().await?;
-        if repo::notified(&mut conn, order_id, event_type).await? {
+        // No connection is held while the network is called.
+        let to_notify = repo::to_notify(&mut *self.pool.acquire().await?, order_id, event_type).await?;
+        if to_notify.notified {
             tracing::info!(%order_id, %event_type, "already notified; nothing to do");
             return Ok(());
         }
-        let template = repo::template(&mut conn, event_type).await?.ok_or_else(|| HandlerError::permanent(anyhow!("no template is stored for {event_type}")))?;
-        // No connection is held while the network is called.
-        drop(conn);
+        let (Some(subject_template), Some(body_template)) = (to_notify.subject, to_notify.body) else {
+            return Err(HandlerError::permanent(anyhow!("no template is stored for {event_type}")));
+        };
         let permit = self.webhook.permit().map_err(|wait| HandlerError::snooze(wait, anyhow!("the webhook's circuit breaker is open; next try in {wait:?}")))?;
 
         let mut vars = Vars::from_event(event_type, &event.order, event.reason, event.detail);
         self.lookup.enrich(&mut vars).await;
-        let subject = render::render_part(render::Part::Subject, &template.subject, &vars).map_err(|e| HandlerError::permanent(anyhow!("the {event_type} subject template failed: {e}")))?;
-        let body = render::render_part(render::Part::Body, &template.body, &vars).map_err(|e| HandlerError::permanent(anyhow!("the {event_type} body template failed: {e}")))?;
+        let subject = render::render_part(render::Part::Subject, &subject_template, &vars).map_err(|e| HandlerError::permanent(anyhow!("the {event_type} subject template failed: {e}")))?;
+        let body = render::render_part(render::Part::Body, &body_template, &vars).map_err(|e| HandlerError::permanent(anyhow!("the {event_type} body template failed: {e}")))?;
 
         let key = format!("{order_id}:{event_type}");
         let id = Uuid::new_v5(&ID_NAMESPACE, key.as_bytes());

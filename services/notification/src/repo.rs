@@ -68,14 +68,22 @@ pub async fn put_template(conn: &mut PgConnection, event_type: EventType, subjec
     .await
 }
 
-pub const NOTIFIED: &str = "SELECT EXISTS (SELECT 1 FROM notifications WHERE order_id = $1 AND event_type = $2)";
+/// What a delivery needs to know first, in one round trip: whether `$1`'s `$2` was
+/// notified already and, if it was not, the template to render (none if it was deleted).
+pub const TO_NOTIFY: &str = "SELECT n.notified, t.subject, t.body
+     FROM (SELECT EXISTS (SELECT 1 FROM notifications WHERE order_id = $1 AND event_type = $2) AS notified) AS n
+     LEFT JOIN templates AS t ON t.event_type = $2 AND NOT n.notified";
 
-pub async fn notified(conn: &mut PgConnection, order_id: Uuid, event_type: EventType) -> sqlx::Result<bool> {
-    sqlx::query_scalar(NOTIFIED)
-        .bind(order_id)
-        .bind(event_type.as_str())
-        .fetch_one(conn)
-        .await
+/// The answer of [`TO_NOTIFY`].
+#[derive(Debug, sqlx::FromRow)]
+pub struct ToNotify {
+    pub notified: bool,
+    pub subject: Option<String>,
+    pub body: Option<String>,
+}
+
+pub async fn to_notify(conn: &mut PgConnection, order_id: Uuid, event_type: EventType) -> sqlx::Result<ToNotify> {
+    sqlx::query_as(TO_NOTIFY).bind(order_id).bind(event_type.as_str()).fetch_one(conn).await
 }
 
 pub const INSERT_NOTIFICATION: &str = "INSERT INTO notifications (id, order_id, event_type, customer_id, subject, body, data_source, attempts, delivered_at)

@@ -96,17 +96,22 @@ async fn place_order(
     let request = req.canonical();
     let id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
-    // The key first: a concurrent request with the same key waits here for this
-    // transaction, then answers from what it stored (or goes ahead if it rolled back).
-    let Some(now) = repo::claim_key(&mut tx, &key, &request, id).await? else {
-        return replay(&mut tx, &key, &request).await;
-    };
     let products = repo::products(&mut tx, &order.product_ids()).await?;
     let known = products.iter().map(|p| (p.id, p.known())).collect::<HashMap<_, _>>();
-    // An error from here on drops `tx`: the key, like everything else, is rolled back.
-    let priced = order.price(&known)?;
+    // An error from here on drops `tx`: nothing of this request is kept.
+    let priced = match order.price(&known) {
+        Ok(priced) => priced,
+        // A key used before answers as it did (its first response, or a 409 for another
+        // request), even if the product copy has changed since (a currency, say).
+        Err(e) if repo::stored_key(&mut tx, &key).await?.is_some() => {
+            drop(e);
+            return replay(&mut tx, &key, &request).await;
+        }
+        Err(e) => return Err(e),
+    };
     let placed = OrderEvent::Placed { customer_id: order.customer_id, lines: priced.lines.clone(), total: priced.total, saga_mode: mode };
-    stream::append(&mut tx, id, 0, &[placed]).await.map_err(|e| ApiError::Internal(e.into()))?;
+    // The transaction's `now()`: every timestamp of the new order shares it.
+    let now = stream::append(&mut tx, id, 0, &[placed]).await.map_err(|e| ApiError::Internal(e.into()))?.expect("one event appended");
     let summary = priced.summary(id, order.customer_id, now);
     match mode {
         SagaMode::Choreography => conveyor_queue::publish_event(&mut tx, &OrderPlaced { order: summary }).await?,
@@ -114,7 +119,13 @@ async fn place_order(
     };
     let view = OrderView::placed(id, order.customer_id, &priced, mode, now);
     let body = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
-    repo::save_response(&mut tx, &key, StatusCode::CREATED.as_u16(), &body).await?;
+    // The key last, with the response: a concurrent request with the same key waits here
+    // for this transaction, then answers from what it stored (or goes ahead if it rolled
+    // back). One round trip fewer than taking the key first and storing the response after.
+    if !repo::claim_key(&mut tx, &key, &request, id, StatusCode::CREATED.as_u16(), &body).await? {
+        tx.rollback().await?;
+        return replay(&mut *pool.acquire().await?, &key, &request).await;
+    }
     tx.commit().await?;
     metrics::counter!("conveyor_orders_placed_total").increment(1);
     tracing::info!(order_id = %id, customer_id = %order.customer_id, total = %priced.total, lines = priced.lines.len(), saga_mode = %mode, "order placed");

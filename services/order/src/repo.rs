@@ -64,19 +64,24 @@ pub async fn products(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec
     sqlx::query_as(PRODUCTS).bind(ids).fetch_all(conn).await
 }
 
-pub const CLAIM_KEY: &str =
-    "INSERT INTO idempotency_keys (key, request, order_id) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING RETURNING created_at";
+/// Records the key with the order it made and the response to replay, as the last write of
+/// the placing transaction. No row back when the key exists: after waiting for the
+/// transaction that inserted it, if it is still open.
+pub const CLAIM_KEY: &str = "INSERT INTO idempotency_keys (key, request, order_id, response_status, response_body) VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT (key) DO NOTHING RETURNING true";
 
-/// Inserts the key for `order_id`; `None` if the key exists (after waiting for the
-/// transaction that inserted it, if it is still open). Returns the transaction's `now()`,
-/// which every timestamp of the new order shares.
-pub async fn claim_key(conn: &mut PgConnection, key: &str, request: &str, order_id: Uuid) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar(CLAIM_KEY)
+/// Stores `key` with its response; false if the key was taken (the caller rolls back and
+/// answers from what the key holds, [`stored_key`]).
+pub async fn claim_key(conn: &mut PgConnection, key: &str, request: &str, order_id: Uuid, status: u16, body: &Value) -> sqlx::Result<bool> {
+    let claimed: Option<bool> = sqlx::query_scalar(CLAIM_KEY)
         .bind(key)
         .bind(request)
         .bind(order_id)
+        .bind(status as i16)
+        .bind(Json(body))
         .fetch_optional(conn)
-        .await
+        .await?;
+    Ok(claimed.is_some())
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -89,18 +94,6 @@ pub struct StoredKey {
 
 pub async fn stored_key(conn: &mut PgConnection, key: &str) -> sqlx::Result<Option<StoredKey>> {
     sqlx::query_as("SELECT request, order_id, response_status, response_body FROM idempotency_keys WHERE key = $1").bind(key).fetch_optional(conn).await
-}
-
-pub const SAVE_RESPONSE: &str = "UPDATE idempotency_keys SET response_status = $2, response_body = $3 WHERE key = $1";
-
-pub async fn save_response(conn: &mut PgConnection, key: &str, status: u16, body: &Value) -> sqlx::Result<()> {
-    sqlx::query(SAVE_RESPONSE)
-        .bind(key)
-        .bind(status as i16)
-        .bind(Json(body))
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// One order's view, as the projector last wrote it.

@@ -78,6 +78,25 @@ async fn the_same_key_replays_the_first_response_and_another_request_with_it_con
 }
 
 #[tokio::test]
+async fn a_used_key_answers_as_it_did_even_when_the_product_copy_cannot_price_its_request_any_more() {
+    let shop = shop().await;
+    let (lamp, desk) = (product("Desk lamp", money(2599, "EUR"), 1), product("Desk", money(19900, "EUR"), 1));
+    shop.sync(&[&lamp, &desk]).await;
+    let customer = Uuid::now_v7();
+    let body = order(customer, &[(&lamp, 1), (&desk, 1)]);
+    let first = shop.place("k-1", &body).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    // The catalog moved the desk to another currency: the order could not be priced now.
+    sqlx::query("UPDATE products SET currency = 'USD' WHERE id = $1").bind(desk.id).execute(&shop.pool).await.unwrap();
+    assert!(shop.place("k-2", &body).await.problem(422).contains("currenc"), "a new key is priced afresh");
+    let again = shop.place("k-1", &body).await;
+    assert_eq!(again.status, 201, "{}", again.text);
+    assert_eq!(again.json, first.json, "the retry gets the first answer");
+    assert!(shop.place("k-1", &order(customer, &[(&desk, 1), (&lamp, 2)])).await.problem(409).contains("different request"));
+    assert_eq!((shop.count("orders").await, shop.count("outbox").await), (1, 1));
+}
+
+#[tokio::test]
 async fn a_rejected_request_does_not_use_up_its_key() {
     let shop = shop().await;
     let lamp = product("Desk lamp", money(2599, "EUR"), 1);

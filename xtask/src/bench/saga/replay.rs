@@ -91,7 +91,6 @@ mod order;
 // services/order/src/repo.rs and stream.rs (the projector's statements are in `order`)
 sql!(CLAIM_KEY, "services/order/src/repo.rs", conveyor_order::sql::CLAIM_KEY);
 sql!(PRODUCTS, "services/order/src/repo.rs", conveyor_order::sql::PRODUCTS);
-sql!(SAVE_RESPONSE, "services/order/src/repo.rs", conveyor_order::sql::SAVE_RESPONSE);
 sql!(GET_VIEW, "services/order/src/repo.rs", conveyor_order::sql::GET_VIEW);
 sql!(APPEND, "services/order/src/stream.rs", conveyor_order::sql::APPEND);
 sql!(STREAMS, "services/order/src/stream.rs", conveyor_order::sql::STREAMS);
@@ -111,8 +110,7 @@ sql!(LEDGER, "services/payment/src/repo.rs", conveyor_payment::sql::LEDGER);
 sql!(INSERT_PAYMENTS, "services/payment/src/repo.rs", conveyor_payment::sql::INSERT_PAYMENTS);
 
 // services/notification/src/repo.rs
-sql!(NOTIFIED, "services/notification/src/repo.rs", conveyor_notification::sql::NOTIFIED);
-sql!(TEMPLATE, "services/notification/src/repo.rs", conveyor_notification::sql::TEMPLATE);
+sql!(TO_NOTIFY, "services/notification/src/repo.rs", conveyor_notification::sql::TO_NOTIFY);
 sql!(INSERT_NOTIFICATION, "services/notification/src/repo.rs", conveyor_notification::sql::INSERT_NOTIFICATION);
 
 // crates/queue/src/publish.rs: the engine's publish `INSERT` after its wake-up CTE.
@@ -424,8 +422,7 @@ fn notify(s: &mut String, batch: usize) {
     for i in 1..=batch {
         let (oid, cid) = (nth("oids", "uuid", i), nth("cids", "uuid", i));
         let _ = writeln!(s, "\\if :n >= {i}");
-        put(s, i == 1, &NOTIFIED, &bind(NOTIFIED.text, &[&oid, "'order.confirmed'"]), ";");
-        put(s, i == 1, &TEMPLATE, &bind(TEMPLATE.text, &["'order.confirmed'"]), ";");
+        put(s, i == 1, &TO_NOTIFY, &bind(TO_NOTIFY.text, &[&oid, "'order.confirmed'"]), ";");
         order::lookup(s, i == 1, &oid);
         let id = format!("saga_notification_id({oid}, 'order.confirmed')");
         let args = [
@@ -738,7 +735,9 @@ mod tests {
             }
             assert!(!in_statement);
             if batch == 50 {
-                assert!(n > 1000 && pads > 0, "{n} commands, {pads} pads");
+                // Whether this script needs a pad depends on its length; the padding itself
+                // is checked below.
+                assert!(n > 1000, "{n} commands, {pads} pads");
             }
         }
         let padded = around_pgbench_gset_bug(&format!("{}SELECT 2 AS x \\gset\n", "SELECT 1;\n".repeat(127)));

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use conveyor_contracts::service;
 
-use super::{APPEND, CLAIM_KEY, GET_VIEW, PRODUCTS, PUBLISH, SAVE_RESPONSE, STREAMS, ScriptOptions, Sql, bind, publish, publish_all, put, tx_claim};
+use super::{APPEND, CLAIM_KEY, GET_VIEW, PRODUCTS, PUBLISH, STREAMS, ScriptOptions, Sql, bind, publish, publish_all, put, tx_claim};
 
 // services/order/src/projection.rs
 sql!(POSITION_SKIP_LOCKED, "services/order/src/projection.rs", conveyor_order::sql::POSITION_SKIP_LOCKED);
@@ -42,24 +42,24 @@ fn streams_for_gset() -> String {
     )
 }
 
-/// order-api `POST /orders`: the key, the product copy, the `placed` event, `order.placed`
-/// and the stored response, in one transaction.
+/// order-api `POST /orders`: the product copy, the `placed` event, `order.placed`, and the
+/// key with the stored response, in one transaction.
 pub(super) fn place(s: &mut String, o: &ScriptOptions, i: usize) {
     let first = i == 1;
     let _ = writeln!(s, "-- == order-api: POST /orders ({i} of {}), one transaction (services/order/src/http.rs place_order) ==", o.batch);
     let _ = writeln!(s, "\\set p random(1, {})\n\\set c random(1, {})\nBEGIN;", o.products, o.customers);
     if first {
-        let _ = writeln!(s, "-- claim_key ({}), RETURNING also the key and the order id, which the API makes in Rust", CLAIM_KEY.source);
+        let _ = writeln!(s, "-- {} ({}), with the order id, which the API makes in Rust", PRODUCTS.name.to_lowercase(), PRODUCTS.source);
     }
-    let request = "json_build_object('customer_id', saga_customer(:c), 'lines', json_build_array(json_build_object('product_id', saga_product(:p), 'quantity', 1)))::text";
-    let _ = writeln!(s, "{}, key, order_id \\gset k_", bind(CLAIM_KEY.text, &["saga_uuid_v7()::text", request, "saga_uuid_v7()"]));
-    put(s, first, &PRODUCTS, &bind(PRODUCTS.text, &["ARRAY[saga_product(:p)]"]), " \\gset p_");
+    let products = bind(PRODUCTS.text, &["ARRAY[saga_product(:p)]"]);
+    let _ = writeln!(s, "SELECT q.*, saga_uuid_v7() AS order_id FROM ({products}) AS q \\gset p_");
     let event = "saga_placed_event(saga_customer(:c), :p_id::uuid, :p_name::text, 1, :p_price_minor::bigint)";
-    put(s, first, &APPEND, &bind(APPEND.text, &["ARRAY[:k_order_id::uuid]", "ARRAY[1]", "ARRAY['placed']", &format!("ARRAY[{event}]")]), ";");
-    let payload = format!("saga_placed(:k_order_id::uuid, {event}, :k_created_at::timestamptz)");
-    put(s, first, &PUBLISH, &publish(service::ORDER, "order.placed", ":k_order_id", &payload), ";");
-    let view = format!("saga_order_view(:k_order_id::uuid, ARRAY[1], ARRAY[:k_created_at::timestamptz], ARRAY[{event}])");
-    put(s, first, &SAVE_RESPONSE, &bind(SAVE_RESPONSE.text, &[":k_key", "201", &view]), ";");
+    put(s, first, &APPEND, &bind(APPEND.text, &["ARRAY[:p_order_id::uuid]", "ARRAY[1]", "ARRAY['placed']", &format!("ARRAY[{event}]")]), " \\gset k_");
+    let payload = format!("saga_placed(:p_order_id::uuid, {event}, :k_at::timestamptz)");
+    put(s, first, &PUBLISH, &publish(service::ORDER, "order.placed", ":p_order_id", &payload), ";");
+    let request = "json_build_object('customer_id', saga_customer(:c), 'lines', json_build_array(json_build_object('product_id', saga_product(:p), 'quantity', 1)))::text";
+    let view = format!("saga_order_view(:p_order_id::uuid, ARRAY[1], ARRAY[:k_at::timestamptz], ARRAY[{event}])");
+    put(s, first, &CLAIM_KEY, &bind(CLAIM_KEY.text, &["saga_uuid_v7()::text", request, ":p_order_id::uuid", "201", &view]), ";");
     let _ = writeln!(s, "COMMIT;\n");
 }
 
