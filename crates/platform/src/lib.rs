@@ -30,13 +30,6 @@ pub use http::{ApiError, ApiResult, Json, Path, Query};
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-
-/// Every Conveyor binary allocates with mimalloc. Profiled under `cargo xtask bench saga`
-/// (`perf record -a` at 300 sagas/s), glibc's `malloc`, `free` and their helpers took 6 % of
-/// the machine's two cores in our processes, about a sixth of all they used: the services
-/// allocate per request and per message (JSON, SQL arguments, spans, log lines).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use utoipa_axum::router::OpenApiRouter;
 
 /// The whole body of an `<svc>-api` binary: logging and metrics, the pool, the refusal to
