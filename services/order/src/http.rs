@@ -13,7 +13,7 @@ use conveyor_platform::http::{Page, PageQuery, Problem};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use conveyor_platform::{ApiError, ApiResult, Json, Path, Query};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -103,11 +103,10 @@ async fn place_order(
         Ok(priced) => priced,
         // A key used before answers as it did (its first response, or a 409 for another
         // request), even if the product copy has changed since (a currency, say).
-        Err(e) if repo::stored_key(&mut tx, &key).await?.is_some() => {
-            drop(e);
-            return replay(&mut tx, &key, &request).await;
-        }
-        Err(e) => return Err(e),
+        Err(e) => match repo::stored_key(&mut tx, &key).await? {
+            None => return Err(e),
+            stored => return replay(stored, &key, &request),
+        },
     };
     let placed = OrderEvent::Placed { customer_id: order.customer_id, lines: priced.lines.clone(), total: priced.total, saga_mode: mode };
     // The transaction's `now()`: every timestamp of the new order shares it.
@@ -124,7 +123,8 @@ async fn place_order(
     // back). One round trip fewer than taking the key first and storing the response after.
     if !repo::claim_key(&mut tx, &key, &request, id, StatusCode::CREATED.as_u16(), &body).await? {
         tx.rollback().await?;
-        return replay(&mut *pool.acquire().await?, &key, &request).await;
+        let stored = repo::stored_key(&mut *pool.acquire().await?, &key).await?;
+        return replay(stored, &key, &request);
     }
     tx.commit().await?;
     metrics::counter!("conveyor_orders_placed_total").increment(1);
@@ -132,11 +132,11 @@ async fn place_order(
     Ok(created(id, StatusCode::CREATED, body))
 }
 
-/// The answer to a key seen before: its stored response if the request is the same.
-async fn replay(conn: &mut PgConnection, key: &str, request: &str) -> ApiResult<Response> {
-    let stored = repo::stored_key(conn, key).await?;
+/// The answer to a key seen before, from what it holds (`stored`): its stored response if
+/// the request is the same.
+fn replay(stored: Option<repo::StoredKey>, key: &str, request: &str) -> ApiResult<Response> {
     let Some(stored) = stored else {
-        // Keys are never deleted, so the row that stopped our insert is still there.
+        // The row that stopped our insert is gone only if the pruner just removed it.
         return Err(ApiError::Conflict(format!("Idempotency-Key {key:?} is in use by another request; retry")));
     };
     if stored.request != request {
