@@ -35,7 +35,7 @@ pub use error::Error;
 pub use grants::{DELIVERY_COLUMNS, puller_grants, quote_ident, relay_grants};
 pub use message::{Delivery, Event, Headers, MessageId, Outgoing};
 pub use prune::{Pruner, prune_once};
-pub use publish::{publish, publish_all, publish_event, schedule};
+pub use publish::{publish, publish_all, publish_event, publish_with, schedule, statement_with};
 pub use relay::{ClaimedBatch, Relay, RelayOptions, Routes, parse_subscriber, peer_pool};
 pub use retry::RetryPolicy;
 

@@ -1,6 +1,8 @@
 //! Publishing: insert into the outbox inside the caller's transaction.
 
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres};
 use tracing::Instrument;
 
 use crate::trace;
@@ -59,20 +61,67 @@ pub async fn publish_all(conn: &mut PgConnection, msgs: &[Outgoing]) -> Result<(
 }
 
 async fn insert(conn: &mut PgConnection, msgs: &[Outgoing], span: &tracing::Span) -> Result<(), Error> {
+    insert_with(conn, INSERT, msgs, span, |q| q).await.map(drop)
+}
+
+/// The text of a statement that publishes messages together with writes of the caller's,
+/// in one round trip (one statement, where a publish beside them would be two):
+///
+/// ```sql
+/// WITH wake AS (…), {ctes}
+/// INSERT INTO conveyor.outbox … CROSS JOIN wake WHERE {gate}
+/// ```
+///
+/// `ctes` are the caller's common table expressions (`name AS (…)`, comma-separated; a
+/// data-modifying one runs whether or not anything reads it), numbering their parameters
+/// from `$6` on: `$1` to `$5` are the messages'. The messages are inserted only if `gate`
+/// (an SQL condition, which may read the CTEs) holds: `"true"` for always. Build the text
+/// once (a `LazyLock<String>`) and run it with [`publish_with`].
+///
+/// With no transaction around it, the statement is a transaction of its own: the caller's
+/// writes and the messages commit together, or neither does.
+pub fn statement_with(ctes: &str, gate: &str) -> String {
+    format!("WITH {},\n{ctes}\n{}\nWHERE {gate}", wake_cte!("conveyor_outbox", 7165066987124913153), insert_rows!())
+}
+
+/// Runs `sql` (from [`statement_with`]), publishing `msgs` as [`publish_all`] does, with
+/// the caller's parameters (`$6` on) bound by `bind`. Returns how many messages were
+/// inserted: all of them, or none when the gate did not hold.
+pub async fn publish_with<'q>(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    msgs: &'q [Outgoing],
+    bind: impl FnOnce(Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments>,
+) -> Result<u64, Error> {
+    let single = (msgs.len() == 1).then(|| msgs[0].id);
+    let span = trace::publish_span(msgs.iter().map(|m| m.topic.as_str()), msgs.len(), single);
+    let result = insert_with(conn, sql, msgs, &span, bind).instrument(span.clone()).await;
+    if let Err(e) = &result {
+        trace::record_error(&span, "publish", e);
+    }
+    result
+}
+
+async fn insert_with<'q>(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    msgs: &'q [Outgoing],
+    span: &tracing::Span,
+    bind: impl FnOnce(Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments>,
+) -> Result<u64, Error> {
     let rows = Rows::of(msgs, span)?;
-    sqlx::query(INSERT)
-        .bind(rows.ids)
-        .bind(rows.topics)
-        .bind(rows.keys)
-        .bind(rows.payloads)
-        .bind(rows.headers)
+    let query = sqlx::query(sql).bind(rows.ids).bind(rows.topics).bind(rows.keys).bind(rows.payloads).bind(rows.headers);
+    let inserted = bind(query)
         .execute(conn)
         .instrument(trace::db_span("INSERT conveyor.outbox", "INSERT", "conveyor.outbox"))
-        .await?;
-    for m in msgs {
-        metrics::counter!("conveyor_queue_published_total", "topic" => m.topic.clone()).increment(1);
+        .await?
+        .rows_affected();
+    if inserted > 0 {
+        for m in msgs {
+            metrics::counter!("conveyor_queue_published_total", "topic" => m.topic.clone()).increment(1);
+        }
     }
-    Ok(())
+    Ok(inserted)
 }
 
 /// Messages as the columns of one UNNEST insert, each with the trace context it carries.

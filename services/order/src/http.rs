@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use conveyor_contracts::{OrderPlaced, SagaMode, StartSaga};
+use conveyor_queue::Outgoing;
 use conveyor_platform::auth::{AuthErrors, Caller};
 use conveyor_platform::http::{Page, PageQuery, Problem};
 use serde::Deserialize;
@@ -95,38 +96,38 @@ async fn place_order(
     let order = req.validate()?;
     let request = req.canonical();
     let id = Uuid::now_v7();
-    let mut tx = pool.begin().await?;
-    let products = repo::products(&mut tx, &order.product_ids()).await?;
+    // Two statements, no transaction around them: the products, then the order's one
+    // statement (`repo::PLACE`: key, event and message together, or nothing).
+    let mut conn = pool.acquire().await?;
+    let (products, read_at) = repo::products(&mut conn, &order.product_ids()).await?;
     let known = products.iter().map(|p| (p.id, p.known())).collect::<HashMap<_, _>>();
-    // An error from here on drops `tx`: nothing of this request is kept.
     let priced = match order.price(&known) {
         Ok(priced) => priced,
         // A key used before answers as it did (its first response, or a 409 for another
         // request), even if the product copy has changed since (a currency, say).
-        Err(e) => match repo::stored_key(&mut tx, &key).await? {
+        Err(e) => match repo::stored_key(&mut conn, &key).await? {
             None => return Err(e),
             stored => return replay(stored, &key, &request),
         },
     };
+    // The database's clock when the products were read: every timestamp of the new order.
+    let now = read_at.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("order {id} was priced without a product read")))?;
     let placed = OrderEvent::Placed { customer_id: order.customer_id, lines: priced.lines.clone(), total: priced.total, saga_mode: mode };
-    // The transaction's `now()`: every timestamp of the new order shares it.
-    let now = stream::append(&mut tx, id, 0, &[placed]).await.map_err(|e| ApiError::Internal(e.into()))?.expect("one event appended");
     let summary = priced.summary(id, order.customer_id, now);
-    match mode {
-        SagaMode::Choreography => conveyor_queue::publish_event(&mut tx, &OrderPlaced { order: summary }).await?,
-        SagaMode::Orchestration => conveyor_queue::publish_event(&mut tx, &StartSaga { order: summary }).await?,
-    };
+    let message = match mode {
+        SagaMode::Choreography => Outgoing::event(&OrderPlaced { order: summary }),
+        SagaMode::Orchestration => Outgoing::event(&StartSaga { order: summary }),
+    }
+    .map_err(anyhow::Error::from)?;
     let view = OrderView::placed(id, order.customer_id, &priced, mode, now);
     let body = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
-    // The key last, with the response: a concurrent request with the same key waits here
-    // for this transaction, then answers from what it stored (or goes ahead if it rolled
-    // back). One round trip fewer than taking the key first and storing the response after.
-    if !repo::claim_key(&mut tx, &key, &request, id, StatusCode::CREATED.as_u16(), &body).await? {
-        tx.rollback().await?;
-        let stored = repo::stored_key(&mut *pool.acquire().await?, &key).await?;
+    let new = repo::NewOrder { id, key: &key, request: &request, status: StatusCode::CREATED.as_u16(), body: &body, events: &[placed], at: now, message };
+    // A concurrent request with the same key waits in `place` for the first one's
+    // statement, then answers from what it stored (or goes ahead if that one failed).
+    if !repo::place(&mut conn, &new).await? {
+        let stored = repo::stored_key(&mut conn, &key).await?;
         return replay(stored, &key, &request);
     }
-    tx.commit().await?;
     metrics::counter!("conveyor_orders_placed_total").increment(1);
     tracing::info!(order_id = %id, customer_id = %order.customer_id, total = %priced.total, lines = priced.lines.len(), saga_mode = %mode, "order placed");
     Ok(created(id, StatusCode::CREATED, body))

@@ -31,6 +31,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// `cargo xtask bench saga` replays them.
 pub mod sql {
     pub use crate::projection::{ADVANCE, NEXT_EVENTS, POSITION_SKIP_LOCKED, UPSERT_VIEWS};
-    pub use crate::repo::{CLAIM_KEY, CUSTOMER_VIEWS, GET_VIEW, PRODUCTS};
+    pub use crate::repo::{CUSTOMER_VIEWS, GET_VIEW, PLACE, PRODUCTS};
     pub use crate::stream::{APPEND, STREAMS};
 }

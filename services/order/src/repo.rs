@@ -8,7 +8,12 @@ use sqlx::PgConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use std::sync::LazyLock;
+
+use conveyor_queue::Outgoing;
+
 use crate::domain::{KnownProduct, OrderStatus};
+use crate::stream::{OrderEvent, append_insert};
 use crate::views::OrderView;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -58,30 +63,82 @@ pub async fn get_product(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Opti
     sqlx::query_as("SELECT id, name, price_minor, currency, version, updated_at FROM products WHERE id = $1").bind(id).fetch_optional(conn).await
 }
 
-pub const PRODUCTS: &str = "SELECT id, name, price_minor, currency, version, updated_at FROM products WHERE id = ANY($1)";
+/// The products an order names, each with the time it was read (the database's clock: the
+/// new order's events are recorded at it).
+pub const PRODUCTS: &str = "SELECT id, name, price_minor, currency, version, updated_at, now() AS read_at FROM products WHERE id = ANY($1)";
 
-pub async fn products(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<ProductRow>> {
-    sqlx::query_as(PRODUCTS).bind(ids).fetch_all(conn).await
+#[derive(sqlx::FromRow)]
+struct ProductRead {
+    #[sqlx(flatten)]
+    product: ProductRow,
+    read_at: DateTime<Utc>,
 }
 
-/// Records the key with the order it made and the response to replay, as the last write of
-/// the placing transaction. No row back when the key exists: after waiting for the
-/// transaction that inserted it, if it is still open.
-pub const CLAIM_KEY: &str = "INSERT INTO idempotency_keys (key, request, order_id, response_status, response_body) VALUES ($1, $2, $3, $4, $5)
-     ON CONFLICT (key) DO NOTHING RETURNING true";
+/// The products of `ids` that the copy has, and when they were read (`None` if none was).
+pub async fn products(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<(Vec<ProductRow>, Option<DateTime<Utc>>)> {
+    let rows: Vec<ProductRead> = sqlx::query_as(PRODUCTS).bind(ids).fetch_all(conn).await?;
+    let read_at = rows.first().map(|r| r.read_at);
+    Ok((rows.into_iter().map(|r| r.product).collect(), read_at))
+}
 
-/// Stores `key` with its response; false if the key was taken (the caller rolls back and
-/// answers from what the key holds, [`stored_key`]).
-pub async fn claim_key(conn: &mut PgConnection, key: &str, request: &str, order_id: Uuid, status: u16, body: &Value) -> sqlx::Result<bool> {
-    let claimed: Option<bool> = sqlx::query_scalar(CLAIM_KEY)
-        .bind(key)
-        .bind(request)
-        .bind(order_id)
-        .bind(status as i16)
-        .bind(Json(body))
-        .fetch_optional(conn)
-        .await?;
-    Ok(claimed.is_some())
+/// Places an order in one statement, a transaction of its own: the idempotency key with
+/// the order it made and the response to replay, the order's first events, and its message
+/// (the engine's `$1` to `$5`), all or nothing. `$6` to `$10` are the key, its request, the
+/// order, the response's status and body; `$11` to `$15` the events, as `stream::APPEND`
+/// has them. When the key exists nothing is written, after waiting for the transaction
+/// that inserted it if it is still open.
+pub static PLACE: LazyLock<String> = LazyLock::new(|| {
+    conveyor_queue::statement_with(
+        concat!(
+            "k AS (INSERT INTO idempotency_keys (key, request, order_id, response_status, response_body) VALUES ($6, $7, $8, $9, $10)\n",
+            "     ON CONFLICT (key) DO NOTHING RETURNING true),\n",
+            "placed AS (",
+            append_insert!("$11", "$12", "$13", "$14", "$15"),
+            "\n     WHERE EXISTS (SELECT FROM k))"
+        ),
+        "EXISTS (SELECT FROM k)",
+    )
+});
+
+/// A new order as [`place`] writes it.
+pub struct NewOrder<'a> {
+    pub id: Uuid,
+    pub key: &'a str,
+    /// The request, canonical, that the key stands for.
+    pub request: &'a str,
+    pub status: u16,
+    pub body: &'a Value,
+    pub events: &'a [OrderEvent],
+    /// When its events are recorded.
+    pub at: DateTime<Utc>,
+    pub message: Outgoing,
+}
+
+/// Writes `order` ([`PLACE`]); false if its key was taken (nothing written: answer from
+/// what the key holds, [`stored_key`]).
+pub async fn place(conn: &mut PgConnection, order: &NewOrder<'_>) -> Result<bool, conveyor_queue::Error> {
+    let ids = vec![order.id; order.events.len()];
+    let versions: Vec<i32> = (1..=order.events.len() as i32).collect();
+    let kinds: Vec<&str> = order.events.iter().map(OrderEvent::kind).collect();
+    let data: Vec<Json<&OrderEvent>> = order.events.iter().map(Json).collect();
+    let published = conveyor_queue::publish_with(conn, PLACE.as_str(), std::slice::from_ref(&order.message), |q| {
+        q.bind(order.key)
+            .bind(order.request)
+            .bind(order.id)
+            .bind(order.status as i16)
+            .bind(Json(order.body))
+            .bind(ids)
+            .bind(versions)
+            .bind(kinds)
+            .bind(data)
+            .bind(order.at)
+    })
+    .await?;
+    if published == 0 {
+        return Ok(false);
+    }
+    metrics::counter!("conveyor_order_events_appended_total").increment(order.events.len() as u64);
+    Ok(true)
 }
 
 #[derive(Debug, sqlx::FromRow)]

@@ -185,12 +185,23 @@ pub async fn stream_of(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<
     Ok(load(conn, &[order_id]).await?.remove(&order_id).unwrap_or_default())
 }
 
+/// The append's `INSERT`, with the parameters its caller numbers: the events' orders,
+/// versions, types and data (arrays), and the time to record (NULL: the transaction's).
+macro_rules! append_insert {
+    ($ids:literal, $versions:literal, $types:literal, $data:literal, $at:literal) => {
+        concat!(
+            "INSERT INTO order_events (order_id, version, type, data, at)\n",
+            "     SELECT e.*, coalesce(", $at, "::timestamptz, now())\n",
+            "     FROM unnest(", $ids, "::uuid[], ", $versions, "::int[], ", $types, "::text[], ", $data, "::jsonb[]) AS e"
+        )
+    };
+}
+pub(crate) use append_insert;
+
 /// Appends events, each to its order's stream at the version it names: `$1` to `$4` are
-/// their orders, versions, types and data, as arrays. Returns the time they were recorded
-/// (the transaction's, the same for all).
-pub const APPEND: &str = "INSERT INTO order_events (order_id, version, type, data)
-     SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[])
-     RETURNING at";
+/// their orders, versions, types and data, as arrays, and `$5` NULL. Returns the time they
+/// were recorded (the transaction's, the same for all).
+pub const APPEND: &str = concat!(append_insert!("$1", "$2", "$3", "$4", "$5"), "\n     RETURNING at");
 
 /// An event to append: the next of the stream of `order_id`, at `version`.
 #[derive(Debug, Clone, Copy)]
@@ -231,7 +242,7 @@ pub async fn append_all(conn: &mut PgConnection, events: &[NewEvent<'_>]) -> Res
     let versions: Vec<i32> = events.iter().map(|e| e.version).collect();
     let kinds: Vec<&str> = events.iter().map(|e| e.event.kind()).collect();
     let data: Vec<Json<&OrderEvent>> = events.iter().map(|e| Json(e.event)).collect();
-    match sqlx::query_scalar(APPEND).bind(&order_ids).bind(&versions).bind(&kinds).bind(&data).fetch_all(conn).await {
+    match sqlx::query_scalar(APPEND).bind(&order_ids).bind(&versions).bind(&kinds).bind(&data).bind(None::<DateTime<Utc>>).fetch_all(conn).await {
         Ok(at) => {
             metrics::counter!("conveyor_order_events_appended_total").increment(events.len() as u64);
             Ok(at.first().copied())

@@ -89,7 +89,6 @@ macro_rules! sql {
 mod order;
 
 // services/order/src/repo.rs and stream.rs (the projector's statements are in `order`)
-sql!(CLAIM_KEY, "services/order/src/repo.rs", conveyor_order::sql::CLAIM_KEY);
 sql!(PRODUCTS, "services/order/src/repo.rs", conveyor_order::sql::PRODUCTS);
 sql!(GET_VIEW, "services/order/src/repo.rs", conveyor_order::sql::GET_VIEW);
 sql!(APPEND, "services/order/src/stream.rs", conveyor_order::sql::APPEND);
@@ -151,7 +150,7 @@ fn put(s: &mut String, first: bool, sql: &Sql, bound: &str, end: &str) {
 }
 
 /// The engine's statement `sql` on the queue tables of `svc`.
-fn on_queue(sql: &str, svc: &str) -> String {
+pub(super) fn on_queue(sql: &str, svc: &str) -> String {
     sql.replace("conveyor.", &format!("{}.", queue_schema(svc)))
 }
 
@@ -735,9 +734,9 @@ mod tests {
             }
             assert!(!in_statement);
             if batch == 50 {
-                // Whether this script needs a pad depends on its length; the padding itself
-                // is checked below.
-                assert!(n > 1000, "{n} commands, {pads} pads");
+                // Long enough to cross several multiples of 128. Whether it needs a pad
+                // depends on its length; the padding itself is checked below.
+                assert!(n > 4 * 128, "{n} commands, {pads} pads");
             }
         }
         let padded = around_pgbench_gset_bug(&format!("{}SELECT 2 AS x \\gset\n", "SELECT 1;\n".repeat(127)));

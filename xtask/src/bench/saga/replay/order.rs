@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use conveyor_contracts::service;
 
-use super::{APPEND, CLAIM_KEY, GET_VIEW, PRODUCTS, PUBLISH, STREAMS, ScriptOptions, Sql, bind, publish, publish_all, put, tx_claim};
+use super::{APPEND, GET_VIEW, PRODUCTS, PUBLISH, STREAMS, ScriptOptions, Sql, bind, on_queue, publish_all, put, tx_claim};
 
 // services/order/src/projection.rs
 sql!(POSITION_SKIP_LOCKED, "services/order/src/projection.rs", conveyor_order::sql::POSITION_SKIP_LOCKED);
@@ -42,25 +42,51 @@ fn streams_for_gset() -> String {
     )
 }
 
-/// order-api `POST /orders`: the product copy, the `placed` event, `order.placed`, and the
-/// key with the stored response, in one transaction.
+/// order-api `POST /orders`: the product copy (with the time it was read), then the key
+/// with the stored response, the `placed` event and `order.placed` in one statement
+/// (`PLACE`); no transaction around them.
 pub(super) fn place(s: &mut String, o: &ScriptOptions, i: usize) {
     let first = i == 1;
-    let _ = writeln!(s, "-- == order-api: POST /orders ({i} of {}), one transaction (services/order/src/http.rs place_order) ==", o.batch);
-    let _ = writeln!(s, "\\set p random(1, {})\n\\set c random(1, {})\nBEGIN;", o.products, o.customers);
+    let _ = writeln!(s, "-- == order-api: POST /orders ({i} of {}), two statements (services/order/src/http.rs place_order) ==", o.batch);
+    let _ = writeln!(s, "\\set p random(1, {})\n\\set c random(1, {})", o.products, o.customers);
     if first {
         let _ = writeln!(s, "-- {} ({}), with the order id, which the API makes in Rust", PRODUCTS.name.to_lowercase(), PRODUCTS.source);
     }
     let products = bind(PRODUCTS.text, &["ARRAY[saga_product(:p)]"]);
     let _ = writeln!(s, "SELECT q.*, saga_uuid_v7() AS order_id FROM ({products}) AS q \\gset p_");
     let event = "saga_placed_event(saga_customer(:c), :p_id::uuid, :p_name::text, 1, :p_price_minor::bigint)";
-    put(s, first, &APPEND, &bind(APPEND.text, &["ARRAY[:p_order_id::uuid]", "ARRAY[1]", "ARRAY['placed']", &format!("ARRAY[{event}]")]), " \\gset k_");
-    let payload = format!("saga_placed(:p_order_id::uuid, {event}, :k_at::timestamptz)");
-    put(s, first, &PUBLISH, &publish(service::ORDER, "order.placed", ":p_order_id", &payload), ";");
+    let payload = format!("saga_placed(:p_order_id::uuid, {event}, :p_read_at::timestamptz)");
     let request = "json_build_object('customer_id', saga_customer(:c), 'lines', json_build_array(json_build_object('product_id', saga_product(:p), 'quantity', 1)))::text";
-    let view = format!("saga_order_view(:p_order_id::uuid, ARRAY[1], ARRAY[:k_at::timestamptz], ARRAY[{event}])");
-    put(s, first, &CLAIM_KEY, &bind(CLAIM_KEY.text, &["saga_uuid_v7()::text", request, ":p_order_id::uuid", "201", &view]), ";");
-    let _ = writeln!(s, "COMMIT;\n");
+    let view = format!("saga_order_view(:p_order_id::uuid, ARRAY[1], ARRAY[:p_read_at::timestamptz], ARRAY[{event}])");
+    let event_array = format!("ARRAY[{event}]");
+    let args = [
+        // the message ($1 to $5, the engine's)
+        "ARRAY[saga_uuid_v7()]",
+        "ARRAY['order.placed']",
+        "ARRAY[:p_order_id::text]",
+        &format!("ARRAY[{payload}]"),
+        "ARRAY['{}']",
+        // the key ($6 to $10)
+        "saga_uuid_v7()::text",
+        request,
+        ":p_order_id::uuid",
+        "201",
+        &view,
+        // the events ($11 to $15)
+        "ARRAY[:p_order_id::uuid]",
+        "ARRAY[1]",
+        "ARRAY['placed']",
+        &event_array,
+        ":p_read_at::timestamptz",
+    ];
+    let place = place_sql();
+    put(s, first, &place, &bind(&on_queue(place.text, service::ORDER), &args), ";\n");
+}
+
+/// `PLACE`, built when first used (it is the engine's publish statement with the order's
+/// writes added: `conveyor_queue::statement_with`).
+fn place_sql() -> Sql {
+    Sql { name: "PLACE", source: "services/order/src/repo.rs", text: conveyor_order::sql::PLACE.as_str() }
 }
 
 /// What the order worker does with each message of a batch: the events it appends (their
@@ -122,7 +148,7 @@ fn worker(s: &mut String, batch: usize, h: &Handling) {
         (h.data)("m.p")
     );
     let all = |col: &str| format!("(SELECT array_agg({col} ORDER BY n, k) FROM e)");
-    let append = bind(APPEND.text, &[&all("o"), &all("version"), &all("type"), &all("data")]);
+    let append = bind(APPEND.text, &[&all("o"), &all("version"), &all("type"), &all("data"), "NULL"]);
     if h.confirms {
         // The time the events were recorded (`stream::append_all` returns it) is confirmed_at.
         put(s, true, &APPEND, &format!("{events},\na AS ({append})\nSELECT min(at) AS at FROM a"), " \\gset s_");
