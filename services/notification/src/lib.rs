@@ -32,7 +32,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The statements of the order saga's path, named once: the repository runs them and
 /// `cargo xtask bench saga` replays them.
 pub mod sql {
-    pub use crate::repo::{INSERT_NOTIFICATION, TO_NOTIFY};
+    pub use crate::repo::{RECORD, TO_NOTIFY};
 }
 
 /// The events notified about; each names its template and its notification.

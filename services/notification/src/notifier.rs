@@ -19,7 +19,7 @@ use chrono::Utc;
 use conveyor_contracts::{CancelReason, NotificationSent, OrderCancelled, OrderConfirmed, OrderSummary};
 use conveyor_platform::auth::TokenFile;
 use conveyor_platform::faults::Faults;
-use conveyor_queue::{Consumer, Delivery, HandlerError, publish_event};
+use conveyor_queue::{Consumer, Delivery, HandlerError, Outgoing};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -155,13 +155,9 @@ impl Notifier {
         let payload = Payload { notification_id: id, order_id, event_type, customer_id: event.order.customer_id, subject: &subject, body: &body };
         self.webhook.deliver(permit, &key, &payload).await.map_err(HandlerError::retry)?;
         let record = NewNotification { id, order_id, event_type, customer_id: event.order.customer_id, subject: &subject, body: &body, data_source: vars.data_source, attempts: attempt, delivered_at: Utc::now() };
-        let mut tx = self.pool.begin().await?;
-        // Only a new row is announced: one already there was announced by the transaction that wrote it.
-        if repo::insert_notification(&mut tx, &record).await? {
-            let sent = NotificationSent { order_id, notification_id: id, event_type: event_type.as_str().to_owned(), subject: subject.clone(), delivered_at: record.delivered_at };
-            publish_event(&mut tx, &sent).await?;
-        }
-        tx.commit().await?;
+        let sent = NotificationSent { order_id, notification_id: id, event_type: event_type.as_str().to_owned(), subject: subject.clone(), delivered_at: record.delivered_at };
+        // Only a new row is announced: one already there was announced by the statement that wrote it.
+        repo::record_notification(&mut *self.pool.acquire().await?, &record, Outgoing::event(&sent).map_err(anyhow::Error::from)?).await?;
         metrics::counter!("conveyor_notifications_sent_total", "event_type" => event_type.as_str(), "data_source" => vars.data_source.as_str()).increment(1);
         tracing::info!(%order_id, %event_type, notification_id = %id, attempt, data_source = vars.data_source.as_str(), "notification delivered");
         Ok(())

@@ -1,4 +1,7 @@
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
+use conveyor_queue::Outgoing;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -86,28 +89,37 @@ pub async fn to_notify(conn: &mut PgConnection, order_id: Uuid, event_type: Even
     sqlx::query_as(TO_NOTIFY).bind(order_id).bind(event_type.as_str()).fetch_one(conn).await
 }
 
-pub const INSERT_NOTIFICATION: &str = "INSERT INTO notifications (id, order_id, event_type, customer_id, subject, body, data_source, attempts, delivered_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT DO NOTHING";
+/// A delivery recorded and announced in one statement, a transaction of its own (a publish
+/// with the insert before it, `conveyor_queue::statement_with`): `$6` to `$14` the row,
+/// `$1` to `$5` its `notification.sent`, published only if the row is new.
+pub static RECORD: LazyLock<String> = LazyLock::new(|| {
+    conveyor_queue::statement_with(
+        "n AS (INSERT INTO notifications (id, order_id, event_type, customer_id, subject, body, data_source, attempts, delivered_at)
+         VALUES ($6, $7, $8, $9, $10, $11, $12, $13, $14)
+         ON CONFLICT DO NOTHING RETURNING true)",
+        "EXISTS (SELECT FROM n)",
+    )
+});
 
-/// Records a delivery; a row already there (another worker delivered the same key, which
-/// the receiver deduplicated by its idempotency key) is kept as it is. Whether the row is
-/// new: only a new one is announced (`notification.sent`).
+/// Records a delivery and publishes `sent` ([`RECORD`]); a row already there (another
+/// worker delivered the same key, which the receiver deduplicated by its idempotency key)
+/// is kept as it is, and nothing is published: only a new row is announced, by the
+/// statement that wrote it. Whether the row is new.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "notifications"))]
-pub async fn insert_notification(conn: &mut PgConnection, n: &NewNotification<'_>) -> sqlx::Result<bool> {
-    let done = sqlx::query(INSERT_NOTIFICATION)
-        .bind(n.id)
-        .bind(n.order_id)
-        .bind(n.event_type.as_str())
-        .bind(n.customer_id)
-        .bind(n.subject)
-        .bind(n.body)
-        .bind(n.data_source.as_str())
-        .bind(n.attempts)
-        .bind(n.delivered_at)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() == 1)
+pub async fn record_notification(conn: &mut PgConnection, n: &NewNotification<'_>, sent: Outgoing) -> Result<bool, conveyor_queue::Error> {
+    let published = conveyor_queue::publish_with(conn, RECORD.as_str(), std::slice::from_ref(&sent), |q| {
+        q.bind(n.id)
+            .bind(n.order_id)
+            .bind(n.event_type.as_str())
+            .bind(n.customer_id)
+            .bind(n.subject)
+            .bind(n.body)
+            .bind(n.data_source.as_str())
+            .bind(n.attempts)
+            .bind(n.delivered_at)
+    })
+    .await?;
+    Ok(published == 1)
 }
 
 pub async fn notifications_of(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Vec<NotificationRow>> {

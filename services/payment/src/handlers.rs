@@ -21,7 +21,7 @@ use futures::FutureExt;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::repo::{self, Capture, CustomerRow, NewPayment, Paid};
+use crate::repo::{self, CustomerRow, NewPayment, Paid};
 
 /// Failures here are transient (simulated processor errors, a lost race with a copy of
 /// the message): retried for about a minute (0.25 s doubling to 15 s) before the message
@@ -151,9 +151,9 @@ impl CaptureRequest for CapturePayment {
 
 /// `stock.reserved` or `payment.capture`, for a batch of orders at once: each order is paid
 /// or declined once, in publish order, against the balances the orders before it in the
-/// batch left. Six statements however many orders (which have a payment already, the
-/// customers' locks and balances, the payments, the balances, the ledger, the messages),
-/// where one order at a time took six per order.
+/// batch left. Three statements however many orders (which have a payment already, the
+/// customers' locks and balances, then the payments, balances, ledger and messages in
+/// one), where one order at a time took six per order.
 ///
 /// A message the simulated processor fails or snoozes (see `faults`) fails the call: the
 /// batch then runs again one order per call, so that only that order is retried or waits.
@@ -181,13 +181,9 @@ async fn capture<M: CaptureRequest>(conn: &mut PgConnection, msgs: Vec<Delivery<
         payments.push(payment);
         causes.push(msg);
     }
-    repo::insert_payments(conn, &payments).await?;
-    let captures: Vec<Capture> =
-        payments.iter().filter(|p| p.declined.is_none()).map(|p| Capture { customer: p.customer_id, order: p.order_id, amount: p.amount.amount_minor }).collect();
-    if !repo::debit_all(conn, &captures).await? {
+    if !repo::capture_all(conn, &payments, &events).await? {
         return Err(HandlerError::retry(anyhow::anyhow!("a balance was short of what the batch's checks saw")));
     }
-    conveyor_queue::publish_all(conn, &events).await?;
     for (p, msg) in payments.iter().zip(causes) {
         let (order_id, payment_id, customer_id) = (p.order_id, p.id, p.customer_id);
         // Each line in its message's span, so that it carries that message's trace.

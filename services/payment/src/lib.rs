@@ -21,5 +21,5 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The statements of the order saga's path, named once: the repository runs them and
 /// `cargo xtask bench saga` replays them.
 pub mod sql {
-    pub use crate::repo::{PAID, LOCK_CUSTOMERS, DEBIT_ALL, LEDGER, INSERT_PAYMENTS};
+    pub use crate::repo::{CAPTURE, LEDGER, LOCK_CUSTOMERS, PAID};
 }

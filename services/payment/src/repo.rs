@@ -1,7 +1,10 @@
 //! The payment tables: customers (balances), payments (one per order) and the ledger.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use conveyor_contracts::{Currency, Money};
+use conveyor_queue::Outgoing;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -88,43 +91,18 @@ pub async fn top_up(conn: &mut PgConnection, id: Uuid, amount: i64) -> sqlx::Res
     Ok(row)
 }
 
-/// A capture: `amount` from `customer`'s balance for `order`.
-#[derive(Debug, Clone, Copy)]
-pub struct Capture {
-    pub customer: Uuid,
-    pub order: Uuid,
-    pub amount: i64,
+/// `LEDGER` with the parameters its caller numbers: the kind, then customers, amounts and
+/// orders, as arrays.
+macro_rules! ledger {
+    ($kind:literal, $customers:literal, $amounts:literal, $orders:literal) => {
+        concat!(
+            "INSERT INTO ledger (customer_id, kind, amount_minor, order_id) SELECT l.c, ", $kind, ", l.a, l.o FROM UNNEST(",
+            $customers, "::uuid[], ", $amounts, "::bigint[], ", $orders, "::uuid[]) AS l(c, a, o)"
+        )
+    };
 }
 
-pub const DEBIT_ALL: &str = "UPDATE customers AS c SET balance_minor = c.balance_minor - d.total, updated_at = now()
-         FROM (SELECT id, sum(a) AS total FROM UNNEST($1::uuid[], $2::bigint[]) AS u(id, a) GROUP BY id) AS d
-         WHERE c.id = d.id AND c.balance_minor >= d.total RETURNING c.id";
-
-/// Takes each capture's amount from its customer's balance and records it in the ledger:
-/// two statements however many captures. The caller holds the customers' locks and has
-/// checked the balances; the UPDATE checks again (each customer's captures summed) and
-/// this returns false, having changed nothing it could not, when a balance falls short.
-#[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE", db.collection.name = "customers"))]
-pub async fn debit_all(conn: &mut PgConnection, captures: &[Capture]) -> sqlx::Result<bool> {
-    if captures.is_empty() {
-        return Ok(true);
-    }
-    let customers: std::collections::BTreeSet<Uuid> = captures.iter().map(|c| c.customer).collect();
-    let debited: Vec<Uuid> = sqlx::query_scalar(DEBIT_ALL)
-        .bind(captures.iter().map(|c| c.customer).collect::<Vec<_>>())
-        .bind(captures.iter().map(|c| c.amount).collect::<Vec<_>>())
-        .fetch_all(&mut *conn)
-        .await?;
-    if debited.len() != customers.len() {
-        return Ok(false);
-    }
-    let entries: Vec<(Uuid, i64, Option<Uuid>)> = captures.iter().map(|c| (c.customer, -c.amount, Some(c.order))).collect();
-    record(conn, "capture", &entries).await?;
-    Ok(true)
-}
-
-pub const LEDGER: &str =
-    "INSERT INTO ledger (customer_id, kind, amount_minor, order_id) SELECT l.c, $1, l.a, l.o FROM UNNEST($2::uuid[], $3::bigint[], $4::uuid[]) AS l(c, a, o)";
+pub const LEDGER: &str = ledger!("$1", "$2", "$3", "$4");
 
 /// Ledger entries of one kind: (customer, amount, order), in one statement.
 async fn record(conn: &mut PgConnection, kind: &str, entries: &[(Uuid, i64, Option<Uuid>)]) -> sqlx::Result<()> {
@@ -169,28 +147,59 @@ pub struct NewPayment {
     pub declined: Option<String>,
 }
 
-pub const INSERT_PAYMENTS: &str = "INSERT INTO payments (id, order_id, customer_id, amount_minor, currency, status, reason)
+/// A batch's payments decided (see `handlers::capture`), written in one statement, a
+/// publish with the batch's writes before it (`conveyor_queue::statement_with`):
+/// - the payments (`$6` to `$11`: ids, orders, customers, amounts, currencies, reasons),
+///   a plain INSERT: if a concurrent copy of a message got there first, the unique order
+///   id fails the statement and the caller's transaction, and the retry finds the payment;
+/// - the captures taken from their customers' balances (`$12`, `$13`: customers and
+///   amounts, summed per customer), each only if the balance covers it;
+/// - their ledger entries (`$14` to `$17`, as `LEDGER`);
+/// - the messages (`$1` to `$5`), only if every customer's balance was debited.
+pub static CAPTURE: LazyLock<String> = LazyLock::new(|| {
+    conveyor_queue::statement_with(
+        concat!(
+            "p AS (INSERT INTO payments (id, order_id, customer_id, amount_minor, currency, status, reason)
          SELECT p.id, p.o, p.c, p.a, p.cur, CASE WHEN p.reason IS NULL THEN 'captured' ELSE 'declined' END, p.reason
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::text[]) AS p(id, o, c, a, cur, reason)";
+         FROM UNNEST($6::uuid[], $7::uuid[], $8::uuid[], $9::bigint[], $10::text[], $11::text[]) AS p(id, o, c, a, cur, reason)),
+d AS (UPDATE customers AS c SET balance_minor = c.balance_minor - d.total, updated_at = now()
+         FROM (SELECT id, sum(a) AS total FROM UNNEST($12::uuid[], $13::bigint[]) AS u(id, a) GROUP BY id) AS d
+         WHERE c.id = d.id AND c.balance_minor >= d.total RETURNING c.id),\n",
+            "l AS (",
+            ledger!("$14", "$15", "$16", "$17"),
+            ")"
+        ),
+        "(SELECT count(*) FROM d) = (SELECT count(DISTINCT id) FROM unnest($12::uuid[]) AS id)",
+    )
+});
 
-/// Records payments, one statement however many. A plain INSERT: if a concurrent copy of a
-/// message got there first, the unique order id fails this transaction (debits included)
-/// and the retry finds the payment.
+/// Writes a batch's payments, debits its captures and publishes its `messages` ([`CAPTURE`]).
+/// False when a balance fell short of what the batch's checks saw (the caller holds the
+/// customers' locks and has checked them): nothing is published, and the caller must fail
+/// its transaction (the rest was written). Every payment in `new` has a message.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "payments"))]
-pub async fn insert_payments(conn: &mut PgConnection, new: &[NewPayment]) -> sqlx::Result<()> {
-    if new.is_empty() {
-        return Ok(());
+pub async fn capture_all(conn: &mut PgConnection, new: &[NewPayment], messages: &[Outgoing]) -> Result<bool, conveyor_queue::Error> {
+    if messages.is_empty() {
+        debug_assert!(new.is_empty(), "every payment has a message");
+        return Ok(true);
     }
-    sqlx::query(INSERT_PAYMENTS)
-        .bind(new.iter().map(|p| p.id).collect::<Vec<_>>())
-        .bind(new.iter().map(|p| p.order_id).collect::<Vec<_>>())
-        .bind(new.iter().map(|p| p.customer_id).collect::<Vec<_>>())
-        .bind(new.iter().map(|p| p.amount.amount_minor).collect::<Vec<_>>())
-        .bind(new.iter().map(|p| p.amount.currency.as_str()).collect::<Vec<_>>())
-        .bind(new.iter().map(|p| p.declined.as_deref()).collect::<Vec<_>>())
-        .execute(conn)
-        .await?;
-    Ok(())
+    let captures: Vec<&NewPayment> = new.iter().filter(|p| p.declined.is_none()).collect();
+    let inserted = conveyor_queue::publish_with(conn, CAPTURE.as_str(), messages, |q| {
+        q.bind(new.iter().map(|p| p.id).collect::<Vec<_>>())
+            .bind(new.iter().map(|p| p.order_id).collect::<Vec<_>>())
+            .bind(new.iter().map(|p| p.customer_id).collect::<Vec<_>>())
+            .bind(new.iter().map(|p| p.amount.amount_minor).collect::<Vec<_>>())
+            .bind(new.iter().map(|p| p.amount.currency.as_str()).collect::<Vec<_>>())
+            .bind(new.iter().map(|p| p.declined.as_deref()).collect::<Vec<_>>())
+            .bind(captures.iter().map(|p| p.customer_id).collect::<Vec<_>>())
+            .bind(captures.iter().map(|p| p.amount.amount_minor).collect::<Vec<_>>())
+            .bind("capture")
+            .bind(captures.iter().map(|p| p.customer_id).collect::<Vec<_>>())
+            .bind(captures.iter().map(|p| -p.amount.amount_minor).collect::<Vec<_>>())
+            .bind(captures.iter().map(|p| Some(p.order_id)).collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(inserted as usize == messages.len())
 }
 
 /// The lock key of a customer's balance (see `conveyor_queue::LockKeys`): every handler that

@@ -20,7 +20,7 @@ use futures::FutureExt;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::repo::{self, Handled, NewReservation, ReservedLine, Shift};
+use crate::repo::{self, Handled, NewReservation, ReservedLine};
 
 /// `order.placed` (and `stock.reserve`) waits for items whose `product.created` has not
 /// arrived yet: about two minutes of retries (0.5 s doubling to 30 s) before the order is
@@ -184,9 +184,9 @@ async fn create_item(conn: &mut PgConnection, product: Product) -> Result<(), Ha
 
 /// `order.placed` or `stock.reserve`, for a batch of orders at once: each order reserves
 /// every line or none, once, in publish order, against the levels the orders before it in
-/// the batch left. Seven statements however many orders (which of them have an outcome
-/// already, the items' locks and levels, the outcomes, the levels, the movements, the
-/// messages), where one order at a time took six per order: the stock worker of a flash
+/// the batch left. Three statements however many orders (which of them have an outcome
+/// already, the items' locks and levels, then the outcomes, levels, movements and messages
+/// in one), where one order at a time took six per order: the stock worker of a flash
 /// sale, whose batches queue behind each other on the same few items, now holds those
 /// items a few round trips per batch instead of a few per order.
 ///
@@ -217,16 +217,11 @@ async fn reserve<M: ReserveRequest>(conn: &mut PgConnection, msgs: Vec<Delivery<
         new.push(NewReservation { order_id: order.order_id, lines, reason });
         causes.push(msg);
     }
-    let recorded = repo::insert_reservations(conn, &new).await?;
-    if recorded.len() != new.len() {
+    if !repo::reserve_all(conn, &new, &messages).await? {
         // Only what locks no item can race this batch: a copy of an order with no lines, or
         // a `stock.release` that came first and recorded the order released.
         return Err(HandlerError::retry(anyhow::anyhow!("an order of the batch was handled meanwhile by another message; handling the batch one order at a time")));
     }
-    let moves: Vec<(Uuid, ReservedLine)> =
-        new.iter().filter(|r| r.reason.is_none()).flat_map(|r| r.lines.iter().map(|l| (r.order_id, *l))).collect();
-    repo::shift_all(conn, Shift::Reserve, &moves).await?;
-    conveyor_queue::publish_all(conn, &messages).await?;
     for (r, msg) in new.iter().zip(&causes) {
         // Each line in its message's span, so that it carries that message's trace.
         msg.span.in_scope(|| match &r.reason {
@@ -303,7 +298,7 @@ async fn release(conn: &mut PgConnection, order_id: Uuid, tombstone: bool) -> Re
     };
     let ids: Vec<Uuid> = lines.iter().map(|l| l.product_id).collect();
     repo::lock_items(conn, &ids).await?;
-    repo::shift(conn, order_id, Shift::Release, &lines).await?;
+    repo::release(conn, order_id, &lines).await?;
     tracing::info!(%order_id, products = lines.len(), "reservation released");
     Ok(())
 }

@@ -22,5 +22,5 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The statements of the order saga's path, named once: the repository runs them and
 /// `cargo xtask bench saga` replays them.
 pub mod sql {
-    pub use crate::repo::{HANDLED, LOCK_ITEMS, INSERT_RESERVATIONS, SHIFT_ALL, MOVEMENTS};
+    pub use crate::repo::{HANDLED, LOCK_ITEMS, RESERVE, SHIFT_ALL, MOVEMENTS};
 }

@@ -1,6 +1,9 @@
 //! The stock tables: items (levels), reservations (one per order) and the movements ledger.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
+use conveyor_queue::Outgoing;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use sqlx::types::Json;
@@ -30,15 +33,6 @@ pub struct ReservationRow {
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-}
-
-/// Which way a reservation moves units between an item's levels.
-#[derive(Debug, Clone, Copy)]
-pub enum Shift {
-    /// available → reserved
-    Reserve,
-    /// reserved → available
-    Release,
 }
 
 /// Why a level changed (the `movements.kind` column).
@@ -120,34 +114,33 @@ pub async fn lock_items(conn: &mut PgConnection, product_ids: &[Uuid]) -> sqlx::
         .await
 }
 
-/// Moves an order's `lines` between available and reserved (see [`shift_all`]).
-pub async fn shift(conn: &mut PgConnection, order_id: Uuid, shift: Shift, lines: &[ReservedLine]) -> sqlx::Result<()> {
-    let moves: Vec<(Uuid, ReservedLine)> = lines.iter().map(|l| (order_id, *l)).collect();
-    shift_all(conn, shift, &moves).await
+/// `SHIFT_ALL` with the parameters its caller numbers: items and quantities, as arrays.
+macro_rules! shift_all {
+    ($ids:literal, $quantities:literal) => {
+        concat!(
+            "UPDATE items AS i SET available = i.available - l.q, reserved = i.reserved + l.q, updated_at = now()
+         FROM (SELECT product_id, sum(q) AS q FROM UNNEST(", $ids, "::uuid[], ", $quantities, "::bigint[]) AS u(product_id, q) GROUP BY product_id) AS l
+         WHERE i.product_id = l.product_id"
+        )
+    };
 }
 
-pub const SHIFT_ALL: &str = "UPDATE items AS i SET available = i.available - l.q, reserved = i.reserved + l.q, updated_at = now()
-         FROM (SELECT product_id, sum(q) AS q FROM UNNEST($1::uuid[], $2::bigint[]) AS u(product_id, q) GROUP BY product_id) AS l
-         WHERE i.product_id = l.product_id";
+/// Moves units from available to reserved (negative quantities: back), summed per item.
+pub const SHIFT_ALL: &str = shift_all!("$1", "$2");
 
-/// Moves units between available and reserved for any number of orders, `moves` being
-/// (order, line) pairs, and records the movements: two statements however many orders.
-/// The caller holds the items' locks and has checked the levels; the table's CHECKs stop
-/// anything that would still go negative.
+/// Moves an order's `lines` from reserved back to available and records the movements: two
+/// statements (`SHIFT_ALL`, `MOVEMENTS`). The caller holds the items' locks; the table's
+/// CHECKs stop anything that would go negative.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "UPDATE", db.collection.name = "items"))]
-pub async fn shift_all(conn: &mut PgConnection, shift: Shift, moves: &[(Uuid, ReservedLine)]) -> sqlx::Result<()> {
-    if moves.is_empty() {
+pub async fn release(conn: &mut PgConnection, order_id: Uuid, lines: &[ReservedLine]) -> sqlx::Result<()> {
+    if lines.is_empty() {
         return Ok(());
     }
-    let (sign, kind) = match shift {
-        Shift::Reserve => (1, Movement::Reserve),
-        Shift::Release => (-1, Movement::Release),
-    };
-    let (ids, quantities): (Vec<Uuid>, Vec<i64>) = moves.iter().map(|(_, l)| (l.product_id, sign * l.quantity)).unzip();
+    let (ids, quantities): (Vec<Uuid>, Vec<i64>) = lines.iter().map(|l| (l.product_id, -l.quantity)).unzip();
     // Summed per item first: an UPDATE changes a row once, however many lines join it.
     sqlx::query(SHIFT_ALL).bind(ids).bind(quantities).execute(&mut *conn).await?;
-    let recorded: Vec<(Option<Uuid>, ReservedLine)> = moves.iter().map(|(o, l)| (Some(*o), *l)).collect();
-    record(conn, kind, &recorded).await
+    let recorded: Vec<(Option<Uuid>, ReservedLine)> = lines.iter().map(|l| (Some(order_id), *l)).collect();
+    record(conn, Movement::Release, &recorded).await
 }
 
 /// Adds `quantity` to an item's available units; the caller holds its lock.
@@ -164,8 +157,18 @@ pub async fn restock(conn: &mut PgConnection, product_id: Uuid, quantity: i64) -
     Ok(row)
 }
 
-pub const MOVEMENTS: &str =
-    "INSERT INTO movements (product_id, order_id, kind, quantity) SELECT l.p, l.o, $1, l.q FROM UNNEST($2::uuid[], $3::uuid[], $4::bigint[]) AS l(p, o, q)";
+/// `MOVEMENTS` with the parameters its caller numbers: the kind, then products, orders
+/// and quantities, as arrays.
+macro_rules! movements {
+    ($kind:literal, $ids:literal, $orders:literal, $quantities:literal) => {
+        concat!(
+            "INSERT INTO movements (product_id, order_id, kind, quantity) SELECT l.p, l.o, ", $kind, ", l.q FROM UNNEST(",
+            $ids, "::uuid[], ", $orders, "::uuid[], ", $quantities, "::bigint[]) AS l(p, o, q)"
+        )
+    };
+}
+
+pub const MOVEMENTS: &str = movements!("$1", "$2", "$3", "$4");
 
 /// Records movements of one kind: (order, line) pairs, in one statement.
 async fn record(conn: &mut PgConnection, kind: Movement, moves: &[(Option<Uuid>, ReservedLine)]) -> sqlx::Result<()> {
@@ -205,25 +208,54 @@ pub struct NewReservation {
     pub reason: Option<String>,
 }
 
-pub const INSERT_RESERVATIONS: &str = "INSERT INTO reservations (order_id, state, lines, reason)
+/// A batch's reservations decided (see `handlers::reserve`), written in one statement, a
+/// publish with the batch's writes before it (`conveyor_queue::statement_with`): each
+/// order's outcome unless it has one (`$6` to `$8`: orders, lines as JSON, reasons), the
+/// reserved units moved (`$9`, `$10`, as `SHIFT_ALL`) and their movements (`$11` to `$14`,
+/// as `MOVEMENTS`); the messages (`$1` to `$5`) only if every outcome was recorded.
+pub static RESERVE: LazyLock<String> = LazyLock::new(|| {
+    conveyor_queue::statement_with(
+        concat!(
+            "r AS (INSERT INTO reservations (order_id, state, lines, reason)
          SELECT r.o, CASE WHEN r.reason IS NULL THEN 'reserved' ELSE 'rejected' END, r.lines::jsonb, r.reason
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS r(o, lines, reason)
-         ON CONFLICT (order_id) DO NOTHING RETURNING order_id";
+         FROM UNNEST($6::uuid[], $7::text[], $8::text[]) AS r(o, lines, reason)
+         ON CONFLICT (order_id) DO NOTHING RETURNING order_id),\n",
+            "s AS (",
+            shift_all!("$9", "$10"),
+            "),\n",
+            "m AS (",
+            movements!("$11", "$12", "$13", "$14"),
+            ")"
+        ),
+        "(SELECT count(*) FROM r) = cardinality($6::uuid[])",
+    )
+});
 
-/// Records each outcome unless the order has one; returns the orders this call recorded.
-/// One statement however many.
+/// Writes a batch's decisions and publishes its `messages` ([`RESERVE`]): the outcomes in
+/// `new`, and for each reserved one its lines moved from available to reserved. False when
+/// an order of `new` had an outcome already: nothing is published, and the caller must
+/// fail its transaction (the rest was written). Every outcome in `new` has a message.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "reservations"))]
-pub async fn insert_reservations(conn: &mut PgConnection, new: &[NewReservation]) -> sqlx::Result<Vec<Uuid>> {
-    if new.is_empty() {
-        return Ok(Vec::new());
+pub async fn reserve_all(conn: &mut PgConnection, new: &[NewReservation], messages: &[Outgoing]) -> Result<bool, conveyor_queue::Error> {
+    if messages.is_empty() {
+        debug_assert!(new.is_empty(), "every outcome has a message");
+        return Ok(true);
     }
     let lines: Vec<String> = new.iter().map(|r| serde_json::to_string(&r.lines).expect("lines serialise")).collect();
-    sqlx::query_scalar(INSERT_RESERVATIONS)
-        .bind(new.iter().map(|r| r.order_id).collect::<Vec<_>>())
-        .bind(lines)
-        .bind(new.iter().map(|r| r.reason.as_deref()).collect::<Vec<_>>())
-        .fetch_all(conn)
-        .await
+    let moves: Vec<(Uuid, ReservedLine)> = new.iter().filter(|r| r.reason.is_none()).flat_map(|r| r.lines.iter().map(|l| (r.order_id, *l))).collect();
+    let inserted = conveyor_queue::publish_with(conn, RESERVE.as_str(), messages, |q| {
+        q.bind(new.iter().map(|r| r.order_id).collect::<Vec<_>>())
+            .bind(lines)
+            .bind(new.iter().map(|r| r.reason.as_deref()).collect::<Vec<_>>())
+            .bind(moves.iter().map(|(_, l)| l.product_id).collect::<Vec<_>>())
+            .bind(moves.iter().map(|(_, l)| l.quantity).collect::<Vec<_>>())
+            .bind(Movement::Reserve.as_str())
+            .bind(moves.iter().map(|(_, l)| l.product_id).collect::<Vec<_>>())
+            .bind(moves.iter().map(|(o, _)| *o).collect::<Vec<_>>())
+            .bind(moves.iter().map(|(_, l)| l.quantity).collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(inserted as usize == messages.len())
 }
 
 /// Marks a `reserved` reservation `released` and returns its lines; `None` when there is

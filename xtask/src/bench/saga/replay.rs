@@ -97,20 +97,13 @@ sql!(STREAMS, "services/order/src/stream.rs", conveyor_order::sql::STREAMS);
 // services/stock/src/repo.rs
 sql!(HANDLED, "services/stock/src/repo.rs", conveyor_stock::sql::HANDLED);
 sql!(LOCK_ITEMS, "services/stock/src/repo.rs", conveyor_stock::sql::LOCK_ITEMS);
-sql!(INSERT_RESERVATIONS, "services/stock/src/repo.rs", conveyor_stock::sql::INSERT_RESERVATIONS);
-sql!(SHIFT_ALL, "services/stock/src/repo.rs", conveyor_stock::sql::SHIFT_ALL);
-sql!(MOVEMENTS, "services/stock/src/repo.rs", conveyor_stock::sql::MOVEMENTS);
 
 // services/payment/src/repo.rs
 sql!(PAID, "services/payment/src/repo.rs", conveyor_payment::sql::PAID);
 sql!(LOCK_CUSTOMERS, "services/payment/src/repo.rs", conveyor_payment::sql::LOCK_CUSTOMERS);
-sql!(DEBIT_ALL, "services/payment/src/repo.rs", conveyor_payment::sql::DEBIT_ALL);
-sql!(LEDGER, "services/payment/src/repo.rs", conveyor_payment::sql::LEDGER);
-sql!(INSERT_PAYMENTS, "services/payment/src/repo.rs", conveyor_payment::sql::INSERT_PAYMENTS);
 
 // services/notification/src/repo.rs
 sql!(TO_NOTIFY, "services/notification/src/repo.rs", conveyor_notification::sql::TO_NOTIFY);
-sql!(INSERT_NOTIFICATION, "services/notification/src/repo.rs", conveyor_notification::sql::INSERT_NOTIFICATION);
 
 // crates/queue/src/publish.rs: the engine's publish `INSERT` after its wake-up CTE.
 sql!(PUBLISH, "crates/queue/src/publish.rs", conveyor_queue::sql::PUBLISH_INSERT);
@@ -150,7 +143,7 @@ fn put(s: &mut String, first: bool, sql: &Sql, bound: &str, end: &str) {
 }
 
 /// The engine's statement `sql` on the queue tables of `svc`.
-pub(super) fn on_queue(sql: &str, svc: &str) -> String {
+fn on_queue(sql: &str, svc: &str) -> String {
     sql.replace("conveyor.", &format!("{}.", queue_schema(svc)))
 }
 
@@ -284,31 +277,33 @@ fn around_pgbench_gset_bug(script: &str) -> String {
 /// The engine's publish of `:n` messages on `topic` in one statement, with the arrays
 /// `keys` and `payloads`.
 fn publish_all(svc: &str, topic: &str, keys: &str, payloads: &str) -> String {
-    let insert = bind(
-        &on_queue(PUBLISH.text, svc),
-        &[
-            "(SELECT array_agg(saga_uuid_v7()) FROM generate_series(1, :n::int))",
-            &format!("array_fill('{topic}'::text, ARRAY[:n::int])"),
-            keys,
-            payloads,
-            "array_fill('{}'::text, ARRAY[:n::int])",
-        ],
-    );
+    let insert = with_publish(PUBLISH.text, svc, publish_args(topic, keys, payloads), &[]);
     format!("WITH {}\n{insert}", wake_cte(conveyor_queue::OUTBOX_CHANNEL, conveyor_queue::OUTBOX_WAKE_LOCK))
 }
 
-fn publish(svc: &str, topic: &str, key: &str, payload: &str) -> String {
-    let insert = bind(
-        &on_queue(PUBLISH.text, svc),
-        &[
-            "ARRAY[saga_uuid_v7()]",
-            &format!("ARRAY['{topic}']"),
-            &format!("ARRAY[{key}::text]"),
-            &format!("ARRAY[{payload}]"),
-            "ARRAY['{}']",
-        ],
-    );
-    format!("WITH {}\n{insert}", wake_cte(conveyor_queue::OUTBOX_CHANNEL, conveyor_queue::OUTBOX_WAKE_LOCK))
+/// The engine's `$1` to `$5` for `:n` messages on `topic` with the arrays `keys` and
+/// `payloads`: of `PUBLISH`, and of a service's statement that publishes with its writes
+/// (`conveyor_queue::statement_with`).
+fn publish_args(topic: &str, keys: &str, payloads: &str) -> Vec<String> {
+    vec![
+        "(SELECT array_agg(saga_uuid_v7()) FROM generate_series(1, :n::int))".to_owned(),
+        format!("array_fill('{topic}'::text, ARRAY[:n::int])"),
+        keys.to_owned(),
+        payloads.to_owned(),
+        "array_fill('{}'::text, ARRAY[:n::int])".to_owned(),
+    ]
+}
+
+/// `sql` on the queue tables of `svc`, with the engine's `$1` to `$5` from `publish` and
+/// the service's own parameters from `own`.
+pub(super) fn with_publish(sql: &str, svc: &str, publish: Vec<String>, own: &[&str]) -> String {
+    let args: Vec<&str> = publish.iter().map(String::as_str).chain(own.iter().copied()).collect();
+    bind(&on_queue(sql, svc), &args)
+}
+
+/// The engine's `$1` to `$5` for one message on `topic` (see [`publish_args`]).
+pub(super) fn publish_one_args(topic: &str, key: &str, payload: &str) -> Vec<String> {
+    vec!["ARRAY[saga_uuid_v7()]".to_owned(), format!("ARRAY['{topic}']"), format!("ARRAY[{key}::text]"), format!("ARRAY[{payload}]"), "ARRAY['{}']".to_owned()]
 }
 
 /// The relay of `svc`'s worker: claim-and-delete outbox rows, insert them into every
@@ -376,11 +371,11 @@ fn stock(s: &mut String, batch: usize) {
     let _ = writeln!(s, "\\if :n > 0");
     put(s, true, &HANDLED, &bind(HANDLED.text, &[oids]), ";");
     put(s, true, &LOCK_ITEMS, &bind(LOCK_ITEMS.text, &[pids]), ";");
-    put(s, true, &INSERT_RESERVATIONS, &bind(INSERT_RESERVATIONS.text, &[oids, &lines, "array_fill(NULL::text, ARRAY[:n::int])"]), ";");
-    put(s, true, &SHIFT_ALL, &bind(SHIFT_ALL.text, &[pids, qtys]), ";");
-    put(s, true, &MOVEMENTS, &bind(MOVEMENTS.text, &["'reserve'", pids, oids, qtys]), ";");
     // stock.reserved carries the order as order.placed did: the claimed payloads themselves.
-    put(s, true, &PUBLISH, &publish_all(service::STOCK, "stock.reserved", ":oids::text[]", ":payloads::text[]"), ";");
+    let reserve = Sql { name: "RESERVE", source: "services/stock/src/repo.rs", text: conveyor_stock::sql::RESERVE.as_str() };
+    let publish = publish_args("stock.reserved", ":oids::text[]", ":payloads::text[]");
+    let own = [oids, &lines, "array_fill(NULL::text, ARRAY[:n::int])", pids, qtys, "'reserve'", pids, oids, qtys];
+    put(s, true, &reserve, &with_publish(reserve.text, service::STOCK, publish, &own), ";");
     let _ = writeln!(s, "\\endif");
     let _ = writeln!(s, "COMMIT;\n");
 }
@@ -396,11 +391,12 @@ fn payment(s: &mut String, batch: usize) {
     put(s, true, &PAID, &bind(PAID.text, &[oids]), ";");
     put(s, true, &LOCK_CUSTOMERS, &bind(LOCK_CUSTOMERS.text, &[cids]), ";");
     let ids = "(SELECT array_agg(saga_uuid_v7()) FROM generate_series(1, :n::int))";
-    put(s, true, &INSERT_PAYMENTS, &bind(INSERT_PAYMENTS.text, &[ids, oids, cids, totals, "array_fill('EUR'::text, ARRAY[:n::int])", "array_fill(NULL::text, ARRAY[:n::int])"]), ";");
-    put(s, true, &DEBIT_ALL, &bind(DEBIT_ALL.text, &[cids, totals]), ";");
-    put(s, true, &LEDGER, &bind(LEDGER.text, &["'capture'", cids, &format!("(SELECT array_agg(-t) FROM unnest({totals}) AS t)"), oids]), ";");
     let captured = format!("(SELECT array_agg(saga_captured(o, saga_uuid_v7(), t)) FROM UNNEST({oids}, {totals}) AS u(o, t))");
-    put(s, true, &PUBLISH, &publish_all(service::PAYMENT, "payment.captured", ":oids::text[]", &captured), ";");
+    let capture = Sql { name: "CAPTURE", source: "services/payment/src/repo.rs", text: conveyor_payment::sql::CAPTURE.as_str() };
+    let publish = publish_args("payment.captured", ":oids::text[]", &captured);
+    let debits = format!("(SELECT array_agg(-t) FROM unnest({totals}) AS t)");
+    let own = [ids, oids, cids, totals, "array_fill('EUR'::text, ARRAY[:n::int])", "array_fill(NULL::text, ARRAY[:n::int])", cids, totals, "'capture'", cids, &debits, oids];
+    put(s, true, &capture, &with_publish(capture.text, service::PAYMENT, publish, &own), ";");
     let _ = writeln!(s, "\\endif");
     let _ = writeln!(s, "COMMIT;\n");
 }
@@ -436,11 +432,11 @@ fn notify(s: &mut String, batch: usize) {
             "now()".to_owned(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let _ = writeln!(s, "BEGIN;");
-        put(s, i == 1, &INSERT_NOTIFICATION, &bind(INSERT_NOTIFICATION.text, &args), ";");
         let sent = format!("saga_sent({oid}, {id}, 'order.confirmed', saga_subject({oid}), now())");
-        put(s, i == 1, &PUBLISH, &publish(service::NOTIFICATION, "notification.sent", &oid, &sent), ";");
-        let _ = writeln!(s, "COMMIT;\n\\endif");
+        let publish = publish_one_args("notification.sent", &oid, &sent);
+        let record = Sql { name: "RECORD", source: "services/notification/src/repo.rs", text: conveyor_notification::sql::RECORD.as_str() };
+        put(s, i == 1, &record, &with_publish(record.text, service::NOTIFICATION, publish, &args), ";");
+        let _ = writeln!(s, "\\endif");
     }
     let _ = writeln!(s, "\\if :n > 0");
     let _ = writeln!(s, "{};", bind(&on_queue(conveyor_queue::sql::LEASE_DONE, service::NOTIFICATION), &[":ids", ":atts"]));

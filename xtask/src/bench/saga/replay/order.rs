@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use conveyor_contracts::service;
 
-use super::{APPEND, GET_VIEW, PRODUCTS, PUBLISH, STREAMS, ScriptOptions, Sql, bind, on_queue, publish_all, put, tx_claim};
+use super::{APPEND, GET_VIEW, PRODUCTS, PUBLISH, STREAMS, ScriptOptions, Sql, bind, publish_all, publish_one_args, put, tx_claim, with_publish};
 
 // services/order/src/projection.rs
 sql!(POSITION_SKIP_LOCKED, "services/order/src/projection.rs", conveyor_order::sql::POSITION_SKIP_LOCKED);
@@ -59,13 +59,7 @@ pub(super) fn place(s: &mut String, o: &ScriptOptions, i: usize) {
     let request = "json_build_object('customer_id', saga_customer(:c), 'lines', json_build_array(json_build_object('product_id', saga_product(:p), 'quantity', 1)))::text";
     let view = format!("saga_order_view(:p_order_id::uuid, ARRAY[1], ARRAY[:p_read_at::timestamptz], ARRAY[{event}])");
     let event_array = format!("ARRAY[{event}]");
-    let args = [
-        // the message ($1 to $5, the engine's)
-        "ARRAY[saga_uuid_v7()]",
-        "ARRAY['order.placed']",
-        "ARRAY[:p_order_id::text]",
-        &format!("ARRAY[{payload}]"),
-        "ARRAY['{}']",
+    let own = [
         // the key ($6 to $10)
         "saga_uuid_v7()::text",
         request,
@@ -80,7 +74,8 @@ pub(super) fn place(s: &mut String, o: &ScriptOptions, i: usize) {
         ":p_read_at::timestamptz",
     ];
     let place = place_sql();
-    put(s, first, &place, &bind(&on_queue(place.text, service::ORDER), &args), ";\n");
+    let publish = publish_one_args("order.placed", ":p_order_id", &payload);
+    put(s, first, &place, &with_publish(place.text, service::ORDER, publish, &own), ";\n");
 }
 
 /// `PLACE`, built when first used (it is the engine's publish statement with the order's
