@@ -51,17 +51,7 @@ pub async fn publish_all(conn: &mut PgConnection, msgs: &[Outgoing]) -> Result<(
     if msgs.is_empty() {
         return Ok(());
     }
-    let single = (msgs.len() == 1).then(|| msgs[0].id);
-    let span = trace::publish_span(msgs.iter().map(|m| m.topic.as_str()), msgs.len(), single);
-    let result = insert(conn, msgs, &span).instrument(span.clone()).await;
-    if let Err(e) = &result {
-        trace::record_error(&span, "publish", e);
-    }
-    result
-}
-
-async fn insert(conn: &mut PgConnection, msgs: &[Outgoing], span: &tracing::Span) -> Result<(), Error> {
-    insert_with(conn, INSERT, msgs, span, |q| q).await.map(drop)
+    publish_with(conn, INSERT, msgs, |q| q).await.map(drop)
 }
 
 /// The text of a statement that publishes messages together with writes of the caller's,
@@ -95,14 +85,14 @@ pub async fn publish_with<'q>(
 ) -> Result<u64, Error> {
     let single = (msgs.len() == 1).then(|| msgs[0].id);
     let span = trace::publish_span(msgs.iter().map(|m| m.topic.as_str()), msgs.len(), single);
-    let result = insert_with(conn, sql, msgs, &span, bind).instrument(span.clone()).await;
+    let result = insert(conn, sql, msgs, &span, bind).instrument(span.clone()).await;
     if let Err(e) = &result {
         trace::record_error(&span, "publish", e);
     }
     result
 }
 
-async fn insert_with<'q>(
+async fn insert<'q>(
     conn: &mut PgConnection,
     sql: &'static str,
     msgs: &'q [Outgoing],

@@ -173,3 +173,32 @@ async fn an_idle_relay_is_woken_while_a_publishing_transaction_stays_open() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_statement_with_writes_publishes_only_where_its_gate_holds_and_all_or_nothing() {
+    static NOTE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        conveyor_queue::statement_with("n AS (INSERT INTO notes (id, body) VALUES ($6, $7) ON CONFLICT DO NOTHING RETURNING true)", "EXISTS (SELECT FROM n)")
+    });
+    let p = pair().await;
+    sqlx::query("CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)").execute(&p.publisher).await.unwrap();
+    let note = |id: i32, body: Option<&'static str>| {
+        let pool = p.publisher.clone();
+        async move {
+            let msgs = [Outgoing::event(&Ping { n: i64::from(id) }).unwrap()];
+            let mut conn = pool.acquire().await.unwrap();
+            conveyor_queue::publish_with(&mut conn, NOTE.as_str(), &msgs, |q| q.bind(id).bind(body)).await
+        }
+    };
+    // No transaction around it: the note and its message commit together.
+    assert_eq!(note(1, Some("first")).await.unwrap(), 1);
+    // The gate does not hold (the note exists): nothing is published.
+    assert_eq!(note(1, Some("again")).await.unwrap(), 0);
+    // A write that fails fails the statement: neither the note nor its message is kept.
+    assert!(note(2, None).await.is_err());
+    assert_eq!(count(&p.publisher, "SELECT count(*) FROM notes").await, 1);
+    assert_eq!(count(&p.publisher, "SELECT count(*) FROM conveyor.outbox").await, 1);
+
+    p.relay_all().await;
+    let payloads: Vec<serde_json::Value> = sqlx::query_scalar("SELECT payload FROM conveyor.inbox").fetch_all(&p.subscriber).await.unwrap();
+    assert_eq!(payloads, vec![serde_json::json!({"n": 1})]);
+}
