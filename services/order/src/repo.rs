@@ -1,16 +1,15 @@
-//! The order service's SQL: the local product copy, idempotency keys, and the reads of the
-//! order views (the event store's own SQL is in `stream`, the projector's in `projection`).
+//! The order service's SQL: the local product copy, placing an order (its key, first event
+//! and message in one statement), idempotency keys, and the reads of the order views (the event store's own SQL is in `stream`, the projector's in `projection`).
+
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use conveyor_contracts::{Currency, Money, Product};
+use conveyor_queue::Outgoing;
 use serde_json::Value;
 use sqlx::PgConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
-
-use std::sync::LazyLock;
-
-use conveyor_queue::Outgoing;
 
 use crate::domain::{KnownProduct, OrderStatus};
 use crate::stream::{OrderEvent, append_insert};
