@@ -260,7 +260,7 @@ impl Relay {
 
     async fn relay_loop(&self, wake: &Notify, idle: &Idle, shutdown: &CancellationToken) {
         let (poll, batch_size) = (self.opts.poll_interval, self.opts.batch_size);
-        let mut pacer = Pacer { wake, idle, poll, batch_size, shutdown, what: "relay", failures: 0, partial_waits: true, due: None };
+        let mut pacer = Pacer { wake, idle, poll, batch_size, shutdown, what: "relay", failures: 0, partial_waits: false, due: None };
         let mut conns = Conns::default();
         while !shutdown.is_cancelled() {
             let notified = wake.notified();

@@ -7,8 +7,7 @@
 //! - a listener whose loops are idle holds the session advisory lock of its channel;
 //! - a writer's statement tries the same lock in shared mode for its transaction
 //!   (`pg_try_advisory_xact_lock_shared`) and sends `pg_notify` only when that fails;
-//! - when no loop has been idle for a moment (`LINGER`) the listener releases the lock:
-//!   busy loops claim again anyway.
+//! - when no loop is idle the listener releases the lock: busy loops claim again anyway.
 //!
 //! No wake-up is lost: a writer that found the lock free holds it (shared) until it
 //! commits, so a listener taking the lock waits for that commit, then probes the table
@@ -97,8 +96,6 @@ async fn probe<'c>(conn: impl sqlx::PgExecutor<'c>, channel: &Channel, topics: &
 #[derive(Default)]
 pub(crate) struct Idle {
     count: watch::Sender<usize>,
-    /// Whether the listener holds the wake lock (every write is announced meanwhile).
-    held: std::sync::atomic::AtomicBool,
 }
 
 impl Idle {
@@ -120,28 +117,18 @@ impl Idle {
     pub fn any(&self) -> bool {
         *self.count.borrow() > 0
     }
-
-    /// Whether the listener holds the wake lock now (see [`LINGER`]): what is written from
-    /// now on wakes a loop, and what was written before it took the lock its probe found.
-    pub fn announced(&self) -> bool {
-        self.held.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    fn set_held(&self, held: bool) {
-        self.held.store(held, std::sync::atomic::Ordering::Release);
-    }
 }
 
 /// What a claim loop does between cycles: recruit another loop after a full batch, wait
 /// (counted idle) after an empty one, back off after a failure.
 ///
-/// After a partial batch, a loop ([`Pacer::partial_waits`]) claims again at once only when
-/// no other loop is idle and the listener has given the wake lock back. Otherwise the
-/// listener holds the lock (or is about to, and probes once it does), so every row written
-/// since is announced and wakes a loop: a claim now would only confirm an empty queue
-/// (three round trips; at 150 sagas/s the order database ran 2.75 claims per message).
-/// When the lock is free, no writer announces anything, and the loop must look for itself.
-/// (A pull loop reads one partition of several: it always looks again.)
+/// After a partial batch, an inbox loop ([`Pacer::partial_waits`]) claims again at once
+/// only when no other loop is idle. When one is, its listener holds the wake lock, so
+/// every row written since is announced and wakes a loop: a claim now would only confirm
+/// an empty queue (three round trips; at 150 sagas/s the order database ran 2.75 claims per
+/// message). When none is, no writer announces anything, and the loop must look for
+/// itself. (A pull loop reads one partition of several, and a relay runs one loop: both
+/// always look again.)
 pub(crate) struct Pacer<'a> {
     pub wake: &'a Notify,
     pub idle: &'a Idle,
@@ -165,7 +152,7 @@ impl Pacer<'_> {
                 self.failures = 0;
                 if n as i64 >= self.batch_size {
                     self.wake.notify_one(); // more may wait: recruit an idle loop
-                } else if n == 0 || (self.partial_waits && (self.idle.any() || self.idle.announced())) {
+                } else if n == 0 || (self.partial_waits && self.idle.any()) {
                     let wait = self.due.map_or(self.poll, |due| due.min(self.poll));
                     self.idle.wait(notified, wait, self.shutdown).await;
                 }
@@ -180,12 +167,6 @@ impl Pacer<'_> {
         }
     }
 }
-
-/// How long a listener keeps the wake lock after its last idle loop got busy. Loops that
-/// each find a message or two go idle again within milliseconds; giving the lock back and
-/// taking it again (then probing) for every message cost three statements a time, and at
-/// low rates most of the shop's transactions. Writers notify meanwhile.
-const LINGER: Duration = Duration::from_millis(50);
 
 /// How long one wait for the wake lock may take before the listener looks at the table
 /// and its notifications and waits again. Writers notify while it waits, so this bounds
@@ -244,23 +225,14 @@ pub(crate) fn spawn_listener(
             // Something may have been written while nobody listened.
             poke_all();
             let mut holding = false;
-            idle.set_held(false);
-            // When to give the lock back, once no loop is idle (see `LINGER`).
-            let mut release_at: Option<tokio::time::Instant> = None;
             // The probe's plan is dropped now and then, like a loop's (see `conn`).
             let mut replan = Replan::new();
             loop {
                 let want = *idle_rx.borrow_and_update() > 0;
-                if want {
-                    release_at = None;
-                }
                 let step: Result<(), sqlx::Error> = async {
                     if want && !holding {
                         match sqlx::query("SELECT pg_advisory_lock($1)").bind(channel.lock_key).execute(&mut listener).await {
-                            Ok(_) => {
-                                holding = true;
-                                idle.set_held(true);
-                            }
+                            Ok(_) => holding = true,
                             // Still held, by a long publishing transaction or another
                             // process's idle listener. Writers that took the lock before
                             // this wait began may have committed unannounced: look.
@@ -274,34 +246,22 @@ pub(crate) fn spawn_listener(
                             poke();
                         }
                     } else if !want && holding {
-                        let now = tokio::time::Instant::now();
-                        match release_at {
-                            None => release_at = Some(now + LINGER),
-                            Some(at) if now >= at => {
-                                idle.set_held(false);
-                                sqlx::query("SELECT pg_advisory_unlock($1)").bind(channel.lock_key).execute(&mut listener).await?;
-                                holding = false;
-                                release_at = None;
-                            }
-                            Some(_) => {}
-                        }
+                        sqlx::query("SELECT pg_advisory_unlock($1)").bind(channel.lock_key).execute(&mut listener).await?;
+                        holding = false;
                     }
                     Ok(())
                 }
                 .await;
                 if let Err(e) = step {
                     tracing::warn!(error = %e, channel = channel.name, "listener query failed; reconnecting");
-                    idle.set_held(false);
                     poke_all();
                     continue 'connect;
                 }
-                let release = release_at.filter(|_| holding);
                 // The lock wait ran out: wait again, but first read what was notified.
                 let wait_again = want && !holding;
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => {
-                        idle.set_held(false);
                         if holding {
                             let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(channel.lock_key).execute(&mut listener).await;
                         }
@@ -315,19 +275,16 @@ pub(crate) fn spawn_listener(
                         // reconnects and listens again on the next call.
                         Ok(None) => {
                             holding = false;
-                            idle.set_held(false);
                             poke_all();
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, channel = channel.name, "notification listener failed; reconnecting");
-                            idle.set_held(false);
                             poke_all();
                             continue 'connect;
                         }
                     },
                     _ = idle_rx.changed() => {}
                     _ = std::future::ready(()), if wait_again => {}
-                    _ = tokio::time::sleep_until(release.unwrap_or_else(tokio::time::Instant::now)), if release.is_some() => {}
                 }
             }
         }
