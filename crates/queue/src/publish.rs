@@ -20,6 +20,13 @@ CROSS JOIN wake"
     };
 }
 
+/// The outbox's wake-up CTE (see `wake`), named `wake`: for `INSERT` and `statement_with`.
+macro_rules! outbox_wake {
+    () => {
+        wake_cte!("conveyor_outbox", 7165066987124913153)
+    };
+}
+
 /// `INSERT` without its wake-up CTE, for `cargo xtask bench saga` to replay after a CTE
 /// `wake` of its own.
 pub const INSERT_ROWS: &str = insert_rows!();
@@ -27,7 +34,7 @@ pub const INSERT_ROWS: &str = insert_rows!();
 // One statement both inserts and, if a relay is idle, wakes it (see `wake`). Postgres
 // delivers identical notifications of one transaction once, so a transaction that
 // publishes many messages sends at most one NOTIFY.
-pub(crate) const INSERT: &str = concat!("WITH ", wake_cte!("conveyor_outbox", 7165066987124913153), "\n", insert_rows!());
+pub(crate) const INSERT: &str = concat!("WITH ", outbox_wake!(), "\n", insert_rows!());
 
 /// Publishes `event` on its topic. Call it with the transaction that makes the change the
 /// event reports: the message exists exactly when that transaction commits.
@@ -71,7 +78,7 @@ pub async fn publish_all(conn: &mut PgConnection, msgs: &[Outgoing]) -> Result<(
 /// With no transaction around it, the statement is a transaction of its own: the caller's
 /// writes and the messages commit together, or neither does.
 pub fn statement_with(ctes: &str, gate: &str) -> String {
-    format!("WITH {},\n{ctes}\n{}\nWHERE {gate}", wake_cte!("conveyor_outbox", 7165066987124913153), insert_rows!())
+    format!("WITH {},\n{ctes}\n{}\nWHERE {gate}", outbox_wake!(), insert_rows!())
 }
 
 /// Runs `sql` (from [`statement_with`]), publishing `msgs` as [`publish_all`] does, with

@@ -154,7 +154,8 @@ pub struct NewPayment {
 ///   id fails the statement and the caller's transaction, and the retry finds the payment;
 /// - the captures taken from their customers' balances (`$12`, `$13`: customers and
 ///   amounts, summed per customer), each only if the balance covers it;
-/// - their ledger entries (`$14` to `$17`, as `LEDGER`);
+/// - their ledger entries (as `LEDGER`: the kind `$14`, the same customers, the amounts
+///   taken `$15`, the orders `$16`);
 /// - the messages (`$1` to `$5`), only if every customer's balance was debited.
 pub static CAPTURE: LazyLock<String> = LazyLock::new(|| {
     conveyor_queue::statement_with(
@@ -166,7 +167,7 @@ d AS (UPDATE customers AS c SET balance_minor = c.balance_minor - d.total, updat
          FROM (SELECT id, sum(a) AS total FROM UNNEST($12::uuid[], $13::bigint[]) AS u(id, a) GROUP BY id) AS d
          WHERE c.id = d.id AND c.balance_minor >= d.total RETURNING c.id),\n",
             "l AS (",
-            ledger!("$14", "$15", "$16", "$17"),
+            ledger!("$14", "$12", "$15", "$16"),
             ")"
         ),
         "(SELECT count(*) FROM d) = (SELECT count(DISTINCT id) FROM unnest($12::uuid[]) AS id)",
@@ -194,7 +195,6 @@ pub async fn capture_all(conn: &mut PgConnection, new: &[NewPayment], messages: 
             .bind(captures.iter().map(|p| p.customer_id).collect::<Vec<_>>())
             .bind(captures.iter().map(|p| p.amount.amount_minor).collect::<Vec<_>>())
             .bind("capture")
-            .bind(captures.iter().map(|p| p.customer_id).collect::<Vec<_>>())
             .bind(captures.iter().map(|p| -p.amount.amount_minor).collect::<Vec<_>>())
             .bind(captures.iter().map(|p| Some(p.order_id)).collect::<Vec<_>>())
     })

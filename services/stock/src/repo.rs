@@ -211,8 +211,9 @@ pub struct NewReservation {
 /// A batch's reservations decided (see `handlers::reserve`), written in one statement, a
 /// publish with the batch's writes before it (`conveyor_queue::statement_with`): each
 /// order's outcome unless it has one (`$6` to `$8`: orders, lines as JSON, reasons), the
-/// reserved units moved (`$9`, `$10`, as `SHIFT_ALL`) and their movements (`$11` to `$14`,
-/// as `MOVEMENTS`); the messages (`$1` to `$5`) only if every outcome was recorded.
+/// reserved units moved (`$9`, `$10`: items and quantities, as `SHIFT_ALL`) and their
+/// movements (as `MOVEMENTS`: the kind `$11`, the same items and quantities, their orders
+/// `$12`); the messages (`$1` to `$5`) only if every outcome was recorded.
 pub static RESERVE: LazyLock<String> = LazyLock::new(|| {
     conveyor_queue::statement_with(
         concat!(
@@ -224,7 +225,7 @@ pub static RESERVE: LazyLock<String> = LazyLock::new(|| {
             shift_all!("$9", "$10"),
             "),\n",
             "m AS (",
-            movements!("$11", "$12", "$13", "$14"),
+            movements!("$11", "$9", "$12", "$10"),
             ")"
         ),
         "(SELECT count(*) FROM r) = cardinality($6::uuid[])",
@@ -250,9 +251,7 @@ pub async fn reserve_all(conn: &mut PgConnection, new: &[NewReservation], messag
             .bind(moves.iter().map(|(_, l)| l.product_id).collect::<Vec<_>>())
             .bind(moves.iter().map(|(_, l)| l.quantity).collect::<Vec<_>>())
             .bind(Movement::Reserve.as_str())
-            .bind(moves.iter().map(|(_, l)| l.product_id).collect::<Vec<_>>())
             .bind(moves.iter().map(|(o, _)| *o).collect::<Vec<_>>())
-            .bind(moves.iter().map(|(_, l)| l.quantity).collect::<Vec<_>>())
     })
     .await?;
     Ok(inserted as usize == messages.len())

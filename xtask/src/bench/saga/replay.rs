@@ -86,10 +86,19 @@ macro_rules! sql {
     };
 }
 
+/// A statement its service builds at first use (the engine's publish with the service's
+/// writes, `conveyor_queue::statement_with`).
+macro_rules! built_sql {
+    ($name:ident, $source:literal, $text:expr) => {
+        pub static $name: std::sync::LazyLock<Sql> = std::sync::LazyLock::new(|| Sql { name: stringify!($name), source: $source, text: $text.as_str() });
+    };
+}
+
 mod order;
 
 // services/order/src/repo.rs and stream.rs (the projector's statements are in `order`)
 sql!(PRODUCTS, "services/order/src/repo.rs", conveyor_order::sql::PRODUCTS);
+built_sql!(PLACE, "services/order/src/repo.rs", conveyor_order::sql::PLACE);
 sql!(GET_VIEW, "services/order/src/repo.rs", conveyor_order::sql::GET_VIEW);
 sql!(APPEND, "services/order/src/stream.rs", conveyor_order::sql::APPEND);
 sql!(STREAMS, "services/order/src/stream.rs", conveyor_order::sql::STREAMS);
@@ -97,13 +106,16 @@ sql!(STREAMS, "services/order/src/stream.rs", conveyor_order::sql::STREAMS);
 // services/stock/src/repo.rs
 sql!(HANDLED, "services/stock/src/repo.rs", conveyor_stock::sql::HANDLED);
 sql!(LOCK_ITEMS, "services/stock/src/repo.rs", conveyor_stock::sql::LOCK_ITEMS);
+built_sql!(RESERVE, "services/stock/src/repo.rs", conveyor_stock::sql::RESERVE);
 
 // services/payment/src/repo.rs
 sql!(PAID, "services/payment/src/repo.rs", conveyor_payment::sql::PAID);
 sql!(LOCK_CUSTOMERS, "services/payment/src/repo.rs", conveyor_payment::sql::LOCK_CUSTOMERS);
+built_sql!(CAPTURE, "services/payment/src/repo.rs", conveyor_payment::sql::CAPTURE);
 
 // services/notification/src/repo.rs
 sql!(TO_NOTIFY, "services/notification/src/repo.rs", conveyor_notification::sql::TO_NOTIFY);
+built_sql!(RECORD, "services/notification/src/repo.rs", conveyor_notification::sql::RECORD);
 
 // crates/queue/src/publish.rs: the engine's publish `INSERT` after its wake-up CTE.
 sql!(PUBLISH, "crates/queue/src/publish.rs", conveyor_queue::sql::PUBLISH_INSERT);
@@ -372,10 +384,9 @@ fn stock(s: &mut String, batch: usize) {
     put(s, true, &HANDLED, &bind(HANDLED.text, &[oids]), ";");
     put(s, true, &LOCK_ITEMS, &bind(LOCK_ITEMS.text, &[pids]), ";");
     // stock.reserved carries the order as order.placed did: the claimed payloads themselves.
-    let reserve = Sql { name: "RESERVE", source: "services/stock/src/repo.rs", text: conveyor_stock::sql::RESERVE.as_str() };
     let publish = publish_args("stock.reserved", ":oids::text[]", ":payloads::text[]");
-    let own = [oids, &lines, "array_fill(NULL::text, ARRAY[:n::int])", pids, qtys, "'reserve'", pids, oids, qtys];
-    put(s, true, &reserve, &with_publish(reserve.text, service::STOCK, publish, &own), ";");
+    let own = [oids, &lines, "array_fill(NULL::text, ARRAY[:n::int])", pids, qtys, "'reserve'", oids];
+    put(s, true, &RESERVE, &with_publish(RESERVE.text, service::STOCK, publish, &own), ";");
     let _ = writeln!(s, "\\endif");
     let _ = writeln!(s, "COMMIT;\n");
 }
@@ -392,11 +403,10 @@ fn payment(s: &mut String, batch: usize) {
     put(s, true, &LOCK_CUSTOMERS, &bind(LOCK_CUSTOMERS.text, &[cids]), ";");
     let ids = "(SELECT array_agg(saga_uuid_v7()) FROM generate_series(1, :n::int))";
     let captured = format!("(SELECT array_agg(saga_captured(o, saga_uuid_v7(), t)) FROM UNNEST({oids}, {totals}) AS u(o, t))");
-    let capture = Sql { name: "CAPTURE", source: "services/payment/src/repo.rs", text: conveyor_payment::sql::CAPTURE.as_str() };
     let publish = publish_args("payment.captured", ":oids::text[]", &captured);
     let debits = format!("(SELECT array_agg(-t) FROM unnest({totals}) AS t)");
-    let own = [ids, oids, cids, totals, "array_fill('EUR'::text, ARRAY[:n::int])", "array_fill(NULL::text, ARRAY[:n::int])", cids, totals, "'capture'", cids, &debits, oids];
-    put(s, true, &capture, &with_publish(capture.text, service::PAYMENT, publish, &own), ";");
+    let own = [ids, oids, cids, totals, "array_fill('EUR'::text, ARRAY[:n::int])", "array_fill(NULL::text, ARRAY[:n::int])", cids, totals, "'capture'", &debits, oids];
+    put(s, true, &CAPTURE, &with_publish(CAPTURE.text, service::PAYMENT, publish, &own), ";");
     let _ = writeln!(s, "\\endif");
     let _ = writeln!(s, "COMMIT;\n");
 }
@@ -434,8 +444,7 @@ fn notify(s: &mut String, batch: usize) {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let sent = format!("saga_sent({oid}, {id}, 'order.confirmed', saga_subject({oid}), now())");
         let publish = publish_one_args("notification.sent", &oid, &sent);
-        let record = Sql { name: "RECORD", source: "services/notification/src/repo.rs", text: conveyor_notification::sql::RECORD.as_str() };
-        put(s, i == 1, &record, &with_publish(record.text, service::NOTIFICATION, publish, &args), ";");
+        put(s, i == 1, &RECORD, &with_publish(RECORD.text, service::NOTIFICATION, publish, &args), ";");
         let _ = writeln!(s, "\\endif");
     }
     let _ = writeln!(s, "\\if :n > 0");

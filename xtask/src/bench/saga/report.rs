@@ -695,16 +695,16 @@ fn ceiling_section(r: &Report) -> String {
     let _ = writeln!(
         s,
         "\nEach script run is, per saga, the transactions the shop runs (scripts: {}):\n\n\
-         1. **order-api, `POST /orders`** (one transaction per order): read the product copy; append the `placed` event to the order's stream; publish `order.placed` into the outbox; insert the idempotency key with the response to replay.\n\
+         1. **order-api, `POST /orders`** (two statements per order, no transaction around them): read the product copy; then, in one statement, insert the idempotency key with the response to replay, append the `placed` event to the order's stream and publish `order.placed` into the outbox.\n\
          2. **relay** of order-worker: claim-and-delete outbox rows, insert them into stock's inbox.\n\
-         3. **stock-worker, `order.placed`** (a batch handler): claim a batch; for the whole batch at once: the orders handled already, lock the items, insert the reservations, move the units, insert the movements, publish the `stock.reserved` events; commit.\n\
+         3. **stock-worker, `order.placed`** (a batch handler): claim a batch; for the whole batch at once: the orders handled already, lock the items, then in one statement insert the reservations, move the units, insert the movements and publish the `stock.reserved` events; commit.\n\
          4. **relay** of stock-worker → payment's and order's inboxes.\n\
          5. **order-worker, `stock.reserved`** (a batch handler): claim a batch; lock its orders; for the whole batch at once: read the orders' streams, append every `stock_reserved`; commit.\n\
-         6. **payment-worker, `stock.reserved`** (a batch handler): claim a batch; for the whole batch at once: the orders paid already, lock the customers, insert the payments, debit the balances, insert the ledger entries, publish the `payment.captured` events; commit.\n\
+         6. **payment-worker, `stock.reserved`** (a batch handler): claim a batch; for the whole batch at once: the orders paid already, lock the customers, then in one statement insert the payments, debit the balances, insert the ledger entries and publish the `payment.captured` events; commit.\n\
          7. **relay** of payment-worker → order's inbox.\n\
          8. **order-worker, `payment.captured`** (a batch handler): claim a batch; lock its orders; for the whole batch at once: read the orders' streams, append every `payment_captured` and `confirmed`, publish the `order.confirmed` events; commit.\n\
          9. **relay** of order-worker → notification's inbox.\n\
-         10. **notification-worker, `order.confirmed`** (lease mode): claim a batch (commits); per message: notified already? and the template (one statement), the order API's read for the lookup (the order's view; its stream if the view is not there yet), record the notification and publish `notification.sent` (its own transaction); settle the batch.\n\
+         10. **notification-worker, `order.confirmed`** (lease mode): claim a batch (commits); per message: notified already? and the template (one statement), the order API's read for the lookup (the order's view; its stream if the view is not there yet), record the notification and publish `notification.sent` (one statement, its own transaction); settle the batch.\n\
          11. **relay** of notification-worker → order's inbox.\n\
          12. **order-worker, `notification.sent`** (a batch handler): claim a batch; lock its orders; for the whole batch at once: read the orders' streams, append every `notified`; commit.\n\n\
          Beside the script's clients, one more pgbench client runs the order worker's **projector** in a loop (`saga-ceiling-projector.sql`): lock the projection's position (skipped while held), read up to 500 events after it, read the whole streams of their orders, write their views, move the position; commit; wait 10 ms unless the batch was full.\n\n\

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use conveyor_contracts::service;
 
-use super::{APPEND, GET_VIEW, PRODUCTS, PUBLISH, STREAMS, ScriptOptions, Sql, bind, publish_all, publish_one_args, put, tx_claim, with_publish};
+use super::{APPEND, GET_VIEW, PLACE, PRODUCTS, PUBLISH, STREAMS, ScriptOptions, Sql, bind, publish_all, publish_one_args, put, tx_claim, with_publish};
 
 // services/order/src/projection.rs
 sql!(POSITION_SKIP_LOCKED, "services/order/src/projection.rs", conveyor_order::sql::POSITION_SKIP_LOCKED);
@@ -73,15 +73,8 @@ pub(super) fn place(s: &mut String, o: &ScriptOptions, i: usize) {
         &event_array,
         ":p_read_at::timestamptz",
     ];
-    let place = place_sql();
     let publish = publish_one_args("order.placed", ":p_order_id", &payload);
-    put(s, first, &place, &with_publish(place.text, service::ORDER, publish, &own), ";\n");
-}
-
-/// `PLACE`, built when first used (it is the engine's publish statement with the order's
-/// writes added: `conveyor_queue::statement_with`).
-fn place_sql() -> Sql {
-    Sql { name: "PLACE", source: "services/order/src/repo.rs", text: conveyor_order::sql::PLACE.as_str() }
+    put(s, first, &PLACE, &with_publish(PLACE.text, service::ORDER, publish, &own), ";\n");
 }
 
 /// What the order worker does with each message of a batch: the events it appends (their
