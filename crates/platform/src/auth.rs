@@ -4,7 +4,10 @@
 //! - [`AuthArgs`]: where the keys are, and the issuer, audience and clock skew a token must
 //!   match (every API binary flattens it);
 //! - [`Verifier`]: checks a token (signature, `alg` against the key's, `iss`, `aud`, `exp`,
-//!   `nbf`) and says who the caller is;
+//!   `nbf`) and says who the caller is. A token that verified is remembered (by its exact
+//!   text) while it is valid, so a client that sends the same token again is not checked
+//!   again: only its `exp` and `nbf` are. Loading the keys again forgets them all, so a key
+//!   the issuer stops publishing stops working at once;
 //! - [`Caller`] and [`Operator`]: the extractors handlers take. A route without one is public.
 //!   No token or a bad one is a `401` with `WWW-Authenticate: Bearer`; a valid token without
 //!   the right is a `403`;
@@ -19,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -71,6 +74,8 @@ pub struct Claims {
     pub iss: String,
     pub aud: String,
     pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -172,7 +177,29 @@ struct Keys {
     /// The one key of a set that has exactly one (tokens without `kid` may use it).
     only: Option<(DecodingKey, Vec<Algorithm>)>,
     loaded_at: Instant,
+    /// Tokens these keys verified, by their text: they go with the keys.
+    verified: Mutex<HashMap<Box<str>, Verified>>,
 }
+
+/// A token that verified: who it names, and the times it is valid between.
+#[derive(Debug, Clone)]
+struct Verified {
+    caller: Caller,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+impl Verified {
+    /// Whether the token is still valid at `now` (seconds since the epoch), allowing
+    /// `leeway` seconds of skew either way, as the full check does.
+    fn valid_at(&self, now: u64, leeway: u64) -> bool {
+        self.exp.saturating_add(leeway) >= now && self.nbf.is_none_or(|nbf| nbf <= now.saturating_add(leeway))
+    }
+}
+
+/// The most tokens remembered; past it, the memory starts again empty. (A client's token is
+/// sent many times over its life: the shop's saga driver, 10,000 customers, fits.)
+const REMEMBERED: usize = 16_384;
 
 /// Checks bearer tokens; one per API process, shared by every request.
 pub struct Verifier {
@@ -231,9 +258,17 @@ impl Verifier {
 
     /// The caller a token names, or a `401` saying what was wrong with it.
     pub async fn verify(&self, token: &str) -> ApiResult<Caller> {
+        let now = jsonwebtoken::get_current_timestamp();
+        {
+            let keys = self.keys.read().await;
+            let verified = keys.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = verified.get(token).filter(|v| v.valid_at(now, self.leeway.as_secs())) {
+                return Ok(v.caller.clone());
+            }
+        }
         let invalid = |detail: String| ApiError::Unauthorized { detail, invalid: true };
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(format!("the bearer token is not a JWT: {e}")))?;
-        let (key, algorithms) = match self.key(header.kid.as_deref()).await {
+        let (key, algorithms, loaded_at) = match self.key(header.kid.as_deref()).await {
             Some(k) => k,
             None => return Err(invalid(match &header.kid {
                 Some(kid) => format!("the token is signed with key {:?}, which the issuer does not publish", truncate(kid)),
@@ -264,10 +299,22 @@ impl Verifier {
         let claims = data.claims;
         let operator = claims.roles.contains(&self.operator_role) || claims.scope.as_deref().is_some_and(|s| s.split(' ').any(|r| r == self.operator_role));
         let customer = Uuid::parse_str(&claims.sub).ok();
-        Ok(Caller { subject: claims.sub, customer, operator })
+        let caller = Caller { subject: claims.sub, customer, operator };
+        // Remembered only by the keys that verified it (not by keys loaded meanwhile).
+        let keys = self.keys.read().await;
+        if keys.loaded_at == loaded_at {
+            let mut verified = keys.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if verified.len() >= REMEMBERED {
+                verified.clear();
+            }
+            verified.insert(token.into(), Verified { caller: caller.clone(), exp: claims.exp, nbf: claims.nbf });
+        }
+        Ok(caller)
     }
 
-    async fn key(&self, kid: Option<&str>) -> Option<(DecodingKey, Vec<Algorithm>)> {
+    /// The key named `kid` (or the only one), its algorithms, and when the keys it is one of
+    /// were loaded.
+    async fn key(&self, kid: Option<&str>) -> Option<(DecodingKey, Vec<Algorithm>, Instant)> {
         {
             let keys = self.keys.read().await;
             if let Some(k) = pick(&keys, kid) {
@@ -292,11 +339,12 @@ impl Verifier {
     }
 }
 
-fn pick(keys: &Keys, kid: Option<&str>) -> Option<(DecodingKey, Vec<Algorithm>)> {
-    match kid {
+fn pick(keys: &Keys, kid: Option<&str>) -> Option<(DecodingKey, Vec<Algorithm>, Instant)> {
+    let (key, algorithms) = match kid {
         Some(kid) => keys.by_kid.get(kid).cloned(),
         None => keys.only.clone(),
-    }
+    }?;
+    Some((key, algorithms, keys.loaded_at))
 }
 
 fn truncate(s: &str) -> String {
@@ -332,7 +380,7 @@ fn parse(text: &str) -> anyhow::Result<Keys> {
         bail!("the JWKS has no usable public key (RSA, EC P-256/P-384 or Ed25519; symmetric keys are refused)");
     }
     let only = if usable.len() == 1 { usable.pop() } else { None };
-    Ok(Keys { by_kid, only, loaded_at: Instant::now() })
+    Ok(Keys { by_kid, only, loaded_at: Instant::now(), verified: Mutex::default() })
 }
 
 /// The algorithms a published key may verify: its `alg` when it names one, else those of its
@@ -461,6 +509,7 @@ impl DevIssuer {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             exp: now + ttl.as_secs(),
+            nbf: None,
             iat: Some(now),
             roles: roles.iter().map(|r| r.to_string()).collect(),
             scope: None,
@@ -625,6 +674,36 @@ mod tests {
         // The refresh is rate-limited; make the loaded keys look old.
         v.keys.write().await.loaded_at = Instant::now() - REFRESH_EVERY;
         assert!(v.verify(&second.operator()).await.unwrap().operator);
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_is_checked_for_time_and_forgotten_with_its_keys() {
+        let first = DevIssuer::generate().unwrap();
+        let (v, dir) = verifier(&first).await;
+        let token = first.customer(Uuid::now_v7());
+        let caller = v.verify(&token).await.unwrap();
+        // Remembered, and answered from memory the same way.
+        assert!(v.keys.read().await.verified.lock().unwrap().contains_key(token.as_str()));
+        assert_eq!(v.verify(&token).await.unwrap(), caller);
+        // Another text is another token, checked in full, even with the same claims.
+        let mut tampered = token.clone();
+        tampered.pop();
+        assert!(v.verify(&tampered).await.is_err());
+
+        // The window is the full check's: exp and nbf, with the leeway either way.
+        let at = |exp, nbf| Verified { caller: caller.clone(), exp, nbf };
+        assert!(at(100, None).valid_at(100, 0) && at(100, None).valid_at(130, 30));
+        assert!(!at(100, None).valid_at(101, 0) && !at(100, None).valid_at(131, 30));
+        assert!(at(200, Some(100)).valid_at(100, 0) && at(200, Some(100)).valid_at(70, 30));
+        assert!(!at(200, Some(100)).valid_at(99, 0) && !at(200, Some(100)).valid_at(69, 30));
+
+        // The issuer stops publishing the first key: once the keys are loaded again (a
+        // token with a new key id makes that happen), the remembered token is refused.
+        let second = DevIssuer::generate().unwrap();
+        second.write_jwks(&dir.0.join("jwks.json")).unwrap();
+        v.keys.write().await.loaded_at = Instant::now() - REFRESH_EVERY;
+        assert!(v.verify(&second.operator()).await.unwrap().operator);
+        assert!(detail(v.verify(&token).await.unwrap_err()).contains("does not publish"));
     }
 
     #[tokio::test]
