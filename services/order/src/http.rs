@@ -2,7 +2,9 @@
 //! local copy of a product.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use chrono::Utc;
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -27,11 +29,25 @@ use crate::repo;
 /// What `/openapi.json` and `/docs` say this API is.
 const DESCRIPTION: &str = "Orders: place one (idempotently, with an `Idempotency-Key`), read one, list a customer's, and see the local copy of a product that prices them. An order is confirmed or cancelled once stock and payment have answered; its `saga_mode` says whether they answered each other (choreography) or a coordinator (orchestration).";
 
-/// What the handlers share: the pool, and the saga mode new orders run in (`--saga-mode`).
+/// What the handlers share: the pool, the saga mode new orders run in (`--saga-mode`), and
+/// the products orders were priced from lately.
 #[derive(Clone)]
 pub struct ApiState {
     pub pool: PgPool,
     pub saga_mode: SagaMode,
+    pub products: Arc<repo::ProductCache>,
+}
+
+impl ApiState {
+    pub fn new(pool: PgPool, saga_mode: SagaMode) -> ApiState {
+        ApiState { pool, saga_mode, products: Arc::default() }
+    }
+}
+
+impl FromRef<ApiState> for Arc<repo::ProductCache> {
+    fn from_ref(state: &ApiState) -> Arc<repo::ProductCache> {
+        state.products.clone()
+    }
 }
 
 impl FromRef<ApiState> for PgPool {
@@ -89,6 +105,7 @@ async fn place_order(
     caller: Caller,
     State(pool): State<PgPool>,
     State(mode): State<SagaMode>,
+    State(cache): State<Arc<repo::ProductCache>>,
     IdempotencyKey(key): IdempotencyKey,
     Json(req): Json<PlaceOrder>,
 ) -> ApiResult<Response> {
@@ -96,42 +113,61 @@ async fn place_order(
     let order = req.validate()?;
     let request = req.canonical();
     let id = Uuid::now_v7();
-    // Two statements, no transaction around them: the products, then the order's one
-    // statement (`repo::PLACE`: key, event and message together, or nothing).
+    let ids = order.product_ids();
     let mut conn = pool.acquire().await?;
-    let (products, read_at) = repo::products(&mut conn, &order.product_ids()).await?;
-    let known = products.iter().map(|p| (p.id, p.known())).collect::<HashMap<_, _>>();
-    let priced = match order.price(&known) {
-        Ok(priced) => priced,
-        // A key used before answers as it did (its first response, or a 409 for another
-        // request), even if the product copy has changed since (a currency, say).
-        Err(e) => match repo::stored_key(&mut conn, &key).await? {
-            None => return Err(e),
-            stored => return replay(stored, &key, &request),
-        },
-    };
-    // The database's clock when the products were read: every timestamp of the new order.
-    let now = read_at.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("order {id} was priced without a product read")))?;
-    let placed = OrderEvent::Placed { customer_id: order.customer_id, lines: priced.lines.clone(), total: priced.total, saga_mode: mode };
-    let summary = priced.summary(id, order.customer_id, now);
-    let message = match mode {
-        SagaMode::Choreography => Outgoing::event(&OrderPlaced { order: summary }),
-        SagaMode::Orchestration => Outgoing::event(&StartSaga { order: summary }),
-    }
-    .map_err(anyhow::Error::from)?;
-    let view = OrderView::placed(id, order.customer_id, &priced, mode, now);
-    let body = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
-    let new = repo::NewOrder { id, key: &key, request: &request, status: StatusCode::CREATED.as_u16(), body: &body, events: &[placed], at: now, message };
-    // A concurrent request with the same key waits in `place` for the first one's
-    // statement, then answers from what it stored (or goes ahead if that one failed).
-    if !repo::place(&mut conn, &new).await? {
+    // One statement, no transaction (`repo::PLACE`: key, event and message together, or
+    // nothing), priced from the products as this process last read them; only if one of
+    // them is not kept, or changed since (PLACE then writes nothing), are they read first,
+    // and the order's timestamps are then the database's clock at that read.
+    for attempt in 0..PRICINGS {
+        let kept = if attempt == 0 { cache.get_all(&ids) } else { None };
+        let (products, now) = match kept {
+            Some(kept) => (kept, Utc::now()),
+            None => {
+                let (read, read_at) = repo::products(&mut conn, &ids).await?;
+                cache.put(&read);
+                (read, read_at.unwrap_or_else(Utc::now))
+            }
+        };
+        let known = products.iter().map(|p| (p.id, p.known())).collect::<HashMap<_, _>>();
+        let priced = match order.price(&known) {
+            Ok(priced) => priced,
+            // A key used before answers as it did (its first response, or a 409 for another
+            // request), even if the product copy has changed since (a currency, say).
+            Err(e) => match repo::stored_key(&mut conn, &key).await? {
+                None => return Err(e),
+                stored => return replay(stored, &key, &request),
+            },
+        };
+        let placed = OrderEvent::Placed { customer_id: order.customer_id, lines: priced.lines.clone(), total: priced.total, saga_mode: mode };
+        let summary = priced.summary(id, order.customer_id, now);
+        let message = match mode {
+            SagaMode::Choreography => Outgoing::event(&OrderPlaced { order: summary }),
+            SagaMode::Orchestration => Outgoing::event(&StartSaga { order: summary }),
+        }
+        .map_err(anyhow::Error::from)?;
+        let view = OrderView::placed(id, order.customer_id, &priced, mode, now);
+        let body = serde_json::to_value(&view).map_err(anyhow::Error::from)?;
+        let new = repo::NewOrder { id, key: &key, request: &request, status: StatusCode::CREATED.as_u16(), body: &body, events: &[placed], at: now, message, priced_from: &products };
+        if repo::place(&mut conn, &new).await? {
+            metrics::counter!("conveyor_orders_placed_total").increment(1);
+            tracing::info!(order_id = %id, customer_id = %order.customer_id, total = %priced.total, lines = priced.lines.len(), saga_mode = %mode, "order placed");
+            return Ok(created(id, StatusCode::CREATED, body));
+        }
+        // A concurrent request with the same key waited in `place` for the first one's
+        // statement: answer from what it stored (or go on if that one failed).
         let stored = repo::stored_key(&mut conn, &key).await?;
-        return replay(stored, &key, &request);
+        if stored.is_some() {
+            return replay(stored, &key, &request);
+        }
+        // Or a product changed since it was read: price the order again.
+        cache.forget(&ids);
     }
-    metrics::counter!("conveyor_orders_placed_total").increment(1);
-    tracing::info!(order_id = %id, customer_id = %order.customer_id, total = %priced.total, lines = priced.lines.len(), saga_mode = %mode, "order placed");
-    Ok(created(id, StatusCode::CREATED, body))
+    Err(ApiError::Conflict(format!("the products of this order changed {PRICINGS} times while it was being placed, or Idempotency-Key {key:?} is in use by another request; retry")))
 }
+
+/// How often an order is priced before its request is answered with a 409.
+const PRICINGS: usize = 3;
 
 /// The answer to a key seen before, from what it holds (`stored`): its stored response if
 /// the request is the same.

@@ -1,7 +1,8 @@
 //! The order service's SQL: the local product copy, placing an order (its key, first event
 //! and message in one statement), idempotency keys, and the reads of the order views (the event store's own SQL is in `stream`, the projector's in `projection`).
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use chrono::{DateTime, Utc};
 use conveyor_contracts::{Currency, Money, Product};
@@ -80,16 +81,53 @@ pub async fn products(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<(Ve
     Ok((rows.into_iter().map(|r| r.product).collect(), read_at))
 }
 
+/// The products orders were priced from lately, by id, as this process last read them. An
+/// order priced from them is placed only if each still has the version it was priced at
+/// ([`PLACE`] checks), so a stale entry costs a read again, never a wrong price.
+#[derive(Debug, Default)]
+pub struct ProductCache {
+    rows: Mutex<HashMap<Uuid, ProductRow>>,
+}
+
+/// The most products a [`ProductCache`] keeps; past it, it starts again empty.
+const CACHED_PRODUCTS: usize = 65_536;
+
+impl ProductCache {
+    /// Every product of `ids`, or `None` unless all of them are kept.
+    pub fn get_all(&self, ids: &[Uuid]) -> Option<Vec<ProductRow>> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter().map(|id| rows.get(id).cloned()).collect()
+    }
+
+    /// Keeps `read` (as just read from the copy).
+    pub fn put(&self, read: &[ProductRow]) {
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        if rows.len() + read.len() > CACHED_PRODUCTS {
+            rows.clear();
+        }
+        rows.extend(read.iter().map(|p| (p.id, p.clone())));
+    }
+
+    /// Forgets the products of `ids`.
+    pub fn forget(&self, ids: &[Uuid]) {
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter().for_each(|id| drop(rows.remove(id)));
+    }
+}
+
 /// Places an order in one statement, a transaction of its own: the idempotency key with
 /// the order it made and the response to replay, the order's first events, and its message
 /// (the engine's `$1` to `$5`), all or nothing. `$6` to `$10` are the key, its request, the
 /// order, the response's status and body; `$11` to `$15` the events, as `stream::APPEND`
-/// has them. When the key exists nothing is written, after waiting for the transaction
-/// that inserted it if it is still open.
+/// has them; `$16` and `$17` the products the order was priced from and their versions.
+/// Nothing is written when the key exists (after waiting for the transaction that inserted
+/// it, if it is still open) or when one of those products has another version now.
 pub static PLACE: LazyLock<String> = LazyLock::new(|| {
     conveyor_queue::statement_with(
         concat!(
-            "k AS (INSERT INTO idempotency_keys (key, request, order_id, response_status, response_body) VALUES ($6, $7, $8, $9, $10)\n",
+            "k AS (INSERT INTO idempotency_keys (key, request, order_id, response_status, response_body) SELECT $6, $7, $8, $9, $10\n",
+            "     WHERE NOT EXISTS (SELECT FROM unnest($16::uuid[], $17::bigint[]) AS v(id, version)\n",
+            "         WHERE NOT EXISTS (SELECT FROM products AS p WHERE p.id = v.id AND p.version = v.version))\n",
             "     ON CONFLICT (key) DO NOTHING RETURNING true),\n",
             "placed AS (",
             append_insert!("$11", "$12", "$13", "$14", "$15"),
@@ -111,10 +149,13 @@ pub struct NewOrder<'a> {
     /// When its events are recorded.
     pub at: DateTime<Utc>,
     pub message: Outgoing,
+    /// The products it was priced from, at the versions it was priced at.
+    pub priced_from: &'a [ProductRow],
 }
 
-/// Writes `order` ([`PLACE`]); false if its key was taken (nothing written: answer from
-/// what the key holds, [`stored_key`]).
+/// Writes `order` ([`PLACE`]); false if its key was taken or a product it was priced from
+/// changed since (nothing written: answer from what the key holds, [`stored_key`], or price
+/// it again).
 pub async fn place(conn: &mut PgConnection, order: &NewOrder<'_>) -> Result<bool, conveyor_queue::Error> {
     let ids = vec![order.id; order.events.len()];
     let versions: Vec<i32> = (1..=order.events.len() as i32).collect();
@@ -131,6 +172,8 @@ pub async fn place(conn: &mut PgConnection, order: &NewOrder<'_>) -> Result<bool
             .bind(kinds)
             .bind(data)
             .bind(order.at)
+            .bind(order.priced_from.iter().map(|p| p.id).collect::<Vec<_>>())
+            .bind(order.priced_from.iter().map(|p| p.version).collect::<Vec<_>>())
     })
     .await?;
     if published == 0 {

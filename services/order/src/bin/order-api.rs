@@ -23,5 +23,5 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let saga_mode = args.saga_mode;
-    conveyor_platform::run_api(SERVICE, "order-api", args.api, &MIGRATOR, |pool| Ok((http::router(), http::ApiState { pool, saga_mode }))).await
+    conveyor_platform::run_api(SERVICE, "order-api", args.api, &MIGRATOR, |pool| Ok((http::router(), http::ApiState::new(pool, saga_mode)))).await
 }

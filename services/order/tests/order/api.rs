@@ -8,6 +8,8 @@ use serde_json::json;
 use sqlx::Connection;
 use uuid::Uuid;
 
+use conveyor_contracts::Product;
+
 use crate::{money, order, product, shop};
 
 #[tokio::test]
@@ -87,13 +89,37 @@ async fn a_used_key_answers_as_it_did_even_when_the_product_copy_cannot_price_it
     let first = shop.place("k-1", &body).await;
     assert_eq!(first.status, 201, "{}", first.text);
     // The catalog moved the desk to another currency: the order could not be priced now.
-    sqlx::query("UPDATE products SET currency = 'USD' WHERE id = $1").bind(desk.id).execute(&shop.pool).await.unwrap();
+    shop.sync(&[&Product { price: money(19900, "USD"), version: 2, ..desk.clone() }]).await;
     assert!(shop.place("k-2", &body).await.problem(422).contains("currenc"), "a new key is priced afresh");
     let again = shop.place("k-1", &body).await;
     assert_eq!(again.status, 201, "{}", again.text);
     assert_eq!(again.json, first.json, "the retry gets the first answer");
     assert!(shop.place("k-1", &order(customer, &[(&desk, 1), (&lamp, 2)])).await.problem(409).contains("different request"));
     assert_eq!((shop.count("orders").await, shop.count("outbox").await), (1, 1));
+}
+
+#[tokio::test]
+async fn an_order_is_priced_again_when_a_product_changed_since_the_api_read_it() {
+    let shop = shop().await;
+    let (lamp, bulb) = (product("Desk lamp", money(2599, "EUR"), 1), product("Bulb", money(250, "EUR"), 1));
+    shop.sync(&[&lamp, &bulb]).await;
+    let customer = Uuid::now_v7();
+    let body = order(customer, &[(&lamp, 1), (&bulb, 2)]);
+    // The first order reads both products; the API keeps them.
+    let first = shop.place("k-1", &body).await;
+    assert_eq!(first.json["total"]["amount_minor"], 2599 + 2 * 250, "{}", first.text);
+    // The lamp's price changes in the copy (a newer version from the catalog).
+    shop.sync(&[&Product { price: money(2999, "EUR"), version: 2, ..lamp.clone() }]).await;
+    let second = shop.place("k-2", &body).await;
+    assert_eq!(second.status, 201, "{}", second.text);
+    assert_eq!(second.json["total"]["amount_minor"], 2999 + 2 * 250, "priced at the new version, not the kept one");
+    assert_eq!(second.json["lines"][0]["unit_price"]["amount_minor"], 2999);
+    let summaries: Vec<i64> = outbox(&shop.pool).await.iter().map(|(_, p)| p["order"]["total"]["amount_minor"].as_i64().unwrap()).collect();
+    assert_eq!(summaries, [2599 + 500, 2999 + 500], "one order each, each published at its price");
+    // Gone from the copy: the kept row does not place an order for it.
+    sqlx::query("DELETE FROM products WHERE id = $1").bind(bulb.id).execute(&shop.pool).await.unwrap();
+    assert!(shop.place("k-3", &body).await.problem(422).contains("not known"));
+    assert_eq!((shop.count("orders").await, shop.count("outbox").await, shop.count("idempotency_keys").await), (2, 2, 2));
 }
 
 #[tokio::test]

@@ -37,7 +37,7 @@ pub async fn shop_in(saga_mode: SagaMode) -> Shop {
 
 /// The order API over `pool`, placing orders in `saga_mode`.
 pub fn api(pool: &PgPool, saga_mode: SagaMode) -> TestApi {
-    TestApi::new(SERVICE, pool.clone(), http::router(), http::ApiState { pool: pool.clone(), saga_mode })
+    TestApi::new(SERVICE, pool.clone(), http::router(), http::ApiState::new(pool.clone(), saga_mode))
 }
 
 pub fn money(amount_minor: i64, currency: &str) -> Money {

@@ -57,6 +57,7 @@ pub const DIFFERENCES: &[&str] = &[
     "The order worker's claims take one topic each (stock.reserved, payment.captured, notification.sent, the script's steps in turn), where the shop's one consumer claims whatever of its topics is due, several kinds in one batch under load: more, smaller order-worker transactions here in the batched variant.",
     "No HTTP at all: the client's request to order-api, the notification worker's lookup (its read of the order database is replayed) and its webhook post are not.",
     "No LISTEN/NOTIFY traffic: nobody listens, so the writers' wake-up check never notifies (as in the shop under load, when no worker is idle).",
+    "The order API reads a product once and keeps it, reading it again only when its version changed (`PLACE` checks); the replay reads the order's product before each `PLACE`: one statement per order more than the shop.",
     "Every order has one line of quantity 1, for a product and customer chosen uniformly, as the driver of the shop does.",
 ];
 

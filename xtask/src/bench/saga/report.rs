@@ -695,7 +695,7 @@ fn ceiling_section(r: &Report) -> String {
     let _ = writeln!(
         s,
         "\nEach script run is, per saga, the transactions the shop runs (scripts: {}):\n\n\
-         1. **order-api, `POST /orders`** (two statements per order, no transaction around them): read the product copy; then, in one statement, insert the idempotency key with the response to replay, append the `placed` event to the order's stream and publish `order.placed` into the outbox.\n\
+         1. **order-api, `POST /orders`** (no transaction around them): read the product copy (the API keeps what it read and reads again only when a product's version changed: here before every order); then, in one statement, check that the product still has the version read, insert the idempotency key with the response to replay, append the `placed` event to the order's stream and publish `order.placed` into the outbox.\n\
          2. **relay** of order-worker: claim-and-delete outbox rows, insert them into stock's inbox.\n\
          3. **stock-worker, `order.placed`** (a batch handler): claim a batch; for the whole batch at once: the orders handled already, lock the items, then in one statement insert the reservations, move the units, insert the movements and publish the `stock.reserved` events; commit.\n\
          4. **relay** of stock-worker → payment's and order's inboxes.\n\

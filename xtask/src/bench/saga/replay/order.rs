@@ -47,7 +47,7 @@ fn streams_for_gset() -> String {
 /// (`PLACE`); no transaction around them.
 pub(super) fn place(s: &mut String, o: &ScriptOptions, i: usize) {
     let first = i == 1;
-    let _ = writeln!(s, "-- == order-api: POST /orders ({i} of {}), two statements (services/order/src/http.rs place_order) ==", o.batch);
+    let _ = writeln!(s, "-- == order-api: POST /orders ({i} of {}), the product (the API reads it once and keeps it) and one statement (services/order/src/http.rs place_order) ==", o.batch);
     let _ = writeln!(s, "\\set p random(1, {})\n\\set c random(1, {})", o.products, o.customers);
     if first {
         let _ = writeln!(s, "-- {} ({}), with the order id, which the API makes in Rust", PRODUCTS.name.to_lowercase(), PRODUCTS.source);
@@ -72,6 +72,9 @@ pub(super) fn place(s: &mut String, o: &ScriptOptions, i: usize) {
         "ARRAY['placed']",
         &event_array,
         ":p_read_at::timestamptz",
+        // the products it was priced from ($16, $17)
+        "ARRAY[saga_product(:p)]",
+        "ARRAY[:p_version::bigint]",
     ];
     let publish = publish_one_args("order.placed", ":p_order_id", &payload);
     put(s, first, &PLACE, &with_publish(PLACE.text, service::ORDER, publish, &own), ";\n");
