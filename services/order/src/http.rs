@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::Utc;
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chrono::Utc;
 use conveyor_contracts::{OrderPlaced, SagaMode, StartSaga};
 use conveyor_queue::Outgoing;
 use conveyor_platform::auth::{AuthErrors, Caller};
@@ -116,9 +116,10 @@ async fn place_order(
     let ids = order.product_ids();
     let mut conn = pool.acquire().await?;
     // One statement, no transaction (`repo::PLACE`: key, event and message together, or
-    // nothing), priced from the products as this process last read them; only if one of
-    // them is not kept, or changed since (PLACE then writes nothing), are they read first,
-    // and the order's timestamps are then the database's clock at that read.
+    // nothing), priced from the products as this process last read them, its timestamps
+    // this process's clock. Only if one of them is not kept, or changed since (PLACE then
+    // writes nothing), are they read first; the timestamps are then the database's clock
+    // at that read.
     for attempt in 0..PRICINGS {
         let kept = if attempt == 0 { cache.get_all(&ids) } else { None };
         let (products, now) = match kept {

@@ -8,9 +8,10 @@
 //! The script replays, per saga, what the services run, statement for statement and in
 //! the same transactions:
 //!
-//! 1. **order-api** `POST /orders`: one transaction per order — idempotency key, product
-//!    copy, the order's `placed` event appended to its stream, `order.placed` into the
-//!    outbox, the stored response (the view of that one event).
+//! 1. **order-api** `POST /orders`: the product copy (the API keeps it; read here before
+//!    each order), then one statement per order — the product's version checked, the
+//!    idempotency key with the stored response (the view of that one event), the order's
+//!    `placed` event appended to its stream, `order.placed` into the outbox.
 //! 2. **relays** (every publishing worker): claim outbox rows, copy them into each
 //!    subscriber's inbox (routing from `conveyor_contracts::routes`), delete them.
 //! 3. **stock-worker** `order.placed` (a batch handler): one transaction claims a batch
