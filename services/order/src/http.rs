@@ -120,9 +120,8 @@ async fn place_order(
     // this process's clock. Only if one of them is not kept, or changed since (PLACE then
     // writes nothing), are they read first; the timestamps are then the database's clock
     // at that read.
-    for attempt in 0..PRICINGS {
-        let kept = if attempt == 0 { cache.get_all(&ids) } else { None };
-        let (products, now) = match kept {
+    for _ in 0..PRICINGS {
+        let (products, now) = match cache.get_all(&ids) {
             Some(kept) => (kept, Utc::now()),
             None => {
                 let (read, read_at) = repo::products(&mut conn, &ids).await?;
@@ -161,7 +160,7 @@ async fn place_order(
         if stored.is_some() {
             return replay(stored, &key, &request);
         }
-        // Or a product changed since it was read: price the order again.
+        // Or a product changed since it was read: forget them, so the next pricing reads.
         cache.forget(&ids);
     }
     Err(ApiError::Conflict(format!("the products of this order changed {PRICINGS} times while it was being placed, or Idempotency-Key {key:?} is in use by another request; retry")))

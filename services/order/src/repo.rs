@@ -111,7 +111,9 @@ impl ProductCache {
     /// Forgets the products of `ids`.
     pub fn forget(&self, ids: &[Uuid]) {
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
-        ids.iter().for_each(|id| drop(rows.remove(id)));
+        for id in ids {
+            rows.remove(id);
+        }
     }
 }
 

@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use conveyor_contracts::Product;
 use conveyor_platform::testing::outbox;
 use serde_json::json;
 use sqlx::Connection;
 use uuid::Uuid;
-
-use conveyor_contracts::Product;
 
 use crate::{money, order, product, shop};
 

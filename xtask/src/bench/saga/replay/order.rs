@@ -42,9 +42,10 @@ fn streams_for_gset() -> String {
     )
 }
 
-/// order-api `POST /orders`: the product copy (with the time it was read), then the key
-/// with the stored response, the `placed` event and `order.placed` in one statement
-/// (`PLACE`); no transaction around them.
+/// order-api `POST /orders`: the product copy (with the time it was read; the API reads it
+/// only when it does not keep it), then, in one statement (`PLACE`), its version checked,
+/// the key with the stored response, the `placed` event and `order.placed`; no transaction
+/// around them.
 pub(super) fn place(s: &mut String, o: &ScriptOptions, i: usize) {
     let first = i == 1;
     let _ = writeln!(s, "-- == order-api: POST /orders ({i} of {}), the product (the API reads it once and keeps it) and one statement (services/order/src/http.rs place_order) ==", o.batch);
