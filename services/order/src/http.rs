@@ -118,20 +118,25 @@ async fn place_order(
     // One statement, no transaction (`repo::PLACE`: key, event and message together, or
     // nothing), priced from the products as this process last read them, its timestamps
     // this process's clock. Only if one of them is not kept, or changed since (PLACE then
-    // writes nothing), are they read first; the timestamps are then the database's clock
-    // at that read.
+    // writes nothing), or the kept ones cannot price the order, are they read first; the
+    // timestamps are then the database's clock at that read.
     for _ in 0..PRICINGS {
-        let (products, now) = match cache.get_all(&ids) {
-            Some(kept) => (kept, Utc::now()),
+        let (products, now, kept) = match cache.get_all(&ids) {
+            Some(kept) => (kept, Utc::now(), true),
             None => {
                 let (read, read_at) = repo::products(&mut conn, &ids).await?;
                 cache.put(&read);
-                (read, read_at.unwrap_or_else(Utc::now))
+                (read, read_at.unwrap_or_else(Utc::now), false)
             }
         };
         let known = products.iter().map(|p| (p.id, p.known())).collect::<HashMap<_, _>>();
         let priced = match order.price(&known) {
             Ok(priced) => priced,
+            // Kept products may have changed since: only the copy as it is now refuses.
+            Err(_) if kept => {
+                cache.forget(&ids);
+                continue;
+            }
             // A key used before answers as it did (its first response, or a 409 for another
             // request), even if the product copy has changed since (a currency, say).
             Err(e) => match repo::stored_key(&mut conn, &key).await? {

@@ -122,6 +122,22 @@ async fn an_order_is_priced_again_when_a_product_changed_since_the_api_read_it()
 }
 
 #[tokio::test]
+async fn an_order_the_kept_products_cannot_price_is_priced_from_the_copy_as_it_is_now() {
+    let shop = shop().await;
+    let (lamp, desk) = (product("Desk lamp", money(2599, "EUR"), 1), product("Desk", money(19900, "USD"), 1));
+    shop.sync(&[&lamp, &desk]).await;
+    let customer = Uuid::now_v7();
+    // The API keeps both: the lamp in EUR, the desk in USD.
+    assert_eq!(shop.place("k-1", &order(customer, &[(&lamp, 1)])).await.status, 201);
+    assert_eq!(shop.place("k-2", &order(customer, &[(&desk, 1)])).await.status, 201);
+    // The catalog moves the desk to EUR: together they are priceable now, apart they were not.
+    shop.sync(&[&Product { price: money(19900, "EUR"), version: 2, ..desk.clone() }]).await;
+    let both = shop.place("k-3", &order(customer, &[(&lamp, 1), (&desk, 1)])).await;
+    assert_eq!(both.status, 201, "not refused for the currencies the API kept: {}", both.text);
+    assert_eq!(both.json["total"], json!({"amount_minor": 2599 + 19900, "currency": "EUR"}));
+}
+
+#[tokio::test]
 async fn a_rejected_request_does_not_use_up_its_key() {
     let shop = shop().await;
     let lamp = product("Desk lamp", money(2599, "EUR"), 1);
