@@ -28,7 +28,7 @@ mod wake;
 
 pub use admin::{Depth, DeadLetter, QueueTable, depth, dead_letters, oldest_pending_age, replay, replay_all};
 pub use consumer::{
-    BatchHandler, Consumer, ConsumerOptions, Handler, HandlerError, LeaseHandler, LeaseOptions, LockKeys, batch_handler_fn, handler_fn,
+    BatchHandler, Consumer, ConsumerOptions, Handler, HandlerError, LeaseBatchHandler, LeaseHandler, LeaseOptions, LockKeys, batch_handler_fn, handler_fn,
     lock_keys_fn,
 };
 pub use error::Error;

@@ -20,6 +20,7 @@ use conveyor_contracts::{CancelReason, NotificationSent, OrderCancelled, OrderCo
 use conveyor_platform::auth::TokenFile;
 use conveyor_platform::faults::Faults;
 use conveyor_queue::{Consumer, Delivery, HandlerError, Outgoing};
+use tracing::Instrument;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -111,41 +112,97 @@ impl Notifier {
             // loops wait out the cooldown instead of claiming each waiting notification to
             // snooze it again (with a 1 s cooldown that was ~10,000 snoozes a minute).
             .pause_before_claim(move || breaker.webhook.open_for())
-            .subscribe_leased(
-                move |msg: Delivery<OrderConfirmed>| {
+            .subscribe_leased_batch(
+                move |msgs: Vec<Delivery<OrderConfirmed>>| {
                     let n = confirmed.clone();
-                    async move { n.handle(msg.payload.into(), msg.attempt).await }
+                    async move { n.handle(msgs.into_iter().map(|m| (Occurrence::from(m.payload), m.attempt, m.span)).collect()).await }
                 },
                 args.lease_options(),
             )
-            .subscribe_leased(
-                move |msg: Delivery<OrderCancelled>| {
+            .subscribe_leased_batch(
+                move |msgs: Vec<Delivery<OrderCancelled>>| {
                     let n = self.clone();
-                    async move { n.handle(msg.payload.into(), msg.attempt).await }
+                    async move { n.handle(msgs.into_iter().map(|m| (Occurrence::from(m.payload), m.attempt, m.span)).collect()).await }
                 },
                 args.lease_options(),
             )
     }
 
-    /// Notifies about `event` once: see the module's documentation.
-    async fn handle(&self, event: Occurrence, attempt: i32) -> Result<(), HandlerError> {
-        let (order_id, event_type) = (event.order.order_id, event.event_type);
-        let Some(_in_flight) = self.claim(order_id, event_type) else {
-            // Another copy of this event is being delivered right now: look again when it is done.
-            return Err(HandlerError::snooze(std::time::Duration::from_secs(1), anyhow!("{event_type} of order {order_id} is being delivered already")));
-        };
+    /// Notifies about each event of a claimed batch once (see the module's documentation):
+    /// one read for the whole batch (notified already? the templates), the lookups and the
+    /// webhook calls one per event, all at once, and one write of every delivery with its
+    /// `notification.sent`. An outcome per event, in their order.
+    async fn handle(&self, events: Vec<(Occurrence, i32, tracing::Span)>) -> Vec<Result<(), HandlerError>> {
+        let mut outcomes: Vec<Option<Result<(), HandlerError>>> = events.iter().map(|_| None).collect();
+        // Held until the batch is recorded: a second copy of an event, in this batch or
+        // another, waits for this one instead of posting too.
+        let mut held = Vec::with_capacity(events.len());
+        for (i, (event, ..)) in events.iter().enumerate() {
+            let (order_id, event_type) = (event.order.order_id, event.event_type);
+            match self.claim(order_id, event_type) {
+                Some(in_flight) => held.push((i, in_flight)),
+                // Another copy of this event is being delivered right now: look again when it is done.
+                None => outcomes[i] = Some(Err(HandlerError::snooze(std::time::Duration::from_secs(1), anyhow!("{event_type} of order {order_id} is being delivered already")))),
+            }
+        }
+        let keys: Vec<(Uuid, EventType)> = held.iter().map(|(i, _)| (events[*i].0.order.order_id, events[*i].0.event_type)).collect();
         // No connection is held while the network is called.
-        let to_notify = repo::to_notify(&mut *self.pool.acquire().await?, order_id, event_type).await?;
+        let found = async { repo::to_notify(&mut *self.pool.acquire().await?, &keys).await }.await;
+        let found = match found {
+            Ok(found) if found.len() == keys.len() => found,
+            Ok(found) => return fail_all(outcomes, &held, &anyhow!("the check of {} notifications answered {} rows", keys.len(), found.len())),
+            Err(e) => return fail_all(outcomes, &held, &anyhow::Error::from(e)),
+        };
+        let deliveries = futures::future::join_all(held.iter().zip(found).map(|((i, _), to_notify)| {
+            let (event, attempt, span) = &events[*i];
+            self.deliver(event, *attempt, to_notify).instrument(span.clone())
+        }))
+        .await;
+        let (mut records, mut sent, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
+        for ((i, _), delivery) in held.iter().zip(deliveries) {
+            match delivery {
+                Ok(Some((record, message))) => {
+                    records.push(record);
+                    sent.push(message);
+                    recorded.push(*i);
+                }
+                Ok(None) => outcomes[*i] = Some(Ok(())),
+                Err(e) => outcomes[*i] = Some(Err(e)),
+            }
+        }
+        if !records.is_empty() {
+            // Only a new row is announced: one already there was announced by the statement that wrote it.
+            let written = async { repo::record_notifications(&mut *self.pool.acquire().await?, &records, &sent).await }.await;
+            for (i, record) in recorded.iter().zip(&records) {
+                outcomes[*i] = Some(match &written {
+                    Ok(_) => {
+                        let (order_id, event_type, id, attempt) = (record.order_id, record.event_type, record.id, record.attempts);
+                        metrics::counter!("conveyor_notifications_sent_total", "event_type" => event_type.as_str(), "data_source" => record.data_source.as_str()).increment(1);
+                        events[*i].2.in_scope(|| tracing::info!(%order_id, %event_type, notification_id = %id, attempt, data_source = record.data_source.as_str(), "notification delivered"));
+                        Ok(())
+                    }
+                    Err(e) => Err(HandlerError::retry(anyhow!("recording the delivery failed: {e}"))),
+                });
+            }
+        }
+        drop(held);
+        outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(HandlerError::retry(anyhow!("no outcome (a bug)"))))).collect()
+    }
+
+    /// Renders and delivers one event the batch's read found not notified yet: the record
+    /// to write and its `notification.sent`, or `None` when it was notified already.
+    async fn deliver(&self, event: &Occurrence, attempt: i32, to_notify: repo::ToNotify) -> Result<Option<(NewNotification, Outgoing)>, HandlerError> {
+        let (order_id, event_type) = (event.order.order_id, event.event_type);
         if to_notify.notified {
             tracing::info!(%order_id, %event_type, "already notified; nothing to do");
-            return Ok(());
+            return Ok(None);
         }
         let (Some(subject_template), Some(body_template)) = (to_notify.subject, to_notify.body) else {
             return Err(HandlerError::permanent(anyhow!("no template is stored for {event_type}")));
         };
         let permit = self.webhook.permit().map_err(|wait| HandlerError::snooze(wait, anyhow!("the webhook's circuit breaker is open; next try in {wait:?}")))?;
 
-        let mut vars = Vars::from_event(event_type, &event.order, event.reason, event.detail);
+        let mut vars = Vars::from_event(event_type, &event.order, event.reason, event.detail.clone());
         self.lookup.enrich(&mut vars).await;
         let subject = render::render_part(render::Part::Subject, &subject_template, &vars).map_err(|e| HandlerError::permanent(anyhow!("the {event_type} subject template failed: {e}")))?;
         let body = render::render_part(render::Part::Body, &body_template, &vars).map_err(|e| HandlerError::permanent(anyhow!("the {event_type} body template failed: {e}")))?;
@@ -154,13 +211,11 @@ impl Notifier {
         let id = Uuid::new_v5(&ID_NAMESPACE, key.as_bytes());
         let payload = Payload { notification_id: id, order_id, event_type, customer_id: event.order.customer_id, subject: &subject, body: &body };
         self.webhook.deliver(permit, &key, &payload).await.map_err(HandlerError::retry)?;
-        let record = NewNotification { id, order_id, event_type, customer_id: event.order.customer_id, subject: &subject, body: &body, data_source: vars.data_source, attempts: attempt, delivered_at: Utc::now() };
-        let sent = NotificationSent { order_id, notification_id: id, event_type: event_type.as_str().to_owned(), subject: subject.clone(), delivered_at: record.delivered_at };
-        // Only a new row is announced: one already there was announced by the statement that wrote it.
-        repo::record_notification(&mut *self.pool.acquire().await?, &record, Outgoing::event(&sent).map_err(anyhow::Error::from)?).await?;
-        metrics::counter!("conveyor_notifications_sent_total", "event_type" => event_type.as_str(), "data_source" => vars.data_source.as_str()).increment(1);
-        tracing::info!(%order_id, %event_type, notification_id = %id, attempt, data_source = vars.data_source.as_str(), "notification delivered");
-        Ok(())
+        let delivered_at = Utc::now();
+        let sent = NotificationSent { order_id, notification_id: id, event_type: event_type.as_str().to_owned(), subject: subject.clone(), delivered_at };
+        let message = Outgoing::event(&sent).map_err(anyhow::Error::from)?;
+        let record = NewNotification { id, order_id, event_type, customer_id: event.order.customer_id, subject, body, data_source: vars.data_source, attempts: attempt, delivered_at };
+        Ok(Some((record, message)))
     }
 
     fn claim(&self, order_id: Uuid, event_type: EventType) -> Option<InFlight<'_>> {
@@ -169,4 +224,13 @@ impl Notifier {
         // Built only when this call took the key: dropping one would release it.
         inserted.then(|| InFlight { set: &self.in_flight, key })
     }
+}
+
+/// Every event still without an outcome fails with `e`, to be tried again (the batch's
+/// read failed before any was delivered).
+fn fail_all(mut outcomes: Vec<Option<Result<(), HandlerError>>>, held: &[(usize, InFlight<'_>)], e: &anyhow::Error) -> Vec<Result<(), HandlerError>> {
+    for (i, _) in held {
+        outcomes[*i] = Some(Err(HandlerError::retry(anyhow!("{e:#}"))));
+    }
+    outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(HandlerError::retry(anyhow!("{e:#}"))))).collect()
 }

@@ -31,13 +31,13 @@ pub struct NotificationRow {
 }
 
 /// A delivered notification, to record.
-pub struct NewNotification<'a> {
+pub struct NewNotification {
     pub id: Uuid,
     pub order_id: Uuid,
     pub event_type: EventType,
     pub customer_id: Uuid,
-    pub subject: &'a str,
-    pub body: &'a str,
+    pub subject: String,
+    pub body: String,
     pub data_source: DataSource,
     pub attempts: i32,
     pub delivered_at: DateTime<Utc>,
@@ -71,13 +71,18 @@ pub async fn put_template(conn: &mut PgConnection, event_type: EventType, subjec
     .await
 }
 
-/// What a delivery needs to know first, in one round trip: whether `$1`'s `$2` was
-/// notified already and, if it was not, the template to render (none if it was deleted).
-pub const TO_NOTIFY: &str = "SELECT n.notified, t.subject, t.body
-     FROM (SELECT EXISTS (SELECT 1 FROM notifications WHERE order_id = $1 AND event_type = $2) AS notified) AS n
-     LEFT JOIN templates AS t ON t.event_type = $2 AND NOT n.notified";
+/// What deliveries need to know first, for a whole batch in one round trip: for each
+/// (`$1[i]`, `$2[i]`), an order and an event type, whether it was notified already and, if
+/// it was not, the template to render (none if it was deleted); a row per pair, in their
+/// order.
+pub const TO_NOTIFY: &str = "SELECT k.notified, t.subject, t.body
+     FROM (SELECT k.i, k.event_type,
+                  EXISTS (SELECT 1 FROM notifications AS n WHERE n.order_id = k.order_id AND n.event_type = k.event_type) AS notified
+           FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS k(order_id, event_type, i)) AS k
+     LEFT JOIN templates AS t ON t.event_type = k.event_type AND NOT k.notified
+     ORDER BY k.i";
 
-/// The answer of [`TO_NOTIFY`].
+/// An answer of [`TO_NOTIFY`].
 #[derive(Debug, sqlx::FromRow)]
 pub struct ToNotify {
     pub notified: bool,
@@ -85,41 +90,47 @@ pub struct ToNotify {
     pub body: Option<String>,
 }
 
-pub async fn to_notify(conn: &mut PgConnection, order_id: Uuid, event_type: EventType) -> sqlx::Result<ToNotify> {
-    sqlx::query_as(TO_NOTIFY).bind(order_id).bind(event_type.as_str()).fetch_one(conn).await
+/// [`TO_NOTIFY`] for `keys`: an answer per key, in their order.
+pub async fn to_notify(conn: &mut PgConnection, keys: &[(Uuid, EventType)]) -> sqlx::Result<Vec<ToNotify>> {
+    let (orders, types): (Vec<Uuid>, Vec<&str>) = keys.iter().map(|(o, t)| (*o, t.as_str())).unzip();
+    sqlx::query_as(TO_NOTIFY).bind(orders).bind(types).fetch_all(conn).await
 }
 
-/// A delivery recorded and announced in one statement, a transaction of its own (a publish
-/// with the insert before it, `conveyor_queue::statement_with`): `$6` to `$14` the row,
-/// `$1` to `$5` its `notification.sent`, published only if the row is new.
+/// Deliveries recorded and announced in one statement, a transaction of its own (a publish
+/// with the insert before it, `conveyor_queue::statement_with`): `$6` to `$14` the rows, as
+/// arrays, `$1` to `$5` their `notification.sent`, and `$15` which message announces which
+/// row (`$15[i]` the message of row `$6[i]`): a message is published only if its row is
+/// new.
 pub static RECORD: LazyLock<String> = LazyLock::new(|| {
     conveyor_queue::statement_with(
         "n AS (INSERT INTO notifications (id, order_id, event_type, customer_id, subject, body, data_source, attempts, delivered_at)
-         VALUES ($6, $7, $8, $9, $10, $11, $12, $13, $14)
-         ON CONFLICT DO NOTHING RETURNING true)",
-        "EXISTS (SELECT FROM n)",
+         SELECT * FROM unnest($6::uuid[], $7::uuid[], $8::text[], $9::uuid[], $10::text[], $11::text[], $12::text[], $13::int[], $14::timestamptz[])
+         ON CONFLICT DO NOTHING RETURNING id)",
+        "m.message_id IN (SELECT s.message_id FROM unnest($6::uuid[], $15::uuid[]) AS s(id, message_id) JOIN n USING (id))",
     )
 });
 
-/// Records a delivery and publishes `sent` ([`RECORD`]); a row already there (another
-/// worker delivered the same key, which the receiver deduplicated by its idempotency key)
-/// is kept as it is, and nothing is published: only a new row is announced, by the
-/// statement that wrote it. Whether the row is new.
+/// Records deliveries, each with its `notification.sent` (`sent[i]` announces
+/// `records[i]`), and publishes the messages of the new rows ([`RECORD`]); a row already
+/// there (another worker delivered the same key, which the receiver deduplicated by its
+/// idempotency key) is kept as it is and its message is not published: only a new row is
+/// announced, by the statement that wrote it. Returns how many rows were new.
 #[tracing::instrument(level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "notifications"))]
-pub async fn record_notification(conn: &mut PgConnection, n: &NewNotification<'_>, sent: Outgoing) -> Result<bool, conveyor_queue::Error> {
-    let published = conveyor_queue::publish_with(conn, RECORD.as_str(), std::slice::from_ref(&sent), |q| {
-        q.bind(n.id)
-            .bind(n.order_id)
-            .bind(n.event_type.as_str())
-            .bind(n.customer_id)
-            .bind(n.subject)
-            .bind(n.body)
-            .bind(n.data_source.as_str())
-            .bind(n.attempts)
-            .bind(n.delivered_at)
+pub async fn record_notifications(conn: &mut PgConnection, records: &[NewNotification], sent: &[Outgoing]) -> Result<u64, conveyor_queue::Error> {
+    assert_eq!(records.len(), sent.len(), "one notification.sent per record");
+    conveyor_queue::publish_with(conn, RECORD.as_str(), sent, |q| {
+        q.bind(records.iter().map(|n| n.id).collect::<Vec<_>>())
+            .bind(records.iter().map(|n| n.order_id).collect::<Vec<_>>())
+            .bind(records.iter().map(|n| n.event_type.as_str()).collect::<Vec<_>>())
+            .bind(records.iter().map(|n| n.customer_id).collect::<Vec<_>>())
+            .bind(records.iter().map(|n| n.subject.as_str()).collect::<Vec<_>>())
+            .bind(records.iter().map(|n| n.body.as_str()).collect::<Vec<_>>())
+            .bind(records.iter().map(|n| n.data_source.as_str()).collect::<Vec<_>>())
+            .bind(records.iter().map(|n| n.attempts).collect::<Vec<_>>())
+            .bind(records.iter().map(|n| n.delivered_at).collect::<Vec<_>>())
+            .bind(sent.iter().map(|m| m.id).collect::<Vec<Uuid>>())
     })
-    .await?;
-    Ok(published == 1)
+    .await
 }
 
 pub async fn notifications_of(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Vec<NotificationRow>> {

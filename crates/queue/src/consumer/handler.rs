@@ -4,7 +4,7 @@ use std::any::type_name;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -128,6 +128,33 @@ where
     }
 }
 
+/// A lease-mode handler that takes many messages of its topic in one call, for work that
+/// is cheaper done for a batch at once (one read and one write for all, the calls to the
+/// outside world still one per message).
+///
+/// The consumer calls it once per claimed batch with that batch's messages of its topic,
+/// outside any transaction, under the batch's lease, and settles each message by the
+/// outcome at its position in the returned `Vec`: one per message, in the order given. (A
+/// `Vec` of another length fails every message of the call, to be tried again; so does a
+/// panic, or the call outliving the lease.) Each message's outcome is its own: one failure
+/// retries, snoozes or kills only its message. A payload that does not decode fails its
+/// message for good and never reaches the handler. As for a [`LeaseHandler`], a message
+/// may run again after a crash, so the handler must be idempotent.
+pub trait LeaseBatchHandler<E: Event>: Send + Sync + 'static {
+    fn handle(&self, msgs: Vec<Delivery<E>>) -> BoxFuture<'_, Vec<Result<(), HandlerError>>>;
+}
+
+impl<E, F, Fut> LeaseBatchHandler<E> for F
+where
+    E: Event,
+    F: Fn(Vec<Delivery<E>>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Result<(), HandlerError>>> + Send + 'static,
+{
+    fn handle(&self, msgs: Vec<Delivery<E>>) -> BoxFuture<'_, Vec<Result<(), HandlerError>>> {
+        self(msgs).boxed()
+    }
+}
+
 /// Why a handler failed, and whether trying again can help.
 pub struct HandlerError {
     permanent: bool,
@@ -225,17 +252,17 @@ fn record_outcome(span: &tracing::Span, result: &Result<(), HandlerError>) {
 
 /// Runs a handler's future; a panic is a retryable failure.
 async fn catch_panic(run: impl Future<Output = Result<(), HandlerError>>) -> Result<(), HandlerError> {
-    match AssertUnwindSafe(run).catch_unwind().await {
-        Ok(result) => result,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic".into());
-            Err(HandlerError::retry(anyhow::anyhow!("handler panicked: {what}")))
-        }
-    }
+    AssertUnwindSafe(run).catch_unwind().await.unwrap_or_else(|panic| Err(panicked(panic)))
+}
+
+/// What a handler's panic becomes: a retryable failure saying what it said.
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> HandlerError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into());
+    HandlerError::retry(anyhow::anyhow!("handler panicked: {what}"))
 }
 
 pub(crate) trait TxDispatch: Send + Sync {
@@ -251,9 +278,32 @@ pub(crate) trait KeysDispatch: Send + Sync {
     fn keys<'a>(&'a self, conn: &'a mut PgConnection, rows: &'a [&'a InboxRow]) -> BoxFuture<'a, Result<Vec<String>, HandlerError>>;
 }
 
+/// Where a lease dispatcher reports each message's outcome, as soon as it is known.
+pub(crate) type Outcomes<'a, 'r> = dyn Fn(&'r InboxRow, Result<(), HandlerError>) + Send + Sync + 'a;
+
 pub(crate) trait LeaseDispatch: Send + Sync {
-    /// Runs the handler, abandoning it (a retryable failure) when it outlives `lease`.
-    fn call<'a>(&'a self, row: &'a InboxRow, attempt: i32, group: &'a str, lease: Duration) -> BoxFuture<'a, Result<(), HandlerError>>;
+    /// Runs the handler on `rows` (messages of its topic, each as the attempt its claim
+    /// counted), abandoning it (a retryable failure) when it outlives `lease`, and reports
+    /// every row's outcome to `done` once: a handler of one message per message as it
+    /// finishes, a batch handler for all of them when its call ends.
+    fn call<'a, 'r: 'a>(&'a self, rows: &'a [&'r InboxRow], group: &'a str, lease: Duration, done: &'a Outcomes<'a, 'r>) -> BoxFuture<'a, ()>;
+}
+
+/// How long a lease handler may run: never past the lease, after which another worker may
+/// hold the message.
+fn lease_budget(lease: Duration) -> Duration {
+    lease.saturating_sub(Duration::from_millis(50))
+}
+
+fn outlived(lease: Duration) -> HandlerError {
+    HandlerError::retry(anyhow::anyhow!("handler did not finish within its lease of {lease:?}"))
+}
+
+/// Records how long a handler took for a message (a batch's call is shared among its
+/// messages, as in transaction mode).
+fn record_duration(topic: &str, per_message: Duration, messages: usize) {
+    let histogram = metrics::histogram!("conveyor_queue_handler_duration_seconds", "topic" => topic.to_owned());
+    (0..messages).for_each(|_| histogram.record(per_message.as_secs_f64()));
 }
 
 pub(crate) struct Typed<E, H> {
@@ -311,15 +361,71 @@ impl<E: Event, K: LockKeys<E>> KeysDispatch for Typed<E, K> {
 }
 
 impl<E: Event, H: LeaseHandler<E>> LeaseDispatch for Typed<E, H> {
-    fn call<'a>(&'a self, row: &'a InboxRow, attempt: i32, group: &'a str, lease: Duration) -> BoxFuture<'a, Result<(), HandlerError>> {
-        // Never run past the lease: after it, another worker may hold the message.
-        let budget = lease.saturating_sub(Duration::from_millis(50));
-        decode_and_run(row, attempt, group, move |msg| async move {
-            match tokio::time::timeout(budget, self.handler.handle(msg)).await {
-                Ok(result) => result,
-                Err(_) => Err(HandlerError::retry(anyhow::anyhow!("handler did not finish within its lease of {lease:?}"))),
+    /// Every message in a call of its own, all at once.
+    fn call<'a, 'r: 'a>(&'a self, rows: &'a [&'r InboxRow], group: &'a str, lease: Duration, done: &'a Outcomes<'a, 'r>) -> BoxFuture<'a, ()> {
+        let budget = lease_budget(lease);
+        let each = rows.iter().map(move |row| async move {
+            let started = Instant::now();
+            let result = decode_and_run(row, row.attempts, group, move |msg| async move {
+                tokio::time::timeout(budget, self.handler.handle(msg)).await.unwrap_or_else(|_| Err(outlived(lease)))
+            })
+            .await;
+            record_duration(&row.topic, started.elapsed(), 1);
+            done(*row, result);
+        });
+        futures::future::join_all(each).map(drop).boxed()
+    }
+}
+
+/// A [`LeaseBatchHandler`], type-erased.
+pub(crate) struct LeaseBatched<E, H> {
+    pub handler: H,
+    pub _event: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<E: Event, H: LeaseBatchHandler<E>> LeaseDispatch for LeaseBatched<E, H> {
+    /// One `process {topic}` span per message; the call runs in the first one's.
+    fn call<'a, 'r: 'a>(&'a self, rows: &'a [&'r InboxRow], group: &'a str, lease: Duration, done: &'a Outcomes<'a, 'r>) -> BoxFuture<'a, ()> {
+        async move {
+            let started = Instant::now();
+            let (mut msgs, mut handled) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+            for row in rows {
+                let span = trace::process_span(row, row.attempts, group);
+                match decode::<E>(row, row.attempts, &span) {
+                    Ok(msg) => {
+                        msgs.push(msg);
+                        handled.push((*row, span));
+                    }
+                    Err(e) => {
+                        let result = Err(e);
+                        record_outcome(&span, &result);
+                        done(*row, result);
+                    }
+                }
             }
-        })
+            let Some((_, first)) = handled.first() else { return };
+            let n = msgs.len();
+            let call = AssertUnwindSafe(self.handler.handle(msgs)).catch_unwind();
+            let results: Vec<Result<(), HandlerError>> = match tokio::time::timeout(lease_budget(lease), call).instrument(first.clone()).await {
+                Ok(Ok(results)) if results.len() == n => results,
+                Ok(Ok(results)) => {
+                    let got = results.len();
+                    (0..n).map(|_| Err(HandlerError::retry(anyhow::anyhow!("the batch handler answered {got} outcomes for {n} messages")))).collect()
+                }
+                Ok(Err(panic)) => {
+                    let e = panicked(panic).to_string();
+                    (0..n).map(|_| Err(HandlerError::retry(anyhow::anyhow!("{e}")))).collect()
+                }
+                Err(_) => (0..n).map(|_| Err(outlived(lease))).collect(),
+            };
+            if let Some((row, _)) = handled.first() {
+                record_duration(&row.topic, started.elapsed() / n as u32, n);
+            }
+            for ((row, span), result) in handled.into_iter().zip(results) {
+                record_outcome(&span, &result);
+                done(row, result);
+            }
+        }
         .boxed()
     }
 }

@@ -1,8 +1,9 @@
 //! Lease mode: the claim commits with a lease; the handler runs outside any transaction;
 //! completion is fenced by the attempt number.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
@@ -95,11 +96,9 @@ impl Consumer {
         rows.iter().for_each(|r| batch.link(&r.headers.0));
         batch.statement(&trace::INBOX_CLAIM, started, Some(rows.len()), None);
         let finished = Mutex::new(Vec::with_capacity(rows.len()));
-        let finished_ref = &finished;
-        let run_all = join_all(rows.iter().map(|row| async move {
-            let outcome = self.run_leased(row).await;
-            finished_ref.lock().unwrap().push((row, outcome));
-        }));
+        let mut by_topic: BTreeMap<&str, Vec<&InboxRow>> = BTreeMap::new();
+        rows.iter().for_each(|r| by_topic.entry(r.topic.as_str()).or_default().push(r));
+        let run_all = join_all(by_topic.into_iter().map(|(topic, rows)| self.run_leased(topic, rows, &finished)));
         let grace = self.opts.shutdown_grace;
         let complete = tokio::select! {
             _ = run_all => true,
@@ -120,25 +119,27 @@ impl Consumer {
         Ok(settled)
     }
 
-    /// Runs the handler of one leased message (or declares it dead when its last allowed
-    /// attempt's lease expired): `Ok` to complete, `Err` to record.
-    async fn run_leased(&self, row: &InboxRow) -> Result<(), Failure> {
-        let sub = &self.lease_subs[&row.topic];
-        let attempt = row.attempts;
-        let fail = |err: &HandlerError| Failure::new(&row.topic, row.message_id, attempt, &sub.opts.retry, err);
-        if attempt > sub.opts.retry.max_attempts {
+    /// Runs the handler of `topic` on its leased messages (declaring dead, without running
+    /// it, those whose last allowed attempt's lease expired) and puts each outcome into
+    /// `finished` as soon as it is known: `Ok` to complete, `Err` to record.
+    async fn run_leased<'r>(&self, topic: &str, rows: Vec<&'r InboxRow>, finished: &Mutex<Vec<(&'r InboxRow, Result<(), Failure>)>>) {
+        let sub = &self.lease_subs[topic];
+        let done = |row: &'r InboxRow, result: Result<(), HandlerError>| {
+            let outcome = result.map_err(|e| Failure::new(&row.topic, row.message_id, row.attempts, &sub.opts.retry, &e));
+            finished.lock().unwrap().push((row, outcome));
+        };
+        let (expired, live): (Vec<&InboxRow>, Vec<&InboxRow>) = rows.into_iter().partition(|r| r.attempts > sub.opts.retry.max_attempts);
+        for row in expired {
             // The worker of the last allowed attempt died or lost its lease.
-            return Err(fail(&HandlerError::permanent(anyhow::anyhow!(
+            done(row, Err(HandlerError::permanent(anyhow::anyhow!(
                 "lease of attempt {} expired without completion (worker stopped or handler too slow); no attempts left",
-                attempt - 1
+                row.attempts - 1
             ))));
         }
-        let started = Instant::now();
-        // The handler is abandoned when it outlives its lease (see `LeaseDispatch::call`).
-        let result = sub.handler.call(row, attempt, &self.name, sub.opts.lease).await;
-        metrics::histogram!("conveyor_queue_handler_duration_seconds", "topic" => row.topic.clone())
-            .record(started.elapsed().as_secs_f64());
-        result.map_err(|e| fail(&e))
+        if !live.is_empty() {
+            // The handler is abandoned when it outlives its lease (see `LeaseDispatch::call`).
+            sub.handler.call(&live, &self.name, sub.opts.lease, &done).await;
+        }
     }
 
     /// Records the outcomes of a batch, each fenced by the attempt it belongs to.

@@ -22,8 +22,8 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use handler::{BatchHandler, Handler, HandlerError, LeaseHandler, LockKeys, batch_handler_fn, handler_fn, lock_keys_fn};
-use handler::{Batched, KeysDispatch, LeaseDispatch, TxDispatch, Typed};
+pub use handler::{BatchHandler, Handler, HandlerError, LeaseBatchHandler, LeaseHandler, LockKeys, batch_handler_fn, handler_fn, lock_keys_fn};
+use handler::{Batched, KeysDispatch, LeaseBatched, LeaseDispatch, TxDispatch, Typed};
 pub use lease::{CLAIM as LEASE_CLAIM, DONE as LEASE_DONE};
 pub use tx::{CLAIM_AS_DONE as TX_CLAIM, LOCK_KEYS};
 
@@ -245,14 +245,24 @@ impl Consumer {
         self
     }
 
-    /// Handles `E` in lease mode.
-    pub fn subscribe_leased<E: Event>(mut self, handler: impl LeaseHandler<E>, opts: LeaseOptions) -> Self {
-        self.check_new_topic(E::TOPIC, opts.retry);
-        assert!(opts.lease >= Duration::from_millis(100), "lease of {:?} for {} is too short", opts.lease, E::TOPIC);
-        self.lease_topics.push(E::TOPIC.to_owned());
+    /// Handles `E` in lease mode, each message in a call of its own (all of a claimed
+    /// batch's at once).
+    pub fn subscribe_leased<E: Event>(self, handler: impl LeaseHandler<E>, opts: LeaseOptions) -> Self {
+        self.add_leased(E::TOPIC, Box::new(Typed { handler, _event: PhantomData::<fn() -> E> }), opts)
+    }
+
+    /// Handles `E` in lease mode with a [`LeaseBatchHandler`]: one call per claimed batch
+    /// for all its `E` messages, each settled by its own outcome.
+    pub fn subscribe_leased_batch<E: Event>(self, handler: impl LeaseBatchHandler<E>, opts: LeaseOptions) -> Self {
+        self.add_leased(E::TOPIC, Box::new(LeaseBatched { handler, _event: PhantomData::<fn() -> E> }), opts)
+    }
+
+    fn add_leased(mut self, topic: &str, handler: Box<dyn LeaseDispatch>, opts: LeaseOptions) -> Self {
+        self.check_new_topic(topic, opts.retry);
+        assert!(opts.lease >= Duration::from_millis(100), "lease of {:?} for {topic} is too short", opts.lease);
+        self.lease_topics.push(topic.to_owned());
         self.lease_ms.push(opts.lease.as_millis() as i64);
-        let handler = Box::new(Typed { handler, _event: PhantomData::<fn() -> E> });
-        self.lease_subs.insert(E::TOPIC.to_owned(), LeaseSub { handler, opts });
+        self.lease_subs.insert(topic.to_owned(), LeaseSub { handler, opts });
         self
     }
 

@@ -119,3 +119,77 @@ async fn a_snoozed_message_comes_back_without_using_an_attempt_in_either_mode() 
         assert!(rows.iter().all(|r| r == &("pending".to_string(), 0, 0, true)), "{rows:?}");
     }
 }
+
+#[tokio::test]
+async fn a_lease_batch_handler_gets_the_batch_in_one_call_and_each_message_is_settled_by_its_own_outcome() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let p = pair().await;
+    let mut tx = p.publisher.begin().await.unwrap();
+    let poison = conveyor_queue::publish(&mut tx, conveyor_queue::Outgoing::new("test.ping", serde_json::json!({"n": "not a number"}))).await.unwrap();
+    tx.commit().await.unwrap();
+    let ids = p.publish(0..10).await;
+    p.relay_all().await;
+    let (calls, pool) = (Arc::new(AtomicUsize::new(0)), p.subscriber.clone());
+    let counted = calls.clone();
+    // Even messages have their effect; odd ones fail for good, 3 is snoozed.
+    let consumer = Consumer::new(p.subscriber.clone()).subscribe_leased_batch(
+        move |msgs: Vec<Delivery<Ping>>| {
+            let (pool, calls) = (pool.clone(), counted.clone());
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let mut conn = pool.acquire().await.unwrap();
+                let mut outcomes = Vec::new();
+                for msg in &msgs {
+                    outcomes.push(match msg.payload.n {
+                        3 => Err(HandlerError::snooze(Duration::from_secs(3600), anyhow::anyhow!("not now"))),
+                        n if n % 2 == 1 => Err(HandlerError::permanent(anyhow::anyhow!("odd {n}"))),
+                        _ => record_effect(&mut conn, msg).await.map_err(HandlerError::from),
+                    });
+                }
+                outcomes
+            }
+        },
+        LeaseOptions::default(),
+    );
+    assert_eq!(consumer.process_once().await.unwrap(), 11);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the ten decodable messages in one call");
+    let even: Vec<_> = ids.iter().step_by(2).copied().collect();
+    assert_exactly_once(&p.subscriber, &even).await;
+    let dead = dead_letters(&p.subscriber, None, None, 10).await.unwrap();
+    let mut dead_ids: Vec<_> = dead.iter().map(|d| d.message_id).collect();
+    dead_ids.sort();
+    let mut want = vec![poison, ids[1], ids[5], ids[7], ids[9]];
+    want.sort();
+    assert_eq!(dead_ids, want, "the odd ones but the snoozed 3, and the payload that does not decode");
+    let poisoned = dead.iter().find(|d| d.message_id == poison).unwrap();
+    assert!(poisoned.errors[0]["error"].as_str().unwrap().contains("does not decode as"), "{:?}", poisoned.errors);
+    let (state, attempts): (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM conveyor.inbox WHERE message_id = $1").bind(ids[3]).fetch_one(&p.subscriber).await.unwrap();
+    assert_eq!((state.as_str(), attempts), ("pending", 0), "a snooze in a batch uses no attempt");
+}
+
+#[tokio::test]
+async fn a_lease_batch_handler_that_answers_wrongly_or_panics_has_every_message_tried_again() {
+    let p = pair().await;
+    let ids = p.publish(0..4).await;
+    p.relay_all().await;
+    let short = Consumer::new(p.subscriber.clone())
+        .subscribe_leased_batch(|msgs: Vec<Delivery<Ping>>| async move { msgs.iter().skip(1).map(|_| Ok(())).collect() }, LeaseOptions::default());
+    let panicking = Consumer::new(p.subscriber.clone()).subscribe_leased_batch(
+        |_: Vec<Delivery<Ping>>| async move {
+            panic!("boom");
+            #[allow(unreachable_code)]
+            Vec::new()
+        },
+        LeaseOptions::default(),
+    );
+    for (consumer, error) in [(short, "answered 3 outcomes for 4 messages"), (panicking, "handler panicked: boom")] {
+        sqlx::query("UPDATE conveyor.inbox SET visible_at = now()").execute(&p.subscriber).await.unwrap();
+        assert_eq!(consumer.process_once().await.unwrap(), 4);
+        let rows: Vec<(String, serde_json::Value)> =
+            sqlx::query_as("SELECT state, errors -> -1 -> 'error' FROM conveyor.inbox WHERE message_id = ANY($1)").bind(&ids).fetch_all(&p.subscriber).await.unwrap();
+        assert_eq!(rows.len(), 4);
+        assert!(rows.iter().all(|(state, e)| state == "pending" && e.as_str().unwrap().contains(error)), "{rows:?}");
+    }
+}

@@ -416,40 +416,48 @@ fn payment(s: &mut String, batch: usize) {
 fn notify(s: &mut String, batch: usize) {
     let _ = writeln!(
         s,
-        "-- == notification-worker: order.confirmed in lease mode (crates/queue/src/consumer/lease.rs, services/notification/src/notifier.rs) ==\n\
-         -- the claim commits by itself; each notification is recorded with its notification.sent in its own transaction;\n\
-         -- the batch is settled at the end"
+        "-- == notification-worker: order.confirmed in lease mode, a batch handler (crates/queue/src/consumer/lease.rs, services/notification/src/notifier.rs) ==\n\
+         -- the claim commits by itself; one check of the whole batch; the order API's read per notification; the batch's\n\
+         -- notifications recorded with their notification.sent in one statement, its own transaction; the batch settled at the end"
     );
+    // The messages' ids are minted with the claim: RECORD names them twice (the messages,
+    // and which message announces which row).
     let select = "array_agg(message_id) AS ids, array_agg(attempts) AS atts, array_agg(payload->'order'->>'order_id') AS oids, \
-                  array_agg(payload->'order'->>'customer_id') AS cids";
+                  array_agg(payload->'order'->>'customer_id') AS cids, array_agg(saga_uuid_v7()) AS mids";
     let claim = claim_for_gset(conveyor_queue::sql::LEASE_CLAIM, select);
     let topics = consumer_topics(service::NOTIFICATION);
     let lease_ms = format!("'{{{}}}'::bigint[]", topics.iter().map(|_| "30000").collect::<Vec<_>>().join(","));
     let _ = writeln!(s, "{} \\gset", bind(&on_queue(&claim, service::NOTIFICATION), &[&text_array(topics), &lease_ms, &batch.to_string()]));
+    let (oids, cids, mids) = (":oids::uuid[]", ":cids::uuid[]", ":mids::uuid[]");
+    let confirmed = "array_fill('order.confirmed'::text, ARRAY[:n::int])";
+    let _ = writeln!(s, "\\if :n > 0");
+    put(s, true, &TO_NOTIFY, &bind(TO_NOTIFY.text, &[oids, confirmed]), ";");
+    let _ = writeln!(s, "\\endif");
     for i in 1..=batch {
-        let (oid, cid) = (nth("oids", "uuid", i), nth("cids", "uuid", i));
         let _ = writeln!(s, "\\if :n >= {i}");
-        put(s, i == 1, &TO_NOTIFY, &bind(TO_NOTIFY.text, &[&oid, "'order.confirmed'"]), ";");
-        order::lookup(s, i == 1, &oid);
-        let id = format!("saga_notification_id({oid}, 'order.confirmed')");
-        let args = [
-            id.clone(),
-            oid.clone(),
-            "'order.confirmed'".to_owned(),
-            cid,
-            format!("saga_subject({oid})"),
-            format!("saga_body({oid})"),
-            "'lookup'".to_owned(),
-            nth("atts", "int", i),
-            "now()".to_owned(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let sent = format!("saga_sent({oid}, {id}, 'order.confirmed', saga_subject({oid}), now())");
-        let publish = publish_one_args("notification.sent", &oid, &sent);
-        put(s, i == 1, &RECORD, &with_publish(RECORD.text, service::NOTIFICATION, publish, &args), ";");
+        order::lookup(s, i == 1, &nth("oids", "uuid", i));
         let _ = writeln!(s, "\\endif");
     }
+    let each = |f: &str| format!("(SELECT array_agg({f}) FROM unnest({oids}) AS o)");
+    let id = "saga_notification_id(o, 'order.confirmed')";
+    let own = [
+        each(id),
+        oids.to_owned(),
+        confirmed.to_owned(),
+        cids.to_owned(),
+        each("saga_subject(o)"),
+        each("saga_body(o)"),
+        "array_fill('lookup'::text, ARRAY[:n::int])".to_owned(),
+        ":atts::int[]".to_owned(),
+        "array_fill(now(), ARRAY[:n::int])".to_owned(),
+        mids.to_owned(),
+    ];
+    let own: Vec<&str> = own.iter().map(String::as_str).collect();
+    let sent = each(&format!("saga_sent(o, {id}, 'order.confirmed', saga_subject(o), now())"));
+    let mut publish = publish_args("notification.sent", ":oids::text[]", &sent);
+    publish[0] = mids.to_owned();
     let _ = writeln!(s, "\\if :n > 0");
+    put(s, true, &RECORD, &with_publish(RECORD.text, service::NOTIFICATION, publish, &own), ";");
     let _ = writeln!(s, "{};", bind(&on_queue(conveyor_queue::sql::LEASE_DONE, service::NOTIFICATION), &[":ids", ":atts"]));
     let _ = writeln!(s, "\\endif");
 }
