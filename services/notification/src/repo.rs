@@ -142,3 +142,51 @@ pub async fn notifications_of(conn: &mut PgConnection, order_id: Uuid) -> sqlx::
     .fetch_all(conn)
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use conveyor_contracts::NotificationSent;
+    use conveyor_platform::testing::{migrated_db, outbox};
+
+    use super::*;
+
+    fn delivery(order_id: Uuid) -> (NewNotification, Outgoing) {
+        let id = Uuid::now_v7();
+        let record = NewNotification {
+            id,
+            order_id,
+            event_type: EventType::Confirmed,
+            customer_id: Uuid::now_v7(),
+            subject: format!("Your order {order_id}"),
+            body: "Hello".into(),
+            data_source: DataSource::Event,
+            attempts: 1,
+            delivered_at: Utc::now(),
+        };
+        let sent = NotificationSent { order_id, notification_id: id, event_type: "order.confirmed".into(), subject: record.subject.clone(), delivered_at: record.delivered_at };
+        (record, Outgoing::event(&sent).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_checked_in_order_and_only_its_new_rows_are_announced() {
+        let pool = migrated_db(&crate::MIGRATOR).await;
+        let mut conn = pool.acquire().await.unwrap();
+        let orders: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        // The second order was recorded already (by another worker, with another id).
+        let (earlier, earlier_sent) = delivery(orders[1]);
+        assert_eq!(record_notifications(&mut conn, std::slice::from_ref(&earlier), std::slice::from_ref(&earlier_sent)).await.unwrap(), 1);
+
+        let keys: Vec<(Uuid, EventType)> = orders.iter().map(|o| (*o, EventType::Confirmed)).chain([(orders[1], EventType::Cancelled)]).collect();
+        let found = to_notify(&mut conn, &keys).await.unwrap();
+        let notified: Vec<bool> = found.iter().map(|f| f.notified).collect();
+        assert_eq!(notified, [false, true, false, false], "an answer per key, in their order");
+        assert!(found[0].subject.is_some() && found[1].subject.is_none() && found[3].body.is_some(), "templates only for what is to notify");
+
+        let (records, sent): (Vec<_>, Vec<_>) = orders.iter().map(|o| delivery(*o)).unzip();
+        assert_eq!(record_notifications(&mut conn, &records, &sent).await.unwrap(), 2);
+        let announced: Vec<Uuid> = outbox(&pool).await.iter().map(|(_, p)| p["notification_id"].as_str().unwrap().parse().unwrap()).collect();
+        assert_eq!(announced, [earlier.id, records[0].id, records[2].id], "the row already there is not announced again");
+        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM notifications ORDER BY order_id").fetch_all(&pool).await.unwrap();
+        assert_eq!(ids, [records[0].id, earlier.id, records[2].id]);
+    }
+}
