@@ -141,17 +141,8 @@ pub async fn lag(pool: &PgPool, p: &Projection) -> sqlx::Result<(i64, f64)> {
     sqlx::query_as(LAG).bind(p.name).fetch_one(pool).await
 }
 
-/// How long the projector waits after a partial batch while events keep coming. A saga's
-/// events (placed, reserved, captured and confirmed, notified) come within a tenth of a
-/// second or so, and each batch rewrites the whole view of every order it touches: after
-/// 10 ms, at 500 sagas/s, each order's view was written 3.1 times (the view upsert and the
-/// streams it reads were about a tenth of PostgreSQL's statement time). Waiting longer
-/// applies more of one order's events in one write; the list's lag grows by as much.
-pub const GATHER: Duration = Duration::from_millis(100);
-
-/// Keeps `p` up to date until `shutdown`: a batch right after a full one, a pause of
-/// [`GATHER`] after a partial one while events keep coming, a longer one when the store
-/// is quiet.
+/// Keeps `p` up to date until `shutdown`: a batch right after a full one, a short pause
+/// after a partial one while events keep coming, a longer one when the store is quiet.
 /// Sets `conveyor_projection_lag_events` and `…_lag_seconds` every second. Several workers
 /// may run it: one applies at a time, the others skip.
 pub async fn run(pool: PgPool, p: Projection, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -165,9 +156,9 @@ pub async fn run(pool: PgPool, p: Projection, shutdown: CancellationToken) -> an
             Ok(Some(n)) if n as i64 == BATCH => Duration::ZERO,
             Ok(Some(n)) if n > 0 => {
                 last_work = Instant::now();
-                GATHER
+                Duration::from_millis(10)
             }
-            Ok(_) if last_work.elapsed() < Duration::from_secs(5) => GATHER,
+            Ok(_) if last_work.elapsed() < Duration::from_secs(5) => Duration::from_millis(10),
             Ok(_) => Duration::from_millis(200),
             Err(e) => {
                 tracing::warn!(projection = p.name, error = %e, "projection batch failed; trying again in a second");
