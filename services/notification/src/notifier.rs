@@ -1,15 +1,16 @@
 //! The worker's handler: one notification per (order, event type), rendered from the stored
 //! template and delivered by webhook, however often its event arrives.
 //!
-//! It runs under a lease (it calls the network, so no transaction stays open). Not
-//! notifying twice rests on three things: the `notifications` row written after a 2xx and
+//! It runs under a lease (it calls the network, so no transaction stays open), a claimed
+//! batch at a time: one read and one write for the whole batch, the lookups and webhook
+//! calls one per event, all at once. Not notifying twice rests on three things: the `notifications` row written after a 2xx and
 //! checked first; a set of the keys this worker is delivering right now, so two copies of
 //! an event in one batch do not both post; and the `Idempotency-Key` header, for the gap a
 //! crash leaves between a 2xx and the row (the next attempt posts again with the same key).
 //!
-//! The row is written together with `notification.sent`, which tells the order service
-//! what was delivered: one transaction, and the event only when the row is new, so each
-//! recorded notification is published exactly once.
+//! Each row is written together with its `notification.sent`, which tells the order
+//! service what was delivered: one statement for the batch, each event published only when
+//! its row is new, so each recorded notification is published exactly once.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
