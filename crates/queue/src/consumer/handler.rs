@@ -371,7 +371,7 @@ impl<E: Event, H: LeaseHandler<E>> LeaseDispatch for Typed<E, H> {
             })
             .await;
             record_duration(&row.topic, started.elapsed(), 1);
-            done(*row, result);
+            done(row, result);
         });
         futures::future::join_all(each).map(drop).boxed()
     }
@@ -399,7 +399,7 @@ impl<E: Event, H: LeaseBatchHandler<E>> LeaseDispatch for LeaseBatched<E, H> {
                     Err(e) => {
                         let result = Err(e);
                         record_outcome(&span, &result);
-                        done(*row, result);
+                        done(row, result);
                     }
                 }
             }
