@@ -3,8 +3,8 @@
 //!
 //! It runs under a lease (it calls the network, so no transaction stays open), a claimed
 //! batch at a time: one read and one write for the whole batch, the lookups and webhook
-//! calls one per event, all at once. Not notifying twice rests on three things: the `notifications` row written after a 2xx and
-//! checked first; a set of the keys this worker is delivering right now, so two copies of
+//! calls one per event, all at once. Not notifying twice rests on three things: the
+//! `notifications` row written after a 2xx and checked first; a set of the keys this worker is delivering right now, so two copies of
 //! an event in one batch do not both post; and the `Idempotency-Key` header, for the gap a
 //! crash leaves between a 2xx and the row (the next attempt posts again with the same key).
 //!
@@ -21,8 +21,8 @@ use conveyor_contracts::{CancelReason, NotificationSent, OrderCancelled, OrderCo
 use conveyor_platform::auth::TokenFile;
 use conveyor_platform::faults::Faults;
 use conveyor_queue::{Consumer, Delivery, HandlerError, Outgoing};
-use tracing::Instrument;
 use sqlx::PgPool;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::EventType;
@@ -116,14 +116,14 @@ impl Notifier {
             .subscribe_leased_batch(
                 move |msgs: Vec<Delivery<OrderConfirmed>>| {
                     let n = confirmed.clone();
-                    async move { n.handle(msgs.into_iter().map(|m| (Occurrence::from(m.payload), m.attempt, m.span)).collect()).await }
+                    async move { n.handle(msgs).await }
                 },
                 args.lease_options(),
             )
             .subscribe_leased_batch(
                 move |msgs: Vec<Delivery<OrderCancelled>>| {
                     let n = self.clone();
-                    async move { n.handle(msgs.into_iter().map(|m| (Occurrence::from(m.payload), m.attempt, m.span)).collect()).await }
+                    async move { n.handle(msgs).await }
                 },
                 args.lease_options(),
             )
@@ -133,7 +133,8 @@ impl Notifier {
     /// one read for the whole batch (notified already? the templates), the lookups and the
     /// webhook calls one per event, all at once, and one write of every delivery with its
     /// `notification.sent`. An outcome per event, in their order.
-    async fn handle(&self, events: Vec<(Occurrence, i32, tracing::Span)>) -> Vec<Result<(), HandlerError>> {
+    async fn handle<E: Into<Occurrence>>(&self, msgs: Vec<Delivery<E>>) -> Vec<Result<(), HandlerError>> {
+        let events: Vec<(Occurrence, i32, tracing::Span)> = msgs.into_iter().map(|m| (m.payload.into(), m.attempt, m.span)).collect();
         let mut outcomes: Vec<Option<Result<(), HandlerError>>> = events.iter().map(|_| None).collect();
         // Held until the batch is recorded: a second copy of an event, in this batch or
         // another, waits for this one instead of posting too.
@@ -187,7 +188,7 @@ impl Notifier {
             }
         }
         drop(held);
-        outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(HandlerError::retry(anyhow!("no outcome (a bug)"))))).collect()
+        settled(outcomes)
     }
 
     /// Renders and delivers one event the batch's read found not notified yet: the record
@@ -227,11 +228,16 @@ impl Notifier {
     }
 }
 
-/// Every event still without an outcome fails with `e`, to be tried again (the batch's
-/// read failed before any was delivered).
+/// Every event held for delivery fails with `e`, to be tried again (the batch's read
+/// failed before any was delivered); the others keep their outcomes.
 fn fail_all(mut outcomes: Vec<Option<Result<(), HandlerError>>>, held: &[(usize, InFlight<'_>)], e: &anyhow::Error) -> Vec<Result<(), HandlerError>> {
     for (i, _) in held {
         outcomes[*i] = Some(Err(HandlerError::retry(anyhow!("{e:#}"))));
     }
-    outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(HandlerError::retry(anyhow!("{e:#}"))))).collect()
+    settled(outcomes)
+}
+
+/// The batch's outcomes, one per event; an event left without one (a bug) is tried again.
+fn settled(outcomes: Vec<Option<Result<(), HandlerError>>>) -> Vec<Result<(), HandlerError>> {
+    outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(HandlerError::retry(anyhow!("no outcome (a bug)"))))).collect()
 }

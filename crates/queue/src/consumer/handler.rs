@@ -403,10 +403,10 @@ impl<E: Event, H: LeaseBatchHandler<E>> LeaseDispatch for LeaseBatched<E, H> {
                     }
                 }
             }
-            let Some((_, first)) = handled.first() else { return };
+            let Some((first_row, first)) = handled.first().map(|(r, s)| (*r, s.clone())) else { return };
             let n = msgs.len();
             let call = AssertUnwindSafe(self.handler.handle(msgs)).catch_unwind();
-            let results: Vec<Result<(), HandlerError>> = match tokio::time::timeout(lease_budget(lease), call).instrument(first.clone()).await {
+            let results: Vec<Result<(), HandlerError>> = match tokio::time::timeout(lease_budget(lease), call).instrument(first).await {
                 Ok(Ok(results)) if results.len() == n => results,
                 Ok(Ok(results)) => {
                     let got = results.len();
@@ -418,9 +418,7 @@ impl<E: Event, H: LeaseBatchHandler<E>> LeaseDispatch for LeaseBatched<E, H> {
                 }
                 Err(_) => (0..n).map(|_| Err(outlived(lease))).collect(),
             };
-            if let Some((row, _)) = handled.first() {
-                record_duration(&row.topic, started.elapsed() / n as u32, n);
-            }
+            record_duration(&first_row.topic, started.elapsed() / n as u32, n);
             for ((row, span), result) in handled.into_iter().zip(results) {
                 record_outcome(&span, &result);
                 done(row, result);
